@@ -1,0 +1,21 @@
+//! The rules of DESIGN.md as plain Rust: no IO, no clock, no randomness of
+//! its own. `now_ms` (milliseconds since the Unix epoch) and the random source
+//! are always passed in, so every rule here is testable with property tests.
+
+mod backoff;
+mod delivery;
+mod message;
+mod outcome;
+mod time;
+
+pub use backoff::{retry_delay_ms, RetryPolicy};
+pub use delivery::{
+    derive_status, BroadcastStatus, DeliveryProgress, DeliveryState, Event, Transition,
+    TransitionError, Verification,
+};
+pub use message::{
+    delivery_idempotency_key, new_broadcast_id, validate_destination_name, InvalidInput, Message,
+    Severity, BODY_BYTES_MAX, DESTINATIONS_PER_BROADCAST_MAX, THREAD_CHARS_MAX, TITLE_CHARS_MAX,
+};
+pub use outcome::{Outcome, OutcomeClass, EXCERPT_BYTES_MAX};
+pub use time::format_rfc3339_ms;

@@ -1,0 +1,200 @@
+//! Durable state: broadcasts (intent), deliveries (state) and attempts (log).
+//! Only this module speaks SQL. The [`Store`] trait is what the dispatcher
+//! and the API use, so a PostgreSQL store can stand beside SQLite.
+
+mod sqlite;
+
+use std::future::Future;
+
+use crate::domain::{DeliveryProgress, DeliveryState, Message, OutcomeClass, RetryPolicy};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the database holds a value herald cannot read: {0}")]
+    Corrupt(String),
+    #[error(
+        "database schema version {found} is newer than this herald knows ({known}); upgrade herald"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("the store's writer has stopped")]
+    WriterStopped,
+    #[error("broadcast id {0} already exists")]
+    DuplicateBroadcast(String),
+}
+
+/// A broadcast to be written once, with one delivery per destination.
+#[derive(Clone, Debug)]
+pub struct NewBroadcast {
+    pub id: String,
+    pub message: Message,
+    pub created_at_ms: i64,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewDelivery {
+    pub destination: String,
+    pub policy: RetryPolicy,
+}
+
+/// What was written for each destination of a new broadcast.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InsertedDelivery {
+    pub destination: String,
+    pub idempotency_key: String,
+    pub state: DeliveryState,
+}
+
+/// A delivery handed to a worker. Its lease is held until the worker's
+/// [`DeliveryUpdate`] is committed (or the process restarts).
+#[derive(Clone, Debug)]
+pub struct ClaimedDelivery {
+    pub delivery_id: i64,
+    pub broadcast_id: String,
+    pub destination: String,
+    pub idempotency_key: String,
+    /// `Sending` (an attempt is due) or `Verifying` (a read-back is due).
+    pub progress: DeliveryProgress,
+    pub message: Message,
+    pub broadcast_created_at_ms: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Claim {
+    pub deliveries: Vec<ClaimedDelivery>,
+    /// When the earliest delivery of this destination left unclaimed is due.
+    pub next_due_at_ms: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptKind {
+    /// The message was sent.
+    Send,
+    /// The destination was read back after an ambiguous outcome.
+    Verify,
+}
+
+impl AttemptKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptKind::Send => "send",
+            AttemptKind::Verify => "verify",
+        }
+    }
+}
+
+/// One row of the attempt log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// The delivery's `attempts_made` when this ran (sends count, reads not).
+    pub number: u32,
+    pub kind: AttemptKind,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    /// `success`, `retryable`, ... for sends; `found`, `absent`, `unknown`
+    /// for verifications; `interrupted` when herald stopped mid-attempt.
+    pub outcome: String,
+    pub http_status: Option<u16>,
+    pub excerpt: Option<String>,
+    pub error: Option<String>,
+}
+
+impl AttemptRecord {
+    pub fn outcome_class(&self) -> Option<OutcomeClass> {
+        OutcomeClass::parse(&self.outcome)
+    }
+}
+
+/// A worker's result: the next progress, committed only if the delivery is
+/// still in `expected_state` and leased (an operator cancel wins).
+#[derive(Clone, Debug)]
+pub struct DeliveryUpdate {
+    pub delivery_id: i64,
+    pub expected_state: DeliveryState,
+    pub progress: DeliveryProgress,
+    pub last_error: Option<String>,
+    pub attempt: AttemptRecord,
+    pub now_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateResult {
+    Applied {
+        /// A waiting delivery of the same thread became pending.
+        promoted_next_in_thread: bool,
+    },
+    /// The delivery had moved on (cancelled); only the attempt was logged.
+    Stale,
+}
+
+#[derive(Clone, Debug)]
+pub struct BroadcastView {
+    pub id: String,
+    pub message: Message,
+    pub created_at_ms: i64,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeliveryView {
+    pub destination: String,
+    pub idempotency_key: String,
+    pub progress: DeliveryProgress,
+    pub last_error: Option<String>,
+    pub last_http_status: Option<u16>,
+    pub updated_at_ms: i64,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// What a restart found and resumed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Deliveries that were `sending` and now go through `verifying`.
+    pub interrupted: u64,
+    /// Leases released (verifications that were in progress).
+    pub released: u64,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Commits the broadcast and all its deliveries in one transaction;
+    /// returns only after the commit is durable.
+    fn insert_broadcast(
+        &self,
+        new: NewBroadcast,
+    ) -> impl Future<Output = Result<Vec<InsertedDelivery>, StoreError>> + Send;
+
+    /// Leases up to `limit` due deliveries of one destination: pending and
+    /// retrying ones become `sending` (durably, before any request leaves),
+    /// verifying ones stay `verifying` under the lease.
+    fn claim_due(
+        &self,
+        destination: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Records an attempt and the delivery's next state.
+    fn update_delivery(
+        &self,
+        update: DeliveryUpdate,
+    ) -> impl Future<Output = Result<UpdateResult, StoreError>> + Send;
+
+    /// Run once at start, before any claim: every delivery left `sending` by
+    /// a previous process goes to `verifying`; every lease is released.
+    fn recover(&self, now_ms: i64) -> impl Future<Output = Result<Recovery, StoreError>> + Send;
+
+    fn broadcast(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<BroadcastView>, StoreError>> + Send;
+
+    /// Destinations that have deliveries due at some time, for waking their
+    /// workers at start.
+    fn destinations_with_work(
+        &self,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+}

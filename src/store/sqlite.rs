@@ -1,0 +1,733 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`,
+//! so a commit is on disk before anyone is told it happened.
+//!
+//! Writes go through one writer thread that owns the only write connection.
+//! It takes every operation queued at the moment, applies them all in one
+//! transaction (each under its own savepoint, so one bad operation does not
+//! sink the others), commits once, and only then answers each caller: group
+//! commit. Reads use a small pool of read-only connections, which WAL lets
+//! run beside the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+use crate::domain::{delivery_idempotency_key, Severity};
+
+/// Operations waiting for the writer; callers wait when it is full.
+const WRITE_QUEUE_MAX: usize = 8_192;
+/// Operations committed together in one transaction at most.
+const WRITE_BATCH_MAX: usize = 2_048;
+/// Idle read connections kept open.
+const READ_POOL_IDLE_MAX: usize = 4;
+/// How long a connection waits on a lock held by another process.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// Schema migrations, applied in order at open. `PRAGMA user_version` holds
+/// how many have run. Never edit one that has shipped; append.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE broadcasts (
+    id            TEXT PRIMARY KEY,
+    title         TEXT NOT NULL,
+    body          TEXT NOT NULL,
+    severity      TEXT NOT NULL,
+    thread_key    TEXT,
+    created_at_ms INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE deliveries (
+    id                 INTEGER PRIMARY KEY,
+    broadcast_id       TEXT NOT NULL REFERENCES broadcasts(id),
+    destination        TEXT NOT NULL,
+    idempotency_key    TEXT NOT NULL UNIQUE,
+    thread_key         TEXT,
+    state              TEXT NOT NULL,
+    attempts_made      INTEGER NOT NULL,
+    attempts_max       INTEGER NOT NULL,
+    due_at_ms          INTEGER,
+    deadline_at_ms     INTEGER,
+    leased             INTEGER NOT NULL DEFAULT 0,
+    possible_duplicate INTEGER NOT NULL DEFAULT 0,
+    remote_ref         TEXT,
+    last_error         TEXT,
+    last_http_status   INTEGER,
+    created_at_ms      INTEGER NOT NULL,
+    updated_at_ms      INTEGER NOT NULL,
+    UNIQUE (broadcast_id, destination)
+) STRICT;
+
+-- Due work, per destination, in due order. due_at_ms is set exactly when the
+-- state is pending, retrying or verifying.
+CREATE INDEX deliveries_due ON deliveries (destination, due_at_ms)
+    WHERE due_at_ms IS NOT NULL AND leased = 0;
+-- Per-thread order on each destination.
+CREATE INDEX deliveries_thread ON deliveries (destination, thread_key, id)
+    WHERE thread_key IS NOT NULL;
+CREATE INDEX deliveries_sending ON deliveries (state) WHERE state = 'sending' OR leased = 1;
+
+CREATE TABLE attempts (
+    id             INTEGER PRIMARY KEY,
+    delivery_id    INTEGER NOT NULL REFERENCES deliveries(id),
+    number         INTEGER NOT NULL,
+    kind           TEXT NOT NULL,
+    started_at_ms  INTEGER NOT NULL,
+    finished_at_ms INTEGER NOT NULL,
+    outcome        TEXT NOT NULL,
+    http_status    INTEGER,
+    excerpt        TEXT,
+    error          TEXT
+) STRICT;
+CREATE INDEX attempts_delivery ON attempts (delivery_id, id);
+"#];
+
+const FINAL_STATES_SQL: &str = "('confirmed','failed','dead','cancelled')";
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writes: mpsc::Sender<WriteOp>,
+    idle_readers: Mutex<Vec<Connection>>,
+}
+
+enum WriteOp {
+    Insert(
+        NewBroadcast,
+        oneshot::Sender<Result<Vec<InsertedDelivery>, StoreError>>,
+    ),
+    Claim {
+        destination: String,
+        limit: usize,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<Claim, StoreError>>,
+    },
+    Update(
+        DeliveryUpdate,
+        oneshot::Sender<Result<UpdateResult, StoreError>>,
+    ),
+    Recover(i64, oneshot::Sender<Result<Recovery, StoreError>>),
+}
+
+/// An answer held back until the batch it belongs to is committed.
+enum Held {
+    Insert(
+        oneshot::Sender<Result<Vec<InsertedDelivery>, StoreError>>,
+        Result<Vec<InsertedDelivery>, StoreError>,
+    ),
+    Claim(
+        oneshot::Sender<Result<Claim, StoreError>>,
+        Result<Claim, StoreError>,
+    ),
+    Update(
+        oneshot::Sender<Result<UpdateResult, StoreError>>,
+        Result<UpdateResult, StoreError>,
+    ),
+    Recover(
+        oneshot::Sender<Result<Recovery, StoreError>>,
+        Result<Recovery, StoreError>,
+    ),
+}
+
+impl Held {
+    /// Sends the answer; if the commit failed, every answer becomes that
+    /// failure, because nothing of the batch is on disk.
+    fn send(self, commit_error: Option<&str>) {
+        fn answer<T>(
+            reply: oneshot::Sender<Result<T, StoreError>>,
+            result: Result<T, StoreError>,
+            commit_error: Option<&str>,
+        ) {
+            let result = match commit_error {
+                Some(message) => Err(StoreError::Corrupt(format!("commit failed: {message}"))),
+                None => result,
+            };
+            // The caller may have gone away (request cancelled); that is fine.
+            let _ = reply.send(result);
+        }
+        match self {
+            Held::Insert(reply, result) => answer(reply, result, commit_error),
+            Held::Claim(reply, result) => answer(reply, result, commit_error),
+            Held::Update(reply, result) => answer(reply, result, commit_error),
+            Held::Recover(reply, result) => answer(reply, result, commit_error),
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file, runs migrations, and
+    /// starts the writer thread.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = Connection::open(&path)?;
+        configure(&conn)?;
+        migrate(&mut conn)?;
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE_MAX);
+        std::thread::Builder::new()
+            .name("herald-sqlite-writer".into())
+            .spawn(move || run_writer(conn, queue))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writes,
+                idle_readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn write<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writes
+            .send(op(reply))
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let idle = inner
+                .idle_readers
+                .lock()
+                .expect("reader pool poisoned")
+                .pop();
+            let conn = match idle {
+                Some(conn) => conn,
+                None => {
+                    let conn = Connection::open_with_flags(
+                        &inner.path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?;
+                    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+                    conn
+                }
+            };
+            let result = query(&conn);
+            let mut idle = inner.idle_readers.lock().expect("reader pool poisoned");
+            if idle.len() < READ_POOL_IDLE_MAX {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("read task failed: {e}")))?
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!(
+            "cannot switch the database to WAL mode (it stays {mode})"
+        )));
+    }
+    // FULL: every commit is fsynced before it is acknowledged.
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > known {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            known,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+        tracing::info!(migration = index + 1, "applied schema migration");
+    }
+    Ok(())
+}
+
+fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriteOp>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
+    let mut held = Vec::with_capacity(WRITE_BATCH_MAX);
+    while let Some(first) = queue.blocking_recv() {
+        batch.push(first);
+        while batch.len() < WRITE_BATCH_MAX {
+            match queue.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let commit_error = match apply_batch(&mut conn, &mut batch, &mut held) {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "write batch failed; nothing of it was committed");
+                Some(e.to_string())
+            }
+        };
+        for answer in held.drain(..) {
+            answer.send(commit_error.as_deref());
+        }
+    }
+}
+
+fn apply_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<WriteOp>,
+    held: &mut Vec<Held>,
+) -> Result<(), StoreError> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for op in batch.drain(..) {
+        let sp = tx.savepoint()?;
+        let (ok, answer) = match op {
+            WriteOp::Insert(new, reply) => {
+                let result = insert_broadcast(&sp, &new);
+                (result.is_ok(), Held::Insert(reply, result))
+            }
+            WriteOp::Claim {
+                destination,
+                limit,
+                now_ms,
+                reply,
+            } => {
+                let result = claim_due(&sp, &destination, limit, now_ms);
+                (result.is_ok(), Held::Claim(reply, result))
+            }
+            WriteOp::Update(update, reply) => {
+                let result = update_delivery(&sp, &update);
+                (result.is_ok(), Held::Update(reply, result))
+            }
+            WriteOp::Recover(now_ms, reply) => {
+                let result = recover(&sp, now_ms);
+                (result.is_ok(), Held::Recover(reply, result))
+            }
+        };
+        if ok {
+            sp.commit()?;
+        } // else: dropping the savepoint rolls back just this operation.
+        held.push(answer);
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn insert_broadcast(
+    conn: &Connection,
+    new: &NewBroadcast,
+) -> Result<Vec<InsertedDelivery>, StoreError> {
+    let message = &new.message;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO broadcasts (id, title, body, severity, thread_key, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![
+            new.id,
+            message.title(),
+            message.body(),
+            message.severity().as_str(),
+            message.thread(),
+            new.created_at_ms
+        ])?;
+    if inserted == 0 {
+        return Err(StoreError::DuplicateBroadcast(new.id.clone()));
+    }
+    let mut busy_thread = conn.prepare_cached(&format!(
+        "SELECT 1 FROM deliveries WHERE destination = ?1 AND thread_key = ?2
+           AND state NOT IN {FINAL_STATES_SQL} LIMIT 1"
+    ))?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO deliveries (broadcast_id, destination, idempotency_key, thread_key, state,
+             attempts_made, attempts_max, due_at_ms, deadline_at_ms, created_at_ms, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+    )?;
+    let mut out = Vec::with_capacity(new.deliveries.len());
+    for delivery in &new.deliveries {
+        let behind = match message.thread() {
+            Some(thread) => busy_thread.exists(params![delivery.destination, thread])?,
+            None => false,
+        };
+        let progress = DeliveryProgress::new(&delivery.policy, behind, new.created_at_ms);
+        let key = delivery_idempotency_key(&new.id, &delivery.destination);
+        insert.execute(params![
+            new.id,
+            delivery.destination,
+            key,
+            message.thread(),
+            progress.state.as_str(),
+            progress.attempts_made,
+            progress.attempts_max,
+            progress.due_at_ms,
+            progress.deadline_at_ms,
+            new.created_at_ms
+        ])?;
+        out.push(InsertedDelivery {
+            destination: delivery.destination.clone(),
+            idempotency_key: key,
+            state: progress.state,
+        });
+    }
+    Ok(out)
+}
+
+fn progress_from_row(
+    row: &Row,
+    first: usize,
+) -> rusqlite::Result<Result<DeliveryProgress, StoreError>> {
+    let state: String = row.get(first)?;
+    let Some(state) = DeliveryState::parse(&state) else {
+        return Ok(Err(StoreError::Corrupt(format!(
+            "unknown delivery state {state:?}"
+        ))));
+    };
+    Ok(Ok(DeliveryProgress {
+        state,
+        attempts_made: row.get(first + 1)?,
+        attempts_max: row.get(first + 2)?,
+        due_at_ms: row.get(first + 3)?,
+        deadline_at_ms: row.get(first + 4)?,
+        possible_duplicate: row.get(first + 5)?,
+    }))
+}
+
+fn message_from_row(row: &Row, first: usize) -> rusqlite::Result<Result<Message, StoreError>> {
+    let title: String = row.get(first)?;
+    let body: String = row.get(first + 1)?;
+    let severity: String = row.get(first + 2)?;
+    let thread: Option<String> = row.get(first + 3)?;
+    Ok(Severity::parse(&severity)
+        .and_then(|severity| Message::new(&title, &body, severity, thread.as_deref()))
+        .map_err(|e| StoreError::Corrupt(format!("stored message is invalid: {e}"))))
+}
+
+fn claim_due(
+    conn: &Connection,
+    destination: &str,
+    limit: usize,
+    now_ms: i64,
+) -> Result<Claim, StoreError> {
+    let mut select = conn.prepare_cached(
+        "SELECT d.id, d.broadcast_id, d.idempotency_key,
+                d.state, d.attempts_made, d.attempts_max, d.due_at_ms, d.deadline_at_ms, d.possible_duplicate,
+                b.title, b.body, b.severity, b.thread_key, b.created_at_ms
+         FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
+         WHERE d.destination = ?1 AND d.due_at_ms IS NOT NULL AND d.leased = 0 AND d.due_at_ms <= ?2
+         ORDER BY d.due_at_ms, d.id
+         LIMIT ?3",
+    )?;
+    let mut rows = select.query(params![destination, now_ms, limit as i64])?;
+    let mut claimed = Vec::new();
+    while let Some(row) = rows.next()? {
+        let progress = progress_from_row(row, 3)??;
+        claimed.push(ClaimedDelivery {
+            delivery_id: row.get(0)?,
+            broadcast_id: row.get(1)?,
+            destination: destination.to_owned(),
+            idempotency_key: row.get(2)?,
+            progress,
+            message: message_from_row(row, 9)??,
+            broadcast_created_at_ms: row.get(13)?,
+        });
+    }
+    drop(rows);
+    let mut lease = conn.prepare_cached(
+        "UPDATE deliveries SET state = ?2, attempts_made = ?3, due_at_ms = ?4, leased = 1, updated_at_ms = ?5
+         WHERE id = ?1",
+    )?;
+    for delivery in &mut claimed {
+        if delivery.progress.state != DeliveryState::Verifying {
+            delivery.progress = delivery
+                .progress
+                .leased()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        }
+        let p = &delivery.progress;
+        lease.execute(params![
+            delivery.delivery_id,
+            p.state.as_str(),
+            p.attempts_made,
+            p.due_at_ms,
+            now_ms
+        ])?;
+    }
+    let next_due_at_ms = conn
+        .prepare_cached(
+            "SELECT min(due_at_ms) FROM deliveries
+             WHERE destination = ?1 AND due_at_ms IS NOT NULL AND leased = 0",
+        )?
+        .query_row(params![destination], |r| r.get(0))?;
+    Ok(Claim {
+        deliveries: claimed,
+        next_due_at_ms,
+    })
+}
+
+fn update_delivery(conn: &Connection, update: &DeliveryUpdate) -> Result<UpdateResult, StoreError> {
+    let a = &update.attempt;
+    conn.prepare_cached(
+        "INSERT INTO attempts (delivery_id, number, kind, started_at_ms, finished_at_ms, outcome,
+                               http_status, excerpt, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        update.delivery_id,
+        a.number,
+        a.kind.as_str(),
+        a.started_at_ms,
+        a.finished_at_ms,
+        a.outcome,
+        a.http_status,
+        a.excerpt,
+        a.error
+    ])?;
+    let p = &update.progress;
+    let changed = conn
+        .prepare_cached(
+            "UPDATE deliveries SET state = ?3, attempts_made = ?4, attempts_max = ?5, due_at_ms = ?6,
+                 deadline_at_ms = ?7, possible_duplicate = ?8, leased = 0, last_error = ?9,
+                 last_http_status = ?10, updated_at_ms = ?11
+             WHERE id = ?1 AND state = ?2 AND leased = 1",
+        )?
+        .execute(params![
+            update.delivery_id,
+            update.expected_state.as_str(),
+            p.state.as_str(),
+            p.attempts_made,
+            p.attempts_max,
+            p.due_at_ms,
+            p.deadline_at_ms,
+            p.possible_duplicate,
+            update.last_error,
+            a.http_status,
+            update.now_ms
+        ])?;
+    if changed == 0 {
+        return Ok(UpdateResult::Stale);
+    }
+    let promoted_next_in_thread = if p.state.is_final() {
+        promote_next_in_thread(conn, update.delivery_id, update.now_ms)?
+    } else {
+        false
+    };
+    Ok(UpdateResult::Applied {
+        promoted_next_in_thread,
+    })
+}
+
+/// When a delivery becomes final, the next waiting delivery of its thread on
+/// the same destination (if nothing else of that thread is unfinished there)
+/// becomes pending.
+fn promote_next_in_thread(
+    conn: &Connection,
+    finished_id: i64,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let next = conn
+        .prepare_cached(&format!(
+            "SELECT n.id, n.state, n.attempts_made, n.attempts_max, n.due_at_ms, n.deadline_at_ms, n.possible_duplicate
+             FROM deliveries f
+             JOIN deliveries n ON n.destination = f.destination AND n.thread_key = f.thread_key
+             WHERE f.id = ?1 AND f.thread_key IS NOT NULL AND n.state = 'waiting'
+               AND NOT EXISTS (SELECT 1 FROM deliveries o
+                               WHERE o.destination = f.destination AND o.thread_key = f.thread_key
+                                 AND o.state NOT IN {FINAL_STATES_SQL} AND o.state <> 'waiting')
+             ORDER BY n.id LIMIT 1"
+        ))?
+        .query_row(params![finished_id], |row| {
+            Ok((row.get::<_, i64>(0)?, progress_from_row(row, 1)?))
+        })
+        .optional()?;
+    let Some((id, progress)) = next else {
+        return Ok(false);
+    };
+    let progress = progress?
+        .thread_ready(now_ms)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.prepare_cached(
+        "UPDATE deliveries SET state = ?2, due_at_ms = ?3, updated_at_ms = ?4 WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        progress.state.as_str(),
+        progress.due_at_ms,
+        now_ms
+    ])?;
+    Ok(true)
+}
+
+fn recover(conn: &Connection, now_ms: i64) -> Result<Recovery, StoreError> {
+    let mut select = conn.prepare(
+        "SELECT id, state, attempts_made, attempts_max, due_at_ms, deadline_at_ms, possible_duplicate, updated_at_ms
+         FROM deliveries WHERE state = 'sending'",
+    )?;
+    let interrupted: Vec<(i64, Result<DeliveryProgress, StoreError>, i64)> = select
+        .query_map([], |row| {
+            Ok((row.get(0)?, progress_from_row(row, 1)?, row.get(7)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut recovery = Recovery::default();
+    for (id, progress, leased_at_ms) in interrupted {
+        let progress = progress?;
+        let next = progress
+            .interrupted(now_ms)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        conn.execute(
+            "INSERT INTO attempts (delivery_id, number, kind, started_at_ms, finished_at_ms, outcome, error)
+             VALUES (?1, ?2, 'send', ?3, ?4, 'interrupted', ?5)",
+            params![
+                id,
+                progress.attempts_made,
+                leased_at_ms,
+                now_ms,
+                "herald stopped while this attempt was in flight; the outcome is unknown, so the destination is checked before any re-send"
+            ],
+        )?;
+        conn.execute(
+            "UPDATE deliveries SET state = ?2, due_at_ms = ?3, leased = 0, updated_at_ms = ?4,
+                 last_error = 'interrupted: herald stopped mid-attempt'
+             WHERE id = ?1",
+            params![id, next.state.as_str(), next.due_at_ms, now_ms],
+        )?;
+        recovery.interrupted += 1;
+    }
+    recovery.released =
+        conn.execute("UPDATE deliveries SET leased = 0 WHERE leased = 1", [])? as u64;
+    Ok(recovery)
+}
+
+fn read_broadcast(conn: &Connection, id: &str) -> Result<Option<BroadcastView>, StoreError> {
+    let head = conn
+        .prepare_cached(
+            "SELECT title, body, severity, thread_key, created_at_ms FROM broadcasts WHERE id = ?1",
+        )?
+        .query_row(params![id], |row| {
+            Ok((message_from_row(row, 0)?, row.get::<_, i64>(4)?))
+        })
+        .optional()?;
+    let Some((message, created_at_ms)) = head else {
+        return Ok(None);
+    };
+    let message = message?;
+    let mut deliveries = Vec::new();
+    let mut ids = Vec::new();
+    {
+        let mut select = conn.prepare_cached(
+            "SELECT id, destination, idempotency_key,
+                    state, attempts_made, attempts_max, due_at_ms, deadline_at_ms, possible_duplicate,
+                    last_error, last_http_status, updated_at_ms
+             FROM deliveries WHERE broadcast_id = ?1 ORDER BY id",
+        )?;
+        let mut rows = select.query(params![id])?;
+        while let Some(row) = rows.next()? {
+            ids.push(row.get::<_, i64>(0)?);
+            deliveries.push(DeliveryView {
+                destination: row.get(1)?,
+                idempotency_key: row.get(2)?,
+                progress: progress_from_row(row, 3)??,
+                last_error: row.get(9)?,
+                last_http_status: row.get(10)?,
+                updated_at_ms: row.get(11)?,
+                attempts: Vec::new(),
+            });
+        }
+    }
+    let mut attempts = conn.prepare_cached(
+        "SELECT number, kind, started_at_ms, finished_at_ms, outcome, http_status, excerpt, error
+         FROM attempts WHERE delivery_id = ?1 ORDER BY id",
+    )?;
+    for (delivery, id) in deliveries.iter_mut().zip(ids) {
+        delivery.attempts = attempts
+            .query_map(params![id], |row| {
+                let kind: String = row.get(1)?;
+                Ok(AttemptRecord {
+                    number: row.get(0)?,
+                    kind: if kind == "verify" {
+                        AttemptKind::Verify
+                    } else {
+                        AttemptKind::Send
+                    },
+                    started_at_ms: row.get(2)?,
+                    finished_at_ms: row.get(3)?,
+                    outcome: row.get(4)?,
+                    http_status: row.get(5)?,
+                    excerpt: row.get(6)?,
+                    error: row.get(7)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(Some(BroadcastView {
+        id: id.to_owned(),
+        message,
+        created_at_ms,
+        deliveries,
+    }))
+}
+
+impl Store for SqliteStore {
+    async fn insert_broadcast(
+        &self,
+        new: NewBroadcast,
+    ) -> Result<Vec<InsertedDelivery>, StoreError> {
+        self.write(|reply| WriteOp::Insert(new, reply)).await
+    }
+
+    async fn claim_due(
+        &self,
+        destination: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Claim, StoreError> {
+        let destination = destination.to_owned();
+        self.write(|reply| WriteOp::Claim {
+            destination,
+            limit,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn update_delivery(&self, update: DeliveryUpdate) -> Result<UpdateResult, StoreError> {
+        self.write(|reply| WriteOp::Update(update, reply)).await
+    }
+
+    async fn recover(&self, now_ms: i64) -> Result<Recovery, StoreError> {
+        self.write(|reply| WriteOp::Recover(now_ms, reply)).await
+    }
+
+    async fn broadcast(&self, id: &str) -> Result<Option<BroadcastView>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| read_broadcast(conn, &id)).await
+    }
+
+    async fn destinations_with_work(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| {
+            let mut select = conn.prepare(&format!(
+                "SELECT DISTINCT destination FROM deliveries WHERE state NOT IN {FINAL_STATES_SQL}"
+            ))?;
+            let names = select
+                .query_map([], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(names)
+        })
+        .await
+    }
+}
