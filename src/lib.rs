@@ -2,5 +2,13 @@
 //! See ARCHITECTURE.md for the map of this crate.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod connector;
+pub mod demo;
+pub mod dispatch;
 pub mod domain;
+pub mod mock;
+pub mod server;
 pub mod store;

@@ -1,1 +1,247 @@
-fn main() {}
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use herald::api::wire::SendRequest;
+use herald::client::{render_broadcast, Client};
+use herald::config::{Config, DEFAULT_LISTEN};
+use herald::mock::FaultsFile;
+
+/// herald: durable fan-out of incident messages to many destinations.
+#[derive(Parser)]
+#[command(name = "herald", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API and the delivery workers.
+    Serve {
+        /// The config file (TOML): server settings and destinations.
+        #[arg(long, default_value = "herald.toml")]
+        config: PathBuf,
+        /// SQLite database file (overrides server.database).
+        #[arg(long)]
+        database: Option<PathBuf>,
+        /// Address to listen on (overrides server.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run the mock destinations (a webhook receiver with scriptable faults).
+    Mock {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// A TOML file of [paths."/hooks/NAME"] fault tables.
+        #[arg(long)]
+        faults: Option<PathBuf>,
+    },
+    /// Send a message to destinations.
+    Send {
+        /// A destination name; repeat for several.
+        #[arg(long = "to", required = true)]
+        to: Vec<String>,
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        body: Option<String>,
+        /// P1..P5 (or critical, high, warning, low, info). Default P3.
+        #[arg(long)]
+        severity: Option<String>,
+        /// Incident key; broadcasts of one thread land in order.
+        #[arg(long)]
+        thread: Option<String>,
+        /// Show each destination's state until the broadcast is final; exit
+        /// 1 if any destination ended failed or dead.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "HERALD_SERVER", default_value_t = default_server())]
+        server: String,
+    },
+    /// Show a broadcast: each destination's state and attempts.
+    Status {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "HERALD_SERVER", default_value_t = default_server())]
+        server: String,
+    },
+    /// Mock plus server plus a scripted P1 with faults, printed live.
+    Demo,
+}
+
+fn default_server() -> String {
+    format!("http://{DEFAULT_LISTEN}")
+}
+
+fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve {
+            config,
+            database,
+            listen,
+        } => {
+            init_logging("info");
+            let mut config = Config::load(&config, |k| std::env::var(k).ok())?;
+            if let Some(database) = database {
+                config.database = database;
+            }
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            let server = herald::server::start(config, listener).await?;
+            wait_for_stop_signal().await?;
+            tracing::info!("stopping: no new work; attempts in flight finish first");
+            server.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mock { listen, faults } => {
+            init_logging("info");
+            let faults = match faults {
+                Some(path) => FaultsFile::load(&path).map_err(anyhow::Error::msg)?,
+                None => FaultsFile::default(),
+            };
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let mock = herald::mock::start(listener, faults)?;
+            println!("herald mock listening on http://{}", mock.addr);
+            wait_for_stop_signal().await?;
+            mock.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send {
+            to,
+            title,
+            body,
+            severity,
+            thread,
+            wait,
+            json,
+            server,
+        } => {
+            init_logging("warn");
+            let client = Client::new(&server)?;
+            let request = SendRequest {
+                title,
+                body,
+                severity,
+                thread,
+                destinations: to,
+            };
+            let accepted = client.send(&request).await?;
+            if !wait {
+                print_broadcast(&accepted, json)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !json {
+                println!(
+                    "broadcast {} accepted for {} destinations",
+                    accepted.id,
+                    accepted.deliveries.len()
+                );
+            }
+            let final_state = client
+                .watch(&accepted.id, |elapsed, delivery| {
+                    if !json {
+                        println!(
+                            "[{:>6.2}s] {}: {}",
+                            elapsed.as_secs_f64(),
+                            delivery.destination,
+                            delivery.describe()
+                        );
+                    }
+                })
+                .await?;
+            if json {
+                print_broadcast(&final_state, true)?;
+            } else {
+                println!("broadcast {}: {}", final_state.id, final_state.status);
+            }
+            let lost = final_state.deliveries.iter().any(|d| d.is_lost_cause());
+            Ok(if lost {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Status { id, json, server } => {
+            init_logging("warn");
+            let broadcast = Client::new(&server)?.status(&id).await?;
+            print_broadcast(&broadcast, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            init_logging("error");
+            let mut stdout = std::io::stdout();
+            let ok = herald::demo::run(&mut stdout).await?;
+            stdout.flush()?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+fn print_broadcast(broadcast: &herald::api::wire::Broadcast, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(broadcast)?);
+    } else {
+        print!("{}", render_broadcast(broadcast));
+    }
+    Ok(())
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

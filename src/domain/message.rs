@@ -57,12 +57,14 @@ impl Severity {
             "p3" | "medium" | "warning" => Severity::P3,
             "p4" | "low" => Severity::P4,
             "p5" | "info" => Severity::P5,
-            _ => return Err(InvalidInput::new(
-                "severity",
-                format!(
+            _ => {
+                return Err(InvalidInput::new(
+                    "severity",
+                    format!(
                     "unknown severity {text:?}: use P1..P5 (or critical, high, warning, low, info)"
                 ),
-            )),
+                ))
+            }
         })
     }
 }

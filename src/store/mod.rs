@@ -46,7 +46,7 @@ pub struct NewDelivery {
 pub struct InsertedDelivery {
     pub destination: String,
     pub idempotency_key: String,
-    pub state: DeliveryState,
+    pub progress: DeliveryProgress,
 }
 
 /// A delivery handed to a worker. Its lease is held until the worker's
@@ -61,6 +61,8 @@ pub struct ClaimedDelivery {
     pub progress: DeliveryProgress,
     pub message: Message,
     pub broadcast_created_at_ms: i64,
+    /// Why the previous attempt did not confirm, if it did not.
+    pub last_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]

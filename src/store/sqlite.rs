@@ -381,7 +381,7 @@ fn insert_broadcast(
         out.push(InsertedDelivery {
             destination: delivery.destination.clone(),
             idempotency_key: key,
-            state: progress.state,
+            progress,
         });
     }
     Ok(out)
@@ -426,7 +426,7 @@ fn claim_due(
     let mut select = conn.prepare_cached(
         "SELECT d.id, d.broadcast_id, d.idempotency_key,
                 d.state, d.attempts_made, d.attempts_max, d.due_at_ms, d.deadline_at_ms, d.possible_duplicate,
-                b.title, b.body, b.severity, b.thread_key, b.created_at_ms
+                b.title, b.body, b.severity, b.thread_key, b.created_at_ms, d.last_error
          FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
          WHERE d.destination = ?1 AND d.due_at_ms IS NOT NULL AND d.leased = 0 AND d.due_at_ms <= ?2
          ORDER BY d.due_at_ms, d.id
@@ -444,6 +444,7 @@ fn claim_due(
             progress,
             message: message_from_row(row, 9)??,
             broadcast_created_at_ms: row.get(13)?,
+            last_error: row.get(14)?,
         });
     }
     drop(rows);

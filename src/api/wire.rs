@@ -1,0 +1,189 @@
+//! The JSON shapes of the HTTP API, shared by the server and the CLI client.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{derive_status, format_rfc3339_ms, DeliveryState};
+use crate::store::{BroadcastView, DeliveryView};
+
+/// `POST /v1/broadcasts`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
+    pub destinations: Vec<String>,
+}
+
+/// A broadcast: the intent, its derived status and each delivery.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Broadcast {
+    pub id: String,
+    pub title: String,
+    pub body: String,
+    pub severity: String,
+    pub thread: Option<String>,
+    pub created_at: String,
+    /// `delivering`, `converged` or `partial`; derived from the deliveries.
+    pub status: String,
+    pub deliveries: Vec<Delivery>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Delivery {
+    pub destination: String,
+    pub state: String,
+    /// The state as an operator reads it: "retrying 2/8".
+    pub summary: String,
+    pub attempts_made: u32,
+    pub attempts_max: u32,
+    pub idempotency_key: String,
+    pub possible_duplicate: bool,
+    pub next_attempt_at: Option<String>,
+    /// Milliseconds from the server's now to the next attempt.
+    pub next_attempt_in_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_http_status: Option<u16>,
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    /// `send` or `verify`.
+    pub kind: String,
+    pub outcome: String,
+    pub http_status: Option<u16>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+    pub excerpt: Option<String>,
+}
+
+/// Every error, everywhere: `{"error": {"code", "message", "field"}}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl Broadcast {
+    pub fn from_view(view: &BroadcastView, now_ms: i64) -> Broadcast {
+        Broadcast {
+            id: view.id.clone(),
+            title: view.message.title().to_owned(),
+            body: view.message.body().to_owned(),
+            severity: view.message.severity().as_str().to_owned(),
+            thread: view.message.thread().map(str::to_owned),
+            created_at: format_rfc3339_ms(view.created_at_ms),
+            status: derive_status(view.deliveries.iter().map(|d| d.progress.state))
+                .as_str()
+                .to_owned(),
+            deliveries: view
+                .deliveries
+                .iter()
+                .map(|d| Delivery::from_view(d, now_ms))
+                .collect(),
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        self.status != "delivering"
+    }
+}
+
+impl Delivery {
+    fn from_view(view: &DeliveryView, now_ms: i64) -> Delivery {
+        let p = &view.progress;
+        Delivery {
+            destination: view.destination.clone(),
+            state: p.state.as_str().to_owned(),
+            summary: p.summary(),
+            attempts_made: p.attempts_made,
+            attempts_max: p.attempts_max,
+            idempotency_key: view.idempotency_key.clone(),
+            possible_duplicate: p.possible_duplicate,
+            next_attempt_at: p.due_at_ms.map(format_rfc3339_ms),
+            next_attempt_in_ms: p.due_at_ms.map(|due| (due - now_ms).max(0)),
+            last_error: view.last_error.clone(),
+            last_http_status: view.last_http_status,
+            attempts: view
+                .attempts
+                .iter()
+                .map(|a| Attempt {
+                    number: a.number,
+                    kind: a.kind.as_str().to_owned(),
+                    outcome: a.outcome.clone(),
+                    http_status: a.http_status,
+                    started_at: format_rfc3339_ms(a.started_at_ms),
+                    finished_at: format_rfc3339_ms(a.finished_at_ms),
+                    latency_ms: a.finished_at_ms - a.started_at_ms,
+                    error: a.error.clone(),
+                    excerpt: a.excerpt.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Failed or dead: the destination will not get the message unless an
+    /// operator acts.
+    pub fn is_lost_cause(&self) -> bool {
+        matches!(
+            DeliveryState::parse(&self.state),
+            Some(DeliveryState::Failed | DeliveryState::Dead)
+        )
+    }
+
+    /// "retrying 2/8 (HTTP 429, retry in 2s)" for people watching.
+    pub fn describe(&self) -> String {
+        let mut text = self.summary.clone();
+        let mut details = Vec::new();
+        let state = DeliveryState::parse(&self.state);
+        let show_error = matches!(
+            state,
+            Some(
+                DeliveryState::Retrying
+                    | DeliveryState::Verifying
+                    | DeliveryState::Failed
+                    | DeliveryState::Dead
+            )
+        );
+        if show_error {
+            match (&self.last_http_status, &self.last_error) {
+                (Some(status), _) => details.push(format!("HTTP {status}")),
+                (None, Some(error)) => details.push(truncate_chars(error, 80)),
+                (None, None) => {}
+            }
+        }
+        if state == Some(DeliveryState::Retrying) {
+            if let Some(ms) = self.next_attempt_in_ms {
+                details.push(format!("retry in {:.1}s", ms as f64 / 1000.0));
+            }
+        }
+        if self.possible_duplicate {
+            details.push("possible duplicate".into());
+        }
+        if !details.is_empty() {
+            text.push_str(&format!(" ({})", details.join(", ")));
+        }
+        text
+    }
+}
+
+fn truncate_chars(text: &str, chars_max: usize) -> String {
+    match text.char_indices().nth(chars_max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}

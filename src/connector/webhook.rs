@@ -1,0 +1,265 @@
+//! The generic webhook: POST JSON with `Idempotency-Key` and the Standard
+//! Webhooks headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+
+use super::{parse_retry_after_ms, VerifyReport};
+use crate::config::WebhookSecret;
+use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Verification, EXCERPT_BYTES_MAX};
+use crate::store::ClaimedDelivery;
+
+/// The longest a connection may take to open, whatever the request timeout.
+const CONNECT_TIMEOUT_MS_MAX: u64 = 5_000;
+
+pub struct WebhookConnector {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    secret: Option<WebhookSecret>,
+}
+
+#[derive(Serialize)]
+struct Payload<'a> {
+    r#type: &'static str,
+    timestamp: String,
+    data: PayloadData<'a>,
+}
+
+#[derive(Serialize)]
+struct PayloadData<'a> {
+    broadcast_id: &'a str,
+    destination: &'a str,
+    title: &'a str,
+    body: &'a str,
+    severity: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread: Option<&'a str>,
+}
+
+/// The JSON body sent for a delivery. The same bytes are signed and sent.
+pub fn webhook_payload(delivery: &ClaimedDelivery) -> Vec<u8> {
+    let m = &delivery.message;
+    let payload = Payload {
+        r#type: "incident.message",
+        timestamp: format_rfc3339_ms(delivery.broadcast_created_at_ms),
+        data: PayloadData {
+            broadcast_id: &delivery.broadcast_id,
+            destination: &delivery.destination,
+            title: m.title(),
+            body: m.body(),
+            severity: m.severity().as_str(),
+            thread: m.thread(),
+        },
+    };
+    serde_json::to_vec(&payload).expect("payload serialises")
+}
+
+/// `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`.
+pub fn sign_webhook(secret: &WebhookSecret, id: &str, timestamp_secs: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.key()).expect("HMAC takes any key size");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp_secs.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    format!("v1,{signature}")
+}
+
+/// The webhook's outcome classes (DESIGN.md table), from the status line.
+pub fn classify_webhook_response(status: u16, retry_after: Option<&str>, now_ms: i64) -> Outcome {
+    let class = match status {
+        200..=299 => OutcomeClass::Success,
+        429 => OutcomeClass::RateLimited,
+        // The receiver did not process it: timed out reading it, or another
+        // request with the same Idempotency-Key is in progress.
+        408 | 409 | 425 => OutcomeClass::Retryable,
+        500..=599 => OutcomeClass::Retryable,
+        // Redirects are not followed: the URL must be the final one.
+        300..=399 | 400..=499 => OutcomeClass::Permanent,
+        _ => OutcomeClass::Retryable,
+    };
+    let mut outcome = Outcome::new(class);
+    outcome.http_status = Some(status);
+    if matches!(class, OutcomeClass::RateLimited | OutcomeClass::Retryable) {
+        outcome.retry_after_ms = retry_after.and_then(|v| parse_retry_after_ms(v, now_ms));
+    }
+    if class != OutcomeClass::Success {
+        outcome.error = Some(match status {
+            300..=399 => {
+                format!("HTTP {status}: redirects are not followed; configure the final URL")
+            }
+            401 | 403 => {
+                format!("HTTP {status}: the receiver refused our credentials or signature")
+            }
+            404 | 410 => format!("HTTP {status}: the receiver's URL does not exist"),
+            429 => format!("HTTP {status}: rate limited"),
+            _ => format!("HTTP {status}"),
+        });
+    }
+    outcome
+}
+
+impl WebhookConnector {
+    pub fn new(
+        url: reqwest::Url,
+        secret: Option<WebhookSecret>,
+        timeout: Duration,
+        connections_max: usize,
+    ) -> Result<WebhookConnector, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_millis(CONNECT_TIMEOUT_MS_MAX)))
+            .pool_max_idle_per_host(connections_max)
+            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(WebhookConnector {
+            client,
+            url,
+            secret,
+        })
+    }
+
+    pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
+        let body = webhook_payload(delivery);
+        let id = delivery.idempotency_key.as_str();
+        let timestamp_secs = now_ms.div_euclid(1000);
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header("content-type", "application/json")
+            .header("idempotency-key", id)
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp_secs.to_string());
+        if let Some(secret) = &self.secret {
+            request = request.header(
+                "webhook-signature",
+                sign_webhook(secret, id, timestamp_secs, &body),
+            );
+        }
+        let started = Instant::now();
+        let response = match request.body(body).send().await {
+            Ok(response) => response,
+            Err(error) => return classify_transport_error(&error),
+        };
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let status = response.status().as_u16();
+        let mut outcome = classify_webhook_response(status, retry_after.as_deref(), now_ms);
+        let deadline = started + Duration::from_millis(CONNECT_TIMEOUT_MS_MAX);
+        outcome.excerpt = read_excerpt(response, deadline).await;
+        outcome
+    }
+
+    /// A generic webhook cannot be read back. A re-send carries the same
+    /// `Idempotency-Key` and `webhook-id`, which receivers use to
+    /// deduplicate, so it is not counted as a possible duplicate.
+    pub async fn verify(&self, _delivery: &ClaimedDelivery) -> VerifyReport {
+        VerifyReport {
+            result: Verification::Unknown,
+            resend_may_duplicate: false,
+            http_status: None,
+            error: Some(
+                "webhooks cannot be read back; re-sending with the same Idempotency-Key".into(),
+            ),
+        }
+    }
+}
+
+fn classify_transport_error(error: &reqwest::Error) -> Outcome {
+    // A failed connect means the request never left: safe to retry. Anything
+    // after that (timeout, reset mid-response) may have been processed.
+    let (class, what) = if error.is_connect() {
+        (OutcomeClass::Retryable, "could not connect")
+    } else if error.is_timeout() {
+        (
+            OutcomeClass::Ambiguous,
+            "timed out after the request was sent",
+        )
+    } else if error.is_builder() {
+        (OutcomeClass::Permanent, "could not build the request")
+    } else {
+        (
+            OutcomeClass::Ambiguous,
+            "the connection failed after the request was sent",
+        )
+    };
+    let mut outcome = Outcome::new(class);
+    outcome.error = Some(format!("{what}: {}", error_chain(error)));
+    outcome
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Reads at most `EXCERPT_BYTES_MAX` bytes of the body, never past
+/// `deadline`; the status already decided the outcome.
+async fn read_excerpt(mut response: reqwest::Response, deadline: Instant) -> Option<String> {
+    let mut excerpt = Vec::new();
+    while excerpt.len() < EXCERPT_BYTES_MAX {
+        let chunk = tokio::time::timeout_at(deadline.into(), response.chunk()).await;
+        match chunk {
+            Ok(Ok(Some(bytes))) => excerpt.extend_from_slice(&bytes),
+            _ => break,
+        }
+    }
+    if excerpt.is_empty() {
+        return None;
+    }
+    excerpt.truncate(EXCERPT_BYTES_MAX);
+    let mut text = String::from_utf8_lossy(&excerpt).into_owned();
+    // Lossy decoding may have split a character at the cut; keep it valid.
+    while text.len() > EXCERPT_BYTES_MAX {
+        text.pop();
+    }
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_the_standard_webhooks_reference_vector() {
+        let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let signature = sign_webhook(
+            &secret,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn classifies_statuses() {
+        let class = |status| classify_webhook_response(status, None, 0).class;
+        assert_eq!(class(200), OutcomeClass::Success);
+        assert_eq!(class(204), OutcomeClass::Success);
+        assert_eq!(class(500), OutcomeClass::Retryable);
+        assert_eq!(class(503), OutcomeClass::Retryable);
+        assert_eq!(class(429), OutcomeClass::RateLimited);
+        for status in [400, 401, 403, 404, 410, 301] {
+            assert_eq!(class(status), OutcomeClass::Permanent, "{status}");
+        }
+        let limited = classify_webhook_response(429, Some("2"), 0);
+        assert_eq!(limited.retry_after_ms, Some(2_000));
+        assert_eq!(limited.error.as_deref(), Some("HTTP 429: rate limited"));
+    }
+}

@@ -1,0 +1,322 @@
+//! The delivery engine. One lane per destination: it leases that
+//! destination's due deliveries in batches, runs each attempt on its own task
+//! (at most `concurrency` at once), records the outcome through the store's
+//! group-committing writer, and pauses the whole lane when the destination
+//! answers 429. Lanes share nothing but the store, so a slow, failing or
+//! rate-limited destination never holds back another.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::Destination;
+use crate::connector::Connector;
+use crate::domain::{DeliveryState, Event, Verification};
+use crate::store::{
+    AttemptKind, AttemptRecord, ClaimedDelivery, DeliveryUpdate, Store, UpdateResult,
+};
+
+/// Deliveries leased by one claim at most.
+const CLAIM_BATCH_MAX: usize = 256;
+/// A lane with nothing due looks again after this long even without a wake-up
+/// (a safety net; new work and retries wake it directly).
+const IDLE_POLL_MS: i64 = 5_000;
+/// After a store error, a lane waits this long before trying again.
+const STORE_ERROR_PAUSE_MS: u64 = 500;
+/// Tries to record one outcome before leaving it to the next restart.
+const RECORD_TRIES_MAX: u32 = 20;
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct Lane {
+    destination: Destination,
+    connector: Connector,
+    wake: Notify,
+    paused_until_ms: AtomicI64,
+    slots: Arc<Semaphore>,
+}
+
+impl Lane {
+    fn pause_until(&self, until_ms: i64) {
+        self.paused_until_ms.fetch_max(until_ms, Ordering::SeqCst);
+    }
+}
+
+pub struct Dispatcher<S> {
+    store: Arc<S>,
+    lanes: HashMap<String, Arc<Lane>>,
+}
+
+/// A destination's live condition, as the dispatcher sees it.
+#[derive(Clone, Debug)]
+pub struct LaneHealth {
+    pub paused_until_ms: Option<i64>,
+    pub in_flight: usize,
+}
+
+impl<S: Store> Dispatcher<S> {
+    pub fn new(
+        store: Arc<S>,
+        destinations: &[Destination],
+    ) -> Result<Dispatcher<S>, reqwest::Error> {
+        let mut lanes = HashMap::new();
+        for destination in destinations {
+            let lane = Lane {
+                connector: Connector::new(destination)?,
+                wake: Notify::new(),
+                paused_until_ms: AtomicI64::new(0),
+                slots: Arc::new(Semaphore::new(destination.concurrency as usize)),
+                destination: destination.clone(),
+            };
+            lanes.insert(destination.name.clone(), Arc::new(lane));
+        }
+        Ok(Dispatcher { store, lanes })
+    }
+
+    /// New work for `destination` was committed: look now, not at the next poll.
+    pub fn wake(&self, destination: &str) {
+        if let Some(lane) = self.lanes.get(destination) {
+            lane.wake.notify_one();
+        }
+    }
+
+    pub fn health(&self, destination: &str) -> Option<LaneHealth> {
+        let lane = self.lanes.get(destination)?;
+        let paused = lane.paused_until_ms.load(Ordering::SeqCst);
+        Some(LaneHealth {
+            paused_until_ms: (paused > now_ms()).then_some(paused),
+            in_flight: lane.destination.concurrency as usize - lane.slots.available_permits(),
+        })
+    }
+
+    /// Runs every lane until `shutdown` turns true, then lets in-flight
+    /// attempts finish (each is bounded by its destination's timeout).
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let mut lanes = JoinSet::new();
+        for lane in self.lanes.values() {
+            lanes.spawn(run_lane(self.store.clone(), lane.clone(), shutdown.clone()));
+        }
+        while lanes.join_next().await.is_some() {}
+    }
+}
+
+async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch::Receiver<bool>) {
+    let name = lane.destination.name.clone();
+    let mut attempts = JoinSet::new();
+    loop {
+        while attempts.try_join_next().is_some() {}
+        if *shutdown.borrow() {
+            break;
+        }
+        let now = now_ms();
+        let paused_until = lane.paused_until_ms.load(Ordering::SeqCst);
+        if paused_until > now {
+            tracing::debug!(destination = %name, pause_ms = paused_until - now, "destination paused");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis((paused_until - now) as u64)) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let free = lane.slots.available_permits();
+        if free == 0 {
+            tokio::select! {
+                permit = lane.slots.acquire() => drop(permit),
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let limit = free.min(CLAIM_BATCH_MAX);
+        let claim = match store.claim_due(&name, limit, now).await {
+            Ok(claim) => claim,
+            Err(error) => {
+                tracing::error!(destination = %name, %error, "cannot claim due deliveries");
+                tokio::time::sleep(Duration::from_millis(STORE_ERROR_PAUSE_MS)).await;
+                continue;
+            }
+        };
+        let claimed = claim.deliveries.len();
+        for delivery in claim.deliveries {
+            let permit =
+                lane.slots.clone().try_acquire_owned().expect(
+                    "only this lane takes its slots, and it claimed no more than were free",
+                );
+            attempts.spawn(run_attempt(store.clone(), lane.clone(), delivery, permit));
+        }
+        if claimed == limit {
+            continue; // There may be more due right now.
+        }
+        let wake_at_ms = claim
+            .next_due_at_ms
+            .unwrap_or(i64::MAX)
+            .min(now.saturating_add(IDLE_POLL_MS));
+        let sleep_ms = wake_at_ms.saturating_sub(now_ms()).max(0) as u64;
+        tokio::select! {
+            _ = lane.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    // Shutdown: take no new work; let attempts in flight record their outcome.
+    while attempts.join_next().await.is_some() {}
+}
+
+async fn run_attempt<S: Store>(
+    store: Arc<S>,
+    lane: Arc<Lane>,
+    delivery: ClaimedDelivery,
+    _slot: OwnedSemaphorePermit,
+) {
+    let policy = lane.destination.policy;
+    let started_at_ms = now_ms();
+    let (update, pause_ms) = match delivery.progress.state {
+        DeliveryState::Verifying => {
+            let report = lane.connector.verify(&delivery).await;
+            let finished_at_ms = now_ms();
+            let event = Event::Verified {
+                result: report.result,
+                resend_may_duplicate: report.resend_may_duplicate,
+            };
+            let transition =
+                delivery
+                    .progress
+                    .apply(event, &policy, finished_at_ms, &mut rand::rng());
+            let transition = match transition {
+                Ok(t) => t,
+                Err(error) => {
+                    tracing::error!(%error, delivery = delivery.delivery_id, "bug: verification does not apply");
+                    return;
+                }
+            };
+            let outcome = match report.result {
+                Verification::Found => "found",
+                Verification::Absent => "absent",
+                Verification::Unknown => "unknown",
+            };
+            // Keep why the outcome was unknown next to what the read-back found.
+            let last_error = match (&report.error, &delivery.last_error) {
+                (Some(now), Some(before)) => Some(format!("{now} (after: {before})")),
+                (now, before) => now.clone().or_else(|| before.clone()),
+            };
+            let update = DeliveryUpdate {
+                delivery_id: delivery.delivery_id,
+                expected_state: DeliveryState::Verifying,
+                progress: transition.progress,
+                last_error,
+                attempt: AttemptRecord {
+                    number: delivery.progress.attempts_made,
+                    kind: AttemptKind::Verify,
+                    started_at_ms,
+                    finished_at_ms,
+                    outcome: outcome.to_owned(),
+                    http_status: report.http_status,
+                    excerpt: None,
+                    error: report.error,
+                },
+                now_ms: finished_at_ms,
+            };
+            (update, None)
+        }
+        DeliveryState::Sending => {
+            let outcome = lane.connector.send(&delivery, started_at_ms).await;
+            let finished_at_ms = now_ms();
+            let event = Event::Finished {
+                class: outcome.class,
+                retry_after_ms: outcome.retry_after_ms,
+            };
+            let transition =
+                delivery
+                    .progress
+                    .apply(event, &policy, finished_at_ms, &mut rand::rng());
+            let transition = match transition {
+                Ok(t) => t,
+                Err(error) => {
+                    tracing::error!(%error, delivery = delivery.delivery_id, "bug: outcome does not apply");
+                    return;
+                }
+            };
+            let pause_ms = transition.pause_destination_ms;
+            let update = DeliveryUpdate {
+                delivery_id: delivery.delivery_id,
+                expected_state: DeliveryState::Sending,
+                progress: transition.progress,
+                last_error: outcome.error.clone(),
+                attempt: AttemptRecord {
+                    number: delivery.progress.attempts_made,
+                    kind: AttemptKind::Send,
+                    started_at_ms,
+                    finished_at_ms,
+                    outcome: outcome.class.as_str().to_owned(),
+                    http_status: outcome.http_status,
+                    excerpt: outcome.excerpt,
+                    error: outcome.error,
+                },
+                now_ms: finished_at_ms,
+            };
+            (update, pause_ms)
+        }
+        state => {
+            tracing::error!(
+                state = state.as_str(),
+                "bug: claimed a delivery that is neither sending nor verifying"
+            );
+            return;
+        }
+    };
+    if let Some(pause_ms) = pause_ms {
+        lane.pause_until(update.now_ms.saturating_add(pause_ms as i64));
+        tracing::warn!(destination = %lane.destination.name, pause_ms, "destination rate limited; pausing it");
+    }
+    let next_state = update.progress.state;
+    tracing::info!(
+        broadcast = %delivery.broadcast_id,
+        destination = %delivery.destination,
+        attempt = update.attempt.number,
+        kind = update.attempt.kind.as_str(),
+        outcome = %update.attempt.outcome,
+        http_status = update.attempt.http_status,
+        latency_ms = update.attempt.finished_at_ms - update.attempt.started_at_ms,
+        state = %update.progress.summary(),
+        error = update.attempt.error.as_deref().unwrap_or(""),
+        "attempt finished"
+    );
+    let mut tries = 0;
+    let result = loop {
+        tries += 1;
+        match store.update_delivery(update.clone()).await {
+            Ok(result) => break Some(result),
+            Err(error) if tries < RECORD_TRIES_MAX => {
+                tracing::error!(%error, delivery = delivery.delivery_id, "cannot record an outcome; trying again");
+                tokio::time::sleep(Duration::from_millis(STORE_ERROR_PAUSE_MS)).await;
+            }
+            Err(error) => {
+                tracing::error!(%error, delivery = delivery.delivery_id,
+                    "cannot record an outcome; the delivery stays leased and is verified at the next start");
+                break None;
+            }
+        }
+    };
+    // A retry or a verification was scheduled, or the next delivery of a
+    // thread became pending: let the lane recompute when to look again.
+    let wake = matches!(
+        next_state,
+        DeliveryState::Retrying | DeliveryState::Verifying
+    ) || matches!(
+        result,
+        Some(UpdateResult::Applied {
+            promoted_next_in_thread: true
+        })
+    );
+    if wake {
+        lane.wake.notify_one();
+    }
+}
