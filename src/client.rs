@@ -36,7 +36,7 @@ impl Client {
     pub fn new(server: &str) -> Result<Client, ClientError> {
         let server =
             reqwest::Url::parse(server).map_err(|_| ClientError::BadServer(server.to_owned()))?;
-        let http = reqwest::Client::builder()
+        let http = crate::connector::http_client_builder()
             .timeout(Duration::from_millis(API_TIMEOUT_MS))
             .build()
             .map_err(|e| ClientError::BadServer(e.to_string()))?;

@@ -3,7 +3,6 @@
 //! faults scripted, and the convergence printed live.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use base64::Engine;
 use rand::Rng;
@@ -115,7 +114,7 @@ async fn run_in(workdir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
     let mock = crate::mock::start(TcpListener::bind("127.0.0.1:0").await?, faults_file)?;
     let mock_base = format!("http://{}", mock.addr);
     let config = Config {
-        database: PathBuf::from(workdir.join("herald.db")),
+        database: workdir.join("herald.db"),
         destinations: demo_destinations(&mock_base, &secrets),
         ..Config::default()
     };

@@ -198,23 +198,18 @@ impl MockState {
         let rate_limit_end = u64::from(f.rate_limit_first);
         let fail_end = rate_limit_end + u64::from(f.fail_first);
         let drop_end = fail_end + u64::from(f.drop_first);
-        let action = if n <= rate_limit_end {
+        if n <= rate_limit_end {
             state.stats.rate_limited += 1;
             return (Action::RateLimit(f.retry_after_secs), latency_ms);
-        } else if n <= fail_end {
-            state.stats.failed += 1;
-            return (Action::Fail(f.fail_status), latency_ms);
-        } else if n > drop_end
+        }
+        let random_failure = n > drop_end
             && f.failure_rate > 0.0
-            && rand::rng().random_bool(f.failure_rate.clamp(0.0, 1.0))
-        {
+            && rand::rng().random_bool(f.failure_rate.clamp(0.0, 1.0));
+        if n <= fail_end || random_failure {
             state.stats.failed += 1;
             return (Action::Fail(f.fail_status), latency_ms);
-        } else if n <= drop_end {
-            Action::Drop(f.drop_hang_ms)
-        } else {
-            Action::Accept { duplicate: false }
-        };
+        }
+        let drop_response = n <= drop_end;
         let key = header("idempotency-key")
             .or_else(|| header("webhook-id"))
             .map(str::to_owned)
@@ -237,12 +232,11 @@ impl MockState {
         } else {
             state.stats.distinct += 1;
         }
-        match action {
-            Action::Drop(hang_ms) => {
-                state.stats.dropped += 1;
-                (Action::Drop(hang_ms), latency_ms)
-            }
-            _ => (Action::Accept { duplicate }, latency_ms),
+        if drop_response {
+            state.stats.dropped += 1;
+            (Action::Drop(f.drop_hang_ms), latency_ms)
+        } else {
+            (Action::Accept { duplicate }, latency_ms)
         }
     }
 }

@@ -30,7 +30,6 @@ pub enum Connector {
 
 impl Connector {
     pub fn new(destination: &Destination) -> Result<Connector, reqwest::Error> {
-        install_tls_provider();
         let timeout = Duration::from_millis(destination.timeout_ms);
         match &destination.target {
             Target::Webhook { url, secret } => Ok(Connector::Webhook(WebhookConnector::new(
@@ -55,10 +54,12 @@ impl Connector {
     }
 }
 
-/// reqwest is built without a default crypto provider; herald uses ring.
-fn install_tls_provider() {
+/// Every HTTP client herald builds starts here: reqwest is built without a
+/// default TLS crypto provider, and herald uses ring.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
     // Fails only when a provider is already installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
 }
 
 /// Parses Retry-After: delta seconds or an HTTP date, relative to `now_ms`.

@@ -80,7 +80,7 @@ pub fn classify_webhook_response(status: u16, retry_after: Option<&str>, now_ms:
         408 | 409 | 425 => OutcomeClass::Retryable,
         500..=599 => OutcomeClass::Retryable,
         // Redirects are not followed: the URL must be the final one.
-        300..=399 | 400..=499 => OutcomeClass::Permanent,
+        300..=499 => OutcomeClass::Permanent,
         _ => OutcomeClass::Retryable,
     };
     let mut outcome = Outcome::new(class);
@@ -111,7 +111,7 @@ impl WebhookConnector {
         timeout: Duration,
         connections_max: usize,
     ) -> Result<WebhookConnector, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        let client = super::http_client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_millis(CONNECT_TIMEOUT_MS_MAX)))

@@ -1,1 +1,9 @@
+//! herald's integration tests: one binary, real HTTP, real database files,
+//! real processes.
 
+mod bad_input;
+mod cli;
+mod crash;
+mod partial_failure;
+mod store;
+mod support;

@@ -1,0 +1,150 @@
+//! The SQLite store on a real file: recovery after a crash, thread order,
+//! and many concurrent writers committed together.
+
+use herald::domain::{DeliveryState, Message, RetryPolicy, Severity};
+use herald::store::{
+    AttemptKind, AttemptRecord, DeliveryUpdate, NewBroadcast, NewDelivery, SqliteStore, Store,
+    UpdateResult,
+};
+
+use crate::support::temp_dir;
+
+fn new_broadcast(
+    id: &str,
+    thread: Option<&str>,
+    destinations: &[&str],
+    now_ms: i64,
+) -> NewBroadcast {
+    NewBroadcast {
+        id: id.to_owned(),
+        message: Message::new("disk full", "", Severity::P2, thread).unwrap(),
+        created_at_ms: now_ms,
+        deliveries: destinations
+            .iter()
+            .map(|d| NewDelivery {
+                destination: (*d).to_owned(),
+                policy: RetryPolicy::default(),
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_sending_at_a_crash_is_verified_not_resent_blindly() {
+    let dir = temp_dir();
+    let path = dir.path().join("herald.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .insert_broadcast(new_broadcast("B1", None, &["a", "b"], 1_000))
+            .await
+            .unwrap();
+        let claim = store.claim_due("a", 10, 2_000).await.unwrap();
+        assert_eq!(claim.deliveries.len(), 1);
+        assert_eq!(claim.deliveries[0].progress.state, DeliveryState::Sending);
+        // The process dies here: the store is dropped with the lease held.
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let recovery = store.recover(3_000).await.unwrap();
+    assert_eq!(recovery.interrupted, 1);
+    let view = store.broadcast("B1").await.unwrap().unwrap();
+    let a = &view.deliveries[0];
+    assert_eq!(a.progress.state, DeliveryState::Verifying);
+    assert_eq!(a.progress.attempts_made, 1);
+    assert_eq!(a.idempotency_key, "B1-a");
+    assert_eq!(a.attempts.len(), 1);
+    assert_eq!(a.attempts[0].outcome, "interrupted");
+    assert_eq!(
+        view.deliveries[1].progress.state,
+        DeliveryState::Pending,
+        "b was never leased"
+    );
+
+    // The verifying delivery is due again, under the same key.
+    let claim = store.claim_due("a", 10, 3_000).await.unwrap();
+    assert_eq!(claim.deliveries.len(), 1);
+    assert_eq!(claim.deliveries[0].progress.state, DeliveryState::Verifying);
+    assert_eq!(claim.deliveries[0].idempotency_key, "B1-a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_update_waits_for_the_message_it_updates() {
+    let dir = temp_dir();
+    let store = SqliteStore::open(dir.path().join("herald.db")).unwrap();
+    store
+        .insert_broadcast(new_broadcast("B1", Some("INC-7"), &["a"], 1_000))
+        .await
+        .unwrap();
+    let inserted = store
+        .insert_broadcast(new_broadcast("B2", Some("INC-7"), &["a"], 1_001))
+        .await
+        .unwrap();
+    assert_eq!(inserted[0].progress.state, DeliveryState::Waiting);
+
+    let claim = store.claim_due("a", 10, 5_000).await.unwrap();
+    assert_eq!(
+        claim.deliveries.len(),
+        1,
+        "only the first of the thread is due"
+    );
+    let first = &claim.deliveries[0];
+    assert_eq!(first.broadcast_id, "B1");
+
+    let mut confirmed = first.progress.clone();
+    confirmed.state = DeliveryState::Confirmed;
+    let result = store
+        .update_delivery(DeliveryUpdate {
+            delivery_id: first.delivery_id,
+            expected_state: DeliveryState::Sending,
+            progress: confirmed,
+            last_error: None,
+            attempt: AttemptRecord {
+                number: 1,
+                kind: AttemptKind::Send,
+                started_at_ms: 5_000,
+                finished_at_ms: 5_010,
+                outcome: "success".into(),
+                http_status: Some(200),
+                excerpt: None,
+                error: None,
+            },
+            now_ms: 5_010,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        result,
+        UpdateResult::Applied {
+            promoted_next_in_thread: true
+        }
+    );
+    let claim = store.claim_due("a", 10, 5_020).await.unwrap();
+    assert_eq!(claim.deliveries.len(), 1);
+    assert_eq!(claim.deliveries[0].broadcast_id, "B2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_inserts_are_all_committed() {
+    let dir = temp_dir();
+    let path = dir.path().join("herald.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .insert_broadcast(new_broadcast(&format!("B{i}"), None, &["a", "b", "c"], i))
+                .await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap().unwrap();
+    }
+    let duplicate = store
+        .insert_broadcast(new_broadcast("B7", None, &["a"], 0))
+        .await;
+    assert!(duplicate.is_err(), "an existing id is refused");
+    drop(store);
+    assert_eq!(crate::support::count_rows(&path, "broadcasts"), 300);
+    assert_eq!(crate::support::count_rows(&path, "deliveries"), 900);
+}

@@ -1,0 +1,94 @@
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use herald::api::wire::{Broadcast, SendRequest};
+use herald::client::Client;
+use herald::config::{Config, Destination, Target};
+use herald::domain::RetryPolicy;
+use herald::mock::{Faults, FaultsFile, RunningMock};
+use herald::server::RunningServer;
+use tokio::net::TcpListener;
+
+pub async fn start_mock(paths: &[(&str, Faults)]) -> RunningMock {
+    let mut file = FaultsFile::default();
+    for (path, faults) in paths {
+        file.paths.insert((*path).to_owned(), faults.clone());
+    }
+    herald::mock::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), file).unwrap()
+}
+
+/// A webhook destination at the mock's `/hooks/NAME`, with quick retries.
+pub fn webhook(mock: &RunningMock, name: &str) -> Destination {
+    Destination {
+        name: name.to_owned(),
+        target: Target::Webhook {
+            url: mock.url(&format!("/hooks/{name}")).parse().unwrap(),
+            secret: None,
+        },
+        timeout_ms: 1_000,
+        concurrency: 8,
+        policy: RetryPolicy {
+            attempts_max: 8,
+            base_ms: 100,
+            cap_ms: 2_000,
+            deadline_ms: None,
+        },
+    }
+}
+
+pub async fn start_server(database: &Path, destinations: Vec<Destination>) -> RunningServer {
+    let config = Config {
+        database: database.to_path_buf(),
+        destinations,
+        ..Config::default()
+    };
+    herald::server::start(config, TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .await
+        .unwrap()
+}
+
+pub fn client(server: &RunningServer) -> Client {
+    Client::new(&format!("http://{}", server.addr)).unwrap()
+}
+
+pub fn request(title: &str, destinations: &[&str]) -> SendRequest {
+    SendRequest {
+        title: title.to_owned(),
+        body: None,
+        severity: Some("P1".into()),
+        thread: None,
+        destinations: destinations.iter().map(|d| (*d).to_owned()).collect(),
+    }
+}
+
+/// Polls until the broadcast is final, for at most `limit`.
+pub async fn wait_final(client: &Client, id: &str, limit: Duration) -> Broadcast {
+    let deadline = Instant::now() + limit;
+    loop {
+        let broadcast = client.status(id).await.unwrap();
+        if broadcast.is_final() {
+            return broadcast;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broadcast {id} still delivering after {limit:?}: {broadcast:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Counts rows of a table in a database file, read-only.
+pub fn count_rows(database: &Path, table: &str) -> i64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("herald-test-")
+        .tempdir()
+        .unwrap()
+}
