@@ -380,6 +380,17 @@ retry = { attempts_max = 5, base_ms = 500, cap_ms = 60000, deadline_secs = 600 }
     }
 
     #[test]
+    fn the_example_file_is_valid() {
+        let config = Config::parse(
+            "herald.example.toml",
+            include_str!("../herald.example.toml"),
+            |_| Some(SECRET.to_owned()),
+        )
+        .unwrap();
+        assert_eq!(config.destinations.len(), 2);
+    }
+
+    #[test]
     fn errors_name_file_line_key_and_reason() {
         let err = parse("[destinations.a]\nkind = \"webhook\"\nurl = \"not a url\"\n").unwrap_err();
         assert_eq!(err.line, Some(3));

@@ -385,3 +385,53 @@ pub fn start(listener: TcpListener, faults: FaultsFile) -> Result<RunningMock, s
         task,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_faults_file_is_valid() {
+        let file: FaultsFile = toml::from_str(include_str!("../mock-faults.example.toml")).unwrap();
+        assert_eq!(file.paths["/hooks/flaky"].fail_first, 3);
+        assert_eq!(file.paths["/hooks/flaky"].fail_status, 503);
+        assert_eq!(file.paths["/hooks/ops"].retry_after_secs, 2);
+    }
+
+    #[test]
+    fn faults_apply_in_phases_and_receipts_deduplicate_by_key() {
+        let state = MockState::default();
+        state.set_faults(
+            "/h",
+            Faults {
+                rate_limit_first: 1,
+                fail_first: 1,
+                drop_first: 1,
+                ..Faults::default()
+            },
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("idempotency-key", "k1".parse().unwrap());
+        let kinds: Vec<&str> = (0..5)
+            .map(|_| match state.admit("/h", &headers, b"{}").0 {
+                Action::RateLimit(_) => "429",
+                Action::Fail(_) => "fail",
+                Action::Drop(_) => "drop",
+                Action::Accept { duplicate: false } => "new",
+                Action::Accept { duplicate: true } => "dup",
+                Action::BadSignature => "401",
+            })
+            .collect();
+        assert_eq!(kinds, ["429", "fail", "drop", "dup", "dup"]);
+        let stats = state.stats().path("/h");
+        assert_eq!(
+            (
+                stats.requests,
+                stats.receipts,
+                stats.distinct,
+                stats.duplicates
+            ),
+            (5, 3, 1, 2)
+        );
+    }
+}
