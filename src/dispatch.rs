@@ -202,9 +202,13 @@ async fn run_attempt<S: Store>(
                 Verification::Absent => "absent",
                 Verification::Unknown => "unknown",
             };
-            // Keep why the outcome was unknown next to what the read-back found.
+            // Keep why the outcome was unknown (the first clause of the
+            // previous error) next to what the read-back found.
             let last_error = match (&report.error, &delivery.last_error) {
-                (Some(now), Some(before)) => Some(format!("{now} (after: {before})")),
+                (Some(now), Some(before)) => {
+                    let why = before.split(": ").next().unwrap_or(before);
+                    Some(format!("{why}; {now}"))
+                }
                 (now, before) => now.clone().or_else(|| before.clone()),
             };
             let update = DeliveryUpdate {
@@ -277,18 +281,30 @@ async fn run_attempt<S: Store>(
         tracing::warn!(destination = %lane.destination.name, pause_ms, "destination rate limited; pausing it");
     }
     let next_state = update.progress.state;
-    tracing::info!(
-        broadcast = %delivery.broadcast_id,
-        destination = %delivery.destination,
-        attempt = update.attempt.number,
-        kind = update.attempt.kind.as_str(),
-        outcome = %update.attempt.outcome,
-        http_status = update.attempt.http_status,
-        latency_ms = update.attempt.finished_at_ms - update.attempt.started_at_ms,
-        state = %update.progress.summary(),
-        error = update.attempt.error.as_deref().unwrap_or(""),
-        "attempt finished"
-    );
+    // Successes are the bulk of the traffic: debug. Everything an operator
+    // may need to act on: info.
+    let level_is_info = next_state != DeliveryState::Confirmed;
+    macro_rules! log_attempt {
+        ($level:ident) => {
+            tracing::$level!(
+                broadcast = %delivery.broadcast_id,
+                destination = %delivery.destination,
+                attempt = update.attempt.number,
+                kind = update.attempt.kind.as_str(),
+                outcome = %update.attempt.outcome,
+                http_status = update.attempt.http_status,
+                latency_ms = update.attempt.finished_at_ms - update.attempt.started_at_ms,
+                state = %update.progress.summary(),
+                error = update.attempt.error.as_deref().unwrap_or(""),
+                "attempt finished"
+            )
+        };
+    }
+    if level_is_info {
+        log_attempt!(info);
+    } else {
+        log_attempt!(debug);
+    }
     let mut tries = 0;
     let result = loop {
         tries += 1;

@@ -162,7 +162,7 @@ impl Delivery {
         if show_error {
             match (&self.last_http_status, &self.last_error) {
                 (Some(status), _) => details.push(format!("HTTP {status}")),
-                (None, Some(error)) => details.push(truncate_chars(error, 80)),
+                (None, Some(error)) => details.push(truncate_chars(error, 140)),
                 (None, None) => {}
             }
         }

@@ -168,7 +168,7 @@ impl WebhookConnector {
             resend_may_duplicate: false,
             http_status: None,
             error: Some(
-                "webhooks cannot be read back; re-sending with the same Idempotency-Key".into(),
+                "a webhook cannot be read back, re-sending with the same Idempotency-Key".into(),
             ),
         }
     }
