@@ -27,8 +27,10 @@ const CLAIM_BATCH_MAX: usize = 256;
 const IDLE_POLL_MS: i64 = 5_000;
 /// After a store error, a lane waits this long before trying again.
 const STORE_ERROR_PAUSE_MS: u64 = 500;
-/// Tries to record one outcome before leaving it to the next restart.
-const RECORD_TRIES_MAX: u32 = 20;
+/// Tries to record one outcome before leaving it to the next restart
+/// (with the pause doubling up to `RECORD_PAUSE_MS_MAX`: about ten minutes).
+const RECORD_TRIES_MAX: u32 = 130;
+const RECORD_PAUSE_MS_MAX: u64 = 5_000;
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -114,7 +116,9 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
     let mut attempts = JoinSet::new();
     loop {
         while attempts.try_join_next().is_some() {}
-        if *shutdown.borrow() {
+        // A dropped sender counts as a stop, or `changed()` would return at
+        // once and the lane would spin.
+        if *shutdown.borrow() || shutdown.has_changed().is_err() {
             break;
         }
         let now = now_ms();
@@ -213,6 +217,7 @@ async fn run_attempt<S: Store>(
             };
             let update = DeliveryUpdate {
                 delivery_id: delivery.delivery_id,
+                lease_epoch: delivery.lease_epoch,
                 expected_state: DeliveryState::Verifying,
                 progress: transition.progress,
                 last_error,
@@ -251,6 +256,7 @@ async fn run_attempt<S: Store>(
             let pause_ms = transition.pause_destination_ms;
             let update = DeliveryUpdate {
                 delivery_id: delivery.delivery_id,
+                lease_epoch: delivery.lease_epoch,
                 expected_state: DeliveryState::Sending,
                 progress: transition.progress,
                 last_error: outcome.error.clone(),
@@ -312,7 +318,8 @@ async fn run_attempt<S: Store>(
             Ok(result) => break Some(result),
             Err(error) if tries < RECORD_TRIES_MAX => {
                 tracing::error!(%error, delivery = delivery.delivery_id, "cannot record an outcome; trying again");
-                tokio::time::sleep(Duration::from_millis(STORE_ERROR_PAUSE_MS)).await;
+                let pause_ms = (STORE_ERROR_PAUSE_MS << tries.min(4)).min(RECORD_PAUSE_MS_MAX);
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
             }
             Err(error) => {
                 tracing::error!(%error, delivery = delivery.delivery_id,

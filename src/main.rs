@@ -77,6 +77,32 @@ enum Command {
     },
     /// Mock plus server plus a scripted P1 with faults, printed live.
     Demo,
+    /// Measure throughput and latency: mock and server in their own
+    /// processes, load through the real API, against a no-store baseline.
+    Bench {
+        /// Scenarios to run, in order (burst runs first when others need it).
+        #[arg(long = "scenario", value_enum, default_values_t = [herald::bench::Scenario::Burst])]
+        scenarios: Vec<herald::bench::Scenario>,
+        #[arg(long, default_value_t = 25_000)]
+        broadcasts: usize,
+        #[arg(long, default_value_t = 4)]
+        destinations: usize,
+        /// Attempts in flight per destination.
+        #[arg(long, default_value_t = 64)]
+        concurrency: u32,
+        /// Concurrent API clients.
+        #[arg(long, default_value_t = 64)]
+        submitters: usize,
+        #[arg(long, default_value_t = 10)]
+        steady_secs: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        backlog_deliveries: usize,
+        /// Keep databases and logs here instead of a temporary folder.
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn default_server() -> String {
@@ -211,6 +237,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging("warn");
             let broadcast = Client::new(&server)?.status(&id).await?;
             print_broadcast(&broadcast, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            scenarios,
+            broadcasts,
+            destinations,
+            concurrency,
+            submitters,
+            steady_secs,
+            backlog_deliveries,
+            workdir,
+            json,
+        } => {
+            init_logging("warn");
+            let options = herald::bench::BenchOptions {
+                scenarios,
+                broadcasts,
+                destinations,
+                concurrency,
+                submitters,
+                steady_secs,
+                backlog_deliveries,
+                workdir,
+            };
+            let mut stdout = std::io::stdout();
+            herald::bench::run(options, json, &mut stdout).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {

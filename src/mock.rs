@@ -10,7 +10,8 @@
 //! `rate_limit_first` requests get 429 with Retry-After, the next
 //! `fail_first` get `fail_status`, the next `drop_first` are recorded as
 //! delivered and then never answered (the client times out), and after that
-//! each request fails with probability `failure_rate`. `latency_ms` delays
+//! each request gets 429 with probability `rate_limit_rate` or fails with
+//! probability `failure_rate`. `latency_ms` delays
 //! every answer.
 //!
 //! Control API: `GET /_mock/stats`, `PUT /_mock/faults` (a [`PathFaults`]
@@ -59,6 +60,8 @@ pub struct Faults {
     pub drop_hang_ms: u64,
     /// After the phases above, each request fails with this probability.
     pub failure_rate: f64,
+    /// After the phases above, each request gets 429 with this probability.
+    pub rate_limit_rate: f64,
     /// Every answer waits this long.
     pub latency_ms: u64,
     /// When set (`whsec_...`), requests must carry a valid Standard Webhooks
@@ -76,17 +79,56 @@ impl Default for Faults {
             drop_first: 0,
             drop_hang_ms: 30_000,
             failure_rate: 0.0,
+            rate_limit_rate: 0.0,
             latency_ms: 0,
             secret: None,
         }
     }
 }
 
-/// Faults for one path, as the control API and the faults file take them.
+impl Faults {
+    /// Refuses scripts that would make the counters lie.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(400..=599).contains(&self.fail_status) || self.fail_status == 429 {
+            return Err(format!(
+                "fail_status: {} is not a failure status; use 400..599 (rate limits are rate_limit_first/rate_limit_rate)",
+                self.fail_status
+            ));
+        }
+        for (name, rate) in [
+            ("failure_rate", self.failure_rate),
+            ("rate_limit_rate", self.rate_limit_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!(
+                    "{name}: {rate} is not a probability between 0 and 1"
+                ));
+            }
+        }
+        if let Some(secret) = &self.secret {
+            WebhookSecret::parse(secret).map_err(|reason| format!("secret: {reason}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn validate_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.starts_with("/_mock") {
+        return Err(format!(
+            "path: {path:?} must start with / and not with /_mock"
+        ));
+    }
+    Ok(())
+}
+
+/// Faults for one path, as the control API takes them:
+/// `{"path": "/hooks/x", "faults": {...}}`. Setting faults restarts the
+/// path's phases: "the first N" counts from this moment.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PathFaults {
     pub path: String,
-    #[serde(flatten)]
+    #[serde(default)]
     pub faults: Faults,
 }
 
@@ -101,7 +143,14 @@ pub struct FaultsFile {
 impl FaultsFile {
     pub fn load(path: &Path) -> Result<FaultsFile, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let file: FaultsFile =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        for (name, faults) in &file.paths {
+            validate_path(name)
+                .and_then(|()| faults.validate())
+                .map_err(|reason| format!("{}: paths.{name:?}.{reason}", path.display()))?;
+        }
+        Ok(file)
     }
 }
 
@@ -137,6 +186,8 @@ impl MockStats {
 #[derive(Default)]
 struct PathState {
     faults: Faults,
+    /// Requests before the faults were set; phases count after these.
+    phase_origin: u64,
     stats: PathStats,
     keys: HashMap<String, u32>,
 }
@@ -157,7 +208,9 @@ enum Action {
 impl MockState {
     fn set_faults(&self, path: &str, faults: Faults) {
         let mut paths = self.paths.lock().expect("mock state poisoned");
-        paths.entry(path.to_owned()).or_default().faults = faults;
+        let state = paths.entry(path.to_owned()).or_default();
+        state.faults = faults;
+        state.phase_origin = state.stats.requests;
     }
 
     fn stats(&self) -> MockStats {
@@ -179,7 +232,7 @@ impl MockState {
         if state.stats.arrivals_ms.len() < ARRIVALS_KEPT_MAX {
             state.stats.arrivals_ms.push(now_ms());
         }
-        let n = state.stats.requests;
+        let n = state.stats.requests - state.phase_origin;
         let f = &state.faults;
         let latency_ms = f.latency_ms;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -199,6 +252,13 @@ impl MockState {
         let fail_end = rate_limit_end + u64::from(f.fail_first);
         let drop_end = fail_end + u64::from(f.drop_first);
         if n <= rate_limit_end {
+            state.stats.rate_limited += 1;
+            return (Action::RateLimit(f.retry_after_secs), latency_ms);
+        }
+        let random_rate_limit = n > drop_end
+            && f.rate_limit_rate > 0.0
+            && rand::rng().random_bool(f.rate_limit_rate.clamp(0.0, 1.0));
+        if random_rate_limit {
             state.stats.rate_limited += 1;
             return (Action::RateLimit(f.retry_after_secs), latency_ms);
         }
@@ -279,12 +339,25 @@ async fn stats(State(state): State<Arc<MockState>>) -> Json<MockStats> {
     Json(state.stats())
 }
 
-async fn set_faults(
-    State(state): State<Arc<MockState>>,
-    Json(faults): Json<PathFaults>,
-) -> StatusCode {
-    state.set_faults(&faults.path, faults.faults);
-    StatusCode::NO_CONTENT
+async fn set_faults(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    let parsed = serde_json::from_slice::<PathFaults>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|p| {
+            validate_path(&p.path)?;
+            p.faults.validate()?;
+            Ok(p)
+        });
+    match parsed {
+        Ok(p) => {
+            state.set_faults(&p.path, p.faults);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(message) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": {"code": "invalid_faults", "message": message, "field": null}})),
+        )
+            .into_response(),
+    }
 }
 
 async fn reset(State(state): State<Arc<MockState>>) -> StatusCode {
@@ -399,6 +472,24 @@ mod tests {
     }
 
     #[test]
+    fn nonsense_faults_are_refused() {
+        assert!(Faults {
+            fail_status: 200,
+            ..Faults::default()
+        }
+        .validate()
+        .is_err());
+        assert!(Faults {
+            failure_rate: 1.5,
+            ..Faults::default()
+        }
+        .validate()
+        .is_err());
+        assert!(serde_json::from_str::<PathFaults>(r#"{"path": "/a", "fail_frist": 3}"#).is_err());
+        assert!(validate_path("/_mock/stats").is_err());
+    }
+
+    #[test]
     fn faults_apply_in_phases_and_receipts_deduplicate_by_key() {
         let state = MockState::default();
         state.set_faults(
@@ -423,6 +514,22 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["429", "fail", "drop", "dup", "dup"]);
+        // Faults set later count from that moment.
+        state.set_faults(
+            "/h",
+            Faults {
+                fail_first: 1,
+                ..Faults::default()
+            },
+        );
+        assert!(matches!(
+            state.admit("/h", &headers, b"{}").0,
+            Action::Fail(503)
+        ));
+        assert!(matches!(
+            state.admit("/h", &headers, b"{}").0,
+            Action::Accept { duplicate: true }
+        ));
         let stats = state.stats().path("/h");
         assert_eq!(
             (
@@ -431,7 +538,7 @@ mod tests {
                 stats.distinct,
                 stats.duplicates
             ),
-            (5, 3, 1, 2)
+            (7, 4, 1, 3)
         );
     }
 }

@@ -33,6 +33,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .route("/v1/broadcasts/{id}", get(get_broadcast::<S>))
         .route("/healthz", get(healthz))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -100,6 +101,14 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -120,32 +129,39 @@ fn parse_send_request(body: Result<Bytes, BytesRejection>) -> Result<SendRequest
             )
         }
     })?;
+    let malformed = |e: serde_json::Error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    };
     let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_data() {
-            let field = if path == "." {
-                // Missing or unknown fields are reported at the top level;
-                // serde names them in the message.
-                inner.to_string().split('`').nth(1).map(str::to_owned)
+    let request: SendRequest =
+        serde_path_to_error::deserialize(&mut *deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_data() {
+                let field = if path == "." {
+                    // Missing or unknown fields are reported at the top level;
+                    // serde names them in the message.
+                    inner.to_string().split('`').nth(1).map(str::to_owned)
+                } else {
+                    Some(path)
+                };
+                ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    code: "invalid_field",
+                    message: format!("{inner}"),
+                    field,
+                }
             } else {
-                Some(path)
-            };
-            ApiError {
-                status: StatusCode::BAD_REQUEST,
-                code: "invalid_field",
-                message: format!("{inner}"),
-                field,
+                malformed(inner)
             }
-        } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("the body is not valid JSON: {inner}"),
-            )
-        }
-    })
+        })?;
+    // Anything after the object (a second object, garbage) is refused too.
+    deserializer.end().map_err(malformed)?;
+    Ok(request)
 }
 
 async fn create_broadcast<S: Store>(

@@ -114,7 +114,10 @@ impl WebhookConnector {
         let client = super::http_client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_millis(CONNECT_TIMEOUT_MS_MAX)))
+            // Strictly shorter than the request timeout, so a stalled connect
+            // is reported as a connect failure (nothing sent, retryable) and
+            // not as a timeout after sending (ambiguous).
+            .connect_timeout((timeout * 3 / 4).min(Duration::from_millis(CONNECT_TIMEOUT_MS_MAX)))
             .pool_max_idle_per_host(connections_max)
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
             .build()?;

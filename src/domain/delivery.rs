@@ -187,6 +187,16 @@ impl DeliveryProgress {
                 next.due_at_ms = Some(now_ms);
                 Ok(transition(next))
             }
+            (S::Pending | S::Retrying, Event::Lease)
+                if self
+                    .deadline_at_ms
+                    .is_some_and(|deadline| now_ms > deadline) =>
+            {
+                // Past its deadline (a long outage, a backlog): too late to send.
+                next.state = S::Dead;
+                next.due_at_ms = None;
+                Ok(transition(next))
+            }
             (S::Pending | S::Retrying, Event::Lease) => {
                 next.state = S::Sending;
                 next.attempts_made = next.attempts_made.saturating_add(1);
@@ -271,9 +281,9 @@ impl DeliveryProgress {
         }
     }
 
-    /// [`Event::Lease`], which needs neither policy nor randomness.
-    pub fn leased(&self) -> Result<DeliveryProgress, TransitionError> {
-        self.apply_without_policy(Event::Lease, 0)
+    /// [`Event::Lease`] at `now_ms`: `Sending`, or `Dead` past the deadline.
+    pub fn leased(&self, now_ms: i64) -> Result<DeliveryProgress, TransitionError> {
+        self.apply_without_policy(Event::Lease, now_ms)
     }
 
     /// [`Event::ThreadReady`] at `now_ms`.
@@ -475,6 +485,9 @@ mod tests {
                         if let Some(pause) = t.pause_destination_ms {
                             prop_assert!(pause <= cap_ms);
                         }
+                        if after.state == DeliveryState::Dead && event == Event::Lease {
+                            prop_assert!(after.deadline_at_ms.is_some_and(|d| now_ms > d));
+                        }
                         if after.state == DeliveryState::Sending {
                             prop_assert_eq!(after.attempts_made, before.attempts_made + 1);
                         } else {
@@ -583,6 +596,17 @@ mod tests {
             )
             .unwrap();
         assert_eq!(t.pause_destination_ms, Some(60_000));
+    }
+
+    #[test]
+    fn a_delivery_past_its_deadline_is_dead_instead_of_sent() {
+        let policy = RetryPolicy {
+            deadline_ms: Some(60_000),
+            ..RetryPolicy::default()
+        };
+        let p = DeliveryProgress::new(&policy, false, 0);
+        assert_eq!(p.leased(60_000).unwrap().state, DeliveryState::Sending);
+        assert_eq!(p.leased(60_001).unwrap().state, DeliveryState::Dead);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("the store's writer has stopped")]
     WriterStopped,
+    #[error("{0}")]
+    Locked(String),
     #[error("broadcast id {0} already exists")]
     DuplicateBroadcast(String),
 }
@@ -63,6 +65,8 @@ pub struct ClaimedDelivery {
     pub broadcast_created_at_ms: i64,
     /// Why the previous attempt did not confirm, if it did not.
     pub last_error: Option<String>,
+    /// The fencing token of this lease; the outcome must carry it back.
+    pub lease_epoch: i64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -112,10 +116,12 @@ impl AttemptRecord {
 }
 
 /// A worker's result: the next progress, committed only if the delivery is
-/// still in `expected_state` and leased (an operator cancel wins).
+/// still in `expected_state` under the same lease (an operator cancel, or a
+/// newer lease after a restart, wins).
 #[derive(Clone, Debug)]
 pub struct DeliveryUpdate {
     pub delivery_id: i64,
+    pub lease_epoch: i64,
     pub expected_state: DeliveryState,
     pub progress: DeliveryProgress,
     pub last_error: Option<String>,
@@ -129,7 +135,8 @@ pub enum UpdateResult {
         /// A waiting delivery of the same thread became pending.
         promoted_next_in_thread: bool,
     },
-    /// The delivery had moved on (cancelled); only the attempt was logged.
+    /// The delivery had moved on (cancelled, or leased again); only the
+    /// attempt was logged.
     Stale,
 }
 

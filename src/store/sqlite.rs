@@ -3,9 +3,9 @@
 //!
 //! Writes go through one writer thread that owns the only write connection.
 //! It takes every operation queued at the moment, applies them all in one
-//! transaction (each under its own savepoint, so one bad operation does not
-//! sink the others), commits once, and only then answers each caller: group
-//! commit. Reads use a small pool of read-only connections, which WAL lets
+//! transaction, commits once, and only then answers each caller: group
+//! commit. A batch with a failing operation is replayed one operation per
+//! transaction, so the failure stays with its caller. Reads use a small pool of read-only connections, which WAL lets
 //! run beside the writer.
 
 use std::path::{Path, PathBuf};
@@ -50,6 +50,9 @@ CREATE TABLE deliveries (
     due_at_ms          INTEGER,
     deadline_at_ms     INTEGER,
     leased             INTEGER NOT NULL DEFAULT 0,
+    -- Fencing token: grows with every lease; an outcome is written only
+    -- under the lease it was attempted under.
+    lease_epoch        INTEGER NOT NULL DEFAULT 0,
     possible_duplicate INTEGER NOT NULL DEFAULT 0,
     remote_ref         TEXT,
     last_error         TEXT,
@@ -92,71 +95,36 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
+    /// An exclusive lock on `<database>.lock`, held while the store is open:
+    /// two herald processes on one SQLite file would each recover the
+    /// other's in-flight deliveries.
+    _lock: std::fs::File,
     writes: mpsc::Sender<WriteOp>,
     idle_readers: Mutex<Vec<Connection>>,
 }
 
-enum WriteOp {
-    Insert(
-        NewBroadcast,
-        oneshot::Sender<Result<Vec<InsertedDelivery>, StoreError>>,
-    ),
+/// One write, as the writer thread receives it.
+struct WriteOp {
+    request: Request,
+    reply: oneshot::Sender<Result<Answer, StoreError>>,
+}
+
+enum Request {
+    Insert(NewBroadcast),
     Claim {
         destination: String,
         limit: usize,
         now_ms: i64,
-        reply: oneshot::Sender<Result<Claim, StoreError>>,
     },
-    Update(
-        DeliveryUpdate,
-        oneshot::Sender<Result<UpdateResult, StoreError>>,
-    ),
-    Recover(i64, oneshot::Sender<Result<Recovery, StoreError>>),
+    Update(DeliveryUpdate),
+    Recover(i64),
 }
 
-/// An answer held back until the batch it belongs to is committed.
-enum Held {
-    Insert(
-        oneshot::Sender<Result<Vec<InsertedDelivery>, StoreError>>,
-        Result<Vec<InsertedDelivery>, StoreError>,
-    ),
-    Claim(
-        oneshot::Sender<Result<Claim, StoreError>>,
-        Result<Claim, StoreError>,
-    ),
-    Update(
-        oneshot::Sender<Result<UpdateResult, StoreError>>,
-        Result<UpdateResult, StoreError>,
-    ),
-    Recover(
-        oneshot::Sender<Result<Recovery, StoreError>>,
-        Result<Recovery, StoreError>,
-    ),
-}
-
-impl Held {
-    /// Sends the answer; if the commit failed, every answer becomes that
-    /// failure, because nothing of the batch is on disk.
-    fn send(self, commit_error: Option<&str>) {
-        fn answer<T>(
-            reply: oneshot::Sender<Result<T, StoreError>>,
-            result: Result<T, StoreError>,
-            commit_error: Option<&str>,
-        ) {
-            let result = match commit_error {
-                Some(message) => Err(StoreError::Corrupt(format!("commit failed: {message}"))),
-                None => result,
-            };
-            // The caller may have gone away (request cancelled); that is fine.
-            let _ = reply.send(result);
-        }
-        match self {
-            Held::Insert(reply, result) => answer(reply, result, commit_error),
-            Held::Claim(reply, result) => answer(reply, result, commit_error),
-            Held::Update(reply, result) => answer(reply, result, commit_error),
-            Held::Recover(reply, result) => answer(reply, result, commit_error),
-        }
-    }
+enum Answer {
+    Inserted(Vec<InsertedDelivery>),
+    Claimed(Claim),
+    Updated(UpdateResult),
+    Recovered(Recovery),
 }
 
 impl SqliteStore {
@@ -164,6 +132,20 @@ impl SqliteStore {
     /// starts the writer thread.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
+        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Locked(format!("cannot open {}: {e}", lock_path.display())))?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Locked(format!(
+                "another herald process is using {} (it holds {})",
+                path.display(),
+                lock_path.display()
+            ))
+        })?;
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;
         migrate(&mut conn)?;
@@ -175,6 +157,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
+                _lock: lock,
                 writes,
                 idle_readers: Mutex::new(Vec::new()),
             }),
@@ -185,14 +168,11 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    async fn write<T>(
-        &self,
-        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
-    ) -> Result<T, StoreError> {
+    async fn write(&self, request: Request) -> Result<Answer, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.inner
             .writes
-            .send(op(reply))
+            .send(WriteOp { request, reply })
             .await
             .map_err(|_| StoreError::WriterStopped)?;
         answer.await.map_err(|_| StoreError::WriterStopped)?
@@ -241,7 +221,9 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
         )));
     }
     // FULL: every commit is fsynced before it is acknowledged.
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
+    )?;
     Ok(())
 }
 
@@ -266,7 +248,6 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriteOp>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
-    let mut held = Vec::with_capacity(WRITE_BATCH_MAX);
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
         while batch.len() < WRITE_BATCH_MAX {
@@ -275,57 +256,60 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriteOp>) {
                 Err(_) => break,
             }
         }
-        let commit_error = match apply_batch(&mut conn, &mut batch, &mut held) {
-            Ok(()) => None,
-            Err(e) => {
-                tracing::error!(error = %e, "write batch failed; nothing of it was committed");
-                Some(e.to_string())
+        write_batch(&mut conn, &mut batch);
+    }
+}
+
+/// Commits a batch and answers every caller, only after its commit.
+///
+/// Fast path: every operation in one transaction, one commit. If any
+/// operation fails (a duplicate id, an unreadable row, a full disk), the
+/// whole transaction is rolled back and each operation is replayed in a
+/// transaction of its own, so one bad operation fails alone and nobody is
+/// told "failed" about a write that is on disk, or "done" about one that
+/// is not. (Savepoints per operation would do the same at a large cost on
+/// the hot path, and SQLite may roll back a whole transaction on I/O
+/// errors, which savepoints cannot contain.)
+fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
+    match apply_all(conn, batch) {
+        Ok(answers) => {
+            for (op, answer) in batch.drain(..).zip(answers) {
+                // The caller may have gone away (request cancelled); fine.
+                let _ = op.reply.send(Ok(answer));
             }
-        };
-        for answer in held.drain(..) {
-            answer.send(commit_error.as_deref());
+        }
+        Err(error) => {
+            if batch.len() > 1 {
+                tracing::warn!(%error, operations = batch.len(),
+                    "a write batch failed; replaying its operations one by one");
+            }
+            for op in batch.drain(..) {
+                let result = apply_all(conn, std::slice::from_ref(&op))
+                    .map(|mut answers| answers.pop().expect("one answer per operation"));
+                let _ = op.reply.send(result);
+            }
         }
     }
 }
 
-fn apply_batch(
-    conn: &mut Connection,
-    batch: &mut Vec<WriteOp>,
-    held: &mut Vec<Held>,
-) -> Result<(), StoreError> {
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for op in batch.drain(..) {
-        let sp = tx.savepoint()?;
-        let (ok, answer) = match op {
-            WriteOp::Insert(new, reply) => {
-                let result = insert_broadcast(&sp, &new);
-                (result.is_ok(), Held::Insert(reply, result))
-            }
-            WriteOp::Claim {
+/// Applies `ops` in one transaction and commits it; all or nothing.
+fn apply_all(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Answer>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut answers = Vec::with_capacity(ops.len());
+    for op in ops {
+        answers.push(match &op.request {
+            Request::Insert(new) => Answer::Inserted(insert_broadcast(&tx, new)?),
+            Request::Claim {
                 destination,
                 limit,
                 now_ms,
-                reply,
-            } => {
-                let result = claim_due(&sp, &destination, limit, now_ms);
-                (result.is_ok(), Held::Claim(reply, result))
-            }
-            WriteOp::Update(update, reply) => {
-                let result = update_delivery(&sp, &update);
-                (result.is_ok(), Held::Update(reply, result))
-            }
-            WriteOp::Recover(now_ms, reply) => {
-                let result = recover(&sp, now_ms);
-                (result.is_ok(), Held::Recover(reply, result))
-            }
-        };
-        if ok {
-            sp.commit()?;
-        } // else: dropping the savepoint rolls back just this operation.
-        held.push(answer);
+            } => Answer::Claimed(claim_due(&tx, destination, *limit, *now_ms)?),
+            Request::Update(update) => Answer::Updated(update_delivery(&tx, update)?),
+            Request::Recover(now_ms) => Answer::Recovered(recover(&tx, *now_ms)?),
+        });
     }
     tx.commit()?;
-    Ok(())
+    Ok(answers)
 }
 
 fn insert_broadcast(
@@ -445,29 +429,47 @@ fn claim_due(
             message: message_from_row(row, 9)??,
             broadcast_created_at_ms: row.get(13)?,
             last_error: row.get(14)?,
+            lease_epoch: 0,
         });
     }
     drop(rows);
     let mut lease = conn.prepare_cached(
-        "UPDATE deliveries SET state = ?2, attempts_made = ?3, due_at_ms = ?4, leased = 1, updated_at_ms = ?5
+        "UPDATE deliveries SET state = ?2, attempts_made = ?3, due_at_ms = ?4, leased = 1,
+             lease_epoch = lease_epoch + 1, updated_at_ms = ?5
+         WHERE id = ?1 RETURNING lease_epoch",
+    )?;
+    let mut expire = conn.prepare_cached(
+        "UPDATE deliveries SET state = ?2, due_at_ms = NULL, updated_at_ms = ?3,
+             last_error = 'the delivery deadline passed before it could be sent'
          WHERE id = ?1",
     )?;
-    for delivery in &mut claimed {
+    let mut handed_out = Vec::with_capacity(claimed.len());
+    for mut delivery in claimed {
         if delivery.progress.state != DeliveryState::Verifying {
             delivery.progress = delivery
                 .progress
-                .leased()
+                .leased(now_ms)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         }
         let p = &delivery.progress;
-        lease.execute(params![
-            delivery.delivery_id,
-            p.state.as_str(),
-            p.attempts_made,
-            p.due_at_ms,
-            now_ms
-        ])?;
+        if p.state.is_final() {
+            expire.execute(params![delivery.delivery_id, p.state.as_str(), now_ms])?;
+            promote_next_in_thread(conn, delivery.delivery_id, now_ms)?;
+            continue;
+        }
+        delivery.lease_epoch = lease.query_row(
+            params![
+                delivery.delivery_id,
+                p.state.as_str(),
+                p.attempts_made,
+                p.due_at_ms,
+                now_ms
+            ],
+            |r| r.get(0),
+        )?;
+        handed_out.push(delivery);
     }
+    let claimed = handed_out;
     let next_due_at_ms = conn
         .prepare_cached(
             "SELECT min(due_at_ms) FROM deliveries
@@ -504,7 +506,7 @@ fn update_delivery(conn: &Connection, update: &DeliveryUpdate) -> Result<UpdateR
             "UPDATE deliveries SET state = ?3, attempts_made = ?4, attempts_max = ?5, due_at_ms = ?6,
                  deadline_at_ms = ?7, possible_duplicate = ?8, leased = 0, last_error = ?9,
                  last_http_status = ?10, updated_at_ms = ?11
-             WHERE id = ?1 AND state = ?2 AND leased = 1",
+             WHERE id = ?1 AND state = ?2 AND leased = 1 AND lease_epoch = ?12",
         )?
         .execute(params![
             update.delivery_id,
@@ -517,7 +519,8 @@ fn update_delivery(conn: &Connection, update: &DeliveryUpdate) -> Result<UpdateR
             p.possible_duplicate,
             update.last_error,
             a.http_status,
-            update.now_ms
+            update.now_ms,
+            update.lease_epoch
         ])?;
     if changed == 0 {
         return Ok(UpdateResult::Stale);
@@ -682,12 +685,20 @@ fn read_broadcast(conn: &Connection, id: &str) -> Result<Option<BroadcastView>, 
     }))
 }
 
+/// The writer answered with another kind of answer than was asked for.
+fn mismatched() -> StoreError {
+    StoreError::Corrupt("the writer answered a different request".into())
+}
+
 impl Store for SqliteStore {
     async fn insert_broadcast(
         &self,
         new: NewBroadcast,
     ) -> Result<Vec<InsertedDelivery>, StoreError> {
-        self.write(|reply| WriteOp::Insert(new, reply)).await
+        match self.write(Request::Insert(new)).await? {
+            Answer::Inserted(inserted) => Ok(inserted),
+            _ => Err(mismatched()),
+        }
     }
 
     async fn claim_due(
@@ -696,22 +707,29 @@ impl Store for SqliteStore {
         limit: usize,
         now_ms: i64,
     ) -> Result<Claim, StoreError> {
-        let destination = destination.to_owned();
-        self.write(|reply| WriteOp::Claim {
-            destination,
+        let request = Request::Claim {
+            destination: destination.to_owned(),
             limit,
             now_ms,
-            reply,
-        })
-        .await
+        };
+        match self.write(request).await? {
+            Answer::Claimed(claim) => Ok(claim),
+            _ => Err(mismatched()),
+        }
     }
 
     async fn update_delivery(&self, update: DeliveryUpdate) -> Result<UpdateResult, StoreError> {
-        self.write(|reply| WriteOp::Update(update, reply)).await
+        match self.write(Request::Update(update)).await? {
+            Answer::Updated(result) => Ok(result),
+            _ => Err(mismatched()),
+        }
     }
 
     async fn recover(&self, now_ms: i64) -> Result<Recovery, StoreError> {
-        self.write(|reply| WriteOp::Recover(now_ms, reply)).await
+        match self.write(Request::Recover(now_ms)).await? {
+            Answer::Recovered(recovery) => Ok(recovery),
+            _ => Err(mismatched()),
+        }
     }
 
     async fn broadcast(&self, id: &str) -> Result<Option<BroadcastView>, StoreError> {

@@ -95,6 +95,7 @@ async fn a_thread_update_waits_for_the_message_it_updates() {
     let result = store
         .update_delivery(DeliveryUpdate {
             delivery_id: first.delivery_id,
+            lease_epoch: first.lease_epoch,
             expected_state: DeliveryState::Sending,
             progress: confirmed,
             last_error: None,
@@ -147,4 +148,115 @@ async fn concurrent_inserts_are_all_committed() {
     drop(store);
     assert_eq!(crate::support::count_rows(&path, "broadcasts"), 300);
     assert_eq!(crate::support::count_rows(&path, "deliveries"), 900);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_from_an_older_lease_is_refused() {
+    let dir = temp_dir();
+    let path = dir.path().join("herald.db");
+    let stale = {
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .insert_broadcast(new_broadcast("B1", None, &["a"], 1_000))
+            .await
+            .unwrap();
+        store
+            .claim_due("a", 1, 2_000)
+            .await
+            .unwrap()
+            .deliveries
+            .remove(0)
+    };
+    // A restart: the interrupted delivery is verified and leased again.
+    let store = SqliteStore::open(&path).unwrap();
+    store.recover(3_000).await.unwrap();
+    let fresh = store
+        .claim_due("a", 1, 3_000)
+        .await
+        .unwrap()
+        .deliveries
+        .remove(0);
+    assert!(fresh.lease_epoch > stale.lease_epoch);
+
+    let mut confirmed = stale.progress.clone();
+    confirmed.state = DeliveryState::Confirmed;
+    let late = DeliveryUpdate {
+        delivery_id: stale.delivery_id,
+        lease_epoch: stale.lease_epoch,
+        expected_state: DeliveryState::Verifying,
+        progress: confirmed,
+        last_error: None,
+        attempt: AttemptRecord {
+            number: 1,
+            kind: AttemptKind::Verify,
+            started_at_ms: 3_000,
+            finished_at_ms: 3_001,
+            outcome: "found".into(),
+            http_status: None,
+            excerpt: None,
+            error: None,
+        },
+        now_ms: 3_001,
+    };
+    assert_eq!(
+        store.update_delivery(late.clone()).await.unwrap(),
+        UpdateResult::Stale
+    );
+    let view = store.broadcast("B1").await.unwrap().unwrap();
+    assert_eq!(
+        view.deliveries[0].progress.state,
+        DeliveryState::Verifying,
+        "the new lease is untouched"
+    );
+    let current = DeliveryUpdate {
+        lease_epoch: fresh.lease_epoch,
+        ..late
+    };
+    assert!(matches!(
+        store.update_delivery(current).await.unwrap(),
+        UpdateResult::Applied { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_cannot_open_the_same_database() {
+    let dir = temp_dir();
+    let path = dir.path().join("herald.db");
+    let _first = SqliteStore::open(&path).unwrap();
+    let second = SqliteStore::open(&path);
+    let message = second
+        .err()
+        .expect("the second open is refused")
+        .to_string();
+    assert!(message.contains("another herald process"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_write_fails_alone_in_its_batch() {
+    let dir = temp_dir();
+    let path = dir.path().join("herald.db");
+    let store = SqliteStore::open(&path).unwrap();
+    // 200 concurrent inserts over 100 ids: each id succeeds exactly once,
+    // and every refusal is about a duplicate, whatever batch it shared.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .insert_broadcast(new_broadcast(&format!("B{}", i % 100), None, &["a"], i))
+                .await
+        });
+    }
+    let (mut accepted, mut refused) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(_) => accepted += 1,
+            Err(herald::store::StoreError::DuplicateBroadcast(_)) => refused += 1,
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    assert_eq!((accepted, refused), (100, 100));
+    drop(store);
+    assert_eq!(crate::support::count_rows(&path, "broadcasts"), 100);
+    assert_eq!(crate::support::count_rows(&path, "deliveries"), 100);
 }
