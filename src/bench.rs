@@ -255,18 +255,29 @@ fn payload(i: usize, destinations: &[String], severity: &str) -> Vec<u8> {
     .expect("payload serialises")
 }
 
-/// Submits `count` broadcasts through the API with `submitters` in flight;
-/// `pace` spaces submissions evenly when set. Returns the seconds taken.
-async fn submit(
-    http: &reqwest::Client,
-    server: SocketAddr,
+/// One batch of broadcasts to submit through the API.
+struct Load<'a> {
     count: usize,
+    /// Titles are numbered from here.
     first_index: usize,
-    destinations: &[String],
-    severity: &str,
+    destinations: &'a [String],
+    severity: &'a str,
+    /// API calls in flight.
     submitters: usize,
+    /// Space submissions evenly at this rate; as fast as possible if absent.
     per_sec: Option<f64>,
-) -> anyhow::Result<f64> {
+}
+
+/// Submits a load and returns the seconds it took.
+async fn submit(http: &reqwest::Client, server: SocketAddr, load: Load<'_>) -> anyhow::Result<f64> {
+    let Load {
+        count,
+        first_index,
+        destinations,
+        severity,
+        submitters,
+        per_sec,
+    } = load;
     let url = Arc::new(format!("http://{server}/v1/broadcasts"));
     let slots = Arc::new(tokio::sync::Semaphore::new(submitters.max(1)));
     let started = Instant::now();
@@ -493,12 +504,14 @@ impl Bench {
         let submit_secs = submit(
             &self.http,
             addr,
-            count,
-            0,
-            &names,
-            "P3",
-            self.options.submitters,
-            per_sec,
+            Load {
+                count,
+                first_index: 0,
+                destinations: &names,
+                severity: "P3",
+                submitters: self.options.submitters,
+                per_sec,
+            },
         )
         .await?;
         wait_all_final(&database, count * names.len()).await?;
@@ -554,12 +567,14 @@ impl Bench {
         let submit_secs = submit(
             &self.http,
             addr,
-            broadcasts,
-            0,
-            &names,
-            "P4",
-            self.options.submitters,
-            None,
+            Load {
+                count: broadcasts,
+                first_index: 0,
+                destinations: &names,
+                severity: "P4",
+                submitters: self.options.submitters,
+                per_sec: None,
+            },
         )
         .await?;
         let pending = unfinished(&open_db(&database)?)?;
@@ -569,12 +584,14 @@ impl Bench {
             submit(
                 &self.http,
                 addr,
-                1,
-                broadcasts + i,
-                &names[..1],
-                "P1",
-                1,
-                None,
+                Load {
+                    count: 1,
+                    first_index: broadcasts + i,
+                    destinations: &names[..1],
+                    severity: "P1",
+                    submitters: 1,
+                    per_sec: None,
+                },
             )
             .await?;
             tokio::time::sleep(Duration::from_millis(100)).await;
