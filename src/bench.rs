@@ -23,6 +23,8 @@ use crate::mock::{Faults, PathFaults};
 
 /// The longest any phase may take before the bench gives up.
 const PHASE_TIMEOUT_SECS: u64 = 900;
+/// A run with no delivery finishing for this long has stalled.
+const STALL_SECS: u64 = 30;
 /// How often completion is checked.
 const POLL_MS: u64 = 100;
 
@@ -381,16 +383,29 @@ fn unfinished(conn: &rusqlite::Connection) -> anyhow::Result<u64> {
     )?)
 }
 
-async fn wait_all_final(database: &Path, expected: usize) -> anyhow::Result<()> {
+async fn wait_all_final(database: &Path, expected: usize, log: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(PHASE_TIMEOUT_SECS);
     let conn = open_db(database)?;
+    let mut last_progress = (u64::MAX, Instant::now());
     loop {
         let total: u64 = conn.query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))?;
-        if total as usize >= expected && unfinished(&conn)? == 0 {
+        let left = unfinished(&conn)?;
+        if total as usize >= expected && left == 0 {
             return Ok(());
         }
-        if Instant::now() > deadline {
-            bail!("deliveries still unfinished after {PHASE_TIMEOUT_SECS} s");
+        if left != last_progress.0 {
+            last_progress = (left, Instant::now());
+        }
+        if Instant::now() > deadline || last_progress.1.elapsed() > Duration::from_secs(STALL_SECS)
+        {
+            let log_text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: String = log_text
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n");
+            bail!("{left} deliveries unfinished and no progress for {STALL_SECS} s; the server log ends with:\n{tail}");
         }
         tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
     }
@@ -464,6 +479,10 @@ impl Bench {
         let run = format!("run{}", self.runs);
         let config = self.workdir.join(format!("{run}.toml"));
         let database = self.workdir.join(format!("{run}.db"));
+        // Each run starts from an empty database, even in a kept workdir.
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(self.workdir.join(format!("{run}.db{suffix}")));
+        }
         write_config(&config, self.mock, &run, names, concurrency)?;
         let addr = free_addr()?;
         let server = spawn_server(
@@ -514,7 +533,12 @@ impl Bench {
             },
         )
         .await?;
-        wait_all_final(&database, count * names.len()).await?;
+        wait_all_final(
+            &database,
+            count * names.len(),
+            &self.workdir.join(format!("{run}.log")),
+        )
+        .await?;
         let (peak_rss_mb, cpu_secs) = process_usage(server.pid())?;
         drop(server);
         let times = delivery_times(&database, started_ms)?;

@@ -28,7 +28,8 @@ const BUSY_TIMEOUT_MS: u64 = 5_000;
 
 /// Schema migrations, applied in order at open. `PRAGMA user_version` holds
 /// how many have run. Never edit one that has shipped; append.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE broadcasts (
     id            TEXT PRIMARY KEY,
     title         TEXT NOT NULL,
@@ -50,9 +51,6 @@ CREATE TABLE deliveries (
     due_at_ms          INTEGER,
     deadline_at_ms     INTEGER,
     leased             INTEGER NOT NULL DEFAULT 0,
-    -- Fencing token: grows with every lease; an outcome is written only
-    -- under the lease it was attempted under.
-    lease_epoch        INTEGER NOT NULL DEFAULT 0,
     possible_duplicate INTEGER NOT NULL DEFAULT 0,
     remote_ref         TEXT,
     last_error         TEXT,
@@ -84,7 +82,13 @@ CREATE TABLE attempts (
     error          TEXT
 ) STRICT;
 CREATE INDEX attempts_delivery ON attempts (delivery_id, id);
-"#];
+"#,
+    // Fencing token: grows with every lease; an outcome is written only
+    // under the lease it was attempted under.
+    r#"
+ALTER TABLE deliveries ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 const FINAL_STATES_SQL: &str = "('confirmed','failed','dead','cancelled')";
 
@@ -748,5 +752,50 @@ impl Store for SqliteStore {
             Ok(names)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_from_an_older_schema_is_migrated_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let message = Message::new("t", "", Severity::P1, None).unwrap();
+        let new = NewBroadcast {
+            id: "B1".into(),
+            message,
+            created_at_ms: 0,
+            deliveries: vec![NewDelivery {
+                destination: "a".into(),
+                policy: RetryPolicy::default(),
+            }],
+        };
+        store.insert_broadcast(new).await.unwrap();
+        let claim = store.claim_due("a", 1, 0).await.unwrap();
+        assert_eq!(claim.deliveries[0].lease_epoch, 1);
+    }
+
+    #[test]
+    fn a_database_from_a_newer_herald_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let error = SqliteStore::open(&path).err().unwrap();
+        assert!(
+            matches!(error, StoreError::SchemaTooNew { found: 99, .. }),
+            "{error}"
+        );
     }
 }
