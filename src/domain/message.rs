@@ -39,6 +39,20 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// Every rank, most urgent first.
+    pub const RANKS: [u8; 5] = [1, 2, 3, 4, 5];
+
+    /// 1 for P1 (most urgent) to 5 for P5.
+    pub fn rank(self) -> u8 {
+        match self {
+            Severity::P1 => 1,
+            Severity::P2 => 2,
+            Severity::P3 => 3,
+            Severity::P4 => 4,
+            Severity::P5 => 5,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::P1 => "P1",

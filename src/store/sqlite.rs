@@ -88,9 +88,25 @@ CREATE INDEX attempts_delivery ON attempts (delivery_id, id);
     r#"
 ALTER TABLE deliveries ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Due work is claimed by severity first (P1 = 1), then due time, so a P1
+    // is not queued behind a backlog of lesser messages.
+    r#"
+ALTER TABLE deliveries ADD COLUMN priority INTEGER NOT NULL DEFAULT 3;
+UPDATE deliveries SET priority = (
+    SELECT CAST(substr(b.severity, 2) AS INTEGER) FROM broadcasts b WHERE b.id = deliveries.broadcast_id);
+DROP INDEX deliveries_due;
+CREATE INDEX deliveries_due ON deliveries (destination, priority, due_at_ms)
+    WHERE due_at_ms IS NOT NULL AND leased = 0;
+"#,
 ];
 
-const FINAL_STATES_SQL: &str = "('confirmed','failed','dead','cancelled')";
+/// The final states, as SQL. A macro so queries stay `&'static str` (no
+/// formatting on the hot path).
+macro_rules! final_states_sql {
+    () => {
+        "('confirmed','failed','dead','cancelled')"
+    };
+}
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -297,22 +313,35 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
 }
 
 /// Applies `ops` in one transaction and commits it; all or nothing.
+/// BEGIN and COMMIT are cached statements: parsing them for every batch
+/// showed in profiles.
 fn apply_all(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Answer>, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let applied = apply_each(conn, ops).and_then(|answers| {
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(answers)
+    });
+    if applied.is_err() && !conn.is_autocommit() {
+        // Still inside the transaction: nothing of it may stay.
+        conn.prepare_cached("ROLLBACK")?.execute([])?;
+    }
+    applied
+}
+
+fn apply_each(conn: &Connection, ops: &[WriteOp]) -> Result<Vec<Answer>, StoreError> {
     let mut answers = Vec::with_capacity(ops.len());
     for op in ops {
         answers.push(match &op.request {
-            Request::Insert(new) => Answer::Inserted(insert_broadcast(&tx, new)?),
+            Request::Insert(new) => Answer::Inserted(insert_broadcast(conn, new)?),
             Request::Claim {
                 destination,
                 limit,
                 now_ms,
-            } => Answer::Claimed(claim_due(&tx, destination, *limit, *now_ms)?),
-            Request::Update(update) => Answer::Updated(update_delivery(&tx, update)?),
-            Request::Recover(now_ms) => Answer::Recovered(recover(&tx, *now_ms)?),
+            } => Answer::Claimed(claim_due(conn, destination, *limit, *now_ms)?),
+            Request::Update(update) => Answer::Updated(update_delivery(conn, update)?),
+            Request::Recover(now_ms) => Answer::Recovered(recover(conn, *now_ms)?),
         });
     }
-    tx.commit()?;
     Ok(answers)
 }
 
@@ -337,14 +366,16 @@ fn insert_broadcast(
     if inserted == 0 {
         return Err(StoreError::DuplicateBroadcast(new.id.clone()));
     }
-    let mut busy_thread = conn.prepare_cached(&format!(
+    let mut busy_thread = conn.prepare_cached(concat!(
         "SELECT 1 FROM deliveries WHERE destination = ?1 AND thread_key = ?2
-           AND state NOT IN {FINAL_STATES_SQL} LIMIT 1"
+           AND state NOT IN ",
+        final_states_sql!(),
+        " LIMIT 1"
     ))?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO deliveries (broadcast_id, destination, idempotency_key, thread_key, state,
-             attempts_made, attempts_max, due_at_ms, deadline_at_ms, created_at_ms, updated_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+             attempts_made, attempts_max, due_at_ms, deadline_at_ms, created_at_ms, updated_at_ms, priority)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
     )?;
     let mut out = Vec::with_capacity(new.deliveries.len());
     for delivery in &new.deliveries {
@@ -364,7 +395,8 @@ fn insert_broadcast(
             progress.attempts_max,
             progress.due_at_ms,
             progress.deadline_at_ms,
-            new.created_at_ms
+            new.created_at_ms,
+            message.severity().rank()
         ])?;
         out.push(InsertedDelivery {
             destination: delivery.destination.clone(),
@@ -411,32 +443,40 @@ fn claim_due(
     limit: usize,
     now_ms: i64,
 ) -> Result<Claim, StoreError> {
+    // One range scan per severity, most urgent first: each reads only due
+    // rows, however many are scheduled for later.
     let mut select = conn.prepare_cached(
         "SELECT d.id, d.broadcast_id, d.idempotency_key,
                 d.state, d.attempts_made, d.attempts_max, d.due_at_ms, d.deadline_at_ms, d.possible_duplicate,
                 b.title, b.body, b.severity, b.thread_key, b.created_at_ms, d.last_error
          FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
-         WHERE d.destination = ?1 AND d.due_at_ms IS NOT NULL AND d.leased = 0 AND d.due_at_ms <= ?2
-         ORDER BY d.due_at_ms, d.id
-         LIMIT ?3",
+         WHERE d.destination = ?1 AND d.priority = ?2 AND d.due_at_ms IS NOT NULL AND d.leased = 0
+           AND d.due_at_ms <= ?3
+         ORDER BY d.due_at_ms
+         LIMIT ?4",
     )?;
-    let mut rows = select.query(params![destination, now_ms, limit as i64])?;
     let mut claimed = Vec::new();
-    while let Some(row) = rows.next()? {
-        let progress = progress_from_row(row, 3)??;
-        claimed.push(ClaimedDelivery {
-            delivery_id: row.get(0)?,
-            broadcast_id: row.get(1)?,
-            destination: destination.to_owned(),
-            idempotency_key: row.get(2)?,
-            progress,
-            message: message_from_row(row, 9)??,
-            broadcast_created_at_ms: row.get(13)?,
-            last_error: row.get(14)?,
-            lease_epoch: 0,
-        });
+    for priority in Severity::RANKS {
+        if claimed.len() >= limit {
+            break;
+        }
+        let remaining = (limit - claimed.len()) as i64;
+        let mut rows = select.query(params![destination, priority, now_ms, remaining])?;
+        while let Some(row) = rows.next()? {
+            let progress = progress_from_row(row, 3)??;
+            claimed.push(ClaimedDelivery {
+                delivery_id: row.get(0)?,
+                broadcast_id: row.get(1)?,
+                destination: destination.to_owned(),
+                idempotency_key: row.get(2)?,
+                progress,
+                message: message_from_row(row, 9)??,
+                broadcast_created_at_ms: row.get(13)?,
+                last_error: row.get(14)?,
+                lease_epoch: 0,
+            });
+        }
     }
-    drop(rows);
     let mut lease = conn.prepare_cached(
         "UPDATE deliveries SET state = ?2, attempts_made = ?3, due_at_ms = ?4, leased = 1,
              lease_epoch = lease_epoch + 1, updated_at_ms = ?5
@@ -474,12 +514,19 @@ fn claim_due(
         handed_out.push(delivery);
     }
     let claimed = handed_out;
-    let next_due_at_ms = conn
-        .prepare_cached(
-            "SELECT min(due_at_ms) FROM deliveries
-             WHERE destination = ?1 AND due_at_ms IS NOT NULL AND leased = 0",
-        )?
-        .query_row(params![destination], |r| r.get(0))?;
+    // The earliest due time left: the first index entry of each severity.
+    let mut earliest = conn.prepare_cached(
+        "SELECT min(due_at_ms) FROM deliveries
+         WHERE destination = ?1 AND priority = ?2 AND due_at_ms IS NOT NULL AND leased = 0",
+    )?;
+    let mut next_due_at_ms: Option<i64> = None;
+    for priority in Severity::RANKS {
+        let due: Option<i64> = earliest.query_row(params![destination, priority], |r| r.get(0))?;
+        next_due_at_ms = match (next_due_at_ms, due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
     Ok(Claim {
         deliveries: claimed,
         next_due_at_ms,
@@ -510,9 +557,10 @@ fn update_delivery(conn: &Connection, update: &DeliveryUpdate) -> Result<UpdateR
             "UPDATE deliveries SET state = ?3, attempts_made = ?4, attempts_max = ?5, due_at_ms = ?6,
                  deadline_at_ms = ?7, possible_duplicate = ?8, leased = 0, last_error = ?9,
                  last_http_status = ?10, updated_at_ms = ?11
-             WHERE id = ?1 AND state = ?2 AND leased = 1 AND lease_epoch = ?12",
+             WHERE id = ?1 AND state = ?2 AND leased = 1 AND lease_epoch = ?12
+             RETURNING thread_key IS NOT NULL",
         )?
-        .execute(params![
+        .query_row(params![
             update.delivery_id,
             update.expected_state.as_str(),
             p.state.as_str(),
@@ -525,11 +573,12 @@ fn update_delivery(conn: &Connection, update: &DeliveryUpdate) -> Result<UpdateR
             a.http_status,
             update.now_ms,
             update.lease_epoch
-        ])?;
-    if changed == 0 {
+        ], |row| row.get::<_, bool>(0))
+        .optional()?;
+    let Some(in_thread) = changed else {
         return Ok(UpdateResult::Stale);
-    }
-    let promoted_next_in_thread = if p.state.is_final() {
+    };
+    let promoted_next_in_thread = if p.state.is_final() && in_thread {
         promote_next_in_thread(conn, update.delivery_id, update.now_ms)?
     } else {
         false
@@ -548,14 +597,14 @@ fn promote_next_in_thread(
     now_ms: i64,
 ) -> Result<bool, StoreError> {
     let next = conn
-        .prepare_cached(&format!(
+        .prepare_cached(concat!(
             "SELECT n.id, n.state, n.attempts_made, n.attempts_max, n.due_at_ms, n.deadline_at_ms, n.possible_duplicate
              FROM deliveries f
              JOIN deliveries n ON n.destination = f.destination AND n.thread_key = f.thread_key
              WHERE f.id = ?1 AND f.thread_key IS NOT NULL AND n.state = 'waiting'
                AND NOT EXISTS (SELECT 1 FROM deliveries o
                                WHERE o.destination = f.destination AND o.thread_key = f.thread_key
-                                 AND o.state NOT IN {FINAL_STATES_SQL} AND o.state <> 'waiting')
+                                 AND o.state NOT IN ", final_states_sql!(), " AND o.state <> 'waiting')
              ORDER BY n.id LIMIT 1"
         ))?
         .query_row(params![finished_id], |row| {
@@ -743,8 +792,9 @@ impl Store for SqliteStore {
 
     async fn destinations_with_work(&self) -> Result<Vec<String>, StoreError> {
         self.read(|conn| {
-            let mut select = conn.prepare(&format!(
-                "SELECT DISTINCT destination FROM deliveries WHERE state NOT IN {FINAL_STATES_SQL}"
+            let mut select = conn.prepare(concat!(
+                "SELECT DISTINCT destination FROM deliveries WHERE state NOT IN ",
+                final_states_sql!()
             ))?;
             let names = select
                 .query_map([], |row| row.get(0))?

@@ -260,3 +260,30 @@ async fn a_failing_write_fails_alone_in_its_batch() {
     assert_eq!(crate::support::count_rows(&path, "broadcasts"), 100);
     assert_eq!(crate::support::count_rows(&path, "deliveries"), 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_p1_is_claimed_before_an_older_backlog() {
+    let dir = temp_dir();
+    let store = SqliteStore::open(dir.path().join("herald.db")).unwrap();
+    for i in 0..50 {
+        let mut backlog = new_broadcast(&format!("B{i}"), None, &["a"], i);
+        backlog.message = Message::new("backlog", "", Severity::P4, None).unwrap();
+        store.insert_broadcast(backlog).await.unwrap();
+    }
+    let mut urgent = new_broadcast("P1", None, &["a"], 1_000);
+    urgent.message = Message::new("checkout down", "", Severity::P1, None).unwrap();
+    store.insert_broadcast(urgent).await.unwrap();
+
+    let claim = store.claim_due("a", 3, 2_000).await.unwrap();
+    let ids: Vec<&str> = claim
+        .deliveries
+        .iter()
+        .map(|d| d.broadcast_id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["P1", "B0", "B1"],
+        "most urgent first, then oldest due"
+    );
+    assert_eq!(claim.next_due_at_ms, Some(2), "B2 is the earliest left");
+}
