@@ -827,21 +827,31 @@ fn print_report(out: &mut impl Write, r: &RunReport) -> std::io::Result<()> {
         )
     };
     writeln!(out, "\n== {} ==", r.scenario)?;
-    writeln!(
-        out,
-        "  {:<34} {} x {} = {}",
-        "broadcasts x destinations", r.broadcasts, r.destinations, r.deliveries
-    )?;
+    if r.pending_at_p1.is_some() {
+        writeln!(
+            out,
+            "  {:<34} {} deliveries on 16 destinations, then {} P1s",
+            "backlog", r.deliveries, r.broadcasts
+        )?;
+    } else {
+        writeln!(
+            out,
+            "  {:<34} {} x {} = {}",
+            "broadcasts x destinations", r.broadcasts, r.destinations, r.deliveries
+        )?;
+    }
     writeln!(
         out,
         "  {:<34} {:.0} /s",
         "accepted broadcasts (API)", r.accepted_per_sec
     )?;
-    writeln!(
-        out,
-        "  {:<34} {:.0} /s",
-        "confirmed deliveries (end to end)", r.confirmed_per_sec
-    )?;
+    if r.pending_at_p1.is_none() {
+        writeln!(
+            out,
+            "  {:<34} {:.0} /s",
+            "confirmed deliveries (end to end)", r.confirmed_per_sec
+        )?;
+    }
     if let (Some(b), Some(f)) = (r.baseline_per_sec, r.fraction_of_baseline) {
         writeln!(
             out,

@@ -45,6 +45,8 @@ struct Lane {
     wake: Notify,
     paused_until_ms: AtomicI64,
     slots: Arc<Semaphore>,
+    /// One more slot, used only by P1 deliveries when `slots` are all busy.
+    urgent_slot: Arc<Semaphore>,
 }
 
 impl Lane {
@@ -77,6 +79,7 @@ impl<S: Store> Dispatcher<S> {
                 wake: Notify::new(),
                 paused_until_ms: AtomicI64::new(0),
                 slots: Arc::new(Semaphore::new(destination.concurrency as usize)),
+                urgent_slot: Arc::new(Semaphore::new(1)),
                 destination: destination.clone(),
             };
             lanes.insert(destination.name.clone(), Arc::new(lane));
@@ -133,8 +136,26 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
         }
         let free = lane.slots.available_permits();
         if free == 0 {
+            let urgent_slot_free = lane.urgent_slot.available_permits() > 0;
             tokio::select! {
                 permit = lane.slots.acquire() => drop(permit),
+                // Every slot is busy and new work arrived: a P1 must not
+                // wait for the backlog, so it may take the reserved slot.
+                _ = lane.wake.notified(), if urgent_slot_free => {
+                    match store.claim_due_urgent(&name, now_ms()).await {
+                        Ok(claim) => {
+                            for delivery in claim.deliveries {
+                                let permit = lane.urgent_slot.clone().try_acquire_owned().expect(
+                                    "only this lane takes the urgent slot, and it was free",
+                                );
+                                attempts.spawn(run_attempt(store.clone(), lane.clone(), delivery, permit));
+                            }
+                        }
+                        Err(error) => {
+                            tracing::error!(destination = %name, %error, "cannot claim urgent deliveries");
+                        }
+                    }
+                }
                 _ = shutdown.changed() => {}
             }
             continue;

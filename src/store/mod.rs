@@ -186,6 +186,14 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
+    /// Leases at most one due P1 delivery of one destination, for the slot
+    /// reserved for P1s when every other slot is busy.
+    fn claim_due_urgent(
+        &self,
+        destination: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
     /// Records an attempt and the delivery's next state.
     fn update_delivery(
         &self,

@@ -134,6 +134,8 @@ enum Request {
     Claim {
         destination: String,
         limit: usize,
+        /// Only severities of this rank or more urgent (1 = P1 only).
+        rank_max: u8,
         now_ms: i64,
     },
     Update(DeliveryUpdate),
@@ -336,8 +338,9 @@ fn apply_each(conn: &Connection, ops: &[WriteOp]) -> Result<Vec<Answer>, StoreEr
             Request::Claim {
                 destination,
                 limit,
+                rank_max,
                 now_ms,
-            } => Answer::Claimed(claim_due(conn, destination, *limit, *now_ms)?),
+            } => Answer::Claimed(claim_due(conn, destination, *limit, *rank_max, *now_ms)?),
             Request::Update(update) => Answer::Updated(update_delivery(conn, update)?),
             Request::Recover(now_ms) => Answer::Recovered(recover(conn, *now_ms)?),
         });
@@ -441,6 +444,7 @@ fn claim_due(
     conn: &Connection,
     destination: &str,
     limit: usize,
+    rank_max: u8,
     now_ms: i64,
 ) -> Result<Claim, StoreError> {
     // One range scan per severity, most urgent first: each reads only due
@@ -456,7 +460,7 @@ fn claim_due(
          LIMIT ?4",
     )?;
     let mut claimed = Vec::new();
-    for priority in Severity::RANKS {
+    for priority in Severity::RANKS.into_iter().filter(|r| *r <= rank_max) {
         if claimed.len() >= limit {
             break;
         }
@@ -763,6 +767,20 @@ impl Store for SqliteStore {
         let request = Request::Claim {
             destination: destination.to_owned(),
             limit,
+            rank_max: Severity::P5.rank(),
+            now_ms,
+        };
+        match self.write(request).await? {
+            Answer::Claimed(claim) => Ok(claim),
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn claim_due_urgent(&self, destination: &str, now_ms: i64) -> Result<Claim, StoreError> {
+        let request = Request::Claim {
+            destination: destination.to_owned(),
+            limit: 1,
+            rank_max: Severity::P1.rank(),
             now_ms,
         };
         match self.write(request).await? {

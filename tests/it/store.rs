@@ -274,6 +274,22 @@ async fn a_p1_is_claimed_before_an_older_backlog() {
     urgent.message = Message::new("checkout down", "", Severity::P1, None).unwrap();
     store.insert_broadcast(urgent).await.unwrap();
 
+    let urgent = store.claim_due_urgent("a", 2_000).await.unwrap();
+    assert_eq!(urgent.deliveries.len(), 1);
+    assert_eq!(urgent.deliveries[0].broadcast_id, "P1");
+    assert!(
+        store
+            .claim_due_urgent("a", 2_000)
+            .await
+            .unwrap()
+            .deliveries
+            .is_empty(),
+        "only P1s"
+    );
+    let mut urgent = new_broadcast("P1b", None, &["a"], 1_001);
+    urgent.message = Message::new("checkout still down", "", Severity::P1, None).unwrap();
+    store.insert_broadcast(urgent).await.unwrap();
+
     let claim = store.claim_due("a", 3, 2_000).await.unwrap();
     let ids: Vec<&str> = claim
         .deliveries
