@@ -298,7 +298,7 @@ async fn a_p1_is_claimed_before_an_older_backlog() {
         .collect();
     assert_eq!(
         ids,
-        ["P1", "B0", "B1"],
+        ["P1b", "B0", "B1"],
         "most urgent first, then oldest due"
     );
     assert_eq!(claim.next_due_at_ms, Some(2), "B2 is the earliest left");
