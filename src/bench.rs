@@ -23,6 +23,9 @@ use crate::mock::{Faults, PathFaults};
 
 /// The longest any phase may take before the bench gives up.
 const PHASE_TIMEOUT_SECS: u64 = 900;
+/// The rate-limited destination of `faulty` takes this many requests a
+/// second and answers 429 with Retry-After beyond that.
+const RATE_LIMITED_PER_SEC: u32 = 1_000;
 /// A run with no delivery finishing for this long has stalled.
 const STALL_SECS: u64 = 30;
 /// How often completion is checked.
@@ -781,8 +784,7 @@ pub async fn run(
                     (
                         1,
                         Faults {
-                            rate_limit_rate: 0.02,
-                            retry_after_secs: 1,
+                            rate_limit_per_sec: Some(RATE_LIMITED_PER_SEC),
                             ..Faults::default()
                         },
                     ),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::Destination;
@@ -47,6 +47,11 @@ struct Lane {
     slots: Arc<Semaphore>,
     /// One more slot, used only by P1 deliveries when `slots` are all busy.
     urgent_slot: Arc<Semaphore>,
+    /// Deliveries leased at insert, with the slot reserved for them. Each
+    /// holds a slot, so at most `concurrency` wait here.
+    handoff: mpsc::UnboundedSender<(ClaimedDelivery, OwnedSemaphorePermit)>,
+    handed_off:
+        std::sync::Mutex<Option<mpsc::UnboundedReceiver<(ClaimedDelivery, OwnedSemaphorePermit)>>>,
 }
 
 impl Lane {
@@ -74,7 +79,10 @@ impl<S: Store> Dispatcher<S> {
     ) -> Result<Dispatcher<S>, reqwest::Error> {
         let mut lanes = HashMap::new();
         for destination in destinations {
+            let (handoff, handed_off) = mpsc::unbounded_channel();
             let lane = Lane {
+                handoff,
+                handed_off: std::sync::Mutex::new(Some(handed_off)),
                 connector: Connector::new(destination)?,
                 wake: Notify::new(),
                 paused_until_ms: AtomicI64::new(0),
@@ -94,6 +102,33 @@ impl<S: Store> Dispatcher<S> {
         }
     }
 
+    /// Reserves a worker slot for a new delivery to `destination`, so it can
+    /// be leased in the insert's own transaction and start at once. None
+    /// when the destination is paused or busy: the delivery then waits to be
+    /// claimed like any other.
+    pub fn reserve_slot(&self, destination: &str) -> Option<OwnedSemaphorePermit> {
+        let lane = self.lanes.get(destination)?;
+        if lane.paused_until_ms.load(Ordering::SeqCst) > now_ms() {
+            return None;
+        }
+        lane.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Starts the attempt of a delivery leased at insert, on the slot
+    /// reserved for it.
+    pub fn hand_off(&self, delivery: ClaimedDelivery, slot: OwnedSemaphorePermit) {
+        match self.lanes.get(&delivery.destination) {
+            Some(lane) => {
+                // Fails only when the lane has stopped (shutdown): the
+                // delivery stays leased and the next start verifies it.
+                let _ = lane.handoff.send((delivery, slot));
+            }
+            None => {
+                tracing::error!(destination = %delivery.destination, "bug: hand-off to an unknown destination")
+            }
+        }
+    }
+
     pub fn health(&self, destination: &str) -> Option<LaneHealth> {
         let lane = self.lanes.get(destination)?;
         let paused = lane.paused_until_ms.load(Ordering::SeqCst);
@@ -110,15 +145,39 @@ impl<S: Store> Dispatcher<S> {
         for lane in self.lanes.values() {
             lanes.spawn(run_lane(self.store.clone(), lane.clone(), shutdown.clone()));
         }
-        while lanes.join_next().await.is_some() {}
+        while let Some(ended) = lanes.join_next().await {
+            if let Err(error) = ended {
+                tracing::error!(%error, "bug: a destination lane stopped; its deliveries wait for a restart");
+            }
+        }
     }
 }
 
 async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch::Receiver<bool>) {
     let name = lane.destination.name.clone();
     let mut attempts = JoinSet::new();
+    let Some(mut handed_off) = lane.handed_off.lock().expect("lane poisoned").take() else {
+        tracing::error!(destination = %name, "bug: a lane ran twice");
+        return;
+    };
+    // Attempts handed off by the API start whatever the lane is waiting on.
+    macro_rules! start_handed_off {
+        ($item:expr) => {
+            if let Some((delivery, slot)) = $item {
+                attempts.spawn(run_attempt(store.clone(), lane.clone(), delivery, slot));
+            }
+        };
+    }
     loop {
-        while attempts.try_join_next().is_some() {}
+        while let Some(ended) = attempts.try_join_next() {
+            if let Err(error) = ended {
+                tracing::error!(destination = %name, %error,
+                    "bug: an attempt task failed; its delivery stays leased until the next start");
+            }
+        }
+        while let Ok(item) = handed_off.try_recv() {
+            start_handed_off!(Some(item));
+        }
         // A dropped sender counts as a stop, or `changed()` would return at
         // once and the lane would spin.
         if *shutdown.borrow() || shutdown.has_changed().is_err() {
@@ -130,6 +189,7 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
             tracing::debug!(destination = %name, pause_ms = paused_until - now, "destination paused");
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis((paused_until - now) as u64)) => {}
+                item = handed_off.recv() => start_handed_off!(item),
                 _ = shutdown.changed() => {}
             }
             continue;
@@ -156,27 +216,35 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
                         }
                     }
                 }
+                item = handed_off.recv() => start_handed_off!(item),
                 _ = shutdown.changed() => {}
             }
             continue;
         }
         let limit = free.min(CLAIM_BATCH_MAX);
+        // Take the slots before claiming: the API may reserve slots for
+        // hand-offs at any moment, and a claimed delivery must never wait
+        // for one.
+        let Ok(mut reserved) = lane.slots.clone().try_acquire_many_owned(limit as u32) else {
+            continue;
+        };
         let claim = match store.claim_due(&name, limit, now).await {
             Ok(claim) => claim,
             Err(error) => {
                 tracing::error!(destination = %name, %error, "cannot claim due deliveries");
+                drop(reserved);
                 tokio::time::sleep(Duration::from_millis(STORE_ERROR_PAUSE_MS)).await;
                 continue;
             }
         };
         let claimed = claim.deliveries.len();
         for delivery in claim.deliveries {
-            let permit =
-                lane.slots.clone().try_acquire_owned().expect(
-                    "only this lane takes its slots, and it claimed no more than were free",
-                );
+            let permit = reserved
+                .split(1)
+                .expect("a claim returns no more deliveries than its limit");
             attempts.spawn(run_attempt(store.clone(), lane.clone(), delivery, permit));
         }
+        drop(reserved); // Slots not used by this claim are free again.
         if claimed == limit {
             continue; // There may be more due right now.
         }
@@ -188,10 +256,17 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
         tokio::select! {
             _ = lane.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+            item = handed_off.recv() => start_handed_off!(item),
             _ = shutdown.changed() => {}
         }
     }
-    // Shutdown: take no new work; let attempts in flight record their outcome.
+    // Shutdown: claim nothing new, but start what was already leased and
+    // handed off (its broadcast was accepted), and let every attempt in
+    // flight record its outcome.
+    handed_off.close();
+    while let Some(item) = handed_off.recv().await {
+        start_handed_off!(Some(item));
+    }
     while attempts.join_next().await.is_some() {}
 }
 

@@ -62,6 +62,9 @@ pub struct Faults {
     pub failure_rate: f64,
     /// After the phases above, each request gets 429 with this probability.
     pub rate_limit_rate: f64,
+    /// When set, at most this many requests per clock second are accepted;
+    /// the rest get 429 with `Retry-After` until the next second.
+    pub rate_limit_per_sec: Option<u32>,
     /// Every answer waits this long.
     pub latency_ms: u64,
     /// When set (`whsec_...`), requests must carry a valid Standard Webhooks
@@ -80,6 +83,7 @@ impl Default for Faults {
             drop_hang_ms: 30_000,
             failure_rate: 0.0,
             rate_limit_rate: 0.0,
+            rate_limit_per_sec: None,
             latency_ms: 0,
             secret: None,
         }
@@ -188,6 +192,8 @@ struct PathState {
     faults: Faults,
     /// Requests before the faults were set; phases count after these.
     phase_origin: u64,
+    /// The clock second being counted for `rate_limit_per_sec`, and its count.
+    window: (i64, u32),
     stats: PathStats,
     keys: HashMap<String, u32>,
 }
@@ -254,6 +260,17 @@ impl MockState {
         if n <= rate_limit_end {
             state.stats.rate_limited += 1;
             return (Action::RateLimit(f.retry_after_secs), latency_ms);
+        }
+        if let Some(limit) = f.rate_limit_per_sec {
+            let second = now_ms().div_euclid(1000);
+            if state.window.0 != second {
+                state.window = (second, 0);
+            }
+            if state.window.1 >= limit {
+                state.stats.rate_limited += 1;
+                return (Action::RateLimit(1), latency_ms);
+            }
+            state.window.1 += 1;
         }
         let random_rate_limit = n > drop_end
             && f.rate_limit_rate > 0.0

@@ -218,8 +218,19 @@ async fn create_broadcast<S: Store>(
         deliveries.push(NewDelivery {
             destination: name.clone(),
             policy: destination.policy,
+            lease_now: false,
         });
     }
+    // Where a worker slot is free, the delivery is leased in the insert's
+    // transaction and its first attempt starts without a claim round trip.
+    let mut slots: Vec<_> = deliveries
+        .iter_mut()
+        .map(|d| {
+            let slot = app.dispatcher.reserve_slot(&d.destination);
+            d.lease_now = slot.is_some();
+            slot
+        })
+        .collect();
     let created_at_ms = now_ms();
     let new = NewBroadcast {
         id: new_broadcast_id(created_at_ms, &mut rand::rng()),
@@ -229,9 +240,14 @@ async fn create_broadcast<S: Store>(
     };
     let id = new.id.clone();
     let message = new.message.clone();
-    let inserted = app.store.insert_broadcast(new).await?;
-    for delivery in &inserted {
-        app.dispatcher.wake(&delivery.destination);
+    let mut inserted = app.store.insert_broadcast(new).await?;
+    for (delivery, slot) in inserted.iter_mut().zip(slots.iter_mut()) {
+        match (delivery.leased.take(), slot.take()) {
+            (Some(leased), Some(slot)) => app.dispatcher.hand_off(leased, slot),
+            // Not leased (waiting behind its thread, or no slot was free):
+            // the lane claims it; the unused slot is released here.
+            _ => app.dispatcher.wake(&delivery.destination),
+        }
     }
     tracing::info!(broadcast = %id, destinations = inserted.len(), "broadcast accepted");
     let view = BroadcastView {

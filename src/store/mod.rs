@@ -41,14 +41,20 @@ pub struct NewBroadcast {
 pub struct NewDelivery {
     pub destination: String,
     pub policy: RetryPolicy,
+    /// A worker slot is already reserved: lease the delivery in the same
+    /// transaction (state `sending`), so its first attempt needs no claim.
+    /// Ignored when the delivery must wait behind its thread.
+    pub lease_now: bool,
 }
 
 /// What was written for each destination of a new broadcast.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct InsertedDelivery {
     pub destination: String,
     pub idempotency_key: String,
     pub progress: DeliveryProgress,
+    /// Leased at insert (`lease_now`): hand it straight to a worker.
+    pub leased: Option<ClaimedDelivery>,
 }
 
 /// A delivery handed to a worker. Its lease is held until the worker's

@@ -377,8 +377,9 @@ fn insert_broadcast(
     ))?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO deliveries (broadcast_id, destination, idempotency_key, thread_key, state,
-             attempts_made, attempts_max, due_at_ms, deadline_at_ms, created_at_ms, updated_at_ms, priority)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
+             attempts_made, attempts_max, due_at_ms, deadline_at_ms, created_at_ms, updated_at_ms,
+             priority, leased, lease_epoch)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?12)",
     )?;
     let mut out = Vec::with_capacity(new.deliveries.len());
     for delivery in &new.deliveries {
@@ -386,7 +387,13 @@ fn insert_broadcast(
             Some(thread) => busy_thread.exists(params![delivery.destination, thread])?,
             None => false,
         };
-        let progress = DeliveryProgress::new(&delivery.policy, behind, new.created_at_ms);
+        let mut progress = DeliveryProgress::new(&delivery.policy, behind, new.created_at_ms);
+        let lease_now = delivery.lease_now && progress.state == DeliveryState::Pending;
+        if lease_now {
+            progress = progress
+                .leased(new.created_at_ms)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        }
         let key = delivery_idempotency_key(&new.id, &delivery.destination);
         insert.execute(params![
             new.id,
@@ -399,12 +406,25 @@ fn insert_broadcast(
             progress.due_at_ms,
             progress.deadline_at_ms,
             new.created_at_ms,
-            message.severity().rank()
+            message.severity().rank(),
+            lease_now
         ])?;
+        let leased = lease_now.then(|| ClaimedDelivery {
+            delivery_id: conn.last_insert_rowid(),
+            broadcast_id: new.id.clone(),
+            destination: delivery.destination.clone(),
+            idempotency_key: key.clone(),
+            progress: progress.clone(),
+            message: message.clone(),
+            broadcast_created_at_ms: new.created_at_ms,
+            last_error: None,
+            lease_epoch: 1,
+        });
         out.push(InsertedDelivery {
             destination: delivery.destination.clone(),
             idempotency_key: key,
             progress,
+            leased,
         });
     }
     Ok(out)
@@ -845,6 +865,7 @@ mod tests {
             deliveries: vec![NewDelivery {
                 destination: "a".into(),
                 policy: RetryPolicy::default(),
+                lease_now: false,
             }],
         };
         store.insert_broadcast(new).await.unwrap();

@@ -24,6 +24,7 @@ fn new_broadcast(
             .map(|d| NewDelivery {
                 destination: (*d).to_owned(),
                 policy: RetryPolicy::default(),
+                lease_now: false,
             })
             .collect(),
     }
