@@ -24,6 +24,10 @@ pub const DEFAULT_REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 /// Default number of attempts in flight to one destination.
 pub const DEFAULT_CONCURRENCY: u32 = 16;
+/// A request answered after this long gets 503 instead.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Ingest idempotency keys are remembered this long (24 h).
+pub const DEFAULT_IDEMPOTENCY_RETENTION_SECS: u64 = 86_400;
 /// No destination gets more attempts in flight than this.
 pub const CONCURRENCY_MAX: u32 = 1_024;
 
@@ -32,7 +36,72 @@ pub struct Config {
     pub listen: SocketAddr,
     pub database: PathBuf,
     pub request_body_bytes_max: usize,
+    /// A request taking longer than this is answered 503.
+    pub request_timeout_ms: u64,
+    /// How long an ingest `Idempotency-Key` is remembered.
+    pub idempotency_retention_ms: u64,
+    /// Whether `/metrics` needs a token with the `read` scope.
+    pub metrics_require_token: bool,
     pub destinations: Vec<Destination>,
+    /// API bearer tokens. None configured: the API is open (with a warning).
+    pub tokens: Vec<ApiToken>,
+    /// Where Alertmanager notifications go; ingest is refused without it.
+    pub alertmanager: Option<AlertmanagerRoutes>,
+}
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Create broadcasts (and ingest alerts).
+    Send,
+    /// Read broadcasts, events, destinations, metrics.
+    Read,
+    /// Retry and cancel.
+    Operate,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Send => "send",
+            Scope::Read => "read",
+            Scope::Operate => "operate",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "send" => Some(Scope::Send),
+            "read" => Some(Scope::Read),
+            "operate" => Some(Scope::Operate),
+            _ => None,
+        }
+    }
+}
+
+/// A bearer token as configured: only the SHA-256 of its secret is kept.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub scopes: Vec<Scope>,
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Alertmanager receivers to herald destinations.
+#[derive(Clone, Debug, Default)]
+pub struct AlertmanagerRoutes {
+    /// For receivers not listed in `receivers`.
+    pub destinations: Vec<String>,
+    pub receivers: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -110,6 +179,25 @@ struct FileConfig {
     server: FileServer,
     #[serde(default)]
     destinations: BTreeMap<String, FileDestination>,
+    #[serde(default)]
+    tokens: Vec<FileToken>,
+    alertmanager: Option<FileAlertmanager>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToken {
+    name: Spanned<String>,
+    sha256: Spanned<String>,
+    scopes: Spanned<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAlertmanager {
+    destinations: Spanned<Vec<String>>,
+    #[serde(default)]
+    receivers: BTreeMap<String, Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -118,6 +206,9 @@ struct FileServer {
     listen: Option<Spanned<String>>,
     database: Option<PathBuf>,
     request_body_bytes_max: Option<Spanned<u64>>,
+    request_timeout_ms: Option<Spanned<u64>>,
+    idempotency_retention_secs: Option<Spanned<u64>>,
+    metrics_require_token: Option<bool>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -153,7 +244,12 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.parse().expect("default listen address"),
             database: PathBuf::from(DEFAULT_DATABASE),
             request_body_bytes_max: DEFAULT_REQUEST_BODY_BYTES_MAX,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            idempotency_retention_ms: DEFAULT_IDEMPOTENCY_RETENTION_SECS * 1000,
+            metrics_require_token: false,
             destinations: Vec::new(),
+            tokens: Vec::new(),
+            alertmanager: None,
         }
     }
 }
@@ -295,6 +391,84 @@ impl Config {
                 },
             });
         }
+        if let Some(timeout) = parsed.server.request_timeout_ms {
+            config.request_timeout_ms =
+                checked(&Some(timeout), 0, 100..=600_000).map_err(|(span, range)| {
+                    error(span, format!("server.request_timeout_ms: must be {range}"))
+                })?;
+        }
+        if let Some(retention) = parsed.server.idempotency_retention_secs {
+            config.idempotency_retention_ms =
+                checked(&Some(retention), 0, 60..=30 * 86_400).map_err(|(span, range)| {
+                    error(
+                        span,
+                        format!("server.idempotency_retention_secs: must be {range}"),
+                    )
+                })? * 1000;
+        }
+        config.metrics_require_token = parsed.server.metrics_require_token.unwrap_or(false);
+        for (index, token) in parsed.tokens.into_iter().enumerate() {
+            let key = format!("tokens[{index}]");
+            let name = token.name.get_ref().trim().to_owned();
+            if name.is_empty() || config.tokens.iter().any(|t| t.name == name) {
+                return Err(error(
+                    Some(token.name.span()),
+                    format!("{key}.name: must be non-empty and unique"),
+                ));
+            }
+            let sha256 = parse_sha256_hex(token.sha256.get_ref()).ok_or_else(|| {
+                error(
+                    Some(token.sha256.span()),
+                    format!("{key}.sha256: must be 64 hex digits, the SHA-256 of the token (see `herald token`)"),
+                )
+            })?;
+            if config.tokens.iter().any(|t| t.sha256 == sha256) {
+                return Err(error(
+                    Some(token.sha256.span()),
+                    format!("{key}.sha256: the same token is configured twice"),
+                ));
+            }
+            let mut scopes = Vec::new();
+            for text in token.scopes.get_ref() {
+                let scope = Scope::parse(text).ok_or_else(|| {
+                    error(
+                        Some(token.scopes.span()),
+                        format!("{key}.scopes: unknown scope {text:?}; use send, read, operate"),
+                    )
+                })?;
+                if !scopes.contains(&scope) {
+                    scopes.push(scope);
+                }
+            }
+            config.tokens.push(ApiToken {
+                name,
+                sha256,
+                scopes,
+            });
+        }
+        if let Some(am) = parsed.alertmanager {
+            let known =
+                |names: &Spanned<Vec<String>>, key: &str| -> Result<Vec<String>, ConfigError> {
+                    for name in names.get_ref() {
+                        if config.destination(name).is_none() {
+                            return Err(error(
+                                Some(names.span()),
+                                format!("{key}: unknown destination {name:?}"),
+                            ));
+                        }
+                    }
+                    Ok(names.get_ref().clone())
+                };
+            let mut routes = AlertmanagerRoutes {
+                destinations: known(&am.destinations, "alertmanager.destinations")?,
+                receivers: BTreeMap::new(),
+            };
+            for (receiver, names) in &am.receivers {
+                let list = known(names, &format!("alertmanager.receivers.{receiver}"))?;
+                routes.receivers.insert(receiver.clone(), list);
+            }
+            config.alertmanager = Some(routes);
+        }
         Ok(config)
     }
 
@@ -323,6 +497,18 @@ fn checked<T: Copy + PartialOrd + fmt::Display>(
             ),
         )),
     }
+}
+
+fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 pub fn parse_destination_url(text: &str) -> Result<reqwest::Url, String> {

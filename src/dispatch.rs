@@ -16,6 +16,8 @@ use tokio::task::JoinSet;
 use crate::config::Destination;
 use crate::connector::Connector;
 use crate::domain::{DeliveryState, Event, Verification};
+use crate::events::{EventBus, StateChange};
+use crate::metrics::DestinationMetrics;
 use crate::store::{
     AttemptKind, AttemptRecord, ClaimedDelivery, DeliveryUpdate, Store, UpdateResult,
 };
@@ -52,6 +54,12 @@ struct Lane {
     handoff: mpsc::UnboundedSender<(ClaimedDelivery, OwnedSemaphorePermit)>,
     handed_off:
         std::sync::Mutex<Option<mpsc::UnboundedReceiver<(ClaimedDelivery, OwnedSemaphorePermit)>>>,
+    metrics: DestinationMetrics,
+    /// Attempts in a row that did not succeed (reset by a success).
+    consecutive_failures: std::sync::atomic::AtomicU32,
+    /// The last error an attempt met, for operators.
+    last_error: std::sync::Mutex<Option<String>>,
+    events: EventBus,
 }
 
 impl Lane {
@@ -63,19 +71,25 @@ impl Lane {
 pub struct Dispatcher<S> {
     store: Arc<S>,
     lanes: HashMap<String, Arc<Lane>>,
+    events: EventBus,
 }
 
 /// A destination's live condition, as the dispatcher sees it.
 #[derive(Clone, Debug)]
 pub struct LaneHealth {
+    pub kind: &'static str,
+    pub concurrency: u32,
     pub paused_until_ms: Option<i64>,
     pub in_flight: usize,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
 }
 
 impl<S: Store> Dispatcher<S> {
     pub fn new(
         store: Arc<S>,
         destinations: &[Destination],
+        events: EventBus,
     ) -> Result<Dispatcher<S>, reqwest::Error> {
         let mut lanes = HashMap::new();
         for destination in destinations {
@@ -83,6 +97,10 @@ impl<S: Store> Dispatcher<S> {
             let lane = Lane {
                 handoff,
                 handed_off: std::sync::Mutex::new(Some(handed_off)),
+                metrics: DestinationMetrics::default(),
+                consecutive_failures: Default::default(),
+                last_error: std::sync::Mutex::new(None),
+                events: events.clone(),
                 connector: Connector::new(destination)?,
                 wake: Notify::new(),
                 paused_until_ms: AtomicI64::new(0),
@@ -92,7 +110,11 @@ impl<S: Store> Dispatcher<S> {
             };
             lanes.insert(destination.name.clone(), Arc::new(lane));
         }
-        Ok(Dispatcher { store, lanes })
+        Ok(Dispatcher {
+            store,
+            lanes,
+            events,
+        })
     }
 
     /// New work for `destination` was committed: look now, not at the next poll.
@@ -133,9 +155,29 @@ impl<S: Store> Dispatcher<S> {
         let lane = self.lanes.get(destination)?;
         let paused = lane.paused_until_ms.load(Ordering::SeqCst);
         Some(LaneHealth {
+            kind: lane.destination.target.kind(),
+            concurrency: lane.destination.concurrency,
             paused_until_ms: (paused > now_ms()).then_some(paused),
-            in_flight: lane.destination.concurrency as usize - lane.slots.available_permits(),
+            in_flight: (lane.destination.concurrency as usize)
+                .saturating_sub(lane.slots.available_permits()),
+            consecutive_failures: lane.consecutive_failures.load(Ordering::Relaxed),
+            last_error: lane.last_error.lock().expect("lane poisoned").clone(),
         })
+    }
+
+    /// Each destination's counters, by name, for `/metrics`.
+    pub fn metrics(&self) -> Vec<(&str, &DestinationMetrics)> {
+        let mut list: Vec<(&str, &DestinationMetrics)> = self
+            .lanes
+            .iter()
+            .map(|(name, lane)| (name.as_str(), &lane.metrics))
+            .collect();
+        list.sort_by_key(|(name, _)| *name);
+        list
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.events
     }
 
     /// Runs every lane until `shutdown` turns true, then lets in-flight
@@ -208,6 +250,7 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
                                 let permit = lane.urgent_slot.clone().try_acquire_owned().expect(
                                     "only this lane takes the urgent slot, and it was free",
                                 );
+                                publish_leased(&lane, &delivery);
                                 attempts.spawn(run_attempt(store.clone(), lane.clone(), delivery, permit));
                             }
                         }
@@ -242,6 +285,7 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
             let permit = reserved
                 .split(1)
                 .expect("a claim returns no more deliveries than its limit");
+            publish_leased(&lane, &delivery);
             attempts.spawn(run_attempt(store.clone(), lane.clone(), delivery, permit));
         }
         drop(reserved); // Slots not used by this claim are free again.
@@ -268,6 +312,17 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
         start_handed_off!(Some(item));
     }
     while attempts.join_next().await.is_some() {}
+}
+
+fn publish_leased(lane: &Lane, delivery: &ClaimedDelivery) {
+    lane.events.publish(StateChange {
+        broadcast_id: delivery.broadcast_id.clone(),
+        destination: delivery.destination.clone(),
+        progress: delivery.progress.clone(),
+        last_error: delivery.last_error.clone(),
+        last_http_status: None,
+        at_ms: now_ms(),
+    });
 }
 
 async fn run_attempt<S: Store>(
@@ -424,6 +479,38 @@ async fn run_attempt<S: Store>(
             }
         }
     };
+    let latency_ms = (update.attempt.finished_at_ms - update.attempt.started_at_ms).max(0) as u64;
+    lane.metrics
+        .record_attempt(&update.attempt.outcome, latency_ms);
+    if next_state == DeliveryState::Confirmed {
+        lane.consecutive_failures.store(0, Ordering::Relaxed);
+    } else if update.attempt.outcome != "unknown" {
+        lane.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(error) = &update.attempt.error {
+        *lane.last_error.lock().expect("lane poisoned") = Some(error.clone());
+    }
+    match result {
+        Some(UpdateResult::Applied { .. }) => {
+            if next_state.is_final() {
+                lane.metrics.record_final(next_state);
+            }
+            lane.events.publish(StateChange {
+                broadcast_id: delivery.broadcast_id.clone(),
+                destination: delivery.destination.clone(),
+                progress: update.progress.clone(),
+                last_error: update.last_error.clone(),
+                last_http_status: update.attempt.http_status,
+                at_ms: update.now_ms,
+            });
+        }
+        Some(UpdateResult::Stale) => {
+            lane.metrics.stale_outcomes.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(broadcast = %delivery.broadcast_id, destination = %delivery.destination,
+                "outcome not recorded: the delivery was cancelled or leased again meanwhile");
+        }
+        None => {}
+    }
     // A retry or a verification was scheduled, or the next delivery of a
     // thread became pending: let the lane recompute when to look again.
     let wake = matches!(

@@ -10,6 +10,8 @@ pub mod connector;
 pub mod demo;
 pub mod dispatch;
 pub mod domain;
+pub mod events;
+pub mod metrics;
 pub mod mock;
 pub mod server;
 pub mod store;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use herald::api::wire::SendRequest;
-use herald::client::{render_broadcast, Client};
+use herald::client::{render_broadcast, render_table, Client};
 use herald::config::{Config, DEFAULT_LISTEN};
 use herald::mock::FaultsFile;
 
@@ -64,17 +64,79 @@ enum Command {
         wait: bool,
         #[arg(long)]
         json: bool,
-        #[arg(long, env = "HERALD_SERVER", default_value_t = default_server())]
-        server: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Show a broadcast: each destination's state and attempts.
     Status {
         id: String,
         #[arg(long)]
         json: bool,
-        #[arg(long, env = "HERALD_SERVER", default_value_t = default_server())]
-        server: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
+    /// Retry a broadcast's failed and dead deliveries (same idempotency key).
+    Retry {
+        id: String,
+        /// Only this destination; repeat for several.
+        #[arg(long = "to")]
+        to: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a broadcast's unfinished deliveries.
+    Cancel {
+        id: String,
+        /// Only this destination; repeat for several.
+        #[arg(long = "to")]
+        to: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List broadcasts, newest first.
+    List {
+        /// delivering, converged or partial.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        destination: Option<String>,
+        #[arg(long)]
+        thread: Option<String>,
+        /// Milliseconds since the epoch, or a span back: 15m, 2h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// The next_cursor of a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Each destination's health: pause, failures, backlog, last error.
+    Destinations {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make a new API token: prints the token (give it to the client) and
+    /// the config lines (only its SHA-256 goes in the config).
+    Token {
+        #[arg(long)]
+        name: String,
+        /// send, read, operate; repeat for several.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
     /// Mock plus server plus a scripted P1 with faults, printed live.
     Demo,
     /// Measure throughput and latency: mock and server in their own
@@ -103,6 +165,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where the API is and how to authenticate, for every client command.
+#[derive(clap::Args)]
+struct ClientArgs {
+    #[arg(long, env = "HERALD_SERVER", default_value_t = default_server())]
+    server: String,
+    /// Bearer token, for servers that require one.
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ClientArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::with_token(&self.server, self.token.clone())?)
+    }
 }
 
 fn default_server() -> String {
@@ -186,10 +264,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             thread,
             wait,
             json,
-            server,
+            client,
         } => {
             init_logging("warn");
-            let client = Client::new(&server)?;
+            let client = client.client()?;
             let request = SendRequest {
                 title,
                 body,
@@ -233,10 +311,154 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Status { id, json, server } => {
+        Command::Status { id, json, client } => {
             init_logging("warn");
-            let broadcast = Client::new(&server)?.status(&id).await?;
+            let broadcast = client.client()?.status(&id).await?;
             print_broadcast(&broadcast, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry {
+            id,
+            to,
+            json,
+            client,
+        } => {
+            init_logging("warn");
+            let broadcast = client.client()?.retry(&id, to).await?;
+            print_broadcast(&broadcast, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel {
+            id,
+            to,
+            json,
+            client,
+        } => {
+            init_logging("warn");
+            let broadcast = client.client()?.cancel(&id, to).await?;
+            print_broadcast(&broadcast, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List {
+            status,
+            destination,
+            thread,
+            since,
+            cursor,
+            limit,
+            json,
+            client,
+        } => {
+            init_logging("warn");
+            let query = herald::client::ListQuery {
+                status,
+                destination,
+                thread,
+                since,
+                cursor,
+                limit,
+            };
+            let page = client.client()?.list(&query).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+            } else {
+                let rows: Vec<Vec<String>> = page
+                    .broadcasts
+                    .iter()
+                    .map(|b| {
+                        let confirmed = b
+                            .deliveries
+                            .iter()
+                            .filter(|d| d.state == "confirmed")
+                            .count();
+                        vec![
+                            b.id.clone(),
+                            b.created_at.clone(),
+                            b.status.clone(),
+                            format!("{confirmed}/{}", b.deliveries.len()),
+                            b.severity.clone(),
+                            b.thread.clone().unwrap_or_default(),
+                            b.title.clone(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    render_table(
+                        &[
+                            "ID",
+                            "CREATED",
+                            "STATUS",
+                            "CONFIRMED",
+                            "SEV",
+                            "THREAD",
+                            "TITLE"
+                        ],
+                        &rows
+                    )
+                );
+                if let Some(cursor) = page.next_cursor {
+                    println!("more: --cursor {cursor}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Destinations { json, client } => {
+            init_logging("warn");
+            let list = client.client()?.destinations().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.name.clone(),
+                            d.kind.clone(),
+                            format!("{}/{}", d.in_flight, d.concurrency),
+                            d.backlog.to_string(),
+                            d.oldest_waiting_since.clone().unwrap_or_else(|| "-".into()),
+                            d.paused_until.clone().unwrap_or_else(|| "-".into()),
+                            d.consecutive_failures.to_string(),
+                            d.last_error.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    render_table(
+                        &[
+                            "NAME",
+                            "KIND",
+                            "IN FLIGHT",
+                            "BACKLOG",
+                            "OLDEST WAITING",
+                            "PAUSED UNTIL",
+                            "FAILURES",
+                            "LAST ERROR"
+                        ],
+                        &rows
+                    )
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { name, scopes } => {
+            for scope in &scopes {
+                if herald::config::Scope::parse(scope).is_none() {
+                    anyhow::bail!("--scope {scope:?}: use send, read or operate");
+                }
+            }
+            let (token, sha256) = herald::api::auth::new_token();
+            println!("token (give this to the client; it is not stored anywhere):\n  {token}\n");
+            println!("config lines:\n[[tokens]]\nname = {name:?}\nsha256 = \"{sha256}\"\nscopes = {scopes:?}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&herald::api::openapi::document())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

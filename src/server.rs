@@ -64,14 +64,17 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
                 "unfinished deliveries target a destination that is no longer configured; they wait until it is");
         }
     }
-    let dispatcher = Arc::new(Dispatcher::new(store.clone(), &config.destinations)?);
+    let dispatcher = Arc::new(Dispatcher::new(
+        store.clone(),
+        &config.destinations,
+        crate::events::EventBus::default(),
+    )?);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let dispatcher_task = tokio::spawn(dispatcher.clone().run(shutdown_rx.clone()));
-    let app = router(Arc::new(AppState {
-        store,
-        dispatcher,
-        config: Arc::new(config),
-    }));
+    if config.tokens.is_empty() {
+        tracing::warn!("no [[tokens]] configured: the API is open to anyone who can reach {addr}");
+    }
+    let app = router(Arc::new(AppState::new(store, dispatcher, Arc::new(config))));
     let mut http_shutdown = shutdown_rx;
     let http = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {

@@ -1,40 +1,93 @@
 //! The HTTP API. Only this module (and `wire`) knows the wire types.
+//! `router` builds every route; handlers live in one file per wing.
 
+mod alertmanager;
+pub mod auth;
+mod broadcasts;
+mod live;
+pub mod openapi;
+mod ops;
 pub mod wire;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::config::Config;
-use crate::dispatch::{now_ms, Dispatcher};
-use crate::domain::{
-    new_broadcast_id, InvalidInput, Message, Severity, DESTINATIONS_PER_BROADCAST_MAX,
-};
-use crate::store::{BroadcastView, DeliveryView, NewBroadcast, NewDelivery, Store, StoreError};
-use wire::{Broadcast, ErrorBody, ErrorDetail, SendRequest};
+use crate::dispatch::Dispatcher;
+use crate::domain::InvalidInput;
+use crate::store::{Store, StoreError};
+use wire::{ErrorBody, ErrorDetail};
 
 pub struct AppState<S> {
     pub store: Arc<S>,
     pub dispatcher: Arc<Dispatcher<S>>,
     pub config: Arc<Config>,
+    /// Broadcasts accepted since start (for `/metrics`).
+    pub accepted: AtomicU64,
+    /// (caller, Idempotency-Key) of keyed requests being processed: a second
+    /// request with the same key meanwhile gets 409.
+    pub keys_in_flight: Mutex<HashSet<(String, String)>>,
+}
+
+impl<S> AppState<S> {
+    pub fn new(store: Arc<S>, dispatcher: Arc<Dispatcher<S>>, config: Arc<Config>) -> AppState<S> {
+        AppState {
+            store,
+            dispatcher,
+            config,
+            accepted: AtomicU64::new(0),
+            keys_in_flight: Mutex::new(HashSet::new()),
+        }
+    }
 }
 
 pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
     let body_limit = state.config.request_body_bytes_max;
+    let timeout = Duration::from_millis(state.config.request_timeout_ms);
     Router::new()
-        .route("/v1/broadcasts", post(create_broadcast::<S>))
-        .route("/v1/broadcasts/{id}", get(get_broadcast::<S>))
-        .route("/healthz", get(healthz))
+        .route(
+            "/v1/broadcasts",
+            post(broadcasts::create::<S>).get(broadcasts::list::<S>),
+        )
+        .route("/v1/broadcasts/{id}", get(broadcasts::get::<S>))
+        .route("/v1/broadcasts/{id}/retry", post(broadcasts::retry::<S>))
+        .route("/v1/broadcasts/{id}/cancel", post(broadcasts::cancel::<S>))
+        .route("/v1/broadcasts/{id}/events", get(live::broadcast_events::<S>))
+        .route("/v1/events", get(live::all_events::<S>))
+        .route("/v1/destinations", get(ops::destinations::<S>))
+        .route("/v1/ingest/alertmanager", post(alertmanager::ingest::<S>))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz::<S>))
+        .route("/metrics", get(ops::metrics::<S>))
+        .route("/openapi.json", get(ops::openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(move |request: Request, next: Next| async move {
+            // Bounds the time to the response head; an event stream's body
+            // is not limited by it.
+            match tokio::time::timeout(timeout, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    "the request took longer than server.request_timeout_ms; if it created something, \
+                     retry with the same Idempotency-Key",
+                )
+                .into_response(),
+            }
+        }))
         .with_state(state)
 }
 
@@ -48,7 +101,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -57,7 +110,7 @@ impl ApiError {
         }
     }
 
-    fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "invalid_field",
@@ -109,12 +162,9 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-fn parse_send_request(body: Result<Bytes, BytesRejection>) -> Result<SendRequest, ApiError> {
-    let bytes = body.map_err(|rejection| {
+/// The body, or why it could not be read (over the size limit, cut off).
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -128,7 +178,17 @@ fn parse_send_request(body: Result<Bytes, BytesRejection>) -> Result<SendRequest
                 rejection.body_text(),
             )
         }
-    })?;
+    })
+}
+
+/// Reads a JSON body into `T`; every failure names the field and the reason.
+fn parse_json<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    parse_json_bytes(&read_body(body)?)
+}
+
+fn parse_json_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let malformed = |e: serde_json::Error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -136,159 +196,29 @@ fn parse_send_request(body: Result<Bytes, BytesRejection>) -> Result<SendRequest
             format!("the body is not valid JSON: {e}"),
         )
     };
-    let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
-    let request: SendRequest =
-        serde_path_to_error::deserialize(&mut *deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if inner.is_data() {
-                let field = if path == "." {
-                    // Missing or unknown fields are reported at the top level;
-                    // serde names them in the message.
-                    inner.to_string().split('`').nth(1).map(str::to_owned)
-                } else {
-                    Some(path)
-                };
-                ApiError {
-                    status: StatusCode::BAD_REQUEST,
-                    code: "invalid_field",
-                    message: format!("{inner}"),
-                    field,
-                }
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    let request: T = serde_path_to_error::deserialize(&mut *deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_data() {
+            let field = if path == "." {
+                // Missing or unknown fields are reported at the top level;
+                // serde names them in the message.
+                inner.to_string().split('`').nth(1).map(str::to_owned)
             } else {
-                malformed(inner)
+                Some(path)
+            };
+            ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid_field",
+                message: format!("{inner}"),
+                field,
             }
-        })?;
-    // Anything after the object (a second object, garbage) is refused too.
+        } else {
+            malformed(inner)
+        }
+    })?;
+    // Anything after the value (a second object, garbage) is refused too.
     deserializer.end().map_err(malformed)?;
     Ok(request)
-}
-
-async fn create_broadcast<S: Store>(
-    State(app): State<Arc<AppState<S>>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let request = parse_send_request(body)?;
-    let severity = match request.severity.as_deref() {
-        None => Severity::P3,
-        Some(text) => Severity::parse(text)?,
-    };
-    let message = Message::new(
-        &request.title,
-        request.body.as_deref().unwrap_or(""),
-        severity,
-        request.thread.as_deref(),
-    )?;
-    if request.destinations.is_empty() {
-        return Err(ApiError::invalid(
-            "destinations",
-            "name at least one destination",
-        ));
-    }
-    if request.destinations.len() > DESTINATIONS_PER_BROADCAST_MAX {
-        return Err(ApiError::invalid(
-            "destinations",
-            format!("at most {DESTINATIONS_PER_BROADCAST_MAX} destinations per broadcast"),
-        ));
-    }
-    let mut deliveries = Vec::with_capacity(request.destinations.len());
-    for (index, name) in request.destinations.iter().enumerate() {
-        let field = format!("destinations[{index}]");
-        let Some(destination) = app.config.destination(name) else {
-            let known: Vec<&str> = app
-                .config
-                .destinations
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect();
-            return Err(ApiError::invalid(
-                field,
-                format!(
-                    "unknown destination {name:?}; configured: {}",
-                    known.join(", ")
-                ),
-            ));
-        };
-        if request.destinations[..index].contains(name) {
-            return Err(ApiError::invalid(
-                field,
-                format!("destination {name:?} is named twice"),
-            ));
-        }
-        deliveries.push(NewDelivery {
-            destination: name.clone(),
-            policy: destination.policy,
-            lease_now: false,
-        });
-    }
-    // Where a worker slot is free, the delivery is leased in the insert's
-    // transaction and its first attempt starts without a claim round trip.
-    let mut slots: Vec<_> = deliveries
-        .iter_mut()
-        .map(|d| {
-            let slot = app.dispatcher.reserve_slot(&d.destination);
-            d.lease_now = slot.is_some();
-            slot
-        })
-        .collect();
-    let created_at_ms = now_ms();
-    let new = NewBroadcast {
-        id: new_broadcast_id(created_at_ms, &mut rand::rng()),
-        message,
-        created_at_ms,
-        deliveries,
-    };
-    let id = new.id.clone();
-    let message = new.message.clone();
-    let mut inserted = app.store.insert_broadcast(new).await?;
-    for (delivery, slot) in inserted.iter_mut().zip(slots.iter_mut()) {
-        match (delivery.leased.take(), slot.take()) {
-            (Some(leased), Some(slot)) => app.dispatcher.hand_off(leased, slot),
-            // Not leased (waiting behind its thread, or no slot was free):
-            // the lane claims it; the unused slot is released here.
-            _ => app.dispatcher.wake(&delivery.destination),
-        }
-    }
-    tracing::info!(broadcast = %id, destinations = inserted.len(), "broadcast accepted");
-    let view = BroadcastView {
-        id: id.clone(),
-        message,
-        created_at_ms,
-        deliveries: inserted
-            .into_iter()
-            .map(|d| DeliveryView {
-                progress: d.progress,
-                destination: d.destination,
-                idempotency_key: d.idempotency_key,
-                last_error: None,
-                last_http_status: None,
-                updated_at_ms: created_at_ms,
-                attempts: Vec::new(),
-            })
-            .collect(),
-    };
-    let mut headers = HeaderMap::new();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/broadcasts/{id}")) {
-        headers.insert(header::LOCATION, location);
-    }
-    Ok((
-        StatusCode::ACCEPTED,
-        headers,
-        Json(Broadcast::from_view(&view, created_at_ms)),
-    )
-        .into_response())
-}
-
-async fn get_broadcast<S: Store>(
-    State(app): State<Arc<AppState<S>>>,
-    Path(id): Path<String>,
-) -> Result<Json<Broadcast>, ApiError> {
-    match app.store.broadcast(&id).await? {
-        Some(view) => Ok(Json(Broadcast::from_view(&view, now_ms()))),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "broadcast_not_found",
-            format!("no broadcast with id {id:?}"),
-        )),
-    }
 }

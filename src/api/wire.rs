@@ -187,3 +187,81 @@ fn truncate_chars(text: &str, chars_max: usize) -> String {
         None => text.to_owned(),
     }
 }
+
+/// `GET /v1/broadcasts`: newest first; pass `next_cursor` as `cursor` for
+/// the next page.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BroadcastList {
+    pub broadcasts: Vec<Broadcast>,
+    pub next_cursor: Option<String>,
+}
+
+/// Body of `POST /v1/broadcasts/{id}/retry` and `/cancel` (optional).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    /// Only these destinations of the broadcast; all when empty.
+    #[serde(default)]
+    pub destinations: Vec<String>,
+}
+
+/// One destination's health in `GET /v1/destinations`. No URL and no
+/// credential: a webhook URL may itself be a secret.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DestinationHealth {
+    pub name: String,
+    pub kind: String,
+    pub concurrency: u32,
+    pub in_flight: usize,
+    /// Set while the destination is paused after a 429.
+    pub paused_until: Option<String>,
+    pub consecutive_failures: u32,
+    /// Unfinished deliveries.
+    pub backlog: u64,
+    /// When the oldest unfinished delivery's broadcast was accepted.
+    pub oldest_waiting_since: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// A server-sent event `delivery`: one delivery's new state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeliveryEvent {
+    pub broadcast_id: String,
+    pub destination: String,
+    pub state: String,
+    pub summary: String,
+    pub attempts_made: u32,
+    pub attempts_max: u32,
+    pub next_attempt_in_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_http_status: Option<u16>,
+    pub possible_duplicate: bool,
+    pub at: String,
+}
+
+impl DeliveryEvent {
+    /// The same delivery as `Delivery` (without attempts), for display.
+    pub fn as_delivery(&self) -> Delivery {
+        Delivery {
+            destination: self.destination.clone(),
+            state: self.state.clone(),
+            summary: self.summary.clone(),
+            attempts_made: self.attempts_made,
+            attempts_max: self.attempts_max,
+            idempotency_key: String::new(),
+            possible_duplicate: self.possible_duplicate,
+            next_attempt_at: None,
+            next_attempt_in_ms: self.next_attempt_in_ms,
+            last_error: self.last_error.clone(),
+            last_http_status: self.last_http_status,
+            attempts: Vec::new(),
+        }
+    }
+}
+
+/// The server-sent event `status` that ends a broadcast's stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusEvent {
+    pub broadcast_id: String,
+    pub status: String,
+}

@@ -267,15 +267,10 @@ impl DeliveryProgress {
                 next.due_at_ms = None;
                 Ok(transition(next))
             }
+            // The operator takes responsibility for trying again: a new
+            // attempt budget on top of what was used, and no deadline.
             (S::Failed | S::Dead, Event::OperatorRetry) => {
-                next.state = S::Pending;
-                next.due_at_ms = Some(now_ms);
-                next.attempts_max = self
-                    .attempts_made
-                    .saturating_add(policy.attempts_max.max(1));
-                // The operator took responsibility for trying again.
-                next.deadline_at_ms = None;
-                Ok(transition(next))
+                Ok(transition(self.operator_retry(policy, now_ms)?))
             }
             _ => Err(refuse()),
         }
@@ -284,6 +279,33 @@ impl DeliveryProgress {
     /// [`Event::Lease`] at `now_ms`: `Sending`, or `Dead` past the deadline.
     pub fn leased(&self, now_ms: i64) -> Result<DeliveryProgress, TransitionError> {
         self.apply_without_policy(Event::Lease, now_ms)
+    }
+
+    /// [`Event::OperatorRetry`] at `now_ms`.
+    pub fn operator_retry(
+        &self,
+        policy: &RetryPolicy,
+        now_ms: i64,
+    ) -> Result<DeliveryProgress, TransitionError> {
+        if !matches!(self.state, DeliveryState::Failed | DeliveryState::Dead) {
+            return Err(TransitionError {
+                state: self.state,
+                event: Event::OperatorRetry,
+            });
+        }
+        let mut next = self.clone();
+        next.state = DeliveryState::Pending;
+        next.due_at_ms = Some(now_ms);
+        next.attempts_max = self
+            .attempts_made
+            .saturating_add(policy.attempts_max.max(1));
+        next.deadline_at_ms = None;
+        Ok(next)
+    }
+
+    /// [`Event::Cancel`].
+    pub fn cancelled(&self) -> Result<DeliveryProgress, TransitionError> {
+        self.apply_without_policy(Event::Cancel, 0)
     }
 
     /// [`Event::ThreadReady`] at `now_ms`.

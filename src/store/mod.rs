@@ -24,6 +24,8 @@ pub enum StoreError {
     WriterStopped,
     #[error("{0}")]
     Locked(String),
+    #[error("idempotency key {0:?} is already recorded")]
+    IngestKeyTaken(String),
     #[error("broadcast id {0} already exists")]
     DuplicateBroadcast(String),
 }
@@ -35,6 +37,60 @@ pub struct NewBroadcast {
     pub message: Message,
     pub created_at_ms: i64,
     pub deliveries: Vec<NewDelivery>,
+    /// The caller's `Idempotency-Key`, recorded in the same transaction.
+    pub ingest_key: Option<IngestKey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestKey {
+    /// The token's name: keys are scoped per caller.
+    pub caller: String,
+    pub key: String,
+    /// SHA-256 of the request body, to tell a replay from a different request.
+    pub body_sha256: String,
+    /// Keys older than this instant are forgotten.
+    pub expires_before_ms: i64,
+}
+
+/// A key seen before: which broadcast it created, and the answer then.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestRecord {
+    pub broadcast_id: String,
+    pub body_sha256: String,
+    pub response: Option<String>,
+}
+
+/// `GET /v1/broadcasts` filters; derived status is computed in the query.
+#[derive(Clone, Debug, Default)]
+pub struct BroadcastFilter {
+    pub status: Option<crate::domain::BroadcastStatus>,
+    pub destination: Option<String>,
+    pub thread: Option<String>,
+    pub created_since_ms: Option<i64>,
+    /// Only broadcasts older than this id (the cursor), newest first.
+    pub before_id: Option<String>,
+    pub limit: usize,
+}
+
+/// An operator's action on some or all deliveries of a broadcast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// Failed and dead deliveries go back to pending, same key.
+    Retry,
+    /// Unfinished deliveries are cancelled.
+    Cancel,
+}
+
+/// One destination's backlog, as the store sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DestinationBacklog {
+    pub destination: String,
+    /// Unfinished deliveries.
+    pub unfinished: u64,
+    /// When the oldest unfinished delivery's broadcast was accepted.
+    pub oldest_unfinished_since_ms: Option<i64>,
+    /// The earliest due time among deliveries not in flight.
+    pub oldest_due_at_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -220,4 +276,49 @@ pub trait Store: Send + Sync + 'static {
     fn destinations_with_work(
         &self,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// A live ingest key of this caller, if any.
+    fn ingest_record(
+        &self,
+        caller: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Option<IngestRecord>, StoreError>> + Send;
+
+    /// Keeps the first answer of a keyed request, for replays.
+    fn save_ingest_response(
+        &self,
+        caller: &str,
+        key: &str,
+        response: String,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Forgets ingest keys that expired before `now_ms`.
+    fn purge_ingest_keys(
+        &self,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    fn list_broadcasts(
+        &self,
+        filter: BroadcastFilter,
+    ) -> impl Future<Output = Result<Vec<BroadcastView>, StoreError>> + Send;
+
+    /// Applies an operator action to the named destinations' deliveries (all
+    /// when `destinations` is empty). `None` when the broadcast does not
+    /// exist. Deliveries the action does not apply to are left as they are,
+    /// so the action is idempotent.
+    fn operator_action(
+        &self,
+        broadcast_id: &str,
+        action: OperatorAction,
+        destinations: Vec<String>,
+        policies: Vec<(String, RetryPolicy)>,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Option<Vec<String>>, StoreError>> + Send;
+
+    fn backlog(&self) -> impl Future<Output = Result<Vec<DestinationBacklog>, StoreError>> + Send;
+
+    /// A cheap round trip, for readiness.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

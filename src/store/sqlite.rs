@@ -98,6 +98,22 @@ DROP INDEX deliveries_due;
 CREATE INDEX deliveries_due ON deliveries (destination, priority, due_at_ms)
     WHERE due_at_ms IS NOT NULL AND leased = 0;
 "#,
+    // Ingest idempotency keys, scoped per caller; listing by thread.
+    r#"
+CREATE TABLE ingest_keys (
+    caller          TEXT NOT NULL,
+    key             TEXT NOT NULL,
+    body_sha256     TEXT NOT NULL,
+    broadcast_id    TEXT NOT NULL REFERENCES broadcasts(id),
+    response        TEXT,
+    expires_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (caller, key)
+) STRICT;
+CREATE INDEX ingest_keys_expiry ON ingest_keys (expires_at_ms);
+CREATE INDEX broadcasts_thread ON broadcasts (thread_key, id) WHERE thread_key IS NOT NULL;
+CREATE INDEX deliveries_unfinished ON deliveries (destination)
+    WHERE state NOT IN ('confirmed','failed','dead','cancelled');
+"#,
 ];
 
 /// The final states, as SQL. A macro so queries stay `&'static str` (no
@@ -140,6 +156,19 @@ enum Request {
     },
     Update(DeliveryUpdate),
     Recover(i64),
+    Operate {
+        broadcast_id: String,
+        action: OperatorAction,
+        destinations: Vec<String>,
+        policies: Vec<(String, RetryPolicy)>,
+        now_ms: i64,
+    },
+    SaveIngestResponse {
+        caller: String,
+        key: String,
+        response: String,
+    },
+    PurgeIngestKeys(i64),
 }
 
 enum Answer {
@@ -147,6 +176,8 @@ enum Answer {
     Claimed(Claim),
     Updated(UpdateResult),
     Recovered(Recovery),
+    Operated(Option<Vec<String>>),
+    Done(u64),
 }
 
 impl SqliteStore {
@@ -343,6 +374,34 @@ fn apply_each(conn: &Connection, ops: &[WriteOp]) -> Result<Vec<Answer>, StoreEr
             } => Answer::Claimed(claim_due(conn, destination, *limit, *rank_max, *now_ms)?),
             Request::Update(update) => Answer::Updated(update_delivery(conn, update)?),
             Request::Recover(now_ms) => Answer::Recovered(recover(conn, *now_ms)?),
+            Request::Operate {
+                broadcast_id,
+                action,
+                destinations,
+                policies,
+                now_ms,
+            } => Answer::Operated(operate(
+                conn,
+                broadcast_id,
+                *action,
+                destinations,
+                policies,
+                *now_ms,
+            )?),
+            Request::SaveIngestResponse {
+                caller,
+                key,
+                response,
+            } => Answer::Done(
+                conn.prepare_cached(
+                    "UPDATE ingest_keys SET response = ?3 WHERE caller = ?1 AND key = ?2",
+                )?
+                .execute(params![caller, key, response])? as u64,
+            ),
+            Request::PurgeIngestKeys(now_ms) => Answer::Done(
+                conn.prepare_cached("DELETE FROM ingest_keys WHERE expires_at_ms < ?1")?
+                    .execute(params![now_ms])? as u64,
+            ),
         });
     }
     Ok(answers)
@@ -368,6 +427,28 @@ fn insert_broadcast(
         ])?;
     if inserted == 0 {
         return Err(StoreError::DuplicateBroadcast(new.id.clone()));
+    }
+    if let Some(ingest) = &new.ingest_key {
+        // An expired record of the same key is forgotten; a live one wins.
+        conn.prepare_cached(
+            "DELETE FROM ingest_keys WHERE caller = ?1 AND key = ?2 AND expires_at_ms < ?3",
+        )?
+        .execute(params![ingest.caller, ingest.key, new.created_at_ms])?;
+        let recorded = conn
+            .prepare_cached(
+                "INSERT INTO ingest_keys (caller, key, body_sha256, broadcast_id, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (caller, key) DO NOTHING",
+            )?
+            .execute(params![
+                ingest.caller,
+                ingest.key,
+                ingest.body_sha256,
+                new.id,
+                ingest.expires_before_ms
+            ])?;
+        if recorded == 0 {
+            return Err(StoreError::IngestKeyTaken(ingest.key.clone()));
+        }
     }
     let mut busy_thread = conn.prepare_cached(concat!(
         "SELECT 1 FROM deliveries WHERE destination = ?1 AND thread_key = ?2
@@ -693,7 +774,135 @@ fn recover(conn: &Connection, now_ms: i64) -> Result<Recovery, StoreError> {
     Ok(recovery)
 }
 
+fn operate(
+    conn: &Connection,
+    broadcast_id: &str,
+    action: OperatorAction,
+    destinations: &[String],
+    policies: &[(String, RetryPolicy)],
+    now_ms: i64,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM broadcasts WHERE id = ?1")?
+        .exists(params![broadcast_id])?;
+    if !exists {
+        return Ok(None);
+    }
+    let rows: Vec<(i64, String, Result<DeliveryProgress, StoreError>)> = conn
+        .prepare_cached(
+            "SELECT id, destination, state, attempts_made, attempts_max, due_at_ms, deadline_at_ms, possible_duplicate
+             FROM deliveries WHERE broadcast_id = ?1 ORDER BY id",
+        )?
+        .query_map(params![broadcast_id], |row| {
+            Ok((row.get(0)?, row.get(1)?, progress_from_row(row, 2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut changed = Vec::new();
+    for (id, destination, progress) in rows {
+        if !destinations.is_empty() && !destinations.contains(&destination) {
+            continue;
+        }
+        let progress = progress?;
+        let policy = policies
+            .iter()
+            .find(|(name, _)| *name == destination)
+            .map(|(_, p)| *p)
+            .unwrap_or_default();
+        let next = match action {
+            OperatorAction::Retry => progress.operator_retry(&policy, now_ms),
+            OperatorAction::Cancel => progress.cancelled(),
+        };
+        // Not applicable (already final for cancel, not failed/dead for
+        // retry): left alone, which makes the action idempotent.
+        let Ok(next) = next else { continue };
+        conn.prepare_cached(
+            "UPDATE deliveries SET state = ?2, attempts_max = ?3, due_at_ms = ?4, deadline_at_ms = ?5,
+                 leased = 0, updated_at_ms = ?6,
+                 last_error = CASE WHEN ?2 = 'cancelled' THEN 'cancelled by an operator' ELSE last_error END
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            id,
+            next.state.as_str(),
+            next.attempts_max,
+            next.due_at_ms,
+            next.deadline_at_ms,
+            now_ms
+        ])?;
+        if next.state.is_final() {
+            promote_next_in_thread(conn, id, now_ms)?;
+        }
+        changed.push(destination);
+    }
+    Ok(Some(changed))
+}
+
+fn list_broadcasts(
+    conn: &Connection,
+    filter: &BroadcastFilter,
+) -> Result<Vec<BroadcastView>, StoreError> {
+    use crate::domain::BroadcastStatus;
+    let mut sql = String::from("SELECT b.id FROM broadcasts b WHERE 1 = 1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(before) = &filter.before_id {
+        args.push(before.clone().into());
+        sql.push_str(&format!(" AND b.id < ?{}", args.len()));
+    }
+    if let Some(since) = filter.created_since_ms {
+        args.push(since.into());
+        sql.push_str(&format!(" AND b.created_at_ms >= ?{}", args.len()));
+    }
+    if let Some(thread) = &filter.thread {
+        args.push(thread.clone().into());
+        sql.push_str(&format!(" AND b.thread_key = ?{}", args.len()));
+    }
+    if let Some(destination) = &filter.destination {
+        args.push(destination.clone().into());
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND d.destination = ?{})",
+            args.len()
+        ));
+    }
+    let unfinished = concat!(
+        "EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND d.state NOT IN ",
+        final_states_sql!(),
+        ")"
+    );
+    match filter.status {
+        None => {}
+        Some(BroadcastStatus::Delivering) => sql.push_str(&format!(" AND {unfinished}")),
+        Some(BroadcastStatus::Converged) => sql.push_str(
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND d.state <> 'confirmed')",
+        ),
+        Some(BroadcastStatus::Partial) => sql.push_str(&format!(
+            " AND NOT {unfinished} AND EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id
+                AND d.state IN ('failed','dead','cancelled'))"
+        )),
+    }
+    args.push((filter.limit as i64).into());
+    sql.push_str(&format!(" ORDER BY b.id DESC LIMIT ?{}", args.len()));
+    let ids: Vec<String> = conn
+        .prepare(&sql)?
+        .query_map(rusqlite::params_from_iter(args), |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut views = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(view) = read_broadcast_with(conn, &id, false)? {
+            views.push(view);
+        }
+    }
+    Ok(views)
+}
+
 fn read_broadcast(conn: &Connection, id: &str) -> Result<Option<BroadcastView>, StoreError> {
+    read_broadcast_with(conn, id, true)
+}
+
+fn read_broadcast_with(
+    conn: &Connection,
+    id: &str,
+    with_attempts: bool,
+) -> Result<Option<BroadcastView>, StoreError> {
     let head = conn
         .prepare_cached(
             "SELECT title, body, severity, thread_key, created_at_ms FROM broadcasts WHERE id = ?1",
@@ -734,6 +943,9 @@ fn read_broadcast(conn: &Connection, id: &str) -> Result<Option<BroadcastView>, 
          FROM attempts WHERE delivery_id = ?1 ORDER BY id",
     )?;
     for (delivery, id) in deliveries.iter_mut().zip(ids) {
+        if !with_attempts {
+            break;
+        }
         delivery.attempts = attempts
             .query_map(params![id], |row| {
                 let kind: String = row.get(1)?;
@@ -828,6 +1040,113 @@ impl Store for SqliteStore {
         self.read(move |conn| read_broadcast(conn, &id)).await
     }
 
+    async fn ingest_record(
+        &self,
+        caller: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<IngestRecord>, StoreError> {
+        let (caller, key) = (caller.to_owned(), key.to_owned());
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT broadcast_id, body_sha256, response FROM ingest_keys
+                     WHERE caller = ?1 AND key = ?2 AND expires_at_ms >= ?3",
+                )?
+                .query_row(params![caller, key, now_ms], |row| {
+                    Ok(IngestRecord {
+                        broadcast_id: row.get(0)?,
+                        body_sha256: row.get(1)?,
+                        response: row.get(2)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn save_ingest_response(
+        &self,
+        caller: &str,
+        key: &str,
+        response: String,
+    ) -> Result<(), StoreError> {
+        let request = Request::SaveIngestResponse {
+            caller: caller.to_owned(),
+            key: key.to_owned(),
+            response,
+        };
+        match self.write(request).await? {
+            Answer::Done(_) => Ok(()),
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn purge_ingest_keys(&self, now_ms: i64) -> Result<u64, StoreError> {
+        match self.write(Request::PurgeIngestKeys(now_ms)).await? {
+            Answer::Done(purged) => Ok(purged),
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn list_broadcasts(
+        &self,
+        filter: BroadcastFilter,
+    ) -> Result<Vec<BroadcastView>, StoreError> {
+        self.read(move |conn| list_broadcasts(conn, &filter)).await
+    }
+
+    async fn operator_action(
+        &self,
+        broadcast_id: &str,
+        action: OperatorAction,
+        destinations: Vec<String>,
+        policies: Vec<(String, RetryPolicy)>,
+        now_ms: i64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let request = Request::Operate {
+            broadcast_id: broadcast_id.to_owned(),
+            action,
+            destinations,
+            policies,
+            now_ms,
+        };
+        match self.write(request).await? {
+            Answer::Operated(changed) => Ok(changed),
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn backlog(&self) -> Result<Vec<DestinationBacklog>, StoreError> {
+        self.read(|conn| {
+            let mut select = conn.prepare_cached(concat!(
+                "SELECT d.destination, count(*), min(b.created_at_ms),
+                        min(CASE WHEN d.leased = 0 THEN d.due_at_ms END)
+                 FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
+                 WHERE d.state NOT IN ",
+                final_states_sql!(),
+                " GROUP BY d.destination"
+            ))?;
+            let rows = select
+                .query_map([], |row| {
+                    Ok(DestinationBacklog {
+                        destination: row.get(0)?,
+                        unfinished: row.get(1)?,
+                        oldest_unfinished_since_ms: row.get(2)?,
+                        oldest_due_at_ms: row.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
     async fn destinations_with_work(&self) -> Result<Vec<String>, StoreError> {
         self.read(|conn| {
             let mut select = conn.prepare(concat!(
@@ -867,6 +1186,7 @@ mod tests {
                 policy: RetryPolicy::default(),
                 lease_now: false,
             }],
+            ingest_key: None,
         };
         store.insert_broadcast(new).await.unwrap();
         let claim = store.claim_due("a", 1, 0).await.unwrap();

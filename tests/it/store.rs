@@ -27,6 +27,7 @@ fn new_broadcast(
                 lease_now: false,
             })
             .collect(),
+        ingest_key: None,
     }
 }
 

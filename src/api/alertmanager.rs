@@ -1,0 +1,259 @@
+//! `POST /v1/ingest/alertmanager`: Prometheus Alertmanager's webhook payload
+//! (version 4) becomes a broadcast. The group key is the thread, so a
+//! `resolved` notification lands after its `firing` one on every
+//! destination. The receiver picks the destinations (`[alertmanager]`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::auth::authorize;
+use super::broadcasts::{accept, check_destinations, Intent};
+use super::wire::Broadcast;
+use super::{parse_json, ApiError, AppState};
+use crate::config::Scope;
+use crate::domain::{Message, Severity, BODY_BYTES_MAX, THREAD_CHARS_MAX, TITLE_CHARS_MAX};
+use crate::store::Store;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    pub version: String,
+    pub group_key: String,
+    pub status: String,
+    pub receiver: String,
+    #[serde(default)]
+    pub group_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub common_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub common_annotations: BTreeMap<String, String>,
+    #[serde(default, rename = "externalURL")]
+    pub external_url: String,
+    pub alerts: Vec<Alert>,
+    #[serde(default)]
+    pub truncated_alerts: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    pub status: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub starts_at: String,
+    #[serde(default, rename = "generatorURL")]
+    pub generator_url: String,
+}
+
+fn cut(text: &str, bytes_max: usize) -> String {
+    if text.len() <= bytes_max {
+        return text.to_owned();
+    }
+    let mut end = bytes_max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// The message a notification becomes.
+pub fn message(n: &Notification) -> Result<Message, ApiError> {
+    if n.version != "4" {
+        return Err(ApiError::invalid(
+            "version",
+            format!(
+                "version {:?} is not supported; Alertmanager sends \"4\"",
+                n.version
+            ),
+        ));
+    }
+    let resolved = match n.status.as_str() {
+        "firing" => false,
+        "resolved" => true,
+        other => {
+            return Err(ApiError::invalid(
+                "status",
+                format!("{other:?} is neither firing nor resolved"),
+            ))
+        }
+    };
+    let name = n
+        .common_labels
+        .get("alertname")
+        .or_else(|| n.group_labels.get("alertname"))
+        .cloned()
+        .unwrap_or_else(|| "alert".into());
+    let firing = n.alerts.iter().filter(|a| a.status == "firing").count();
+    let head = if resolved {
+        "[RESOLVED]".to_owned()
+    } else {
+        format!("[FIRING:{firing}]")
+    };
+    let summary = n
+        .common_annotations
+        .get("summary")
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default();
+    let title: String = format!("{head} {name}{summary}")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(TITLE_CHARS_MAX)
+        .collect();
+    let mut body = String::new();
+    for alert in &n.alerts {
+        let labels: Vec<String> = alert
+            .labels
+            .iter()
+            .filter(|(k, _)| k.as_str() != "alertname")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let text = alert
+            .annotations
+            .get("summary")
+            .or_else(|| alert.annotations.get("description"))
+            .map(String::as_str)
+            .unwrap_or("");
+        let since = if alert.starts_at.is_empty() {
+            String::new()
+        } else {
+            format!(" since {}", alert.starts_at)
+        };
+        body.push_str(&format!(
+            "- {}{since} {{{}}} {}\n",
+            alert.status,
+            labels.join(", "),
+            text
+        ));
+        if !alert.generator_url.is_empty() {
+            body.push_str(&format!("  source: {}\n", alert.generator_url));
+        }
+    }
+    if n.truncated_alerts > 0 {
+        body.push_str(&format!(
+            "({} more alerts not shown by Alertmanager)\n",
+            n.truncated_alerts
+        ));
+    }
+    if !n.external_url.is_empty() {
+        body.push_str(&format!("Alertmanager: {}\n", n.external_url));
+    }
+    let severity = n
+        .common_labels
+        .get("severity")
+        .and_then(|s| Severity::parse(s).ok())
+        .unwrap_or(Severity::P3);
+    Ok(Message::new(
+        &title,
+        &cut(&body, BODY_BYTES_MAX),
+        severity,
+        Some(&thread_of(&n.group_key)),
+    )?)
+}
+
+/// Group keys can be long; a long one becomes a stable hash.
+fn thread_of(group_key: &str) -> String {
+    if group_key.chars().count() <= THREAD_CHARS_MAX
+        && !group_key.chars().any(char::is_control)
+        && !group_key.trim().is_empty()
+    {
+        return group_key.to_owned();
+    }
+    let hash: String = Sha256::digest(group_key.as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("alertmanager:{hash}")
+}
+
+pub(super) async fn ingest<S: Store>(
+    State(app): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Broadcast>), ApiError> {
+    authorize(&app.config, &headers, Scope::Send)?;
+    let Some(routes) = &app.config.alertmanager else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "alertmanager_not_configured",
+            "add an [alertmanager] table with destinations to the config to take Alertmanager notifications",
+        ));
+    };
+    let notification: Notification = parse_json(body)?;
+    let message = message(&notification)?;
+    let destinations = routes
+        .receivers
+        .get(&notification.receiver)
+        .unwrap_or(&routes.destinations)
+        .clone();
+    check_destinations(&app, &destinations, "receiver")?;
+    let (broadcast, _) = accept(
+        &app,
+        Intent {
+            message,
+            destinations,
+        },
+        None,
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(broadcast)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIRING: &str = r#"{
+      "version": "4",
+      "groupKey": "{}/{}:{alertname=\"DiskFull\"}",
+      "truncatedAlerts": 0,
+      "status": "firing",
+      "receiver": "team-db",
+      "groupLabels": {"alertname": "DiskFull"},
+      "commonLabels": {"alertname": "DiskFull", "severity": "critical", "instance": "db-1"},
+      "commonAnnotations": {"summary": "disk 95% full on db-1"},
+      "externalURL": "http://alertmanager.example:9093",
+      "alerts": [{
+        "status": "firing",
+        "labels": {"alertname": "DiskFull", "severity": "critical", "instance": "db-1"},
+        "annotations": {"summary": "disk 95% full on db-1"},
+        "startsAt": "2026-11-27T23:00:00Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus.example:9090/graph?g0.expr=disk",
+        "fingerprint": "c2f3a0e1d4b5a6f7"
+      }]
+    }"#;
+
+    #[test]
+    fn a_firing_notification_becomes_a_p1_on_its_group_thread() {
+        let n: Notification = serde_json::from_str(FIRING).unwrap();
+        let m = message(&n).unwrap();
+        assert_eq!(m.title(), "[FIRING:1] DiskFull: disk 95% full on db-1");
+        assert_eq!(m.severity(), Severity::P1);
+        assert_eq!(m.thread(), Some("{}/{}:{alertname=\"DiskFull\"}"));
+        assert!(m.body().contains("instance=db-1"));
+        let resolved: Notification = serde_json::from_str(
+            &FIRING.replace("\"status\": \"firing\"", "\"status\": \"resolved\""),
+        )
+        .unwrap();
+        assert!(message(&resolved)
+            .unwrap()
+            .title()
+            .starts_with("[RESOLVED] DiskFull"));
+        assert_eq!(
+            thread_of(&"k".repeat(500)).len(),
+            "alertmanager:".len() + 32
+        );
+    }
+}

@@ -1,0 +1,537 @@
+//! `/v1/broadcasts`: create (with an optional `Idempotency-Key`), read, list,
+//! and the operator actions retry and cancel.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use sha2::{Digest, Sha256};
+
+use super::auth::{authorize, Caller};
+use super::wire::{ActionRequest, Broadcast, BroadcastList, SendRequest};
+use super::{parse_json, parse_json_bytes, ApiError, AppState};
+use crate::config::Scope;
+use crate::dispatch::now_ms;
+use crate::domain::{
+    new_broadcast_id, BroadcastStatus, Message, Severity, DESTINATIONS_PER_BROADCAST_MAX,
+};
+use crate::events::StateChange;
+use crate::store::{
+    BroadcastFilter, BroadcastView, DeliveryView, IngestKey, NewBroadcast, NewDelivery,
+    OperatorAction, Store, StoreError,
+};
+
+/// `Idempotency-Key` values longer than this are refused.
+const IDEMPOTENCY_KEY_CHARS_MAX: usize = 255;
+/// Broadcasts per page of `GET /v1/broadcasts`: default and most.
+const PAGE_SIZE_DEFAULT: usize = 50;
+const PAGE_SIZE_MAX: usize = 200;
+
+/// What a new broadcast asks for, once validated.
+pub(super) struct Intent {
+    pub message: Message,
+    pub destinations: Vec<String>,
+}
+
+impl Intent {
+    pub fn from_request<S>(app: &AppState<S>, request: &SendRequest) -> Result<Intent, ApiError> {
+        let severity = match request.severity.as_deref() {
+            None => Severity::P3,
+            Some(text) => Severity::parse(text)?,
+        };
+        let message = Message::new(
+            &request.title,
+            request.body.as_deref().unwrap_or(""),
+            severity,
+            request.thread.as_deref(),
+        )?;
+        check_destinations(app, &request.destinations, "destinations")?;
+        Ok(Intent {
+            message,
+            destinations: request.destinations.clone(),
+        })
+    }
+}
+
+/// Every name configured, none twice, at least one, not too many.
+pub(super) fn check_destinations<S>(
+    app: &AppState<S>,
+    names: &[String],
+    field: &str,
+) -> Result<(), ApiError> {
+    if names.is_empty() {
+        return Err(ApiError::invalid(field, "name at least one destination"));
+    }
+    if names.len() > DESTINATIONS_PER_BROADCAST_MAX {
+        return Err(ApiError::invalid(
+            field,
+            format!("at most {DESTINATIONS_PER_BROADCAST_MAX} destinations per broadcast"),
+        ));
+    }
+    for (index, name) in names.iter().enumerate() {
+        let field = format!("{field}[{index}]");
+        if app.config.destination(name).is_none() {
+            let known: Vec<&str> = app
+                .config
+                .destinations
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect();
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "unknown destination {name:?}; configured: {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+        if names[..index].contains(name) {
+            return Err(ApiError::invalid(
+                field,
+                format!("destination {name:?} is named twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Removes a key from the in-flight set when the request ends, however.
+struct KeyInFlight<'a> {
+    keys: &'a std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    entry: (String, String),
+}
+
+impl Drop for KeyInFlight<'_> {
+    fn drop(&mut self) {
+        self.keys
+            .lock()
+            .expect("key set poisoned")
+            .remove(&self.entry);
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let field = "Idempotency-Key";
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::invalid(field, "must be visible ASCII"))?
+        .trim();
+    if key.is_empty() || key.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} characters"),
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// A replay of a keyed request: the first answer again, or (if the first
+/// answer was not kept) the broadcast as it is now.
+async fn replay<S: Store>(
+    app: &AppState<S>,
+    broadcast_id: &str,
+    response: Option<String>,
+) -> Result<Response, ApiError> {
+    let body = match response {
+        Some(body) => body,
+        None => {
+            let view = app.store.broadcast(broadcast_id).await?.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the keyed broadcast is missing",
+                )
+            })?;
+            serde_json::to_string(&Broadcast::from_view(&view, now_ms())).expect("serialises")
+        }
+    };
+    Ok(accepted_response(broadcast_id, body))
+}
+
+fn accepted_response(id: &str, body: String) -> Response {
+    let mut response = (
+        StatusCode::ACCEPTED,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/broadcasts/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+pub(super) async fn create<S: Store>(
+    State(app): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = authorize(&app.config, &headers, Scope::Send)?;
+    let key = idempotency_key(&headers)?;
+    let bytes = super::read_body(body)?;
+    let Some(key) = key else {
+        let request: SendRequest = parse_json_bytes(&bytes)?;
+        let intent = Intent::from_request(&app, &request)?;
+        let (broadcast, body) = accept(&app, intent, None).await?;
+        return Ok(accepted_response(&broadcast.id, body));
+    };
+    let entry = (caller.name.clone(), key.clone());
+    if !app
+        .keys_in_flight
+        .lock()
+        .expect("key set poisoned")
+        .insert(entry.clone())
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_in_flight",
+            "a request with this Idempotency-Key is still being processed; retry shortly",
+        ));
+    }
+    let _in_flight = KeyInFlight {
+        keys: &app.keys_in_flight,
+        entry,
+    };
+    let body_sha256: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let now = now_ms();
+    if let Some(record) = app.store.ingest_record(&caller.name, &key, now).await? {
+        if record.body_sha256 != body_sha256 {
+            return Err(key_reused());
+        }
+        return replay(&app, &record.broadcast_id, record.response).await;
+    }
+    let request: SendRequest = parse_json_bytes(&bytes)?;
+    let intent = Intent::from_request(&app, &request)?;
+    let ingest = IngestKey {
+        caller: caller.name.clone(),
+        key: key.clone(),
+        body_sha256: body_sha256.clone(),
+        expires_before_ms: now.saturating_add(app.config.idempotency_retention_ms as i64),
+    };
+    match accept(&app, intent, Some(ingest)).await {
+        Ok((broadcast, body)) => {
+            // Kept for replays; if this write is lost, replays answer with
+            // the broadcast as it is then.
+            if let Err(error) = app
+                .store
+                .save_ingest_response(&caller.name, &key, body.clone())
+                .await
+            {
+                tracing::warn!(%error, "cannot keep the first answer of a keyed request");
+            }
+            Ok(accepted_response(&broadcast.id, body))
+        }
+        Err(AcceptError::KeyTaken) => match app
+            .store
+            .ingest_record(&caller.name, &key, now_ms())
+            .await?
+        {
+            Some(record) if record.body_sha256 == body_sha256 => {
+                replay(&app, &record.broadcast_id, record.response).await
+            }
+            _ => Err(key_reused()),
+        },
+        Err(AcceptError::Api(error)) => Err(error),
+    }
+}
+
+fn key_reused() -> ApiError {
+    ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "idempotency_key_reused",
+        message: "this Idempotency-Key was used for a different request body".into(),
+        field: Some("Idempotency-Key".into()),
+    }
+}
+
+pub(super) enum AcceptError {
+    KeyTaken,
+    Api(ApiError),
+}
+
+impl From<ApiError> for AcceptError {
+    fn from(e: ApiError) -> AcceptError {
+        AcceptError::Api(e)
+    }
+}
+
+impl From<AcceptError> for ApiError {
+    fn from(e: AcceptError) -> ApiError {
+        match e {
+            AcceptError::Api(e) => e,
+            AcceptError::KeyTaken => key_reused(),
+        }
+    }
+}
+
+/// Writes a broadcast and its deliveries in one transaction, hands leased
+/// deliveries to workers, and returns the answer (and its JSON).
+pub(super) async fn accept<S: Store>(
+    app: &AppState<S>,
+    intent: Intent,
+    ingest_key: Option<IngestKey>,
+) -> Result<(Broadcast, String), AcceptError> {
+    let mut deliveries: Vec<NewDelivery> = intent
+        .destinations
+        .iter()
+        .map(|name| NewDelivery {
+            destination: name.clone(),
+            policy: app.config.destination(name).expect("checked").policy,
+            lease_now: false,
+        })
+        .collect();
+    // Where a worker slot is free, the delivery is leased in the insert's
+    // transaction and its first attempt starts without a claim round trip.
+    let mut slots: Vec<_> = deliveries
+        .iter_mut()
+        .map(|d| {
+            let slot = app.dispatcher.reserve_slot(&d.destination);
+            d.lease_now = slot.is_some();
+            slot
+        })
+        .collect();
+    let created_at_ms = now_ms();
+    let new = NewBroadcast {
+        id: new_broadcast_id(created_at_ms, &mut rand::rng()),
+        message: intent.message,
+        created_at_ms,
+        deliveries,
+        ingest_key,
+    };
+    let id = new.id.clone();
+    let message = new.message.clone();
+    let mut inserted = match app.store.insert_broadcast(new).await {
+        Ok(inserted) => inserted,
+        Err(StoreError::IngestKeyTaken(_)) => return Err(AcceptError::KeyTaken),
+        Err(error) => return Err(ApiError::from(error).into()),
+    };
+    app.accepted.fetch_add(1, Ordering::Relaxed);
+    for (delivery, slot) in inserted.iter_mut().zip(slots.iter_mut()) {
+        app.dispatcher.events().publish(StateChange {
+            broadcast_id: id.clone(),
+            destination: delivery.destination.clone(),
+            progress: delivery.progress.clone(),
+            last_error: None,
+            last_http_status: None,
+            at_ms: created_at_ms,
+        });
+        match (delivery.leased.take(), slot.take()) {
+            (Some(leased), Some(slot)) => app.dispatcher.hand_off(leased, slot),
+            // Not leased (waiting behind its thread, or no slot was free):
+            // the lane claims it; the unused slot is released here.
+            _ => app.dispatcher.wake(&delivery.destination),
+        }
+    }
+    tracing::info!(broadcast = %id, destinations = inserted.len(), "broadcast accepted");
+    let view = BroadcastView {
+        id: id.clone(),
+        message,
+        created_at_ms,
+        deliveries: inserted
+            .into_iter()
+            .map(|d| DeliveryView {
+                progress: d.progress,
+                destination: d.destination,
+                idempotency_key: d.idempotency_key,
+                last_error: None,
+                last_http_status: None,
+                updated_at_ms: created_at_ms,
+                attempts: Vec::new(),
+            })
+            .collect(),
+    };
+    let broadcast = Broadcast::from_view(&view, created_at_ms);
+    let body = serde_json::to_string(&broadcast).expect("serialises");
+    Ok((broadcast, body))
+}
+
+pub(super) async fn get<S: Store>(
+    State(app): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Broadcast>, ApiError> {
+    authorize(&app.config, &headers, Scope::Read)?;
+    let view = find(&*app, &id).await?;
+    Ok(Json(Broadcast::from_view(&view, now_ms())))
+}
+
+async fn find<S: Store>(app: &AppState<S>, id: &str) -> Result<BroadcastView, ApiError> {
+    app.store.broadcast(id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "broadcast_not_found",
+            format!("no broadcast with id {id:?}"),
+        )
+    })
+}
+
+/// `since`: milliseconds since the epoch, or a span back from now (`90s`,
+/// `15m`, `2h`, `7d`).
+fn parse_since(text: &str, now_ms: i64) -> Option<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Some(ms);
+    }
+    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: i64 = number.parse().ok()?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    Some(now_ms - n.checked_mul(unit_ms)?)
+}
+
+pub(super) async fn list<S: Store>(
+    State(app): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<BroadcastList>, ApiError> {
+    authorize(&app.config, &headers, Scope::Read)?;
+    let mut filter = BroadcastFilter {
+        limit: PAGE_SIZE_DEFAULT,
+        ..BroadcastFilter::default()
+    };
+    for (name, value) in &query {
+        match name.as_str() {
+            "status" => {
+                filter.status = Some(match value.as_str() {
+                    "delivering" => BroadcastStatus::Delivering,
+                    "converged" => BroadcastStatus::Converged,
+                    "partial" => BroadcastStatus::Partial,
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "status",
+                            "use delivering, converged or partial",
+                        ))
+                    }
+                })
+            }
+            "destination" => filter.destination = Some(value.clone()),
+            "thread" => filter.thread = Some(value.clone()),
+            "since" => {
+                filter.created_since_ms = Some(parse_since(value, now_ms()).ok_or_else(|| {
+                    ApiError::invalid(
+                        "since",
+                        "use milliseconds since the epoch or a span such as 15m, 2h, 7d",
+                    )
+                })?)
+            }
+            "cursor" => filter.before_id = Some(value.clone()),
+            "limit" => {
+                filter.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=PAGE_SIZE_MAX).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::invalid("limit", format!("must be 1 to {PAGE_SIZE_MAX}"))
+                    })?
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    other,
+                    "unknown filter; use status, destination, thread, since, cursor, limit",
+                ))
+            }
+        }
+    }
+    let limit = filter.limit;
+    let views = app.store.list_broadcasts(filter).await?;
+    let now = now_ms();
+    let next_cursor = (views.len() == limit)
+        .then(|| views.last().map(|v| v.id.clone()))
+        .flatten();
+    Ok(Json(BroadcastList {
+        broadcasts: views.iter().map(|v| Broadcast::from_view(v, now)).collect(),
+        next_cursor,
+    }))
+}
+
+pub(super) async fn retry<S: Store>(
+    state: State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Broadcast>, ApiError> {
+    operate(state, headers, id, body, OperatorAction::Retry).await
+}
+
+pub(super) async fn cancel<S: Store>(
+    state: State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Broadcast>, ApiError> {
+    operate(state, headers, id, body, OperatorAction::Cancel).await
+}
+
+/// Retry or cancel: idempotent; answers with the broadcast's new state.
+async fn operate<S: Store>(
+    State(app): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+    action: OperatorAction,
+) -> Result<Json<Broadcast>, ApiError> {
+    let Caller { name: caller } = authorize(&app.config, &headers, Scope::Operate)?;
+    let bytes = super::read_body(body)?;
+    let request: ActionRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        ActionRequest::default()
+    } else {
+        parse_json(Ok(bytes))?
+    };
+    let before = find(&*app, &id).await?;
+    for (index, name) in request.destinations.iter().enumerate() {
+        if !before.deliveries.iter().any(|d| d.destination == *name) {
+            return Err(ApiError::invalid(
+                format!("destinations[{index}]"),
+                format!("{name:?} is not a destination of broadcast {id}"),
+            ));
+        }
+    }
+    let policies = before
+        .deliveries
+        .iter()
+        .filter_map(|d| {
+            app.config
+                .destination(&d.destination)
+                .map(|c| (d.destination.clone(), c.policy))
+        })
+        .collect();
+    let changed = app
+        .store
+        .operator_action(&id, action, request.destinations, policies, now_ms())
+        .await?
+        .unwrap_or_default();
+    let after = find(&*app, &id).await?;
+    for delivery in after
+        .deliveries
+        .iter()
+        .filter(|d| changed.contains(&d.destination))
+    {
+        app.dispatcher.events().publish(StateChange {
+            broadcast_id: id.clone(),
+            destination: delivery.destination.clone(),
+            progress: delivery.progress.clone(),
+            last_error: delivery.last_error.clone(),
+            last_http_status: delivery.last_http_status,
+            at_ms: delivery.updated_at_ms,
+        });
+        app.dispatcher.wake(&delivery.destination);
+    }
+    tracing::info!(broadcast = %id, %caller, action = ?action, destinations = ?changed, "operator action");
+    Ok(Json(Broadcast::from_view(&after, now_ms())))
+}

@@ -1,0 +1,176 @@
+//! Server-sent events: `GET /v1/broadcasts/{id}/events` streams one
+//! broadcast's state changes, starting with a snapshot of every delivery and
+//! ending with a `status` event once all are final; `GET /v1/events` streams
+//! every broadcast's changes until the client leaves.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::{self, Stream};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::auth::authorize;
+use super::wire::{DeliveryEvent, StatusEvent};
+use super::{ApiError, AppState};
+use crate::config::Scope;
+use crate::dispatch::now_ms;
+use crate::domain::{derive_status, format_rfc3339_ms, DeliveryState};
+use crate::events::StateChange;
+use crate::store::{BroadcastView, Store};
+
+/// A comment line keeps idle streams open through proxies.
+const KEEP_ALIVE_SECS: u64 = 15;
+
+fn delivery_event(change: &StateChange, now_ms: i64) -> Event {
+    let p = &change.progress;
+    let body = DeliveryEvent {
+        broadcast_id: change.broadcast_id.clone(),
+        destination: change.destination.clone(),
+        state: p.state.as_str().to_owned(),
+        summary: p.summary(),
+        attempts_made: p.attempts_made,
+        attempts_max: p.attempts_max,
+        next_attempt_in_ms: p.due_at_ms.map(|due| (due - now_ms).max(0)),
+        last_error: change.last_error.clone(),
+        last_http_status: change.last_http_status,
+        possible_duplicate: p.possible_duplicate,
+        at: format_rfc3339_ms(change.at_ms),
+    };
+    Event::default()
+        .event("delivery")
+        .json_data(body)
+        .expect("event serialises")
+}
+
+fn snapshot(view: &BroadcastView) -> Vec<StateChange> {
+    view.deliveries
+        .iter()
+        .map(|d| StateChange {
+            broadcast_id: view.id.clone(),
+            destination: d.destination.clone(),
+            progress: d.progress.clone(),
+            last_error: d.last_error.clone(),
+            last_http_status: d.last_http_status,
+            at_ms: d.updated_at_ms,
+        })
+        .collect()
+}
+
+struct Watch<S> {
+    app: Arc<AppState<S>>,
+    id: String,
+    changes: tokio::sync::broadcast::Receiver<Arc<StateChange>>,
+    queue: VecDeque<Event>,
+    states: HashMap<String, DeliveryState>,
+    finished: bool,
+}
+
+impl<S: Store> Watch<S> {
+    /// Queues what is new in `changes`; marks the end when all are final.
+    fn absorb(&mut self, changes: impl IntoIterator<Item = StateChange>) {
+        let now = now_ms();
+        for change in changes {
+            self.states
+                .insert(change.destination.clone(), change.progress.state);
+            self.queue.push_back(delivery_event(&change, now));
+        }
+        if !self.finished && self.states.values().all(|s| s.is_final()) {
+            let status = derive_status(self.states.values().copied());
+            self.queue.push_back(
+                Event::default()
+                    .event("status")
+                    .json_data(StatusEvent {
+                        broadcast_id: self.id.clone(),
+                        status: status.as_str().to_owned(),
+                    })
+                    .expect("event serialises"),
+            );
+            self.finished = true;
+        }
+    }
+
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some((Ok(event), self));
+            }
+            if self.finished {
+                return None;
+            }
+            match self.changes.recv().await {
+                Ok(change) if change.broadcast_id == self.id => self.absorb([(*change).clone()]),
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => {
+                    // Fell behind: read the truth again.
+                    match self.app.store.broadcast(&self.id).await {
+                        Ok(Some(view)) => self.absorb(snapshot(&view)),
+                        _ => return None,
+                    }
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+pub(super) async fn broadcast_events<S: Store>(
+    State(app): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    authorize(&app.config, &headers, Scope::Read)?;
+    // Subscribe before reading, so nothing between the two is missed.
+    let changes = app.dispatcher.events().subscribe();
+    let view = app.store.broadcast(&id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "broadcast_not_found",
+            format!("no broadcast with id {id:?}"),
+        )
+    })?;
+    let mut watch = Watch {
+        app: app.clone(),
+        id,
+        changes,
+        queue: VecDeque::new(),
+        states: HashMap::new(),
+        finished: false,
+    };
+    watch.absorb(snapshot(&view));
+    let events = stream::unfold(watch, Watch::next);
+    Ok(
+        Sse::new(events)
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(KEEP_ALIVE_SECS))),
+    )
+}
+
+pub(super) async fn all_events<S: Store>(
+    State(app): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    authorize(&app.config, &headers, Scope::Read)?;
+    let changes = app.dispatcher.events().subscribe();
+    let events = stream::unfold(changes, |mut changes| async move {
+        loop {
+            match changes.recv().await {
+                Ok(change) => return Some((Ok(delivery_event(&change, now_ms())), changes)),
+                Err(RecvError::Lagged(missed)) => {
+                    let event = Event::default().event("lagged").data(format!(
+                        "{missed} changes were missed; re-read the broadcasts you watch"
+                    ));
+                    return Some((Ok(event), changes));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(
+        Sse::new(events)
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(KEEP_ALIVE_SECS))),
+    )
+}
