@@ -156,18 +156,14 @@ pub(super) async fn all_events<S: Store>(
     authorize(&app.config, &headers, Scope::Read)?;
     let changes = app.dispatcher.events().subscribe();
     let events = stream::unfold(changes, |mut changes| async move {
-        loop {
-            match changes.recv().await {
-                Ok(change) => return Some((Ok(delivery_event(&change, now_ms())), changes)),
-                Err(RecvError::Lagged(missed)) => {
-                    let event = Event::default().event("lagged").data(format!(
-                        "{missed} changes were missed; re-read the broadcasts you watch"
-                    ));
-                    return Some((Ok(event), changes));
-                }
-                Err(RecvError::Closed) => return None,
-            }
-        }
+        let event = match changes.recv().await {
+            Ok(change) => delivery_event(&change, now_ms()),
+            Err(RecvError::Lagged(missed)) => Event::default().event("lagged").data(format!(
+                "{missed} changes were missed; re-read the broadcasts you watch"
+            )),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(event), changes))
     });
     Ok(
         Sse::new(events)
