@@ -6,8 +6,6 @@ use herald::mock::Faults;
 
 use crate::support::*;
 
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
-
 #[test]
 fn a_bad_config_file_is_refused_with_file_line_key_and_reason() {
     let dir = temp_dir();

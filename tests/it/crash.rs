@@ -1,9 +1,6 @@
 //! kill -9 at random moments: every accepted broadcast still converges, the
 //! destinations see each message once, and the database stays sound.
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,48 +10,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::support::*;
 
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 const BROADCASTS: usize = 300;
 const DESTINATIONS: [&str; 3] = ["alpha", "bravo", "charlie"];
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn spawn_server(config: &Path, database: &Path, listen: SocketAddr, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(HERALD)
-        .args(["serve", "--listen", &listen.to_string(), "--config"])
-        .arg(config)
-        .arg("--database")
-        .arg(database)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_healthy(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let url = format!("http://{addr}/healthz");
-    let http = herald::connector::http_client_builder().build().unwrap();
-    while Instant::now() < deadline {
-        if let Ok(response) = http.get(&url).send().await {
-            if response.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("herald did not become healthy at {addr}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_twice_mid_delivery_loses_and_duplicates_nothing() {

@@ -1,4 +1,6 @@
+use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herald::api::wire::{Broadcast, SendRequest};
@@ -91,4 +93,56 @@ pub fn temp_dir() -> tempfile::TempDir {
         .prefix("herald-test-")
         .tempdir()
         .unwrap()
+}
+
+pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub fn spawn_server(config: &Path, database: &Path, listen: SocketAddr, log: &Path) -> Child {
+    spawn_server_with_env(config, database, listen, log, &[])
+}
+
+pub fn spawn_server_with_env(
+    config: &Path,
+    database: &Path,
+    listen: SocketAddr,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(HERALD)
+        .args(["serve", "--listen", &listen.to_string(), "--config"])
+        .arg(config)
+        .arg("--database")
+        .arg(database)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+pub async fn wait_healthy(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let url = format!("http://{addr}/healthz");
+    let http = herald::connector::http_client_builder().build().unwrap();
+    while Instant::now() < deadline {
+        if let Ok(response) = http.get(&url).send().await {
+            if response.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("herald did not become healthy at {addr}");
 }
