@@ -574,6 +574,10 @@ retry = { attempts_max = 5, base_ms = 500, cap_ms = 60000, deadline_secs = 600 }
         )
         .unwrap();
         assert_eq!(config.destinations.len(), 2);
+        assert_eq!(config.tokens.len(), 1);
+        assert_eq!(config.tokens[0].scopes.len(), 3);
+        let routes = config.alertmanager.unwrap();
+        assert_eq!(routes.receivers["database-oncall"].len(), 2);
     }
 
     #[test]
