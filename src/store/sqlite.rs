@@ -23,6 +23,8 @@ const WRITE_QUEUE_MAX: usize = 8_192;
 const WRITE_BATCH_MAX: usize = 2_048;
 /// Idle read connections kept open.
 const READ_POOL_IDLE_MAX: usize = 4;
+/// How often committed WAL frames are copied into the database file.
+const CHECKPOINT_EVERY_MS: u64 = 250;
 /// How long a connection waits on a lock held by another process.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
 
@@ -207,14 +209,23 @@ impl SqliteStore {
             .name("herald-sqlite-writer".into())
             .spawn(move || run_writer(conn, queue))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
-        Ok(SqliteStore {
-            inner: Arc::new(Inner {
-                path,
-                _lock: lock,
-                writes,
-                idle_readers: Mutex::new(Vec::new()),
-            }),
-        })
+        // Checkpoints run beside the writer, not inside its commits: an
+        // automatic checkpoint copies the WAL into the database and fsyncs
+        // it, which stalled every caller of the batch that triggered it.
+        let inner = Arc::new(Inner {
+            path: path.clone(),
+            _lock: lock,
+            writes,
+            idle_readers: Mutex::new(Vec::new()),
+        });
+        let checkpointer = Connection::open(&path)?;
+        checkpointer.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        let alive = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("herald-sqlite-checkpoint".into())
+            .spawn(move || run_checkpointer(checkpointer, alive))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(SqliteStore { inner })
     }
 
     pub fn path(&self) -> &Path {
@@ -265,6 +276,21 @@ impl SqliteStore {
     }
 }
 
+/// Copies committed WAL frames into the database every
+/// `CHECKPOINT_EVERY_MS`, without blocking the writer (PASSIVE), until the
+/// store is dropped.
+fn run_checkpointer(conn: Connection, alive: std::sync::Weak<Inner>) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(CHECKPOINT_EVERY_MS));
+        if alive.upgrade().is_none() {
+            return;
+        }
+        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(%error, "WAL checkpoint failed; the next one tries again");
+        }
+    }
+}
+
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -275,7 +301,8 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     }
     // FULL: every commit is fsynced before it is acknowledged.
     conn.execute_batch(
-        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;
+         PRAGMA wal_autocheckpoint = 0;",
     )?;
     Ok(())
 }
