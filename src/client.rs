@@ -189,7 +189,16 @@ impl Client {
         let mut seen: HashMap<String, (String, u32, Option<u16>)> = HashMap::new();
         let mut unreachable_since: Option<Instant> = None;
         loop {
-            match self.follow(id, started, &mut seen, &mut on_change).await {
+            match self
+                .follow(
+                    id,
+                    started,
+                    &mut seen,
+                    &mut on_change,
+                    &mut unreachable_since,
+                )
+                .await
+            {
                 Ok(()) => return self.status(id).await,
                 Err(ClientError::Unreachable { .. } | ClientError::Stream(_))
                     if unreachable_since.get_or_insert_with(Instant::now).elapsed()
@@ -209,6 +218,7 @@ impl Client {
         started: Instant,
         seen: &mut HashMap<String, (String, u32, Option<u16>)>,
         on_change: &mut impl FnMut(Duration, &Delivery),
+        unreachable_since: &mut Option<Instant>,
     ) -> Result<(), ClientError> {
         let url = self.url(&format!("v1/broadcasts/{id}/events"))?;
         let response = self
@@ -225,8 +235,11 @@ impl Client {
             let bytes = response.bytes().await.unwrap_or_default();
             return Err(api_error(status, &bytes));
         }
+        // Connected: a later break gets the full reconnect window again.
+        *unreachable_since = None;
         let mut response = response;
-        let mut buffer = String::new();
+        // Raw bytes: a character split across chunks is decoded whole.
+        let mut buffer: Vec<u8> = Vec::new();
         loop {
             let chunk = response
                 .chunk()
@@ -235,9 +248,10 @@ impl Client {
             let Some(chunk) = chunk else {
                 return Err(ClientError::Stream("the event stream ended early".into()));
             };
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = buffer.drain(..end + 2).collect();
+                let block = String::from_utf8_lossy(&raw);
                 let mut event = "message";
                 let mut data = String::new();
                 for line in block.lines() {

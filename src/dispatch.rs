@@ -176,6 +176,13 @@ impl<S: Store> Dispatcher<S> {
         list
     }
 
+    /// Counts a delivery made final outside an attempt (an operator cancel).
+    pub fn record_final(&self, destination: &str, state: DeliveryState) {
+        if let Some(lane) = self.lanes.get(destination) {
+            lane.metrics.record_final(state);
+        }
+    }
+
     pub fn events(&self) -> &EventBus {
         &self.events
     }
@@ -280,6 +287,10 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
                 continue;
             }
         };
+        for expired in &claim.expired {
+            lane.metrics.record_final(expired.progress.state);
+            publish_leased(&lane, expired);
+        }
         let claimed = claim.deliveries.len();
         for delivery in claim.deliveries {
             let permit = reserved

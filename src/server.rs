@@ -30,6 +30,7 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     http: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
+    purge: JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -39,6 +40,7 @@ impl RunningServer {
         let _ = self.shutdown.send(true);
         let _ = self.http.await;
         let _ = self.dispatcher.await;
+        let _ = self.purge.await;
     }
 }
 
@@ -74,7 +76,12 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
     if config.tokens.is_empty() {
         tracing::warn!("no [[tokens]] configured: the API is open to anyone who can reach {addr}");
     }
-    let app = router(Arc::new(AppState::new(store, dispatcher, Arc::new(config))));
+    let app = router(Arc::new(AppState::new(
+        store.clone(),
+        dispatcher,
+        Arc::new(config),
+    )));
+    let purge = tokio::spawn(purge_ingest_keys(store.clone(), shutdown_rx.clone()));
     let mut http_shutdown = shutdown_rx;
     let http = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -90,5 +97,24 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
         shutdown,
         http,
         dispatcher: dispatcher_task,
+        purge,
     })
+}
+
+/// How often expired ingest idempotency keys are deleted.
+const PURGE_EVERY_SECS: u64 = 600;
+
+/// Forgets expired ingest keys every `PURGE_EVERY_SECS`, until shutdown.
+async fn purge_ingest_keys<S: Store>(store: Arc<S>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(PURGE_EVERY_SECS)) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        match store.purge_ingest_keys(now_ms()).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "forgot expired idempotency keys"),
+            Err(error) => tracing::warn!(%error, "cannot purge expired idempotency keys"),
+        }
+    }
 }

@@ -19,8 +19,9 @@ use super::broadcasts::{accept, check_destinations, Intent};
 use super::wire::Broadcast;
 use super::{parse_json, ApiError, AppState};
 use crate::config::Scope;
+use crate::dispatch::now_ms;
 use crate::domain::{Message, Severity, BODY_BYTES_MAX, THREAD_CHARS_MAX, TITLE_CHARS_MAX};
-use crate::store::Store;
+use crate::store::{IngestKey, Store};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -52,6 +53,10 @@ pub struct Alert {
     pub annotations: BTreeMap<String, String>,
     #[serde(default)]
     pub starts_at: String,
+    #[serde(default)]
+    pub ends_at: String,
+    #[serde(default)]
+    pub fingerprint: String,
     #[serde(default, rename = "generatorURL")]
     pub generator_url: String,
 }
@@ -161,6 +166,28 @@ pub fn message(n: &Notification) -> Result<Message, ApiError> {
     )?)
 }
 
+/// What makes two notifications the same: group, status, and each alert's
+/// identity and times.
+fn notification_fingerprint(n: &Notification) -> String {
+    let mut hash = Sha256::new();
+    for part in [n.group_key.as_str(), n.status.as_str(), n.receiver.as_str()] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    for alert in &n.alerts {
+        for part in [
+            alert.fingerprint.as_str(),
+            alert.status.as_str(),
+            alert.starts_at.as_str(),
+            alert.ends_at.as_str(),
+        ] {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Group keys can be long; a long one becomes a stable hash.
 fn thread_of(group_key: &str) -> String {
     if group_key.chars().count() <= THREAD_CHARS_MAX
@@ -182,8 +209,8 @@ pub(super) async fn ingest<S: Store>(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Broadcast>), ApiError> {
-    authorize(&app.config, &headers, Scope::Send)?;
-    let Some(routes) = &app.config.alertmanager else {
+    let caller = authorize(&app.config, &headers, Scope::Send)?;
+    let Some(routes) = app.config.alertmanager.clone() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "alertmanager_not_configured",
@@ -198,13 +225,44 @@ pub(super) async fn ingest<S: Store>(
         .unwrap_or(&routes.destinations)
         .clone();
     check_destinations(&app, &destinations, "receiver")?;
+    // Alertmanager re-sends a notification it thinks failed (a timeout
+    // after herald committed, say): the same notification is the same
+    // ingest key, so a re-send gets the first answer instead of a second page.
+    let fingerprint = notification_fingerprint(&notification);
+    let ingest = IngestKey {
+        caller: caller.name,
+        key: format!("alertmanager:{fingerprint}"),
+        body_sha256: fingerprint,
+        expires_before_ms: now_ms().saturating_add(app.config.idempotency_retention_ms as i64),
+    };
+    if let Some(record) = app
+        .store
+        .ingest_record(&ingest.caller, &ingest.key, now_ms())
+        .await?
+    {
+        let view = app
+            .store
+            .broadcast(&record.broadcast_id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the keyed broadcast is missing",
+                )
+            })?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(Broadcast::from_view(&view, now_ms())),
+        ));
+    }
     let (broadcast, _) = accept(
         &app,
         Intent {
             message,
             destinations,
         },
-        None,
+        Some(ingest),
     )
     .await?;
     Ok((StatusCode::ACCEPTED, Json(broadcast)))

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -278,7 +279,29 @@ impl From<AcceptError> for ApiError {
 
 /// Writes a broadcast and its deliveries in one transaction, hands leased
 /// deliveries to workers, and returns the answer (and its JSON).
+///
+/// Runs on its own task: if the request is dropped (client gone, request
+/// timeout) after the insert was queued, the commit still happens, so the
+/// hand-off and the events must still happen too, or leased deliveries
+/// would wait for the next restart.
 pub(super) async fn accept<S: Store>(
+    app: &Arc<AppState<S>>,
+    intent: Intent,
+    ingest_key: Option<IngestKey>,
+) -> Result<(Broadcast, String), AcceptError> {
+    let app = app.clone();
+    tokio::spawn(async move { accept_now(&app, intent, ingest_key).await })
+        .await
+        .map_err(|e| {
+            AcceptError::Api(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("accepting the broadcast failed: {e}"),
+            ))
+        })?
+}
+
+async fn accept_now<S: Store>(
     app: &AppState<S>,
     intent: Intent,
     ingest_key: Option<IngestKey>,
@@ -357,12 +380,19 @@ pub(super) async fn accept<S: Store>(
     Ok((broadcast, body))
 }
 
+/// The `{id}` of a route, or the JSON error for an unreadable one.
+pub(super) fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(id)| id)
+        .map_err(|rejection| ApiError::invalid("id", rejection.body_text()))
+}
+
 pub(super) async fn get<S: Store>(
     State(app): State<Arc<AppState<S>>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Broadcast>, ApiError> {
     authorize(&app.config, &headers, Scope::Read)?;
+    let id = path_id(id)?;
     let view = find(&*app, &id).await?;
     Ok(Json(Broadcast::from_view(&view, now_ms())))
 }
@@ -383,24 +413,26 @@ fn parse_since(text: &str, now_ms: i64) -> Option<i64> {
     if let Ok(ms) = text.parse::<i64>() {
         return Some(ms);
     }
-    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
-    let n: i64 = number.parse().ok()?;
-    let unit_ms = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    Some(now_ms - n.checked_mul(unit_ms)?)
+    let (number, unit_ms) = [
+        ("s", 1_000i64),
+        ("m", 60_000),
+        ("h", 3_600_000),
+        ("d", 86_400_000),
+    ]
+    .into_iter()
+    .find_map(|(suffix, unit_ms)| text.strip_suffix(suffix).map(|n| (n, unit_ms)))?;
+    let n: i64 = number.parse().ok().filter(|n| *n >= 0)?;
+    now_ms.checked_sub(n.checked_mul(unit_ms)?)
 }
 
 pub(super) async fn list<S: Store>(
     State(app): State<Arc<AppState<S>>>,
     headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<BroadcastList>, ApiError> {
     authorize(&app.config, &headers, Scope::Read)?;
+    let Query(query) =
+        query.map_err(|rejection| ApiError::invalid("query", rejection.body_text()))?;
     let mut filter = BroadcastFilter {
         limit: PAGE_SIZE_DEFAULT,
         ..BroadcastFilter::default()
@@ -463,7 +495,7 @@ pub(super) async fn list<S: Store>(
 pub(super) async fn retry<S: Store>(
     state: State<Arc<AppState<S>>>,
     headers: HeaderMap,
-    id: Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Broadcast>, ApiError> {
     operate(state, headers, id, body, OperatorAction::Retry).await
@@ -472,7 +504,7 @@ pub(super) async fn retry<S: Store>(
 pub(super) async fn cancel<S: Store>(
     state: State<Arc<AppState<S>>>,
     headers: HeaderMap,
-    id: Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Broadcast>, ApiError> {
     operate(state, headers, id, body, OperatorAction::Cancel).await
@@ -482,11 +514,12 @@ pub(super) async fn cancel<S: Store>(
 async fn operate<S: Store>(
     State(app): State<Arc<AppState<S>>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
     action: OperatorAction,
 ) -> Result<Json<Broadcast>, ApiError> {
     let Caller { name: caller } = authorize(&app.config, &headers, Scope::Operate)?;
+    let id = path_id(id)?;
     let bytes = super::read_body(body)?;
     let request: ActionRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         ActionRequest::default()
@@ -530,8 +563,27 @@ async fn operate<S: Store>(
             last_http_status: delivery.last_http_status,
             at_ms: delivery.updated_at_ms,
         });
+        if delivery.progress.state.is_final() {
+            app.dispatcher
+                .record_final(&delivery.destination, delivery.progress.state);
+        }
         app.dispatcher.wake(&delivery.destination);
     }
     tracing::info!(broadcast = %id, %caller, action = ?action, destinations = ?changed, "operator action");
     Ok(Json(Broadcast::from_view(&after, now_ms())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_epoch_ms_or_a_span_and_refuses_the_rest() {
+        assert_eq!(parse_since("1700000000000", 0), Some(1_700_000_000_000));
+        assert_eq!(parse_since("15m", 1_000_000), Some(100_000));
+        assert_eq!(parse_since("2h", 10_000_000), Some(2_800_000));
+        for bad in ["5é", "m", "-5m", "9999999999999999999d", "", "3w"] {
+            assert_eq!(parse_since(bad, 0), None, "{bad}");
+        }
+    }
 }

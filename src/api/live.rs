@@ -66,7 +66,9 @@ struct Watch<S> {
     id: String,
     changes: tokio::sync::broadcast::Receiver<Arc<StateChange>>,
     queue: VecDeque<Event>,
-    states: HashMap<String, DeliveryState>,
+    /// Each delivery's latest state and when it changed; an older change
+    /// arriving late (another task published it) is ignored.
+    states: HashMap<String, (DeliveryState, i64)>,
     finished: bool,
 }
 
@@ -75,12 +77,19 @@ impl<S: Store> Watch<S> {
     fn absorb(&mut self, changes: impl IntoIterator<Item = StateChange>) {
         let now = now_ms();
         for change in changes {
-            self.states
-                .insert(change.destination.clone(), change.progress.state);
+            if let Some((_, at_ms)) = self.states.get(&change.destination) {
+                if change.at_ms < *at_ms {
+                    continue;
+                }
+            }
+            self.states.insert(
+                change.destination.clone(),
+                (change.progress.state, change.at_ms),
+            );
             self.queue.push_back(delivery_event(&change, now));
         }
-        if !self.finished && self.states.values().all(|s| s.is_final()) {
-            let status = derive_status(self.states.values().copied());
+        if !self.finished && self.states.values().all(|(s, _)| s.is_final()) {
+            let status = derive_status(self.states.values().map(|(s, _)| *s));
             self.queue.push_back(
                 Event::default()
                     .event("status")
@@ -121,9 +130,10 @@ impl<S: Store> Watch<S> {
 pub(super) async fn broadcast_events<S: Store>(
     State(app): State<Arc<AppState<S>>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     authorize(&app.config, &headers, Scope::Read)?;
+    let id = super::broadcasts::path_id(id)?;
     // Subscribe before reading, so nothing between the two is missed.
     let changes = app.dispatcher.events().subscribe();
     let view = app.store.broadcast(&id).await?.ok_or_else(|| {

@@ -196,7 +196,15 @@ fn classify_transport_error(error: &reqwest::Error) -> Outcome {
         )
     };
     let mut outcome = Outcome::new(class);
-    outcome.error = Some(format!("{what}: {}", error_chain(error)));
+    let mut text = error_chain(error);
+    // The URL may itself be a credential (many webhook URLs are): it never
+    // goes into an attempt's error, the API or the log.
+    if let Some(url) = error.url() {
+        text = text
+            .replace(&format!(" for url ({url})"), "")
+            .replace(url.as_str(), "<destination url>");
+    }
+    outcome.error = Some(format!("{what}: {text}"));
     outcome
 }
 
@@ -248,6 +256,33 @@ mod tests {
             br#"{"test": 2432232314}"#,
         );
         assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[tokio::test]
+    async fn a_transport_error_never_carries_the_url() {
+        use crate::domain::{DeliveryProgress, Message, RetryPolicy, Severity};
+        // Nothing listens on port 1: the connect fails. The URL's path is a
+        // credential, as with many webhook services.
+        let url: reqwest::Url = "http://127.0.0.1:1/hooks/T000/B000/SECRET-PATH-TOKEN"
+            .parse()
+            .unwrap();
+        let connector = WebhookConnector::new(url, None, Duration::from_millis(500), 1).unwrap();
+        let delivery = ClaimedDelivery {
+            delivery_id: 1,
+            broadcast_id: "B".into(),
+            destination: "d".into(),
+            idempotency_key: "B-d".into(),
+            progress: DeliveryProgress::new(&RetryPolicy::default(), false, 0),
+            message: Message::new("t", "", Severity::P1, None).unwrap(),
+            broadcast_created_at_ms: 0,
+            last_error: None,
+            lease_epoch: 1,
+        };
+        let outcome = connector.send(&delivery, 0).await;
+        assert_eq!(outcome.class, OutcomeClass::Retryable);
+        let error = outcome.error.unwrap();
+        assert!(!error.contains("SECRET-PATH-TOKEN"), "{error}");
+        assert!(error.starts_with("could not connect"), "{error}");
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub struct ClaimedDelivery {
 #[derive(Clone, Debug, Default)]
 pub struct Claim {
     pub deliveries: Vec<ClaimedDelivery>,
+    /// Due deliveries found past their deadline: now dead, not handed out.
+    pub expired: Vec<ClaimedDelivery>,
     /// When the earliest delivery of this destination left unclaimed is due.
     pub next_due_at_ms: Option<i64>,
 }

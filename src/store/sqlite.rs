@@ -620,6 +620,7 @@ fn claim_due(
          WHERE id = ?1",
     )?;
     let mut handed_out = Vec::with_capacity(claimed.len());
+    let mut expired = Vec::new();
     for mut delivery in claimed {
         if delivery.progress.state != DeliveryState::Verifying {
             delivery.progress = delivery
@@ -631,6 +632,7 @@ fn claim_due(
         if p.state.is_final() {
             expire.execute(params![delivery.delivery_id, p.state.as_str(), now_ms])?;
             promote_next_in_thread(conn, delivery.delivery_id, now_ms)?;
+            expired.push(delivery);
             continue;
         }
         delivery.lease_epoch = lease.query_row(
@@ -660,6 +662,7 @@ fn claim_due(
         };
     }
     Ok(Claim {
+        expired,
         deliveries: claimed,
         next_due_at_ms,
     })
@@ -815,17 +818,31 @@ fn operate(
     if !exists {
         return Ok(None);
     }
-    let rows: Vec<(i64, String, Result<DeliveryProgress, StoreError>)> = conn
+    type Row = (
+        i64,
+        String,
+        Result<DeliveryProgress, StoreError>,
+        bool,
+        Option<String>,
+    );
+    let rows: Vec<Row> = conn
         .prepare_cached(
-            "SELECT id, destination, state, attempts_made, attempts_max, due_at_ms, deadline_at_ms, possible_duplicate
+            "SELECT id, destination, state, attempts_made, attempts_max, due_at_ms, deadline_at_ms, possible_duplicate,
+                    leased, thread_key
              FROM deliveries WHERE broadcast_id = ?1 ORDER BY id",
         )?
         .query_map(params![broadcast_id], |row| {
-            Ok((row.get(0)?, row.get(1)?, progress_from_row(row, 2)?))
+            Ok((row.get(0)?, row.get(1)?, progress_from_row(row, 2)?, row.get(8)?, row.get(9)?))
         })?
         .collect::<Result<_, _>>()?;
+    let mut busy_thread = conn.prepare_cached(concat!(
+        "SELECT 1 FROM deliveries WHERE destination = ?1 AND thread_key = ?2 AND id <> ?3
+           AND state <> 'waiting' AND state NOT IN ",
+        final_states_sql!(),
+        " LIMIT 1"
+    ))?;
     let mut changed = Vec::new();
-    for (id, destination, progress) in rows {
+    for (id, destination, progress, leased, thread) in rows {
         if !destinations.is_empty() && !destinations.contains(&destination) {
             continue;
         }
@@ -836,7 +853,24 @@ fn operate(
             .map(|(_, p)| *p)
             .unwrap_or_default();
         let next = match action {
-            OperatorAction::Retry => progress.operator_retry(&policy, now_ms),
+            OperatorAction::Retry => progress.operator_retry(&policy, now_ms).map(|mut next| {
+                // Another delivery of its thread is under way on this
+                // destination: queue behind it rather than race it.
+                let busy = thread.as_deref().is_some_and(|thread| {
+                    busy_thread
+                        .exists(params![destination, thread, id])
+                        .unwrap_or(true)
+                });
+                if busy {
+                    next.state = DeliveryState::Waiting;
+                    next.due_at_ms = None;
+                }
+                next
+            }),
+            // An attempt in flight is left to finish: cancelling under it
+            // would let the next message of its thread overtake it, and its
+            // real outcome would be lost. Cancel again once it has landed.
+            OperatorAction::Cancel if leased => continue,
             OperatorAction::Cancel => progress.cancelled(),
         };
         // Not applicable (already final for cancel, not failed/dead for
@@ -844,7 +878,7 @@ fn operate(
         let Ok(next) = next else { continue };
         conn.prepare_cached(
             "UPDATE deliveries SET state = ?2, attempts_max = ?3, due_at_ms = ?4, deadline_at_ms = ?5,
-                 leased = 0, updated_at_ms = ?6,
+                 updated_at_ms = ?6,
                  last_error = CASE WHEN ?2 = 'cancelled' THEN 'cancelled by an operator' ELSE last_error END
              WHERE id = ?1",
         )?

@@ -223,6 +223,22 @@ async fn alertmanager_firing_then_resolved_land_in_order_on_one_thread() {
             .push(serde_json::from_slice::<Broadcast>(&response.bytes().await.unwrap()).unwrap());
     }
     assert_eq!(broadcasts[0].thread, broadcasts[1].thread);
+    // Alertmanager re-sending the same notification (it saw a timeout) gets
+    // the same broadcast, not a second page.
+    let again = http()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(FIRING)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 202);
+    assert_eq!(
+        serde_json::from_slice::<Broadcast>(&again.bytes().await.unwrap())
+            .unwrap()
+            .id,
+        broadcasts[0].id
+    );
     assert!(broadcasts[0].title.starts_with("[FIRING:1] CheckoutDown"));
     assert!(broadcasts[1].title.starts_with("[RESOLVED] CheckoutDown"));
     assert_eq!(broadcasts[0].severity, "P1");

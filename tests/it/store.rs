@@ -3,8 +3,8 @@
 
 use herald::domain::{DeliveryState, Message, RetryPolicy, Severity};
 use herald::store::{
-    AttemptKind, AttemptRecord, DeliveryUpdate, NewBroadcast, NewDelivery, SqliteStore, Store,
-    UpdateResult,
+    AttemptKind, AttemptRecord, DeliveryUpdate, NewBroadcast, NewDelivery, OperatorAction,
+    SqliteStore, Store, UpdateResult,
 };
 
 use crate::support::temp_dir;
@@ -304,4 +304,66 @@ async fn a_p1_is_claimed_before_an_older_backlog() {
         "most urgent first, then oldest due"
     );
     assert_eq!(claim.next_due_at_ms, Some(2), "B2 is the earliest left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_leaves_an_attempt_in_flight_to_finish_and_keeps_thread_order() {
+    let dir = temp_dir();
+    let store = SqliteStore::open(dir.path().join("herald.db")).unwrap();
+    store
+        .insert_broadcast(new_broadcast("FIRING", Some("INC-9"), &["a"], 1_000))
+        .await
+        .unwrap();
+    store
+        .insert_broadcast(new_broadcast("RESOLVED", Some("INC-9"), &["a"], 1_001))
+        .await
+        .unwrap();
+    let in_flight = store
+        .claim_due("a", 10, 2_000)
+        .await
+        .unwrap()
+        .deliveries
+        .remove(0);
+    assert_eq!(in_flight.broadcast_id, "FIRING");
+
+    let changed = store
+        .operator_action("FIRING", OperatorAction::Cancel, vec![], vec![], 2_100)
+        .await
+        .unwrap();
+    assert_eq!(
+        changed,
+        Some(vec![]),
+        "the delivery in flight is not cancelled under its attempt"
+    );
+    assert!(
+        store
+            .claim_due("a", 10, 2_200)
+            .await
+            .unwrap()
+            .deliveries
+            .is_empty(),
+        "RESOLVED still waits"
+    );
+
+    let changed = store
+        .operator_action("RESOLVED", OperatorAction::Cancel, vec![], vec![], 2_300)
+        .await
+        .unwrap();
+    assert_eq!(
+        changed,
+        Some(vec!["a".to_owned()]),
+        "a waiting delivery can be cancelled"
+    );
+    let again = store
+        .operator_action("RESOLVED", OperatorAction::Cancel, vec![], vec![], 2_400)
+        .await
+        .unwrap();
+    assert_eq!(again, Some(vec![]), "cancelling twice changes nothing");
+    assert_eq!(
+        store
+            .operator_action("NOPE", OperatorAction::Retry, vec![], vec![], 0)
+            .await
+            .unwrap(),
+        None
+    );
 }
