@@ -325,6 +325,26 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
     while attempts.join_next().await.is_some() {}
 }
 
+/// The domain's answer to what happened; a refusal is a bug (the lease
+/// guarantees the state), logged and left to the next start's recovery.
+fn next_progress(
+    delivery: &ClaimedDelivery,
+    event: Event,
+    policy: &crate::domain::RetryPolicy,
+    now_ms: i64,
+) -> Option<crate::domain::Transition> {
+    match delivery
+        .progress
+        .apply(event, policy, now_ms, &mut rand::rng())
+    {
+        Ok(transition) => Some(transition),
+        Err(error) => {
+            tracing::error!(%error, delivery = delivery.delivery_id, "bug: the event does not apply to the leased delivery");
+            None
+        }
+    }
+}
+
 fn publish_leased(lane: &Lane, delivery: &ClaimedDelivery) {
     lane.events.publish(StateChange {
         broadcast_id: delivery.broadcast_id.clone(),
@@ -352,16 +372,8 @@ async fn run_attempt<S: Store>(
                 result: report.result,
                 resend_may_duplicate: report.resend_may_duplicate,
             };
-            let transition =
-                delivery
-                    .progress
-                    .apply(event, &policy, finished_at_ms, &mut rand::rng());
-            let transition = match transition {
-                Ok(t) => t,
-                Err(error) => {
-                    tracing::error!(%error, delivery = delivery.delivery_id, "bug: verification does not apply");
-                    return;
-                }
+            let Some(transition) = next_progress(&delivery, event, &policy, finished_at_ms) else {
+                return;
             };
             let outcome = match report.result {
                 Verification::Found => "found",
@@ -404,16 +416,8 @@ async fn run_attempt<S: Store>(
                 class: outcome.class,
                 retry_after_ms: outcome.retry_after_ms,
             };
-            let transition =
-                delivery
-                    .progress
-                    .apply(event, &policy, finished_at_ms, &mut rand::rng());
-            let transition = match transition {
-                Ok(t) => t,
-                Err(error) => {
-                    tracing::error!(%error, delivery = delivery.delivery_id, "bug: outcome does not apply");
-                    return;
-                }
+            let Some(transition) = next_progress(&delivery, event, &policy, finished_at_ms) else {
+                return;
             };
             let pause_ms = transition.pause_destination_ms;
             let update = DeliveryUpdate {
