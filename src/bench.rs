@@ -54,6 +54,8 @@ pub struct BenchOptions {
     pub submitters: usize,
     /// Seconds of load in `steady`.
     pub steady_secs: u64,
+    /// Broadcasts per second in `steady`; half the burst's peak when absent.
+    pub steady_rate: Option<f64>,
     /// Deliveries pending in `backlog`.
     pub backlog_deliveries: usize,
     /// Where the database and logs go; a temporary folder when absent.
@@ -730,10 +732,11 @@ pub async fn run(
     let mut reports: Vec<RunReport> = Vec::new();
     let mut burst: Option<RunReport> = None;
     for scenario in &options.scenarios {
-        let needs_burst = matches!(
-            scenario,
-            Scenario::Burst | Scenario::Steady | Scenario::Faulty
-        );
+        let needs_burst = match scenario {
+            Scenario::Burst | Scenario::Faulty => true,
+            Scenario::Steady => options.steady_rate.is_none(),
+            Scenario::Backlog => false,
+        };
         if needs_burst && burst.is_none() {
             let deliveries = options.broadcasts * options.destinations;
             let baseline_rate = bench.baseline(deliveries).await?;
@@ -761,7 +764,7 @@ pub async fn run(
                             .min(b.confirmed_per_sec / options.destinations as f64)
                     })
                     .unwrap_or(100.0);
-                let rate = (peak * 0.5).max(1.0);
+                let rate = options.steady_rate.unwrap_or(peak * 0.5).max(1.0);
                 let count = (rate * options.steady_secs as f64) as usize;
                 let mut report = bench
                     .load_run("steady", count.max(1), Some(rate), &[])

@@ -157,6 +157,9 @@ enum Command {
         submitters: usize,
         #[arg(long, default_value_t = 10)]
         steady_secs: u64,
+        /// Broadcasts per second in steady (default: half the burst's peak).
+        #[arg(long)]
+        steady_rate: Option<f64>,
         #[arg(long, default_value_t = 1_000_000)]
         backlog_deliveries: usize,
         /// Keep databases and logs here instead of a temporary folder.
@@ -468,6 +471,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             concurrency,
             submitters,
             steady_secs,
+            steady_rate,
             backlog_deliveries,
             workdir,
             json,
@@ -480,6 +484,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 concurrency,
                 submitters,
                 steady_secs,
+                steady_rate,
                 backlog_deliveries,
                 workdir,
             };

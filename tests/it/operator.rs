@@ -472,15 +472,17 @@ async fn every_route_answers_401_and_403_and_no_token_reaches_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_loses_nothing() {
     let dir = temp_dir();
+    // 200 deliveries per destination, 2 at a time, 100 ms each: about 10 s
+    // of work, so SIGTERM lands mid-run however slow the machine is.
     let slow = Faults {
-        latency_ms: 40,
+        latency_ms: 100,
         ..Faults::default()
     };
     let mock = start_mock(&[("/hooks/a", slow.clone()), ("/hooks/b", slow)]).await;
     let mut config = String::new();
     for name in ["a", "b"] {
         config.push_str(&format!(
-            "[destinations.{name}]\nkind = \"webhook\"\nurl = \"{}\"\nconcurrency = 4\nretry = {{ base_ms = 50, cap_ms = 500 }}\n\n",
+            "[destinations.{name}]\nkind = \"webhook\"\nurl = \"{}\"\nconcurrency = 2\nretry = {{ base_ms = 50, cap_ms = 500 }}\n\n",
             mock.url(&format!("/hooks/{name}"))
         ));
     }
@@ -494,15 +496,17 @@ async fn sigterm_under_load_loses_nothing() {
     let mut child = spawn_server(&config_path, &database, addr, &log);
     wait_healthy(addr).await;
     let client = Arc::new(Client::new(&format!("http://{addr}")).unwrap());
-    let mut ids = Vec::new();
+    let mut sends = tokio::task::JoinSet::new();
     for i in 0..200 {
-        ids.push(
-            client
-                .send(&request(&format!("INC-{i} load"), &["a", "b"]))
-                .await
-                .unwrap()
-                .id,
-        );
+        let client = client.clone();
+        sends.spawn(async move {
+            let request = request(&format!("INC-{i} load"), &["a", "b"]);
+            client.send(&request).await.unwrap().id
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = sends.join_next().await {
+        ids.push(id.unwrap());
     }
     let delivered_before: u64 = mock.stats().paths.values().map(|s| s.distinct).sum();
     assert!(
