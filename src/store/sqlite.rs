@@ -24,7 +24,7 @@ const WRITE_BATCH_MAX: usize = 2_048;
 /// Idle read connections kept open.
 const READ_POOL_IDLE_MAX: usize = 4;
 /// How often committed WAL frames are copied into the database file.
-const CHECKPOINT_EVERY_MS: u64 = 250;
+const CHECKPOINT_EVERY_MS: u64 = 2_000;
 /// How long a connection waits on a lock held by another process.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
 
