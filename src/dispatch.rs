@@ -27,6 +27,9 @@ const CLAIM_BATCH_MAX: usize = 256;
 /// A lane with nothing due looks again after this long even without a wake-up
 /// (a safety net; new work and retries wake it directly).
 const IDLE_POLL_MS: i64 = 5_000;
+/// At shutdown, attempts in flight get this long to finish and record their
+/// outcome; the rest are released to the next start's recovery.
+const SHUTDOWN_DRAIN_MS: u64 = 10_000;
 /// After a store error, a lane waits this long before trying again.
 const STORE_ERROR_PAUSE_MS: u64 = 500;
 /// Tries to record one outcome before leaving it to the next restart
@@ -322,7 +325,18 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
     while let Some(item) = handed_off.recv().await {
         start_handed_off!(Some(item));
     }
-    while attempts.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(Duration::from_millis(SHUTDOWN_DRAIN_MS), async {
+        while attempts.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        // Released, not lost: these deliveries stay `sending` in the
+        // database, and the next start verifies them before any re-send.
+        tracing::warn!(destination = %name, attempts = attempts.len(),
+            "attempts still in flight at the shutdown deadline were abandoned; the next start verifies them");
+        attempts.abort_all();
+        while attempts.join_next().await.is_some() {}
+    }
 }
 
 /// The domain's answer to what happened; a refusal is a bug (the lease

@@ -562,3 +562,78 @@ async fn sigterm_under_load_loses_nothing() {
     }
     mock.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_an_attempt_that_outlives_the_deadline() {
+    let dir = temp_dir();
+    // The destination takes the message and then never answers.
+    let mock = start_mock(&[(
+        "/hooks/slow",
+        Faults {
+            drop_first: 1,
+            drop_hang_ms: 60_000,
+            ..Faults::default()
+        },
+    )])
+    .await;
+    let config = format!(
+        "[destinations.slow]\nkind = \"webhook\"\nurl = \"{}\"\ntimeout_ms = 60000\nretry = {{ base_ms = 50 }}\n",
+        mock.url("/hooks/slow")
+    );
+    let config_path = dir.path().join("herald.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let (database, log, addr) = (
+        dir.path().join("herald.db"),
+        dir.path().join("herald.log"),
+        free_addr(),
+    );
+    let mut child = spawn_server(&config_path, &database, addr, &log);
+    wait_healthy(addr).await;
+    let client = Client::new(&format!("http://{addr}")).unwrap();
+    let id = client
+        .send(&request("INC-11 slow receiver", &["slow"]))
+        .await
+        .unwrap()
+        .id;
+    while mock.stats().path("/hooks/slow").requests == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signalled = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(30),
+            "no exit within the shutdown deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success());
+    assert!(std::fs::read_to_string(&log).unwrap().contains("abandoned"));
+
+    let mut child = spawn_server(&config_path, &database, addr, &log);
+    wait_healthy(addr).await;
+    let done = wait_final(&client, &id, Duration::from_secs(30)).await;
+    assert_eq!(done.status, "converged");
+    let outcomes: Vec<&str> = done.deliveries[0]
+        .attempts
+        .iter()
+        .map(|a| a.outcome.as_str())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["interrupted", "unknown", "success"],
+        "verified before the re-send"
+    );
+    let stats = mock.stats().path("/hooks/slow");
+    assert_eq!((stats.requests, stats.distinct), (2, 1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    mock.stop().await;
+}
