@@ -28,6 +28,10 @@ pub const DEFAULT_CONCURRENCY: u32 = 16;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Ingest idempotency keys are remembered this long (24 h).
 pub const DEFAULT_IDEMPOTENCY_RETENTION_SECS: u64 = 86_400;
+/// Failed attempts in a row that open a destination's circuit breaker.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 10;
+/// How long an open breaker waits before it lets one probe through.
+pub const DEFAULT_BREAKER_COOLDOWN_MS: u64 = 30_000;
 /// No destination gets more attempts in flight than this.
 pub const CONCURRENCY_MAX: u32 = 1_024;
 
@@ -111,6 +115,31 @@ pub struct Destination {
     pub timeout_ms: u64,
     pub concurrency: u32,
     pub policy: RetryPolicy,
+    pub isolation: Isolation,
+}
+
+/// How herald protects a destination (and itself) from overload.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Isolation {
+    /// Requests per second at most (token bucket); unlimited when absent.
+    pub rate_per_sec: Option<f64>,
+    /// Requests the bucket allows at once after a quiet spell.
+    pub rate_burst: u32,
+    /// Failed attempts in a row that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before one probe.
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for Isolation {
+    fn default() -> Self {
+        Isolation {
+            rate_per_sec: None,
+            rate_burst: 1,
+            breaker_failures: DEFAULT_BREAKER_FAILURES,
+            breaker_cooldown_ms: DEFAULT_BREAKER_COOLDOWN_MS,
+        }
+    }
 }
 
 /// Where and how to deliver; one variant per destination kind.
@@ -225,8 +254,19 @@ struct FileDestination {
     secret_env: Option<Spanned<String>>,
     timeout_ms: Option<Spanned<u64>>,
     concurrency: Option<Spanned<u32>>,
+    rate_limit_per_sec: Option<Spanned<f64>>,
+    rate_limit_burst: Option<Spanned<u32>>,
     #[serde(default)]
     retry: FileRetry,
+    #[serde(default)]
+    breaker: FileBreaker,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileBreaker {
+    failures: Option<Spanned<u32>>,
+    cooldown_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -375,6 +415,32 @@ impl Config {
                     })? * 1000,
                 ),
             };
+            let rate_per_sec = match &d.rate_limit_per_sec {
+                None => None,
+                Some(rate) if (0.01..=100_000.0).contains(rate.get_ref()) => Some(*rate.get_ref()),
+                Some(rate) => {
+                    return Err(error(
+                        Some(rate.span()),
+                        format!("{key}.rate_limit_per_sec: must be between 0.01 and 100000"),
+                    ))
+                }
+            };
+            let rate_burst =
+                checked(&d.rate_limit_burst, 1, 1..=10_000).map_err(|(span, range)| {
+                    error(span, format!("{key}.rate_limit_burst: must be {range}"))
+                })?;
+            let breaker_failures =
+                checked(&d.breaker.failures, DEFAULT_BREAKER_FAILURES, 1..=10_000).map_err(
+                    |(span, range)| error(span, format!("{key}.breaker.failures: must be {range}")),
+                )?;
+            let breaker_cooldown_ms = checked(
+                &d.breaker.cooldown_ms,
+                DEFAULT_BREAKER_COOLDOWN_MS,
+                100..=3_600_000,
+            )
+            .map_err(|(span, range)| {
+                error(span, format!("{key}.breaker.cooldown_ms: must be {range}"))
+            })?;
             let target = match d.kind {
                 FileKind::Webhook => Target::Webhook { url, secret },
             };
@@ -388,6 +454,12 @@ impl Config {
                     base_ms,
                     cap_ms,
                     deadline_ms,
+                },
+                isolation: Isolation {
+                    rate_per_sec,
+                    rate_burst,
+                    breaker_failures,
+                    breaker_cooldown_ms,
                 },
             });
         }

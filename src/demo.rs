@@ -68,6 +68,7 @@ pub fn demo_destinations(mock_base: &str, secrets: &[WebhookSecret]) -> Vec<Dest
                 cap_ms: 5_000,
                 deadline_ms: None,
             },
+            isolation: Default::default(),
         })
         .collect()
 }

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Destination;
 use crate::connector::Connector;
-use crate::domain::{DeliveryState, Event, Verification};
+use crate::domain::{DeliveryState, Event, OutcomeClass, Verification};
 use crate::events::{EventBus, StateChange};
 use crate::metrics::DestinationMetrics;
 use crate::store::{
@@ -58,16 +58,137 @@ struct Lane {
     handed_off:
         std::sync::Mutex<Option<mpsc::UnboundedReceiver<(ClaimedDelivery, OwnedSemaphorePermit)>>>,
     metrics: DestinationMetrics,
-    /// Attempts in a row that did not succeed (reset by a success).
-    consecutive_failures: std::sync::atomic::AtomicU32,
+    /// Circuit breaker and token bucket; held only for arithmetic.
+    guard: std::sync::Mutex<Guard>,
     /// The last error an attempt met, for operators.
     last_error: std::sync::Mutex<Option<String>>,
     events: EventBus,
 }
 
+/// A destination's circuit breaker. Open: no attempt is made, deliveries
+/// wait durably. After the cool-down one probe goes (half open); its success
+/// closes the circuit, its failure opens it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Circuit {
+    Closed,
+    Open { until_ms: i64 },
+    HalfOpen { probing: bool },
+}
+
+impl Circuit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Circuit::Closed => "closed",
+            Circuit::Open { .. } => "open",
+            Circuit::HalfOpen { .. } => "half_open",
+        }
+    }
+}
+
+struct Guard {
+    circuit: Circuit,
+    /// Attempts in a row that failed in a way that says the destination is
+    /// unwell (retryable, ambiguous); reset by a success.
+    failures_in_row: u32,
+    /// Token bucket for `rate_per_sec`.
+    tokens: f64,
+    refilled_at_ms: i64,
+}
+
+/// What the lane may do now.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Up to this many attempts.
+    Go(usize),
+    /// Nothing before this instant (breaker open, bucket empty).
+    WaitUntil(i64),
+    /// Nothing until the probe in flight lands (it wakes the lane).
+    WaitForProbe,
+}
+
 impl Lane {
     fn pause_until(&self, until_ms: i64) {
         self.paused_until_ms.fetch_max(until_ms, Ordering::SeqCst);
+    }
+
+    /// How many attempts may start now, at most `wanted`; takes their
+    /// tokens (give back unused ones with `refund`).
+    fn admit(&self, now_ms: i64, wanted: usize) -> Admit {
+        let isolation = &self.destination.isolation;
+        let mut guard = self.guard.lock().expect("lane poisoned");
+        let mut allowed = wanted;
+        match guard.circuit {
+            Circuit::Closed => {}
+            Circuit::Open { until_ms } if now_ms < until_ms => return Admit::WaitUntil(until_ms),
+            Circuit::Open { .. } | Circuit::HalfOpen { probing: false } => allowed = 1,
+            Circuit::HalfOpen { probing: true } => return Admit::WaitForProbe,
+        }
+        if let Some(rate) = isolation.rate_per_sec {
+            let elapsed_ms = (now_ms - guard.refilled_at_ms).max(0) as f64;
+            guard.tokens =
+                (guard.tokens + elapsed_ms * rate / 1000.0).min(f64::from(isolation.rate_burst));
+            guard.refilled_at_ms = now_ms;
+            if guard.tokens < 1.0 {
+                let wait_ms = ((1.0 - guard.tokens) * 1000.0 / rate).ceil() as i64;
+                return Admit::WaitUntil(now_ms + wait_ms.max(1));
+            }
+            allowed = allowed.min(guard.tokens.floor() as usize);
+            guard.tokens -= allowed as f64;
+        }
+        if guard.circuit != Circuit::Closed {
+            guard.circuit = Circuit::HalfOpen { probing: true };
+        }
+        Admit::Go(allowed)
+    }
+
+    /// Gives back what `admit` granted and was not used.
+    fn refund(&self, unused: usize) {
+        if unused == 0 {
+            return;
+        }
+        let mut guard = self.guard.lock().expect("lane poisoned");
+        if let Some(_rate) = self.destination.isolation.rate_per_sec {
+            guard.tokens += unused as f64;
+        }
+        if guard.circuit == (Circuit::HalfOpen { probing: true }) {
+            // The probe found nothing to send; the next due delivery probes.
+            guard.circuit = Circuit::HalfOpen { probing: false };
+        }
+    }
+
+    /// Feeds an attempt's outcome to the breaker. Returns true when the
+    /// circuit changed (the lane should look again).
+    fn record_health(&self, class: Option<OutcomeClass>, now_ms: i64) -> bool {
+        let isolation = &self.destination.isolation;
+        let mut guard = self.guard.lock().expect("lane poisoned");
+        let before = guard.circuit;
+        match class {
+            Some(OutcomeClass::Success) => {
+                guard.failures_in_row = 0;
+                guard.circuit = Circuit::Closed;
+            }
+            Some(OutcomeClass::Retryable | OutcomeClass::Ambiguous) => {
+                guard.failures_in_row = guard.failures_in_row.saturating_add(1);
+                let probe_failed = matches!(guard.circuit, Circuit::HalfOpen { .. });
+                if probe_failed || guard.failures_in_row >= isolation.breaker_failures {
+                    guard.circuit = Circuit::Open {
+                        until_ms: now_ms + isolation.breaker_cooldown_ms as i64,
+                    };
+                }
+            }
+            // A rate limit pauses the lane by itself; a permanent failure is
+            // about the message; a read-back says nothing of health.
+            _ => {
+                if let Circuit::HalfOpen { probing: true } = guard.circuit {
+                    guard.circuit = Circuit::HalfOpen { probing: false };
+                }
+            }
+        }
+        if before != guard.circuit {
+            tracing::warn!(destination = %self.destination.name, circuit = guard.circuit.as_str(),
+                failures_in_row = guard.failures_in_row, "circuit breaker changed");
+        }
+        before != guard.circuit
     }
 }
 
@@ -85,6 +206,8 @@ pub struct LaneHealth {
     pub paused_until_ms: Option<i64>,
     pub in_flight: usize,
     pub consecutive_failures: u32,
+    pub circuit: Circuit,
+    pub rate_per_sec: Option<f64>,
     pub last_error: Option<String>,
 }
 
@@ -101,7 +224,12 @@ impl<S: Store> Dispatcher<S> {
                 handoff,
                 handed_off: std::sync::Mutex::new(Some(handed_off)),
                 metrics: DestinationMetrics::default(),
-                consecutive_failures: Default::default(),
+                guard: std::sync::Mutex::new(Guard {
+                    circuit: Circuit::Closed,
+                    failures_in_row: 0,
+                    tokens: f64::from(destination.isolation.rate_burst),
+                    refilled_at_ms: now_ms(),
+                }),
                 last_error: std::sync::Mutex::new(None),
                 events: events.clone(),
                 connector: Connector::new(destination)?,
@@ -133,10 +261,15 @@ impl<S: Store> Dispatcher<S> {
     /// claimed like any other.
     pub fn reserve_slot(&self, destination: &str) -> Option<OwnedSemaphorePermit> {
         let lane = self.lanes.get(destination)?;
-        if lane.paused_until_ms.load(Ordering::SeqCst) > now_ms() {
+        let now = now_ms();
+        if lane.paused_until_ms.load(Ordering::SeqCst) > now {
             return None;
         }
-        lane.slots.clone().try_acquire_owned().ok()
+        if lane.guard.lock().expect("lane poisoned").circuit != Circuit::Closed {
+            return None; // the lane probes
+        }
+        let slot = lane.slots.clone().try_acquire_owned().ok()?;
+        (lane.admit(now, 1) == Admit::Go(1)).then_some(slot)
     }
 
     /// Starts the attempt of a delivery leased at insert, on the slot
@@ -157,13 +290,20 @@ impl<S: Store> Dispatcher<S> {
     pub fn health(&self, destination: &str) -> Option<LaneHealth> {
         let lane = self.lanes.get(destination)?;
         let paused = lane.paused_until_ms.load(Ordering::SeqCst);
+        // One lock, released before anything else is read.
+        let (failures_in_row, circuit) = {
+            let guard = lane.guard.lock().expect("lane poisoned");
+            (guard.failures_in_row, guard.circuit)
+        };
         Some(LaneHealth {
             kind: lane.destination.target.kind(),
             concurrency: lane.destination.concurrency,
             paused_until_ms: (paused > now_ms()).then_some(paused),
             in_flight: (lane.destination.concurrency as usize)
                 .saturating_sub(lane.slots.available_permits()),
-            consecutive_failures: lane.consecutive_failures.load(Ordering::Relaxed),
+            consecutive_failures: failures_in_row,
+            circuit,
+            rate_per_sec: lane.destination.isolation.rate_per_sec,
             last_error: lane.last_error.lock().expect("lane poisoned").clone(),
         })
     }
@@ -254,8 +394,12 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
                 // Every slot is busy and new work arrived: a P1 must not
                 // wait for the backlog, so it may take the reserved slot.
                 _ = lane.wake.notified(), if urgent_slot_free => {
+                    if lane.admit(now_ms(), 1) != Admit::Go(1) {
+                        continue;
+                    }
                     match store.claim_due_urgent(&name, now_ms()).await {
                         Ok(claim) => {
+                            lane.refund(1 - claim.deliveries.len().min(1));
                             for delivery in claim.deliveries {
                                 let permit = lane.urgent_slot.clone().try_acquire_owned().expect(
                                     "only this lane takes the urgent slot, and it was free",
@@ -265,6 +409,7 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
                             }
                         }
                         Err(error) => {
+                            lane.refund(1);
                             tracing::error!(destination = %name, %error, "cannot claim urgent deliveries");
                         }
                     }
@@ -274,17 +419,35 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
             }
             continue;
         }
-        let limit = free.min(CLAIM_BATCH_MAX);
+        let limit = match lane.admit(now, free.min(CLAIM_BATCH_MAX)) {
+            Admit::Go(limit) => limit,
+            wait => {
+                let until_ms = match wait {
+                    Admit::WaitUntil(until_ms) => until_ms,
+                    _ => now.saturating_add(IDLE_POLL_MS),
+                };
+                let sleep_ms = until_ms.saturating_sub(now).max(1) as u64;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+                    _ = lane.wake.notified() => {}
+                    item = handed_off.recv() => start_handed_off!(item),
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+        };
         // Take the slots before claiming: the API may reserve slots for
         // hand-offs at any moment, and a claimed delivery must never wait
         // for one.
         let Ok(mut reserved) = lane.slots.clone().try_acquire_many_owned(limit as u32) else {
+            lane.refund(limit);
             continue;
         };
         let claim = match store.claim_due(&name, limit, now).await {
             Ok(claim) => claim,
             Err(error) => {
                 tracing::error!(destination = %name, %error, "cannot claim due deliveries");
+                lane.refund(limit);
                 drop(reserved);
                 tokio::time::sleep(Duration::from_millis(STORE_ERROR_PAUSE_MS)).await;
                 continue;
@@ -303,6 +466,7 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
             attempts.spawn(run_attempt(store.clone(), lane.clone(), delivery, permit));
         }
         drop(reserved); // Slots not used by this claim are free again.
+        lane.refund(limit - claimed);
         if claimed == limit {
             continue; // There may be more due right now.
         }
@@ -511,11 +675,7 @@ async fn run_attempt<S: Store>(
     let latency_ms = (update.attempt.finished_at_ms - update.attempt.started_at_ms).max(0) as u64;
     lane.metrics
         .record_attempt(&update.attempt.outcome, latency_ms);
-    if next_state == DeliveryState::Confirmed {
-        lane.consecutive_failures.store(0, Ordering::Relaxed);
-    } else if update.attempt.outcome != "unknown" {
-        lane.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-    }
+    let circuit_changed = lane.record_health(update.attempt.outcome_class(), update.now_ms);
     if let Some(error) = &update.attempt.error {
         *lane.last_error.lock().expect("lane poisoned") = Some(error.clone());
     }
@@ -542,15 +702,17 @@ async fn run_attempt<S: Store>(
     }
     // A retry or a verification was scheduled, or the next delivery of a
     // thread became pending: let the lane recompute when to look again.
-    let wake = matches!(
-        next_state,
-        DeliveryState::Retrying | DeliveryState::Verifying
-    ) || matches!(
-        result,
-        Some(UpdateResult::Applied {
-            promoted_next_in_thread: true
-        })
-    );
+    let wake = circuit_changed
+        || matches!(
+            next_state,
+            DeliveryState::Retrying | DeliveryState::Verifying
+        )
+        || matches!(
+            result,
+            Some(UpdateResult::Applied {
+                promoted_next_in_thread: true
+            })
+        );
     if wake {
         lane.wake.notify_one();
     }

@@ -422,6 +422,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             d.backlog.to_string(),
                             d.oldest_waiting_since.clone().unwrap_or_else(|| "-".into()),
                             d.paused_until.clone().unwrap_or_else(|| "-".into()),
+                            d.circuit.clone(),
                             d.consecutive_failures.to_string(),
                             d.last_error.clone().unwrap_or_default(),
                         ]
@@ -437,6 +438,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             "BACKLOG",
                             "OLDEST WAITING",
                             "PAUSED UNTIL",
+                            "CIRCUIT",
                             "FAILURES",
                             "LAST ERROR"
                         ],

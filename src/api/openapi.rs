@@ -98,6 +98,8 @@ pub fn document() -> Value {
                     "name": {"type": "string"}, "kind": {"type": "string"}, "concurrency": {"type": "integer"},
                     "in_flight": {"type": "integer"}, "paused_until": nullable("string"),
                     "consecutive_failures": {"type": "integer"}, "backlog": {"type": "integer"},
+                    "circuit": {"type": "string", "enum": ["closed", "open", "half_open"]},
+                    "rate_limit_per_sec": nullable("number"),
                     "oldest_waiting_since": nullable("string"), "last_error": nullable("string")
                 }},
                 "DeliveryEvent": {"type": "object", "description": "Server-sent event `delivery`", "properties": {
@@ -265,6 +267,8 @@ mod tests {
             in_flight: 0,
             paused_until: None,
             consecutive_failures: 0,
+            circuit: String::new(),
+            rate_limit_per_sec: None,
             backlog: 0,
             oldest_waiting_since: None,
             last_error: None,

@@ -56,6 +56,8 @@ pub(super) async fn destinations<S: Store>(
                 in_flight: health.in_flight,
                 paused_until: health.paused_until_ms.map(format_rfc3339_ms),
                 consecutive_failures: health.consecutive_failures,
+                circuit: health.circuit.as_str().to_owned(),
+                rate_limit_per_sec: health.rate_per_sec,
                 backlog: waiting.map(|w| w.unfinished).unwrap_or(0),
                 oldest_waiting_since: waiting
                     .and_then(|w| w.oldest_unfinished_since_ms)

@@ -216,6 +216,11 @@ pub struct DestinationHealth {
     /// Set while the destination is paused after a 429.
     pub paused_until: Option<String>,
     pub consecutive_failures: u32,
+    /// Circuit breaker: `closed`, `open` (no attempts until the cool-down
+    /// ends), `half_open` (one probe).
+    pub circuit: String,
+    /// Requests per second at most, when limited.
+    pub rate_limit_per_sec: Option<f64>,
     /// Unfinished deliveries.
     pub backlog: u64,
     /// When the oldest unfinished delivery's broadcast was accepted.

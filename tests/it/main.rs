@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod crash;
+mod isolation;
 mod operator;
 mod partial_failure;
 mod store;

@@ -443,10 +443,11 @@ async fn every_route_answers_401_and_403_and_no_token_reaches_the_log() {
         assert_eq!(call("GET", open, None).await, 200, "{open} is open");
     }
     let events = Client::with_token(&base, Some(reader.clone())).unwrap();
+    let followed = tokio::time::timeout(Duration::from_secs(30), events.watch(id, |_, _| {})).await;
     assert_eq!(
-        events.watch(id, |_, _| {}).await.unwrap().id,
+        followed.expect("the stream ends").unwrap().id,
         id,
-        "the reader can follow events"
+        "the reader can follow events; /v1/destinations and /metrics answered"
     );
 
     child.kill().unwrap();

@@ -35,6 +35,7 @@ pub fn webhook(mock: &RunningMock, name: &str) -> Destination {
             cap_ms: 2_000,
             deadline_ms: None,
         },
+        isolation: Default::default(),
     }
 }
 
@@ -104,7 +105,36 @@ pub fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-pub fn spawn_server(config: &Path, database: &Path, listen: SocketAddr, log: &Path) -> Child {
+/// A `herald serve` child process, killed when dropped, so a failing test
+/// leaves no server behind.
+pub struct ServerProcess(Child);
+
+impl std::ops::Deref for ServerProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServerProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn spawn_server(
+    config: &Path,
+    database: &Path,
+    listen: SocketAddr,
+    log: &Path,
+) -> ServerProcess {
     spawn_server_with_env(config, database, listen, log, &[])
 }
 
@@ -114,22 +144,24 @@ pub fn spawn_server_with_env(
     listen: SocketAddr,
     log: &Path,
     env: &[(&str, &str)],
-) -> Child {
+) -> ServerProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(HERALD)
-        .args(["serve", "--listen", &listen.to_string(), "--config"])
-        .arg(config)
-        .arg("--database")
-        .arg(database)
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    ServerProcess(
+        Command::new(HERALD)
+            .args(["serve", "--listen", &listen.to_string(), "--config"])
+            .arg(config)
+            .arg("--database")
+            .arg(database)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 pub async fn wait_healthy(addr: SocketAddr) {
