@@ -592,7 +592,6 @@ impl Bench {
             .await?;
         }
         let broadcasts = self.options.backlog_deliveries.div_ceil(names.len());
-        let started_ms = now_ms();
         let submit_secs = submit(
             &self.http,
             addr,
@@ -636,7 +635,6 @@ impl Bench {
         report.cpu_secs_per_1000_deliveries =
             cpu_secs / ((broadcasts * names.len()) as f64 / 1000.0);
         report.deliveries = broadcasts * names.len();
-        let _ = started_ms;
         Ok(report)
     }
 }

@@ -8,8 +8,8 @@ use crate::api::wire::{
     SendRequest,
 };
 
-/// The pause before `watch` reconnects, in tenths (500 ms).
-const WATCH_POLL_MS: u64 = 100;
+/// The pause before `watch` reconnects to a server that went away.
+const WATCH_RECONNECT_PAUSE_MS: u64 = 500;
 /// Timeout for one API call.
 const API_TIMEOUT_MS: u64 = 30_000;
 
@@ -204,7 +204,7 @@ impl Client {
                     if unreachable_since.get_or_insert_with(Instant::now).elapsed()
                         < Duration::from_millis(WATCH_RECONNECT_MS_MAX) =>
                 {
-                    tokio::time::sleep(Duration::from_millis(WATCH_POLL_MS * 5)).await;
+                    tokio::time::sleep(Duration::from_millis(WATCH_RECONNECT_PAUSE_MS)).await;
                 }
                 Err(error) => return Err(error),
             }
