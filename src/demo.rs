@@ -141,6 +141,7 @@ async fn run_in(workdir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
         ),
         severity: Some("P1".into()),
         thread: Some("INC-42".into()),
+        resolved: false,
         destinations: demo_faults()
             .iter()
             .map(|(name, _, _)| (*name).to_owned())

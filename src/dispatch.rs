@@ -584,6 +584,7 @@ async fn run_attempt<S: Store>(
                     error: report.error,
                 },
                 now_ms: finished_at_ms,
+                remote_ref: report.remote_ref,
             };
             (update, None)
         }
@@ -615,6 +616,7 @@ async fn run_attempt<S: Store>(
                     error: outcome.error,
                 },
                 now_ms: finished_at_ms,
+                remote_ref: outcome.remote_ref,
             };
             (update, pause_ms)
         }

@@ -58,6 +58,9 @@ enum Command {
         /// Incident key; broadcasts of one thread land in order.
         #[arg(long)]
         thread: Option<String>,
+        /// This message resolves the thread's incident (needs --thread).
+        #[arg(long)]
+        resolved: bool,
         /// Show each destination's state until the broadcast is final; exit
         /// 1 if any destination ended failed or dead.
         #[arg(long)]
@@ -265,6 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             body,
             severity,
             thread,
+            resolved,
             wait,
             json,
             client,
@@ -276,6 +280,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 body,
                 severity,
                 thread,
+                resolved,
                 destinations: to,
             };
             let accepted = client.send(&request).await?;

@@ -163,7 +163,8 @@ pub fn message(n: &Notification) -> Result<Message, ApiError> {
         &cut(&body, BODY_BYTES_MAX),
         severity,
         Some(&thread_of(&n.group_key)),
-    )?)
+    )?
+    .resolving(resolved)?)
 }
 
 /// What makes two notifications the same: group, status, and each alert's

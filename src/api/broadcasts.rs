@@ -51,7 +51,8 @@ impl Intent {
             request.body.as_deref().unwrap_or(""),
             severity,
             request.thread.as_deref(),
-        )?;
+        )?
+        .resolving(request.resolved)?;
         check_destinations(app, &request.destinations, "destinations")?;
         Ok(Intent {
             message,
@@ -371,6 +372,7 @@ async fn accept_now<S: Store>(
                 last_error: None,
                 last_http_status: None,
                 updated_at_ms: created_at_ms,
+                remote_ref: None,
                 attempts: Vec::new(),
             })
             .collect(),

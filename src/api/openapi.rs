@@ -62,6 +62,7 @@ pub fn document() -> Value {
                     "body": {"type": "string", "description": "At most 16 KiB"},
                     "severity": {"type": "string", "description": "P1..P5 (or critical, high, warning, low, info); default P3"},
                     "thread": {"type": "string", "maxLength": 128, "description": "Incident key: broadcasts of one thread land in order"},
+                    "resolved": {"type": "boolean", "description": "This broadcast resolves the thread's incident (needs thread)"},
                     "destinations": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 64}
                 }},
                 "Attempt": {"type": "object", "properties": {
@@ -78,11 +79,12 @@ pub fn document() -> Value {
                     "idempotency_key": {"type": "string"}, "possible_duplicate": {"type": "boolean"},
                     "next_attempt_at": nullable("string"), "next_attempt_in_ms": nullable("integer"),
                     "last_error": nullable("string"), "last_http_status": nullable("integer"),
+                    "remote_ref": {"type": ["string", "null"], "description": "What the delivery created at the destination (Slack ts, Jira issue key, Discord thread id)"},
                     "attempts": {"type": "array", "items": {"$ref": "#/components/schemas/Attempt"}}
                 }},
                 "Broadcast": {"type": "object", "properties": {
                     "id": {"type": "string"}, "title": {"type": "string"}, "body": {"type": "string"},
-                    "severity": {"type": "string"}, "thread": nullable("string"),
+                    "severity": {"type": "string"}, "thread": nullable("string"), "resolved": {"type": "boolean"},
                     "created_at": {"type": "string", "format": "date-time"},
                     "status": {"type": "string", "enum": ["delivering", "converged", "partial"]},
                     "deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/Delivery"}}
@@ -256,6 +258,7 @@ mod tests {
             body: String::new(),
             severity: String::new(),
             thread: None,
+            resolved: false,
             created_at: String::new(),
             status: String::new(),
             deliveries: vec![],
@@ -290,6 +293,7 @@ mod tests {
             body: Some(String::new()),
             severity: Some(String::new()),
             thread: Some(String::new()),
+            resolved: true,
             destinations: vec![],
         };
         assert_eq!(properties("SendRequest"), fields(&send));

@@ -16,6 +16,9 @@ pub struct SendRequest {
     pub severity: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thread: Option<String>,
+    /// This broadcast resolves its thread's incident (needs `thread`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resolved: bool,
     pub destinations: Vec<String>,
 }
 
@@ -27,6 +30,7 @@ pub struct Broadcast {
     pub body: String,
     pub severity: String,
     pub thread: Option<String>,
+    pub resolved: bool,
     pub created_at: String,
     /// `delivering`, `converged` or `partial`; derived from the deliveries.
     pub status: String,
@@ -48,6 +52,9 @@ pub struct Delivery {
     pub next_attempt_in_ms: Option<i64>,
     pub last_error: Option<String>,
     pub last_http_status: Option<u16>,
+    /// What the delivery created at the destination: a Slack `ts`, a Jira
+    /// issue key, a Discord thread id, a PagerDuty dedup key.
+    pub remote_ref: Option<String>,
     pub attempts: Vec<Attempt>,
 }
 
@@ -86,6 +93,7 @@ impl Broadcast {
             body: view.message.body().to_owned(),
             severity: view.message.severity().as_str().to_owned(),
             thread: view.message.thread().map(str::to_owned),
+            resolved: view.message.resolved(),
             created_at: format_rfc3339_ms(view.created_at_ms),
             status: derive_status(view.deliveries.iter().map(|d| d.progress.state))
                 .as_str()
@@ -118,6 +126,7 @@ impl Delivery {
             next_attempt_in_ms: p.due_at_ms.map(|due| (due - now_ms).max(0)),
             last_error: view.last_error.clone(),
             last_http_status: view.last_http_status,
+            remote_ref: view.remote_ref.clone(),
             attempts: view
                 .attempts
                 .iter()
@@ -259,6 +268,7 @@ impl DeliveryEvent {
             next_attempt_in_ms: self.next_attempt_in_ms,
             last_error: self.last_error.clone(),
             last_http_status: self.last_http_status,
+            remote_ref: None,
             attempts: Vec::new(),
         }
     }

@@ -21,6 +21,8 @@ pub struct VerifyReport {
     pub resend_may_duplicate: bool,
     pub http_status: Option<u16>,
     pub error: Option<String>,
+    /// What the read-back found at the destination (Slack `ts`, Jira key).
+    pub remote_ref: Option<String>,
 }
 
 /// One configured destination's connector.

@@ -173,6 +173,7 @@ impl WebhookConnector {
             error: Some(
                 "a webhook cannot be read back, re-sending with the same Idempotency-Key".into(),
             ),
+            remote_ref: None,
         }
     }
 }
@@ -277,6 +278,8 @@ mod tests {
             broadcast_created_at_ms: 0,
             last_error: None,
             lease_epoch: 1,
+            thread_ref: None,
+            remote_ref: None,
         };
         let outcome = connector.send(&delivery, 0).await;
         assert_eq!(outcome.class, OutcomeClass::Retryable);

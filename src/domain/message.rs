@@ -91,6 +91,8 @@ pub struct Message {
     body: String,
     severity: Severity,
     thread: Option<String>,
+    /// This broadcast resolves the incident its thread opened.
+    resolved: bool,
 }
 
 impl Message {
@@ -146,7 +148,21 @@ impl Message {
             body: body.to_owned(),
             severity,
             thread,
+            resolved: false,
         })
+    }
+
+    /// Marks the message as the resolve of its thread's incident. Only a
+    /// threaded message can resolve: the thread names what is resolved.
+    pub fn resolving(mut self, resolved: bool) -> Result<Message, InvalidInput> {
+        if resolved && self.thread.is_none() {
+            return Err(InvalidInput::new(
+                "resolved",
+                "needs a thread: a resolve closes the incident its thread opened",
+            ));
+        }
+        self.resolved = resolved;
+        Ok(self)
     }
 
     pub fn title(&self) -> &str {
@@ -160,6 +176,9 @@ impl Message {
     }
     pub fn thread(&self) -> Option<&str> {
         self.thread.as_deref()
+    }
+    pub fn resolved(&self) -> bool {
+        self.resolved
     }
 }
 
@@ -225,6 +244,10 @@ mod tests {
         assert_eq!(err.field, "thread");
         assert_eq!(Severity::parse("bogus").unwrap_err().field, "severity");
         assert_eq!(Severity::parse("critical").unwrap(), Severity::P1);
+        let unthreaded = Message::new("t", "", Severity::P1, None).unwrap();
+        assert_eq!(unthreaded.resolving(true).unwrap_err().field, "resolved");
+        let threaded = Message::new("t", "", Severity::P1, Some("INC-1")).unwrap();
+        assert!(threaded.resolving(true).unwrap().resolved());
     }
 
     #[test]

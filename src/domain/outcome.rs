@@ -51,6 +51,9 @@ pub struct Outcome {
     pub error: Option<String>,
     /// The first `EXCERPT_BYTES_MAX` bytes of the response body.
     pub excerpt: Option<String>,
+    /// What the destination created, for later messages of the thread to
+    /// attach to: a Slack `ts`, a Jira issue key, a Discord thread id.
+    pub remote_ref: Option<String>,
 }
 
 impl Outcome {
@@ -61,6 +64,7 @@ impl Outcome {
             retry_after_ms: None,
             error: None,
             excerpt: None,
+            remote_ref: None,
         }
     }
 }

@@ -129,6 +129,13 @@ pub struct ClaimedDelivery {
     pub last_error: Option<String>,
     /// The fencing token of this lease; the outcome must carry it back.
     pub lease_epoch: i64,
+    /// What the first delivery of this thread to this destination created
+    /// there (Slack `ts`, Jira issue key, Discord thread id, PagerDuty
+    /// dedup key): later messages of the thread attach to it. `None` for
+    /// the thread's first message, or when that one never landed.
+    pub thread_ref: Option<String>,
+    /// What an earlier attempt of this delivery recorded it created.
+    pub remote_ref: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -191,6 +198,8 @@ pub struct DeliveryUpdate {
     pub last_error: Option<String>,
     pub attempt: AttemptRecord,
     pub now_ms: i64,
+    /// What the attempt created at the destination; kept when `None`.
+    pub remote_ref: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,6 +229,8 @@ pub struct DeliveryView {
     pub last_error: Option<String>,
     pub last_http_status: Option<u16>,
     pub updated_at_ms: i64,
+    /// What the delivery created at the destination (Slack `ts`, Jira key).
+    pub remote_ref: Option<String>,
     pub attempts: Vec<AttemptRecord>,
 }
 

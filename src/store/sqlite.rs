@@ -116,7 +116,18 @@ CREATE INDEX broadcasts_thread ON broadcasts (thread_key, id) WHERE thread_key I
 CREATE INDEX deliveries_unfinished ON deliveries (destination)
     WHERE state NOT IN ('confirmed','failed','dead','cancelled');
 "#,
+    // A broadcast can resolve its thread's incident.
+    r#"
+ALTER TABLE broadcasts ADD COLUMN resolved INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
+
+/// What later messages of a thread attach to: the reference of the first
+/// delivery of the same thread to the same destination that recorded one.
+/// `?1` destination, `?2` thread key, `?3` the asking delivery's id.
+const THREAD_REF_SQL: &str = "SELECT remote_ref FROM deliveries
+     WHERE destination = ?1 AND thread_key = ?2 AND id < ?3 AND remote_ref IS NOT NULL
+     ORDER BY id LIMIT 1";
 
 /// The final states, as SQL. A macro so queries stay `&'static str` (no
 /// formatting on the hot path).
@@ -441,8 +452,8 @@ fn insert_broadcast(
     let message = &new.message;
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO broadcasts (id, title, body, severity, thread_key, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO broadcasts (id, title, body, severity, thread_key, created_at_ms, resolved)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
         )?
         .execute(params![
             new.id,
@@ -450,7 +461,8 @@ fn insert_broadcast(
             message.body(),
             message.severity().as_str(),
             message.thread(),
-            new.created_at_ms
+            new.created_at_ms,
+            message.resolved()
         ])?;
     if inserted == 0 {
         return Err(StoreError::DuplicateBroadcast(new.id.clone()));
@@ -489,6 +501,7 @@ fn insert_broadcast(
              priority, leased, lease_epoch)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?12)",
     )?;
+    let mut find_thread_ref = conn.prepare_cached(THREAD_REF_SQL)?;
     let mut out = Vec::with_capacity(new.deliveries.len());
     for delivery in &new.deliveries {
         let behind = match message.thread() {
@@ -517,17 +530,32 @@ fn insert_broadcast(
             message.severity().rank(),
             lease_now
         ])?;
-        let leased = lease_now.then(|| ClaimedDelivery {
-            delivery_id: conn.last_insert_rowid(),
-            broadcast_id: new.id.clone(),
-            destination: delivery.destination.clone(),
-            idempotency_key: key.clone(),
-            progress: progress.clone(),
-            message: message.clone(),
-            broadcast_created_at_ms: new.created_at_ms,
-            last_error: None,
-            lease_epoch: 1,
-        });
+        let leased = if lease_now {
+            let delivery_id = conn.last_insert_rowid();
+            let thread_ref = match message.thread() {
+                Some(thread) => find_thread_ref
+                    .query_row(params![delivery.destination, thread, delivery_id], |r| {
+                        r.get(0)
+                    })
+                    .optional()?,
+                None => None,
+            };
+            Some(ClaimedDelivery {
+                delivery_id,
+                broadcast_id: new.id.clone(),
+                destination: delivery.destination.clone(),
+                idempotency_key: key.clone(),
+                progress: progress.clone(),
+                message: message.clone(),
+                broadcast_created_at_ms: new.created_at_ms,
+                last_error: None,
+                lease_epoch: 1,
+                thread_ref,
+                remote_ref: None,
+            })
+        } else {
+            None
+        };
         out.push(InsertedDelivery {
             destination: delivery.destination.clone(),
             idempotency_key: key,
@@ -558,13 +586,21 @@ fn progress_from_row(
     }))
 }
 
-fn message_from_row(row: &Row, first: usize) -> rusqlite::Result<Result<Message, StoreError>> {
+/// Reads title, body, severity and thread from `first` on, and the resolved
+/// flag from column `resolved`.
+fn message_from_row(
+    row: &Row,
+    first: usize,
+    resolved: usize,
+) -> rusqlite::Result<Result<Message, StoreError>> {
     let title: String = row.get(first)?;
     let body: String = row.get(first + 1)?;
     let severity: String = row.get(first + 2)?;
     let thread: Option<String> = row.get(first + 3)?;
+    let resolved: bool = row.get(resolved)?;
     Ok(Severity::parse(&severity)
         .and_then(|severity| Message::new(&title, &body, severity, thread.as_deref()))
+        .and_then(|message| message.resolving(resolved))
         .map_err(|e| StoreError::Corrupt(format!("stored message is invalid: {e}"))))
 }
 
@@ -580,7 +616,8 @@ fn claim_due(
     let mut select = conn.prepare_cached(
         "SELECT d.id, d.broadcast_id, d.idempotency_key,
                 d.state, d.attempts_made, d.attempts_max, d.due_at_ms, d.deadline_at_ms, d.possible_duplicate,
-                b.title, b.body, b.severity, b.thread_key, b.created_at_ms, d.last_error
+                b.title, b.body, b.severity, b.thread_key, b.created_at_ms, d.last_error,
+                b.resolved, d.remote_ref
          FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
          WHERE d.destination = ?1 AND d.priority = ?2 AND d.due_at_ms IS NOT NULL AND d.leased = 0
            AND d.due_at_ms <= ?3
@@ -602,10 +639,12 @@ fn claim_due(
                 destination: destination.to_owned(),
                 idempotency_key: row.get(2)?,
                 progress,
-                message: message_from_row(row, 9)??,
+                message: message_from_row(row, 9, 15)??,
                 broadcast_created_at_ms: row.get(13)?,
                 last_error: row.get(14)?,
                 lease_epoch: 0,
+                thread_ref: None,
+                remote_ref: row.get(16)?,
             });
         }
     }
@@ -619,9 +658,18 @@ fn claim_due(
              last_error = 'the delivery deadline passed before it could be sent'
          WHERE id = ?1",
     )?;
+    let mut find_thread_ref = conn.prepare_cached(THREAD_REF_SQL)?;
     let mut handed_out = Vec::with_capacity(claimed.len());
     let mut expired = Vec::new();
     for mut delivery in claimed {
+        if let Some(thread) = delivery.message.thread() {
+            delivery.thread_ref = find_thread_ref
+                .query_row(
+                    params![delivery.destination, thread, delivery.delivery_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+        }
         if delivery.progress.state != DeliveryState::Verifying {
             delivery.progress = delivery
                 .progress
@@ -691,7 +739,7 @@ fn update_delivery(conn: &Connection, update: &DeliveryUpdate) -> Result<UpdateR
         .prepare_cached(
             "UPDATE deliveries SET state = ?3, attempts_made = ?4, attempts_max = ?5, due_at_ms = ?6,
                  deadline_at_ms = ?7, possible_duplicate = ?8, leased = 0, last_error = ?9,
-                 last_http_status = ?10, updated_at_ms = ?11
+                 last_http_status = ?10, updated_at_ms = ?11, remote_ref = coalesce(?13, remote_ref)
              WHERE id = ?1 AND state = ?2 AND leased = 1 AND lease_epoch = ?12
              RETURNING thread_key IS NOT NULL",
         )?
@@ -707,7 +755,8 @@ fn update_delivery(conn: &Connection, update: &DeliveryUpdate) -> Result<UpdateR
             update.last_error,
             a.http_status,
             update.now_ms,
-            update.lease_epoch
+            update.lease_epoch,
+            update.remote_ref
         ], |row| row.get::<_, bool>(0))
         .optional()?;
     let Some(in_thread) = changed else {
@@ -966,10 +1015,11 @@ fn read_broadcast_with(
 ) -> Result<Option<BroadcastView>, StoreError> {
     let head = conn
         .prepare_cached(
-            "SELECT title, body, severity, thread_key, created_at_ms FROM broadcasts WHERE id = ?1",
+            "SELECT title, body, severity, thread_key, created_at_ms, resolved
+             FROM broadcasts WHERE id = ?1",
         )?
         .query_row(params![id], |row| {
-            Ok((message_from_row(row, 0)?, row.get::<_, i64>(4)?))
+            Ok((message_from_row(row, 0, 5)?, row.get::<_, i64>(4)?))
         })
         .optional()?;
     let Some((message, created_at_ms)) = head else {
@@ -982,7 +1032,7 @@ fn read_broadcast_with(
         let mut select = conn.prepare_cached(
             "SELECT id, destination, idempotency_key,
                     state, attempts_made, attempts_max, due_at_ms, deadline_at_ms, possible_duplicate,
-                    last_error, last_http_status, updated_at_ms
+                    last_error, last_http_status, updated_at_ms, remote_ref
              FROM deliveries WHERE broadcast_id = ?1 ORDER BY id",
         )?;
         let mut rows = select.query(params![id])?;
@@ -995,6 +1045,7 @@ fn read_broadcast_with(
                 last_error: row.get(9)?,
                 last_http_status: row.get(10)?,
                 updated_at_ms: row.get(11)?,
+                remote_ref: row.get(12)?,
                 attempts: Vec::new(),
             });
         }

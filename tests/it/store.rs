@@ -112,6 +112,7 @@ async fn a_thread_update_waits_for_the_message_it_updates() {
                 error: None,
             },
             now_ms: 5_010,
+            remote_ref: None,
         })
         .await
         .unwrap();
@@ -199,6 +200,7 @@ async fn an_outcome_from_an_older_lease_is_refused() {
             error: None,
         },
         now_ms: 3_001,
+        remote_ref: None,
     };
     assert_eq!(
         store.update_delivery(late.clone()).await.unwrap(),

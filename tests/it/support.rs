@@ -60,6 +60,7 @@ pub fn request(title: &str, destinations: &[&str]) -> SendRequest {
         body: None,
         severity: Some("P1".into()),
         thread: None,
+        resolved: false,
         destinations: destinations.iter().map(|d| (*d).to_owned()).collect(),
     }
 }
