@@ -150,13 +150,71 @@ pub enum Target {
         /// Standard Webhooks signing secret; unsigned when absent.
         secret: Option<WebhookSecret>,
     },
+    /// Slack Web API with a bot token (`chat.postMessage`).
+    Slack {
+        /// The Web API's base, `https://slack.com/api/`.
+        api_url: reqwest::Url,
+        channel: String,
+        token: Secret,
+    },
+    /// A Microsoft Teams workflow ("Post to a channel when a webhook request
+    /// is received"): Adaptive Cards, no read-back.
+    Teams { url: reqwest::Url },
+    /// Jira Cloud REST v3, basic auth with an account's email and API token.
+    Jira {
+        site_url: reqwest::Url,
+        project: String,
+        issue_type: String,
+        email: String,
+        token: Secret,
+        /// The transition (name or id) a resolve applies.
+        resolve_transition: String,
+        /// Jira's search lags its writes: after an ambiguous create, a
+        /// search that finds nothing is repeated after this long.
+        search_recheck_ms: u64,
+    },
+    /// PagerDuty Events API v2.
+    PagerDuty {
+        /// The Events API's base, `https://events.pagerduty.com`.
+        events_url: reqwest::Url,
+        routing_key: Secret,
+    },
+    /// A Discord channel webhook. In a forum channel (`forum = true`) each
+    /// thread becomes a post and its updates land in it.
+    Discord { url: reqwest::Url, forum: bool },
 }
 
 impl Target {
     pub fn kind(&self) -> &'static str {
         match self {
             Target::Webhook { .. } => "webhook",
+            Target::Slack { .. } => "slack",
+            Target::Teams { .. } => "teams",
+            Target::Jira { .. } => "jira",
+            Target::PagerDuty { .. } => "pagerduty",
+            Target::Discord { .. } => "discord",
         }
+    }
+}
+
+/// A credential: a bot token, an API token, a routing key. Its `Debug`
+/// never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
     }
 }
 
@@ -240,18 +298,62 @@ struct FileServer {
     metrics_require_token: Option<bool>,
 }
 
-#[derive(Deserialize, Clone, Copy)]
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum FileKind {
     Webhook,
+    Slack,
+    Teams,
+    Jira,
+    PagerDuty,
+    Discord,
+}
+
+impl FileKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Webhook => "webhook",
+            FileKind::Slack => "slack",
+            FileKind::Teams => "teams",
+            FileKind::Jira => "jira",
+            FileKind::PagerDuty => "pagerduty",
+            FileKind::Discord => "discord",
+        }
+    }
+
+    /// The destination's own published pace, used when the file sets none:
+    /// (requests per second, burst).
+    fn default_rate(self) -> Option<(f64, u32)> {
+        match self {
+            // One message per second per channel.
+            FileKind::Slack => Some((1.0, 1)),
+            // Workflows throttle bursts; a few a second is safe.
+            FileKind::Teams => Some((4.0, 4)),
+            FileKind::Jira => Some((10.0, 10)),
+            // 120 events a minute per routing key.
+            FileKind::PagerDuty => Some((2.0, 4)),
+            // 5 requests per 2 seconds per webhook.
+            FileKind::Discord => Some((2.5, 5)),
+            FileKind::Webhook => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileDestination {
-    kind: FileKind,
-    url: Spanned<String>,
+    kind: Spanned<FileKind>,
+    url: Option<Spanned<String>>,
+    /// The URL itself is a credential (Discord, Teams): read it from here.
+    url_env: Option<Spanned<String>>,
     secret_env: Option<Spanned<String>>,
+    channel: Option<Spanned<String>>,
+    project: Option<Spanned<String>>,
+    issue_type: Option<Spanned<String>>,
+    email: Option<Spanned<String>>,
+    resolve_transition: Option<Spanned<String>>,
+    search_recheck_ms: Option<Spanned<u64>>,
+    forum: Option<Spanned<bool>>,
     timeout_ms: Option<Spanned<u64>>,
     concurrency: Option<Spanned<u32>>,
     rate_limit_per_sec: Option<Spanned<f64>>,
@@ -359,30 +461,10 @@ impl Config {
         }
         for (name, d) in parsed.destinations {
             let key = format!("destinations.{name}");
+            let kind = *d.kind.get_ref();
             validate_destination_name(&name)
-                .map_err(|reason| error(Some(d.url.span()), format!("{key}: {reason}")))?;
-            let url = parse_destination_url(d.url.get_ref())
-                .map_err(|reason| error(Some(d.url.span()), format!("{key}.url: {reason}")))?;
-            let secret = match &d.secret_env {
-                None => None,
-                Some(var) => {
-                    let value = env(var.get_ref()).ok_or_else(|| {
-                        error(
-                            Some(var.span()),
-                            format!(
-                                "{key}.secret_env: environment variable {} is not set",
-                                var.get_ref()
-                            ),
-                        )
-                    })?;
-                    Some(WebhookSecret::parse(value.trim()).map_err(|reason| {
-                        error(
-                            Some(var.span()),
-                            format!("{key}.secret_env: the value of {} {reason}", var.get_ref()),
-                        )
-                    })?)
-                }
-            };
+                .map_err(|reason| error(Some(d.kind.span()), format!("{key}: {reason}")))?;
+            let target = parse_target(&key, &d, &env, &error)?;
             let timeout_ms = checked(&d.timeout_ms, DEFAULT_TIMEOUT_MS, 100..=300_000).map_err(
                 |(span, range)| error(span, format!("{key}.timeout_ms: must be {range}")),
             )?;
@@ -416,7 +498,7 @@ impl Config {
                 ),
             };
             let rate_per_sec = match &d.rate_limit_per_sec {
-                None => None,
+                None => kind.default_rate().map(|(rate, _)| rate),
                 Some(rate) if (0.01..=100_000.0).contains(rate.get_ref()) => Some(*rate.get_ref()),
                 Some(rate) => {
                     return Err(error(
@@ -425,10 +507,10 @@ impl Config {
                     ))
                 }
             };
-            let rate_burst =
-                checked(&d.rate_limit_burst, 1, 1..=10_000).map_err(|(span, range)| {
-                    error(span, format!("{key}.rate_limit_burst: must be {range}"))
-                })?;
+            let default_burst = kind.default_rate().map_or(1, |(_, burst)| burst);
+            let rate_burst = checked(&d.rate_limit_burst, default_burst, 1..=10_000).map_err(
+                |(span, range)| error(span, format!("{key}.rate_limit_burst: must be {range}")),
+            )?;
             let breaker_failures =
                 checked(&d.breaker.failures, DEFAULT_BREAKER_FAILURES, 1..=10_000).map_err(
                     |(span, range)| error(span, format!("{key}.breaker.failures: must be {range}")),
@@ -441,9 +523,6 @@ impl Config {
             .map_err(|(span, range)| {
                 error(span, format!("{key}.breaker.cooldown_ms: must be {range}"))
             })?;
-            let target = match d.kind {
-                FileKind::Webhook => Target::Webhook { url, secret },
-            };
             config.destinations.push(Destination {
                 name,
                 target,
@@ -551,6 +630,236 @@ impl Config {
 
 /// Returns the value (or the default) if it lies in `range`; otherwise the
 /// value's span and the range in words.
+type Span = Option<std::ops::Range<usize>>;
+
+/// The kind's own settings: which keys it needs, which it refuses.
+fn parse_target(
+    key: &str,
+    d: &FileDestination,
+    env: &impl Fn(&str) -> Option<String>,
+    error: &impl Fn(Span, String) -> ConfigError,
+) -> Result<Target, ConfigError> {
+    let kind = *d.kind.get_ref();
+    let kind_name = kind.as_str();
+    let kind_span = Some(d.kind.span());
+    // Keys that belong to other kinds are refused, so a typo'd table is
+    // not silently half-used.
+    let only_for = |field: &str, present: Option<Span>, kinds: &[FileKind]| match present {
+        Some(span) if !kinds.contains(&kind) => Err(error(
+            span,
+            format!(
+                "{key}.{field}: not a setting of kind {kind_name} (only of {})",
+                kinds
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        _ => Ok(()),
+    };
+    only_for(
+        "channel",
+        d.channel.as_ref().map(|v| Some(v.span())),
+        &[FileKind::Slack],
+    )?;
+    for (field, value) in [
+        ("project", &d.project),
+        ("issue_type", &d.issue_type),
+        ("email", &d.email),
+        ("resolve_transition", &d.resolve_transition),
+    ] {
+        only_for(
+            field,
+            value.as_ref().map(|v| Some(v.span())),
+            &[FileKind::Jira],
+        )?;
+    }
+    only_for(
+        "search_recheck_ms",
+        d.search_recheck_ms.as_ref().map(|v| Some(v.span())),
+        &[FileKind::Jira],
+    )?;
+    only_for(
+        "forum",
+        d.forum.as_ref().map(|v| Some(v.span())),
+        &[FileKind::Discord],
+    )?;
+    only_for(
+        "secret_env",
+        d.secret_env.as_ref().map(|v| Some(v.span())),
+        &[
+            FileKind::Webhook,
+            FileKind::Slack,
+            FileKind::Jira,
+            FileKind::PagerDuty,
+        ],
+    )?;
+
+    let env_value = |field: &str, var: &Spanned<String>| {
+        env(var.get_ref())
+            .map(|value| value.trim().to_owned())
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| {
+                error(
+                    Some(var.span()),
+                    format!(
+                        "{key}.{field}: environment variable {} is not set",
+                        var.get_ref()
+                    ),
+                )
+            })
+    };
+    let url = match (&d.url, &d.url_env) {
+        (Some(_), Some(var)) => {
+            return Err(error(
+                Some(var.span()),
+                format!("{key}.url_env: set url or url_env, not both"),
+            ))
+        }
+        (Some(url), None) => Some(
+            parse_destination_url(url.get_ref())
+                .map_err(|reason| error(Some(url.span()), format!("{key}.url: {reason}")))?,
+        ),
+        // The value is a credential: the error never repeats it.
+        (None, Some(var)) => Some(parse_destination_url(&env_value("url_env", var)?).map_err(
+            |_| {
+                error(
+                    Some(var.span()),
+                    format!(
+                        "{key}.url_env: the value of {} is not an http(s) URL with a host",
+                        var.get_ref()
+                    ),
+                )
+            },
+        )?),
+        (None, None) => None,
+    };
+    let default_url = |text: &str| reqwest::Url::parse(text).expect("built-in URL");
+    let required_url = |url: Option<reqwest::Url>| {
+        url.ok_or_else(|| {
+            error(
+                kind_span.clone(),
+                format!("{key}.url: kind {kind_name} needs url (or url_env)"),
+            )
+        })
+    };
+    let required = |field: &str, value: &Option<Spanned<String>>| match value
+        .as_ref()
+        .map(|v| (v.get_ref().trim(), v.span()))
+    {
+        Some((text, _)) if !text.is_empty() => Ok(text.to_owned()),
+        Some((_, span)) => Err(error(
+            Some(span),
+            format!("{key}.{field}: must not be empty"),
+        )),
+        None => Err(error(
+            kind_span.clone(),
+            format!("{key}.{field}: kind {kind_name} needs {field}"),
+        )),
+    };
+    let secret = |what: &str| {
+        match &d.secret_env {
+        Some(var) => env_value("secret_env", var).map(Secret::new),
+        None => Err(error(
+            kind_span.clone(),
+            format!("{key}.secret_env: kind {kind_name} needs secret_env, naming the environment variable that holds {what}"),
+        )),
+    }
+    };
+    Ok(match kind {
+        FileKind::Webhook => {
+            let secret = match &d.secret_env {
+                None => None,
+                Some(var) => Some(
+                    WebhookSecret::parse(&env_value("secret_env", var)?).map_err(|reason| {
+                        error(
+                            Some(var.span()),
+                            format!("{key}.secret_env: the value of {} {reason}", var.get_ref()),
+                        )
+                    })?,
+                ),
+            };
+            Target::Webhook {
+                url: required_url(url)?,
+                secret,
+            }
+        }
+        FileKind::Slack => {
+            let token = secret("the bot token (xoxb-...)")?;
+            if !token.expose().starts_with("xox") {
+                let span = d.secret_env.as_ref().map(|v| v.span());
+                return Err(error(
+                    span,
+                    format!("{key}.secret_env: the value is not a Slack token (xoxb-...)"),
+                ));
+            }
+            let mut api_url = url.unwrap_or_else(|| default_url("https://slack.com/api/"));
+            if !api_url.path().ends_with('/') {
+                api_url.set_path(&format!("{}/", api_url.path()));
+            }
+            Target::Slack {
+                api_url,
+                channel: required("channel", &d.channel)?,
+                token,
+            }
+        }
+        FileKind::Teams => Target::Teams {
+            url: required_url(url)?,
+        },
+        FileKind::Jira => {
+            let search_recheck_ms =
+                checked(&d.search_recheck_ms, 2_000, 0..=60_000).map_err(|(span, range)| {
+                    error(span, format!("{key}.search_recheck_ms: must be {range}"))
+                })?;
+            let project = required("project", &d.project)?;
+            if !project
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                let span = d.project.as_ref().map(|v| v.span());
+                return Err(error(
+                    span,
+                    format!("{key}.project: {project:?} is not a Jira project key (like OPS)"),
+                ));
+            }
+            Target::Jira {
+                site_url: required_url(url)?,
+                project,
+                issue_type: match &d.issue_type {
+                    None => "Task".to_owned(),
+                    Some(_) => required("issue_type", &d.issue_type)?,
+                },
+                email: required("email", &d.email)?,
+                token: secret("the API token")?,
+                resolve_transition: match &d.resolve_transition {
+                    None => "Done".to_owned(),
+                    Some(_) => required("resolve_transition", &d.resolve_transition)?,
+                },
+                search_recheck_ms,
+            }
+        }
+        FileKind::PagerDuty => {
+            let routing_key = secret("the integration's routing key")?;
+            if routing_key.expose().len() != 32 {
+                let span = d.secret_env.as_ref().map(|v| v.span());
+                return Err(error(
+                    span,
+                    format!("{key}.secret_env: a PagerDuty routing key is 32 characters"),
+                ));
+            }
+            Target::PagerDuty {
+                events_url: url.unwrap_or_else(|| default_url("https://events.pagerduty.com/")),
+                routing_key,
+            }
+        }
+        FileKind::Discord => Target::Discord {
+            url: required_url(url)?,
+            forum: d.forum.as_ref().is_some_and(|f| *f.get_ref()),
+        },
+    })
+}
+
 fn checked<T: Copy + PartialOrd + fmt::Display>(
     value: &Option<Spanned<T>>,
     default: T,
@@ -635,6 +944,104 @@ retry = { attempts_max = 5, base_ms = 500, cap_ms = 60000, deadline_secs = 600 }
         assert_eq!(d.policy.deadline_ms, Some(600_000));
         assert!(format!("{d:?}").contains("<redacted>"));
         assert!(!format!("{d:?}").contains("MfKQ9r8"));
+    }
+
+    #[test]
+    fn reads_every_destination_kind() {
+        let env = |k: &str| match k {
+            "SLACK_TOKEN" => Some("xoxb-1-2-abc".to_owned()),
+            "JIRA_TOKEN" => Some("jira-api-token".to_owned()),
+            "PD_KEY" => Some("0123456789abcdef0123456789abcdef".to_owned()),
+            "DISCORD_URL" => Some("https://discord.com/api/webhooks/1/tok".to_owned()),
+            _ => None,
+        };
+        let source = r#"
+[destinations.slack]
+kind = "slack"
+channel = "C0123"
+secret_env = "SLACK_TOKEN"
+
+[destinations.teams]
+kind = "teams"
+url = "https://example.logic.azure.com/workflows/abc"
+
+[destinations.jira]
+kind = "jira"
+url = "https://example.atlassian.net"
+project = "OPS"
+email = "herald@example.com"
+secret_env = "JIRA_TOKEN"
+
+[destinations.pagerduty]
+kind = "pagerduty"
+secret_env = "PD_KEY"
+
+[destinations.discord]
+kind = "discord"
+url_env = "DISCORD_URL"
+forum = true
+"#;
+        let config = Config::parse("herald.toml", source, env).unwrap();
+        let slack = config.destination("slack").unwrap();
+        assert_eq!(slack.target.kind(), "slack");
+        assert_eq!(slack.isolation.rate_per_sec, Some(1.0), "Slack's pace");
+        assert!(!format!("{slack:?}").contains("xoxb-1-2-abc"));
+        let Target::Jira {
+            issue_type,
+            resolve_transition,
+            ..
+        } = &config.destination("jira").unwrap().target
+        else {
+            panic!("jira");
+        };
+        assert_eq!(
+            (issue_type.as_str(), resolve_transition.as_str()),
+            ("Task", "Done")
+        );
+        let Target::PagerDuty { events_url, .. } = &config.destination("pagerduty").unwrap().target
+        else {
+            panic!("pagerduty");
+        };
+        assert_eq!(events_url.as_str(), "https://events.pagerduty.com/");
+        assert!(matches!(
+            config.destination("discord").unwrap().target,
+            Target::Discord { forum: true, .. }
+        ));
+
+        let err = Config::parse(
+            "herald.toml",
+            "[destinations.s]\nkind = \"slack\"\nsecret_env = \"SLACK_TOKEN\"\n",
+            env,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("destinations.s.channel: kind slack needs channel"),
+            "{err}"
+        );
+        let err = Config::parse(
+            "herald.toml",
+            "[destinations.w]\nkind = \"webhook\"\nurl = \"http://x/\"\nchannel = \"C1\"\n",
+            env,
+        )
+        .unwrap_err();
+        assert_eq!(err.line, Some(4));
+        assert!(
+            err.to_string()
+                .contains("destinations.w.channel: not a setting of kind webhook"),
+            "{err}"
+        );
+        let err = Config::parse(
+            "herald.toml",
+            "[destinations.p]\nkind = \"pagerduty\"\nsecret_env = \"SLACK_TOKEN\"\n",
+            env,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("32 characters"), "{err}");
+        assert!(
+            !err.to_string().contains("xoxb"),
+            "never prints the secret: {err}"
+        );
     }
 
     #[test]

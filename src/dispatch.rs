@@ -598,7 +598,13 @@ async fn run_attempt<S: Store>(
             let Some(transition) = next_progress(&delivery, event, &policy, finished_at_ms) else {
                 return;
             };
-            let pause_ms = transition.pause_destination_ms;
+            // A success can carry the destination's "wait before the next
+            // one" (an empty rate-limit bucket): pause, within the cap.
+            let pace_ms = match outcome.class {
+                OutcomeClass::Success => outcome.retry_after_ms.map(|ms| ms.min(policy.cap_ms)),
+                _ => None,
+            };
+            let pause_ms = transition.pause_destination_ms.or(pace_ms);
             let update = DeliveryUpdate {
                 delivery_id: delivery.delivery_id,
                 lease_epoch: delivery.lease_epoch,

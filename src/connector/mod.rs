@@ -2,6 +2,12 @@
 //! [`Outcome`]. They never touch the store; each decides its outcome classes
 //! in one function.
 
+mod discord;
+mod http;
+mod jira;
+mod pagerduty;
+mod slack;
+mod teams;
 mod webhook;
 
 use std::time::Duration;
@@ -10,7 +16,55 @@ use crate::config::{Destination, Target};
 use crate::domain::{Outcome, Verification};
 use crate::store::ClaimedDelivery;
 
+pub use discord::{classify_discord_response, discord_execute_body, DiscordConnector};
+pub use jira::{
+    adf_document, classify_jira_response, jira_comment_body, jira_create_body, jira_label,
+    JiraConnector,
+};
+pub use pagerduty::{classify_pagerduty_response, pagerduty_event, PagerDutyConnector};
+pub use slack::{classify_slack_response, post_message_body, resolve_update_body, SlackConnector};
+pub use teams::{classify_teams_response, teams_card_message, TeamsConnector};
 pub use webhook::{classify_webhook_response, sign_webhook, webhook_payload, WebhookConnector};
+
+/// What a delivery's message is within its thread, on its destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// No thread.
+    Single,
+    /// The first message of a thread here: it creates what the rest attach
+    /// to (or the first one never landed).
+    Opener,
+    /// A later message of the thread: it attaches to `thread_ref`.
+    Update,
+    /// The message that resolves the thread's incident.
+    Resolve,
+}
+
+impl Role {
+    pub fn of(delivery: &ClaimedDelivery) -> Role {
+        let m = &delivery.message;
+        if m.resolved() {
+            Role::Resolve
+        } else if m.thread().is_none() {
+            Role::Single
+        } else if delivery.thread_ref.is_some() {
+            Role::Update
+        } else {
+            Role::Opener
+        }
+    }
+}
+
+/// The one-line title every connector shows: `[P1] title`, or
+/// `[RESOLVED] title` for a resolve.
+pub fn headline(delivery: &ClaimedDelivery) -> String {
+    let m = &delivery.message;
+    if m.resolved() {
+        format!("[RESOLVED] {}", m.title())
+    } else {
+        format!("[{}] {}", m.severity().as_str(), m.title())
+    }
+}
 
 /// What a read-back after an ambiguous outcome found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,30 +82,80 @@ pub struct VerifyReport {
 /// One configured destination's connector.
 pub enum Connector {
     Webhook(WebhookConnector),
+    Slack(SlackConnector),
+    Teams(TeamsConnector),
+    Jira(JiraConnector),
+    PagerDuty(PagerDutyConnector),
+    Discord(DiscordConnector),
 }
 
 impl Connector {
     pub fn new(destination: &Destination) -> Result<Connector, reqwest::Error> {
         let timeout = Duration::from_millis(destination.timeout_ms);
-        match &destination.target {
-            Target::Webhook { url, secret } => Ok(Connector::Webhook(WebhookConnector::new(
+        let connections = destination.concurrency as usize;
+        Ok(match &destination.target {
+            Target::Webhook { url, secret } => Connector::Webhook(WebhookConnector::new(
                 url.clone(),
                 secret.clone(),
                 timeout,
-                destination.concurrency as usize,
-            )?)),
-        }
+                connections,
+            )?),
+            Target::Slack {
+                api_url,
+                channel,
+                token,
+            } => Connector::Slack(SlackConnector::new(
+                api_url.clone(),
+                channel.clone(),
+                token.clone(),
+                timeout,
+                connections,
+            )?),
+            Target::Teams { url } => {
+                Connector::Teams(TeamsConnector::new(url.clone(), timeout, connections)?)
+            }
+            Target::Jira { .. } => Connector::Jira(JiraConnector::new(
+                &destination.target,
+                timeout,
+                connections,
+            )?),
+            Target::PagerDuty {
+                events_url,
+                routing_key,
+            } => Connector::PagerDuty(PagerDutyConnector::new(
+                events_url.clone(),
+                routing_key.clone(),
+                timeout,
+                connections,
+            )?),
+            Target::Discord { url, forum } => Connector::Discord(DiscordConnector::new(
+                url.clone(),
+                *forum,
+                timeout,
+                connections,
+            )?),
+        })
     }
 
     pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
         match self {
             Connector::Webhook(c) => c.send(delivery, now_ms).await,
+            Connector::Slack(c) => c.send(delivery, now_ms).await,
+            Connector::Teams(c) => c.send(delivery, now_ms).await,
+            Connector::Jira(c) => c.send(delivery, now_ms).await,
+            Connector::PagerDuty(c) => c.send(delivery, now_ms).await,
+            Connector::Discord(c) => c.send(delivery, now_ms).await,
         }
     }
 
     pub async fn verify(&self, delivery: &ClaimedDelivery) -> VerifyReport {
         match self {
             Connector::Webhook(c) => c.verify(delivery).await,
+            Connector::Slack(c) => c.verify(delivery).await,
+            Connector::Teams(c) => c.verify(delivery).await,
+            Connector::Jira(c) => c.verify(delivery).await,
+            Connector::PagerDuty(c) => c.verify(delivery).await,
+            Connector::Discord(c) => c.verify(delivery).await,
         }
     }
 }

@@ -8,13 +8,11 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 
+use super::http::{classify_transport_error, read_excerpt, CONNECT_TIMEOUT_MS_MAX};
 use super::{parse_retry_after_ms, VerifyReport};
 use crate::config::WebhookSecret;
-use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Verification, EXCERPT_BYTES_MAX};
+use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Verification};
 use crate::store::ClaimedDelivery;
-
-/// The longest a connection may take to open, whatever the request timeout.
-const CONNECT_TIMEOUT_MS_MAX: u64 = 5_000;
 
 pub struct WebhookConnector {
     client: reqwest::Client,
@@ -111,16 +109,7 @@ impl WebhookConnector {
         timeout: Duration,
         connections_max: usize,
     ) -> Result<WebhookConnector, reqwest::Error> {
-        let client = super::http_client_builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            // Strictly shorter than the request timeout, so a stalled connect
-            // is reported as a connect failure (nothing sent, retryable) and
-            // not as a timeout after sending (ambiguous).
-            .connect_timeout((timeout * 3 / 4).min(Duration::from_millis(CONNECT_TIMEOUT_MS_MAX)))
-            .pool_max_idle_per_host(connections_max)
-            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let client = super::http::client(timeout, connections_max)?;
         Ok(WebhookConnector {
             client,
             url,
@@ -176,71 +165,6 @@ impl WebhookConnector {
             remote_ref: None,
         }
     }
-}
-
-fn classify_transport_error(error: &reqwest::Error) -> Outcome {
-    // A failed connect means the request never left: safe to retry. Anything
-    // after that (timeout, reset mid-response) may have been processed.
-    let (class, what) = if error.is_connect() {
-        (OutcomeClass::Retryable, "could not connect")
-    } else if error.is_timeout() {
-        (
-            OutcomeClass::Ambiguous,
-            "timed out after the request was sent",
-        )
-    } else if error.is_builder() {
-        (OutcomeClass::Permanent, "could not build the request")
-    } else {
-        (
-            OutcomeClass::Ambiguous,
-            "the connection failed after the request was sent",
-        )
-    };
-    let mut outcome = Outcome::new(class);
-    let mut text = error_chain(error);
-    // The URL may itself be a credential (many webhook URLs are): it never
-    // goes into an attempt's error, the API or the log.
-    if let Some(url) = error.url() {
-        text = text
-            .replace(&format!(" for url ({url})"), "")
-            .replace(url.as_str(), "<destination url>");
-    }
-    outcome.error = Some(format!("{what}: {text}"));
-    outcome
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// Reads at most `EXCERPT_BYTES_MAX` bytes of the body, never past
-/// `deadline`; the status already decided the outcome.
-async fn read_excerpt(mut response: reqwest::Response, deadline: Instant) -> Option<String> {
-    let mut excerpt = Vec::new();
-    while excerpt.len() < EXCERPT_BYTES_MAX {
-        let chunk = tokio::time::timeout_at(deadline.into(), response.chunk()).await;
-        match chunk {
-            Ok(Ok(Some(bytes))) => excerpt.extend_from_slice(&bytes),
-            _ => break,
-        }
-    }
-    if excerpt.is_empty() {
-        return None;
-    }
-    excerpt.truncate(EXCERPT_BYTES_MAX);
-    let mut text = String::from_utf8_lossy(&excerpt).into_owned();
-    // Lossy decoding may have split a character at the cut; keep it valid.
-    while text.len() > EXCERPT_BYTES_MAX {
-        text.pop();
-    }
-    Some(text)
 }
 
 #[cfg(test)]

@@ -1,0 +1,375 @@
+//! A Discord channel webhook. Messages are embeds, sent with `?wait=true`
+//! so the message (and its id) comes back. In a forum channel
+//! (`forum = true`) a thread's first message opens a post (`thread_name`)
+//! and its updates land in it (`thread_id`); elsewhere updates are new
+//! messages that name the incident. A resolve first edits the thread's
+//! first message (idempotent), then posts. 429's `retry_after` (or the
+//! `X-RateLimit-Reset-After` header) pauses the destination, and a success
+//! that leaves no request in the bucket (`X-RateLimit-Remaining: 0`) pauses
+//! it until the bucket resets.
+//!
+//! A webhook cannot list messages: a message is read back by id where the
+//! id is known. After an ambiguous send the id is not known, so the message
+//! is sent again and the delivery flagged `possible_duplicate`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::http::{exchange, Reply};
+use super::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Severity, Verification};
+use crate::store::ClaimedDelivery;
+
+const EMBED_TITLE_CHARS_MAX: usize = 256;
+const EMBED_DESCRIPTION_CHARS_MAX: usize = 4_096;
+const THREAD_NAME_CHARS_MAX: usize = 100;
+
+pub struct DiscordConnector {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    forum: bool,
+}
+
+#[derive(Deserialize)]
+struct MessageAnswer {
+    id: String,
+    #[serde(default)]
+    channel_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorAnswer {
+    #[serde(default)]
+    code: Option<i64>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    retry_after: Option<f64>,
+}
+
+fn cut(text: &str, chars_max: usize) -> String {
+    if text.chars().count() <= chars_max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(chars_max - 1).collect();
+    cut.push('…');
+    cut
+}
+
+fn seconds_to_ms(text: &str) -> Option<u64> {
+    let secs: f64 = text.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0).ceil() as u64)
+}
+
+/// Discord's outcome classes. `remote_ref` is the message id, or the
+/// thread id when the message opened a forum post.
+pub fn classify_discord_response(
+    status: u16,
+    headers: &dyn Fn(&str) -> Option<String>,
+    body: &[u8],
+    now_ms: i64,
+) -> Outcome {
+    let class = match status {
+        200..=299 => OutcomeClass::Success,
+        429 => OutcomeClass::RateLimited,
+        408 | 500..=599 => OutcomeClass::Retryable,
+        _ => OutcomeClass::Permanent,
+    };
+    let mut outcome = Outcome::new(class);
+    outcome.http_status = Some(status);
+    let error: Option<ErrorAnswer> = serde_json::from_slice(body).ok();
+    let reset_after_ms = headers("x-ratelimit-reset-after").and_then(|v| seconds_to_ms(&v));
+    match class {
+        OutcomeClass::Success => {
+            if let Ok(message) = serde_json::from_slice::<MessageAnswer>(body) {
+                outcome.remote_ref = Some(message.id);
+            }
+            // The bucket is empty: wait for its reset before the next one.
+            if headers("x-ratelimit-remaining").as_deref() == Some("0") {
+                outcome.retry_after_ms = reset_after_ms;
+            }
+        }
+        OutcomeClass::RateLimited => {
+            outcome.retry_after_ms = error
+                .as_ref()
+                .and_then(|e| e.retry_after)
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(|s| (s * 1000.0).ceil() as u64)
+                .or_else(|| headers("retry-after").and_then(|v| parse_retry_after_ms(&v, now_ms)))
+                .or(reset_after_ms);
+            outcome.error = Some("HTTP 429: Discord rate limited the webhook".into());
+        }
+        _ => {
+            let detail = error
+                .map(|e| {
+                    format!(
+                        "{} (code {})",
+                        e.message.unwrap_or_default(),
+                        e.code.unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            outcome.error = Some(match status {
+                404 => format!("HTTP 404: the webhook does not exist: {detail}"),
+                401 | 403 => {
+                    format!("HTTP {status}: the webhook's token is not accepted: {detail}")
+                }
+                _ => format!("HTTP {status} from Discord: {detail}"),
+            });
+            if class == OutcomeClass::Retryable {
+                outcome.retry_after_ms =
+                    headers("retry-after").and_then(|v| parse_retry_after_ms(&v, now_ms));
+            }
+        }
+    }
+    outcome
+}
+
+fn embed(delivery: &ClaimedDelivery, title: String) -> Value {
+    let m = &delivery.message;
+    let color = match (m.resolved(), m.severity()) {
+        (true, _) => 0x2e_cc_71,
+        (_, Severity::P1) => 0xe7_4c_3c,
+        (_, Severity::P2) => 0xe6_7e_22,
+        (_, Severity::P3) => 0xf1_c4_0f,
+        _ => 0x95_a5_a6,
+    };
+    let mut fields =
+        vec![json!({"name": "Severity", "value": m.severity().as_str(), "inline": true})];
+    if let Some(thread) = m.thread() {
+        fields.push(json!({"name": "Incident", "value": cut(thread, 1024), "inline": true}));
+    }
+    let mut embed = json!({
+        "title": cut(&title, EMBED_TITLE_CHARS_MAX),
+        "color": color,
+        "fields": fields,
+        "footer": {"text": format!("herald {}", delivery.idempotency_key)},
+        "timestamp": format_rfc3339_ms(delivery.broadcast_created_at_ms),
+    });
+    if !m.body().trim().is_empty() {
+        embed["description"] = json!(cut(m.body(), EMBED_DESCRIPTION_CHARS_MAX));
+    }
+    embed
+}
+
+/// The execute-webhook body for a delivery. `opens_post` adds the forum
+/// post's `thread_name`.
+pub fn discord_execute_body(delivery: &ClaimedDelivery, opens_post: bool) -> Value {
+    let m = &delivery.message;
+    let title = match (Role::of(delivery), m.thread()) {
+        (Role::Update, Some(thread)) => {
+            format!("[{}] {thread} update: {}", m.severity().as_str(), m.title())
+        }
+        (Role::Resolve, Some(thread)) => format!("[RESOLVED] {thread}: {}", m.title()),
+        _ => headline(delivery),
+    };
+    let mut body = json!({
+        "embeds": [embed(delivery, title)],
+        "allowed_mentions": {"parse": []},
+    });
+    if opens_post {
+        let name = match m.thread() {
+            Some(thread) => format!("{thread}: {}", m.title()),
+            None => m.title().to_owned(),
+        };
+        body["thread_name"] = json!(cut(&name, THREAD_NAME_CHARS_MAX));
+    }
+    body
+}
+
+impl DiscordConnector {
+    pub fn new(
+        url: reqwest::Url,
+        forum: bool,
+        timeout: Duration,
+        connections_max: usize,
+    ) -> reqwest::Result<DiscordConnector> {
+        Ok(DiscordConnector {
+            client: super::http::client(timeout, connections_max)?,
+            url,
+            forum,
+        })
+    }
+
+    fn message_url(&self, message_id: &str, thread_id: Option<&str>) -> reqwest::Url {
+        let mut url = self.url.clone();
+        url.path_segments_mut()
+            .expect("an http URL has a path")
+            .pop_if_empty()
+            .extend(["messages", message_id]);
+        if let Some(thread) = thread_id {
+            url.query_pairs_mut().append_pair("thread_id", thread);
+        }
+        url
+    }
+
+    fn classify(reply: &Reply, now_ms: i64) -> Outcome {
+        let headers = |name: &str| reply.header(name).map(str::to_owned);
+        let mut outcome = classify_discord_response(reply.status, &headers, &reply.body, now_ms);
+        outcome.excerpt = reply.excerpt();
+        outcome
+    }
+
+    pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
+        let role = Role::of(delivery);
+        let root = delivery.thread_ref.as_deref();
+        // In a forum the thread's reference is the post's id, which is also
+        // the id of its first message.
+        let thread_id = if self.forum { root } else { None };
+        if let (Role::Resolve, Some(first)) = (role, root) {
+            let title = format!(
+                "[RESOLVED] {}",
+                delivery.message.thread().unwrap_or_default()
+            );
+            let body =
+                json!({"embeds": [embed(delivery, title)], "allowed_mentions": {"parse": []}});
+            let request = self
+                .client
+                .patch(self.message_url(first, thread_id))
+                .json(&body);
+            match exchange(request).await {
+                Ok(reply) if (200..300).contains(&reply.status) => {}
+                // The first message is gone: the resolve is still posted.
+                Ok(reply) if reply.status == 404 => {}
+                Ok(reply) => return Self::classify(&reply, now_ms),
+                Err(mut outcome) => {
+                    // An edit is idempotent: try it again, not verify.
+                    outcome.class = OutcomeClass::Retryable;
+                    return outcome;
+                }
+            }
+        }
+        let opens_post = self.forum && root.is_none() && delivery.message.thread().is_some();
+        let mut url = self.url.clone();
+        url.query_pairs_mut().append_pair("wait", "true");
+        if let Some(thread) = thread_id {
+            url.query_pairs_mut().append_pair("thread_id", thread);
+        }
+        let request = self
+            .client
+            .post(url)
+            .json(&discord_execute_body(delivery, opens_post));
+        match exchange(request).await {
+            Ok(reply) => {
+                let mut outcome = Self::classify(&reply, now_ms);
+                if opens_post && outcome.class == OutcomeClass::Success {
+                    // The post's id is what the thread's updates attach to.
+                    if let Some(message) = reply.json::<MessageAnswer>() {
+                        outcome.remote_ref = message.channel_id.or(Some(message.id));
+                    }
+                }
+                outcome
+            }
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Reads the message back by id when an earlier attempt recorded it;
+    /// otherwise nothing can be read and the next send may duplicate.
+    pub async fn verify(&self, delivery: &ClaimedDelivery) -> VerifyReport {
+        let Some(id) = delivery.remote_ref.as_deref() else {
+            return VerifyReport {
+                result: Verification::Unknown,
+                resend_may_duplicate: true,
+                http_status: None,
+                error: Some(
+                    "a Discord webhook cannot look a message up without its id; posting again, which may show it twice"
+                        .into(),
+                ),
+                remote_ref: None,
+            };
+        };
+        let thread_id = if self.forum {
+            delivery.thread_ref.as_deref()
+        } else {
+            None
+        };
+        match exchange(self.client.get(self.message_url(id, thread_id))).await {
+            Ok(reply) if reply.status == 200 => VerifyReport {
+                result: Verification::Found,
+                resend_may_duplicate: false,
+                http_status: Some(200),
+                error: None,
+                remote_ref: Some(id.to_owned()),
+            },
+            Ok(reply) if reply.status == 404 => VerifyReport {
+                result: Verification::Absent,
+                resend_may_duplicate: false,
+                http_status: Some(404),
+                error: Some("the message is not in the channel; posting again".into()),
+                remote_ref: None,
+            },
+            Ok(reply) => VerifyReport {
+                result: Verification::Unknown,
+                resend_may_duplicate: true,
+                http_status: Some(reply.status),
+                error: Some(format!(
+                    "could not read Discord back: HTTP {}",
+                    reply.status
+                )),
+                remote_ref: None,
+            },
+            Err(outcome) => VerifyReport {
+                result: Verification::Unknown,
+                resend_may_duplicate: true,
+                http_status: None,
+                error: Some(format!(
+                    "could not read Discord back: {}",
+                    outcome.error.unwrap_or_default()
+                )),
+                remote_ref: None,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_headers(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn discord_answers_map_to_outcome_classes() {
+        let message = br#"{"id":"1187041234567890123","type":0,"content":"","channel_id":"1187041234567890000","embeds":[],"timestamp":"2026-11-28T02:00:00.000000+00:00","webhook_id":"1187040000000000000"}"#;
+        let sent = classify_discord_response(200, &no_headers, message, 0);
+        assert_eq!(sent.class, OutcomeClass::Success);
+        assert_eq!(sent.remote_ref.as_deref(), Some("1187041234567890123"));
+        assert_eq!(sent.retry_after_ms, None);
+
+        let limited = classify_discord_response(
+            429,
+            &no_headers,
+            br#"{"message":"You are being rate limited.","retry_after":1.5,"global":false}"#,
+            0,
+        );
+        assert_eq!(limited.class, OutcomeClass::RateLimited);
+        assert_eq!(limited.retry_after_ms, Some(1_500));
+
+        let empty_bucket = |name: &str| match name {
+            "x-ratelimit-remaining" => Some("0".to_owned()),
+            "x-ratelimit-reset-after" => Some("0.75".to_owned()),
+            _ => None,
+        };
+        let paced = classify_discord_response(200, &empty_bucket, message, 0);
+        assert_eq!(paced.class, OutcomeClass::Success);
+        assert_eq!(paced.retry_after_ms, Some(750));
+
+        let empty = classify_discord_response(
+            400,
+            &no_headers,
+            br#"{"code":50006,"message":"Cannot send an empty message"}"#,
+            0,
+        );
+        assert_eq!(empty.class, OutcomeClass::Permanent);
+        assert!(empty.error.unwrap().contains("50006"));
+        assert_eq!(
+            classify_discord_response(502, &no_headers, b"", 0).class,
+            OutcomeClass::Retryable
+        );
+    }
+}

@@ -1,0 +1,492 @@
+//! Slack Web API with a bot token: `chat.postMessage` with Block Kit and a
+//! fallback text. The delivery's idempotency key travels in the message's
+//! `metadata`; after an ambiguous outcome `conversations.history` (or
+//! `conversations.replies` for a thread reply) with `include_all_metadata`
+//! finds the message if it landed. A thread's updates reply in the first
+//! message's thread; its resolve first edits the first message
+//! (`chat.update`, idempotent) and then replies.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::http::{exchange, Reply};
+use super::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::config::Secret;
+use crate::domain::{Outcome, OutcomeClass, Verification};
+use crate::store::ClaimedDelivery;
+
+/// `metadata.event_type` of every message herald posts.
+pub const EVENT_TYPE: &str = "herald_delivery";
+/// Block Kit limits: a header's text, a section's text.
+const HEADER_CHARS_MAX: usize = 150;
+const SECTION_CHARS_MAX: usize = 3_000;
+/// A read-back looks this far before the broadcast was accepted (clocks).
+const VERIFY_WINDOW_BEFORE_MS: i64 = 60_000;
+/// Pages of history a read-back reads at most.
+const VERIFY_PAGES_MAX: usize = 10;
+
+pub struct SlackConnector {
+    client: reqwest::Client,
+    api_url: reqwest::Url,
+    channel: String,
+    token: Secret,
+}
+
+#[derive(Deserialize)]
+struct SlackAnswer {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    ts: Option<String>,
+}
+
+/// Slack's outcome classes. HTTP 200 carries `ok:false` with an error code;
+/// the code decides.
+pub fn classify_slack_response(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+    now_ms: i64,
+) -> Outcome {
+    let mut outcome = match status {
+        200 => match serde_json::from_slice::<SlackAnswer>(body) {
+            Ok(answer) if answer.ok => {
+                let mut outcome = Outcome::new(OutcomeClass::Success);
+                outcome.remote_ref = answer.ts;
+                outcome
+            }
+            Ok(answer) => {
+                let code = answer.error.unwrap_or_else(|| "unknown_error".into());
+                let class = slack_error_class(&code);
+                let mut outcome = Outcome::new(class);
+                outcome.error = Some(match class {
+                    OutcomeClass::Ambiguous => {
+                        format!("Slack error {code}: the message may have been posted")
+                    }
+                    _ => format!("Slack error {code}"),
+                });
+                outcome
+            }
+            // A 200 whose body is lost or garbled may well be a post.
+            Err(_) => {
+                let mut outcome = Outcome::new(OutcomeClass::Ambiguous);
+                outcome.error = Some("Slack answered 200 with an unreadable body".into());
+                outcome
+            }
+        },
+        429 => {
+            let mut outcome = Outcome::new(OutcomeClass::RateLimited);
+            outcome.error = Some("HTTP 429: Slack rate limited the channel".into());
+            outcome
+        }
+        500..=599 => {
+            let mut outcome = Outcome::new(OutcomeClass::Retryable);
+            outcome.error = Some(format!("HTTP {status} from Slack"));
+            outcome
+        }
+        _ => {
+            let mut outcome = Outcome::new(OutcomeClass::Permanent);
+            outcome.error = Some(format!(
+                "HTTP {status} from Slack: check the destination's url"
+            ));
+            outcome
+        }
+    };
+    outcome.http_status = Some(status);
+    if matches!(
+        outcome.class,
+        OutcomeClass::RateLimited | OutcomeClass::Retryable
+    ) {
+        outcome.retry_after_ms = retry_after.and_then(|v| parse_retry_after_ms(v, now_ms));
+    }
+    outcome
+}
+
+/// What an `ok:false` error code means for the delivery.
+fn slack_error_class(code: &str) -> OutcomeClass {
+    match code {
+        "ratelimited" | "rate_limited" => OutcomeClass::RateLimited,
+        // Slack may have posted before failing.
+        "internal_error" | "fatal_error" | "request_timeout" => OutcomeClass::Ambiguous,
+        "service_unavailable" | "team_added_to_org" => OutcomeClass::Retryable,
+        // Everything else is about the request, the channel or the token:
+        // channel_not_found, invalid_auth, not_authed, not_in_channel,
+        // is_archived, msg_too_long, no_text, missing_scope, token_revoked,
+        // account_inactive, invalid_blocks, thread_not_found, ...
+        _ => OutcomeClass::Permanent,
+    }
+}
+
+fn escape_mrkdwn(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn cut(text: &str, chars_max: usize) -> String {
+    if text.chars().count() <= chars_max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(chars_max - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// The `chat.postMessage` arguments for a delivery: Block Kit, fallback
+/// text, the idempotency key in `metadata`, and `thread_ts` for a reply.
+pub fn post_message_body(
+    delivery: &ClaimedDelivery,
+    channel: &str,
+    thread_ts: Option<&str>,
+) -> Value {
+    let m = &delivery.message;
+    let headline = headline(delivery);
+    let mut context = format!("*{}*", m.severity().as_str());
+    if let Some(thread) = m.thread() {
+        context.push_str(&format!(" · incident `{}`", escape_mrkdwn(thread)));
+    }
+    context.push_str(&format!(" · herald broadcast `{}`", delivery.broadcast_id));
+    let mut blocks = vec![json!({
+        "type": "header",
+        "text": {"type": "plain_text", "text": cut(&headline, HEADER_CHARS_MAX), "emoji": true}
+    })];
+    if !m.body().trim().is_empty() {
+        blocks.push(json!({
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": cut(&escape_mrkdwn(m.body()), SECTION_CHARS_MAX)}
+        }));
+    }
+    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]}));
+    let mut text = headline;
+    if !m.body().trim().is_empty() {
+        text.push('\n');
+        text.push_str(&escape_mrkdwn(m.body()));
+    }
+    let mut body = json!({
+        "channel": channel,
+        "text": text,
+        "blocks": blocks,
+        "unfurl_links": false,
+        "unfurl_media": false,
+        "metadata": {
+            "event_type": EVENT_TYPE,
+            "event_payload": {
+                "idempotency_key": delivery.idempotency_key,
+                "broadcast_id": delivery.broadcast_id,
+                "severity": m.severity().as_str(),
+                "thread": m.thread(),
+            }
+        }
+    });
+    if let Some(ts) = thread_ts {
+        body["thread_ts"] = json!(ts);
+    }
+    body
+}
+
+/// The `chat.update` arguments that mark a thread's first message resolved.
+pub fn resolve_update_body(delivery: &ClaimedDelivery, channel: &str, ts: &str) -> Value {
+    let m = &delivery.message;
+    let headline = format!(
+        "✅ RESOLVED · {}",
+        m.thread()
+            .map_or_else(|| m.title().to_owned(), str::to_owned)
+    );
+    json!({
+        "channel": channel,
+        "ts": ts,
+        "text": format!("{headline}: {}", m.title()),
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": cut(&headline, HEADER_CHARS_MAX), "emoji": true}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": cut(&escape_mrkdwn(m.title()), SECTION_CHARS_MAX)}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("resolved by herald broadcast `{}`; the thread holds the history", delivery.broadcast_id)}]}
+        ]
+    })
+}
+
+impl SlackConnector {
+    pub fn new(
+        api_url: reqwest::Url,
+        channel: String,
+        token: Secret,
+        timeout: Duration,
+        connections_max: usize,
+    ) -> reqwest::Result<SlackConnector> {
+        Ok(SlackConnector {
+            client: super::http::client(timeout, connections_max)?,
+            api_url,
+            channel,
+            token,
+        })
+    }
+
+    fn method(&self, name: &str) -> reqwest::Url {
+        self.api_url
+            .join(name)
+            .expect("a method name joins the base URL")
+    }
+
+    async fn call(&self, method: &str, body: &Value) -> Result<Reply, Outcome> {
+        let request = self
+            .client
+            .post(self.method(method))
+            .bearer_auth(self.token.expose())
+            .header("content-type", "application/json; charset=utf-8")
+            .body(serde_json::to_vec(body).expect("JSON serialises"));
+        exchange(request).await
+    }
+
+    pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
+        let role = Role::of(delivery);
+        let root = delivery.thread_ref.as_deref();
+        let mut note = None;
+        if let (Role::Resolve, Some(ts)) = (role, root) {
+            // Edit the first message before replying: the edit is
+            // idempotent, so a retry after a failed reply repeats it safely.
+            let body = resolve_update_body(delivery, &self.channel, ts);
+            let reply = match self.call("chat.update", &body).await {
+                Ok(reply) => reply,
+                Err(outcome) => return ambiguous_edit_is_retryable(outcome),
+            };
+            let outcome = classify_slack_response(
+                reply.status,
+                reply.header("retry-after"),
+                &reply.body,
+                now_ms,
+            );
+            match outcome.class {
+                OutcomeClass::Success => {}
+                // The first message is gone or not ours to edit: the reply
+                // still says the incident is resolved.
+                OutcomeClass::Permanent => note = outcome.error,
+                _ => return ambiguous_edit_is_retryable(outcome),
+            }
+        }
+        let body = post_message_body(delivery, &self.channel, root);
+        let mut outcome = match self.call("chat.postMessage", &body).await {
+            Ok(reply) => {
+                let mut outcome = classify_slack_response(
+                    reply.status,
+                    reply.header("retry-after"),
+                    &reply.body,
+                    now_ms,
+                );
+                outcome.excerpt = reply.excerpt();
+                outcome
+            }
+            Err(outcome) => outcome,
+        };
+        if let (Some(note), None) = (note, &outcome.error) {
+            outcome.error = Some(format!("the first message was not marked resolved: {note}"));
+        }
+        outcome
+    }
+
+    /// Reads the channel (or the thread) back, looking for the delivery's
+    /// key in message metadata.
+    pub async fn verify(&self, delivery: &ClaimedDelivery) -> VerifyReport {
+        let oldest_ms = delivery.broadcast_created_at_ms - VERIFY_WINDOW_BEFORE_MS;
+        let oldest = format!("{}.000000", oldest_ms.div_euclid(1000));
+        let (method, parent) = match delivery.thread_ref.as_deref() {
+            Some(ts) => ("conversations.replies", Some(ts)),
+            None => ("conversations.history", None),
+        };
+        let mut cursor = String::new();
+        let mut last_status = None;
+        for _ in 0..VERIFY_PAGES_MAX {
+            let mut query = vec![
+                ("channel", self.channel.as_str()),
+                ("oldest", oldest.as_str()),
+                ("inclusive", "true"),
+                ("limit", "200"),
+                ("include_all_metadata", "true"),
+            ];
+            if let Some(ts) = parent {
+                query.push(("ts", ts));
+            }
+            if !cursor.is_empty() {
+                query.push(("cursor", cursor.as_str()));
+            }
+            let request = self
+                .client
+                .get(self.method(method))
+                .bearer_auth(self.token.expose())
+                .query(&query);
+            let reply = match exchange(request).await {
+                Ok(reply) => reply,
+                Err(outcome) => {
+                    return unknown(
+                        last_status,
+                        format!(
+                            "could not read Slack back: {}",
+                            outcome.error.unwrap_or_default()
+                        ),
+                    )
+                }
+            };
+            last_status = Some(reply.status);
+            let page: History = match reply.json() {
+                Some(page) if reply.status == 200 => page,
+                _ => {
+                    return unknown(
+                        last_status,
+                        format!("could not read Slack back: HTTP {}", reply.status),
+                    )
+                }
+            };
+            if !page.ok {
+                return unknown(
+                    last_status,
+                    format!(
+                        "could not read Slack back: Slack error {}",
+                        page.error.unwrap_or_default()
+                    ),
+                );
+            }
+            if let Some(found) = page.messages.iter().find(|m| {
+                m.metadata
+                    .as_ref()
+                    .and_then(|md| md.event_payload.get("idempotency_key"))
+                    .and_then(Value::as_str)
+                    == Some(delivery.idempotency_key.as_str())
+            }) {
+                return VerifyReport {
+                    result: Verification::Found,
+                    resend_may_duplicate: false,
+                    http_status: last_status,
+                    error: None,
+                    remote_ref: Some(found.ts.clone()),
+                };
+            }
+            cursor = page
+                .response_metadata
+                .map(|m| m.next_cursor)
+                .unwrap_or_default();
+            if !page.has_more || cursor.is_empty() {
+                return VerifyReport {
+                    result: Verification::Absent,
+                    resend_may_duplicate: false,
+                    http_status: last_status,
+                    error: Some(format!(
+                        "no message with this delivery's key in the channel's {}; posting again",
+                        if parent.is_some() {
+                            "thread"
+                        } else {
+                            "history"
+                        }
+                    )),
+                    remote_ref: None,
+                };
+            }
+        }
+        unknown(
+            last_status,
+            format!("the key was not in the first {VERIFY_PAGES_MAX} pages of the channel"),
+        )
+    }
+}
+
+/// The resolve's edit did not go through: nothing was posted yet, so the
+/// whole resolve can simply be tried again.
+fn ambiguous_edit_is_retryable(mut outcome: Outcome) -> Outcome {
+    if outcome.class == OutcomeClass::Ambiguous {
+        outcome.class = OutcomeClass::Retryable;
+    }
+    outcome.error = Some(format!(
+        "marking the first message resolved: {}",
+        outcome.error.unwrap_or_default()
+    ));
+    outcome
+}
+
+/// The read-back failed: a re-send may post the message twice.
+fn unknown(http_status: Option<u16>, error: String) -> VerifyReport {
+    VerifyReport {
+        result: Verification::Unknown,
+        resend_may_duplicate: true,
+        http_status,
+        error: Some(error),
+        remote_ref: None,
+    }
+}
+
+#[derive(Deserialize)]
+struct History {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    messages: Vec<HistoryMessage>,
+    #[serde(default)]
+    has_more: bool,
+    #[serde(default)]
+    response_metadata: Option<ResponseMetadata>,
+}
+
+#[derive(Deserialize)]
+struct HistoryMessage {
+    ts: String,
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    event_payload: serde_json::Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct ResponseMetadata {
+    #[serde(default)]
+    next_cursor: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_answers_map_to_outcome_classes() {
+        let ok = br#"{"ok":true,"channel":"C024BE91L","ts":"1503435956.000247","message":{"text":"Here's a message for you","type":"message","ts":"1503435956.000247"}}"#;
+        let outcome = classify_slack_response(200, None, ok, 0);
+        assert_eq!(outcome.class, OutcomeClass::Success);
+        assert_eq!(outcome.remote_ref.as_deref(), Some("1503435956.000247"));
+
+        for (code, class) in [
+            ("ratelimited", OutcomeClass::RateLimited),
+            ("internal_error", OutcomeClass::Ambiguous),
+            ("fatal_error", OutcomeClass::Ambiguous),
+            ("channel_not_found", OutcomeClass::Permanent),
+            ("invalid_auth", OutcomeClass::Permanent),
+            ("not_in_channel", OutcomeClass::Permanent),
+            ("is_archived", OutcomeClass::Permanent),
+            ("msg_too_long", OutcomeClass::Permanent),
+        ] {
+            let body = format!(r#"{{"ok":false,"error":"{code}"}}"#);
+            let outcome = classify_slack_response(200, None, body.as_bytes(), 0);
+            assert_eq!(outcome.class, class, "{code}");
+            assert!(outcome.error.unwrap().contains(code));
+        }
+
+        let limited =
+            classify_slack_response(429, Some("30"), br#"{"ok":false,"error":"ratelimited"}"#, 0);
+        assert_eq!(limited.class, OutcomeClass::RateLimited);
+        assert_eq!(limited.retry_after_ms, Some(30_000));
+        assert_eq!(
+            classify_slack_response(200, None, b"<html>", 0).class,
+            OutcomeClass::Ambiguous
+        );
+        assert_eq!(
+            classify_slack_response(503, None, b"", 0).class,
+            OutcomeClass::Retryable
+        );
+        assert_eq!(
+            classify_slack_response(404, None, b"", 0).class,
+            OutcomeClass::Permanent
+        );
+    }
+}

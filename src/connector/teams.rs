@@ -1,0 +1,175 @@
+//! Microsoft Teams through a workflow webhook ("post to a channel when a
+//! webhook request is received"): the message is an Adaptive Card 1.5 in the
+//! `attachments` envelope, and 202 means accepted. A workflow has no message
+//! id and no read-back, so an ambiguous outcome is sent again and the
+//! delivery is flagged `possible_duplicate`. A thread's updates are new
+//! cards that name the incident.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::http::exchange;
+use super::{parse_retry_after_ms, Role, VerifyReport};
+use crate::domain::{Outcome, OutcomeClass, Severity, Verification};
+use crate::store::ClaimedDelivery;
+
+pub struct TeamsConnector {
+    client: reqwest::Client,
+    url: reqwest::Url,
+}
+
+/// The workflow's outcome classes, from the status line.
+pub fn classify_teams_response(status: u16, retry_after: Option<&str>, now_ms: i64) -> Outcome {
+    let class = match status {
+        200..=299 => OutcomeClass::Success,
+        429 => OutcomeClass::RateLimited,
+        408 | 500..=599 => OutcomeClass::Retryable,
+        _ => OutcomeClass::Permanent,
+    };
+    let mut outcome = Outcome::new(class);
+    outcome.http_status = Some(status);
+    if matches!(class, OutcomeClass::RateLimited | OutcomeClass::Retryable) {
+        outcome.retry_after_ms = retry_after.and_then(|v| parse_retry_after_ms(v, now_ms));
+    }
+    if class != OutcomeClass::Success {
+        outcome.error = Some(match status {
+            400 => "HTTP 400: the workflow refused the card".to_owned(),
+            401 | 403 => format!("HTTP {status}: the workflow URL's signature is not accepted"),
+            404 => "HTTP 404: the workflow does not exist (deleted or turned off)".to_owned(),
+            429 => "HTTP 429: the workflow is throttled".to_owned(),
+            _ => format!("HTTP {status} from the workflow"),
+        });
+    }
+    outcome
+}
+
+/// The request body: one Adaptive Card (1.5) in the message envelope.
+pub fn teams_card_message(delivery: &ClaimedDelivery) -> Value {
+    let m = &delivery.message;
+    let role = Role::of(delivery);
+    let title = match (role, m.thread()) {
+        (Role::Resolve, Some(thread)) => format!("[RESOLVED] {thread}: {}", m.title()),
+        (Role::Update, Some(thread)) => {
+            format!("[{}] {thread} update: {}", m.severity().as_str(), m.title())
+        }
+        (_, Some(thread)) => format!("[{}] {thread}: {}", m.severity().as_str(), m.title()),
+        (_, None) => format!("[{}] {}", m.severity().as_str(), m.title()),
+    };
+    let color = match (role, m.severity()) {
+        (Role::Resolve, _) => "Good",
+        (_, Severity::P1 | Severity::P2) => "Attention",
+        (_, Severity::P3) => "Warning",
+        _ => "Default",
+    };
+    let status = match role {
+        Role::Single | Role::Opener => "open",
+        Role::Update => "update",
+        Role::Resolve => "resolved",
+    };
+    let mut body = vec![json!({
+        "type": "TextBlock",
+        "text": title,
+        "size": "Large",
+        "weight": "Bolder",
+        "color": color,
+        "wrap": true
+    })];
+    if !m.body().trim().is_empty() {
+        body.push(json!({"type": "TextBlock", "text": m.body(), "wrap": true}));
+    }
+    let mut facts = vec![
+        json!({"title": "Severity", "value": m.severity().as_str()}),
+        json!({"title": "Status", "value": status}),
+    ];
+    if let Some(thread) = m.thread() {
+        facts.push(json!({"title": "Incident", "value": thread}));
+    }
+    facts.push(json!({"title": "Broadcast", "value": delivery.broadcast_id}));
+    body.push(json!({"type": "FactSet", "facts": facts}));
+    json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": {
+                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                "type": "AdaptiveCard",
+                "version": "1.5",
+                "body": body
+            }
+        }]
+    })
+}
+
+impl TeamsConnector {
+    pub fn new(
+        url: reqwest::Url,
+        timeout: Duration,
+        connections_max: usize,
+    ) -> reqwest::Result<TeamsConnector> {
+        Ok(TeamsConnector {
+            client: super::http::client(timeout, connections_max)?,
+            url,
+        })
+    }
+
+    pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
+        let body = serde_json::to_vec(&teams_card_message(delivery)).expect("JSON serialises");
+        let request = self
+            .client
+            .post(self.url.clone())
+            .header("content-type", "application/json")
+            .body(body);
+        match exchange(request).await {
+            Ok(reply) => {
+                let mut outcome =
+                    classify_teams_response(reply.status, reply.header("retry-after"), now_ms);
+                outcome.excerpt = reply.excerpt();
+                outcome
+            }
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// A workflow cannot be read back: the next send may show the card twice.
+    pub async fn verify(&self, _delivery: &ClaimedDelivery) -> VerifyReport {
+        VerifyReport {
+            result: Verification::Unknown,
+            resend_may_duplicate: true,
+            http_status: None,
+            error: Some(
+                "a Teams workflow cannot be read back; posting again, which may show the card twice"
+                    .into(),
+            ),
+            remote_ref: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workflow_answers_map_to_outcome_classes() {
+        assert_eq!(
+            classify_teams_response(202, None, 0).class,
+            OutcomeClass::Success
+        );
+        let limited = classify_teams_response(429, Some("5"), 0);
+        assert_eq!(limited.class, OutcomeClass::RateLimited);
+        assert_eq!(limited.retry_after_ms, Some(5_000));
+        assert_eq!(
+            classify_teams_response(502, None, 0).class,
+            OutcomeClass::Retryable
+        );
+        let gone = classify_teams_response(404, None, 0);
+        assert_eq!(gone.class, OutcomeClass::Permanent);
+        assert!(gone.error.unwrap().contains("does not exist"));
+        assert_eq!(
+            classify_teams_response(400, None, 0).class,
+            OutcomeClass::Permanent
+        );
+    }
+}
