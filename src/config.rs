@@ -1049,10 +1049,18 @@ forum = true
         let config = Config::parse(
             "herald.example.toml",
             include_str!("../herald.example.toml"),
-            |_| Some(SECRET.to_owned()),
+            |var| {
+                Some(match var {
+                    "SLACK_BOT_TOKEN" => "xoxb-example".to_owned(),
+                    "PAGERDUTY_ROUTING_KEY" => "0123456789abcdef0123456789abcdef".to_owned(),
+                    "TEAMS_WORKFLOW_URL" => "https://example.logic.azure.com/workflows/1".to_owned(),
+                    "DISCORD_WEBHOOK_URL" => "https://discord.com/api/webhooks/1/t".to_owned(),
+                    _ => SECRET.to_owned(),
+                })
+            },
         )
         .unwrap();
-        assert_eq!(config.destinations.len(), 2);
+        assert_eq!(config.destinations.len(), 7);
         assert_eq!(config.tokens.len(), 1);
         assert_eq!(config.tokens[0].scopes.len(), 3);
         let routes = config.alertmanager.unwrap();
