@@ -7,5 +7,6 @@ mod crash;
 mod isolation;
 mod operator;
 mod partial_failure;
+mod specs;
 mod store;
 mod support;
