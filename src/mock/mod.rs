@@ -326,14 +326,12 @@ pub(crate) enum Fault {
 }
 
 /// What [`MockState::admit`] decided, with the faults in force.
-#[allow(dead_code)] // Until every emulation uses it.
 pub(crate) struct Admission {
     pub fault: Fault,
     pub faults: Faults,
 }
 
 /// One request as the emulations see it.
-#[allow(dead_code)] // Until every emulation uses it.
 pub(crate) struct Incoming {
     pub method: Method,
     pub path: String,
@@ -343,7 +341,6 @@ pub(crate) struct Incoming {
     pub now_ms: i64,
 }
 
-#[allow(dead_code)] // Until every emulation uses it.
 impl Incoming {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -615,7 +612,6 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// `(year, month, day, hour, minute, second, millisecond)` in UTC.
-#[allow(dead_code)] // Until every emulation uses it.
 pub(crate) fn civil_utc(ms: i64) -> (i64, u32, u32, u32, u32, u32, u32) {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000) as u32;
