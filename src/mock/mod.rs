@@ -996,4 +996,57 @@ mod tests {
         assert_eq!(civil_utc(0), (1970, 1, 1, 0, 0, 0, 0));
         assert_eq!(civil_utc(1_709_210_096_789), (2024, 2, 29, 12, 34, 56, 789));
     }
+
+    #[tokio::test]
+    async fn a_drop_stores_the_message_then_leaves_the_request_unanswered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut file = FaultsFile::default();
+        file.paths.insert(
+            "/slack/api/*".to_owned(),
+            Faults {
+                drop_first: 1,
+                drop_hang_ms: 60_000,
+                ..Faults::default()
+            },
+        );
+        let mock = start(listener, file).unwrap();
+        let client = crate::connector::http_client_builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let post = || {
+            client
+                .post(mock.url("/slack/api/chat.postMessage"))
+                .bearer_auth("xoxb-test")
+                .header("content-type", "application/json")
+                .body(r##"{"channel": "#ops", "text": "P1"}"##)
+                .send()
+        };
+        let dropped = post().await;
+        assert!(dropped.unwrap_err().is_timeout());
+        let answered = post().await.unwrap().bytes().await.unwrap();
+        let answered: serde_json::Value = serde_json::from_slice(&answered).unwrap();
+        assert_eq!(answered["ok"], true);
+
+        let stats = client
+            .get(mock.url("/_mock/stats"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let stats: MockStats = serde_json::from_slice(&stats).unwrap();
+        assert_eq!(stats.slack.channels["ops"].messages, 2);
+        let path = stats.path("/slack/api/chat.postMessage");
+        assert_eq!((path.requests, path.dropped), (2, 1));
+        let refused = client
+            .put(mock.url("/_mock/faults"))
+            .body(r#"{"path": "/hooks/a", "faults": {"slack_error": "internal_error"}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        mock.stop().await;
+    }
 }
