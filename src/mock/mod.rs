@@ -3,9 +3,9 @@
 //! the demo and benchmarks can count duplicates.
 //!
 //! Each destination API is emulated at its own path prefix, with the
-//! request and response shapes of the published API descriptions (see
-//! `/work/shared/specs/` of the project notes) and the state a read-back
-//! needs:
+//! request and response shapes of the published API descriptions (Slack's
+//! Web API OpenAPI, Jira Cloud platform v3, PagerDuty Events v2, Discord's
+//! OpenAPI, the Adaptive Card 1.5 schema) and the state a read-back needs:
 //!
 //! - `/slack/api/<method>`: Slack Web API ([`slack`]).
 //! - `/teams/<anything>`: a Teams (Power Automate) workflow webhook
@@ -19,7 +19,8 @@
 //!
 //! Faults are configured per path: a configured path matches exactly, or,
 //! when it ends in `/*`, as a prefix (`/jira/rest/api/3/issue/*`). An exact
-//! match wins, then the longest prefix. The phases count the requests that
+//! match wins, then the longest prefix; only that one entry applies (entries
+//! do not merge). The phases count the requests that
 //! matched that configured path (all paths under a prefix together), in
 //! order of arrival: the first `rate_limit_first` requests get 429 with
 //! Retry-After, the next `fail_first` get `fail_status`, the next

@@ -30,7 +30,9 @@
 //! a failure answers its status with `service_unavailable` (503) or
 //! `fatal_error`; `slack_error` answers HTTP 200 with that code, after
 //! storing the message for `internal_error` and `fatal_error` (Slack may
-//! have posted it) and without storing for any other code.
+//! have posted it) and without storing for any other code; a request the
+//! method itself refuses (say `channel_not_found`) gets that error instead.
+//! A drop stores the message, then never answers.
 
 use std::collections::{BTreeMap, HashMap};
 
