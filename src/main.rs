@@ -35,11 +35,13 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
-    /// Run the mock destinations (a webhook receiver with scriptable faults).
+    /// Run the mock destinations: Slack, Teams, Jira, PagerDuty and Discord
+    /// emulations and a generic webhook receiver, with scriptable faults.
     Mock {
         #[arg(long, default_value = "127.0.0.1:9090")]
         listen: SocketAddr,
-        /// A TOML file of [paths."/hooks/NAME"] fault tables.
+        /// A TOML file of [paths."/PATH"] fault tables (a path ending in /*
+        /// is a prefix); see mock-faults.example.toml.
         #[arg(long)]
         faults: Option<PathBuf>,
     },

@@ -1,0 +1,1053 @@
+//! `herald mock`: a separate HTTP server that plays destinations, with
+//! scriptable faults and counters of what it actually received, so tests,
+//! the demo and benchmarks can count duplicates.
+//!
+//! Each destination API is emulated at its own path prefix, with the
+//! request and response shapes of the published API descriptions (Slack's
+//! Web API OpenAPI, Jira Cloud platform v3, PagerDuty Events v2, Discord's
+//! OpenAPI, the Adaptive Card 1.5 schema) and the state a read-back needs:
+//!
+//! - `/slack/api/<method>`: Slack Web API ([`slack`]).
+//! - `/teams/<anything>`: a Teams (Power Automate) workflow webhook
+//!   ([`teams`]).
+//! - `/jira/rest/api/3/...`: Jira Cloud REST v3 ([`jira`]).
+//! - `/pagerduty/v2/enqueue`: PagerDuty Events v2 ([`pagerduty`]).
+//! - `/discord/api/webhooks/<id>/<token>...`: Discord webhooks ([`discord`]).
+//! - every other path outside `/_mock/`: a generic webhook receiver that
+//!   deduplicates by `Idempotency-Key` (falling back to `webhook-id`) the way
+//!   a well-behaved receiver would ([`webhook`]).
+//!
+//! Faults are configured per path: a configured path matches exactly, or,
+//! when it ends in `/*`, as a prefix (`/jira/rest/api/3/issue/*`). An exact
+//! match wins, then the longest prefix; only that one entry applies (entries
+//! do not merge). The phases count the requests that
+//! matched that configured path (all paths under a prefix together), in
+//! order of arrival: the first `rate_limit_first` requests get 429 with
+//! Retry-After, the next `fail_first` get `fail_status`, the next
+//! `slack_error_first` get Slack's `{"ok":false,"error":slack_error}`, the
+//! next `drop_first` are processed (the message is stored, so a read-back
+//! finds it) and then never answered (the client times out), and after that
+//! each request gets 429 with probability `rate_limit_rate` or fails with
+//! probability `failure_rate`. `latency_ms` delays every answer (after the
+//! effect). Each destination answers faults in its own error shape.
+//!
+//! Control API: `GET /_mock/stats` ([`MockStats`]), `PUT /_mock/faults` (a
+//! [`PathFaults`] with its `path`), `POST /_mock/reset`.
+
+pub mod discord;
+pub mod jira;
+pub mod pagerduty;
+pub mod slack;
+pub mod teams;
+pub mod webhook;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::WebhookSecret;
+use crate::dispatch::now_ms;
+
+pub use discord::{DiscordStats, DiscordWebhookStats};
+pub use jira::{JiraProjectStats, JiraStats};
+pub use pagerduty::{PagerDutyIncidentStats, PagerDutyStats};
+pub use slack::{SlackChannelStats, SlackStats};
+pub use teams::{TeamsPathStats, TeamsStats};
+
+/// Request arrival times kept per path (for checking pauses); older ones
+/// beyond this are not kept.
+const ARRIVALS_KEPT_MAX: usize = 1_000;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// The first N requests answer 429 with `Retry-After: retry_after_secs`.
+    pub rate_limit_first: u32,
+    pub retry_after_secs: u64,
+    /// The next N requests answer `fail_status`.
+    pub fail_first: u32,
+    pub fail_status: u16,
+    /// Slack only: the next N requests answer HTTP 200
+    /// `{"ok":false,"error":slack_error}`. For `internal_error` and
+    /// `fatal_error` the effect happens first (the message is stored), as it
+    /// may on Slack; for other codes nothing is stored.
+    pub slack_error_first: u32,
+    pub slack_error: Option<String>,
+    /// The next N requests are processed (recorded, message stored), then
+    /// left unanswered for `drop_hang_ms` (longer than the client's timeout).
+    pub drop_first: u32,
+    pub drop_hang_ms: u64,
+    /// After the phases above, each request fails with this probability.
+    pub failure_rate: f64,
+    /// After the phases above, each request gets 429 with this probability.
+    pub rate_limit_rate: f64,
+    /// When set, at most this many requests per clock second are accepted;
+    /// the rest get 429 with `Retry-After` until the next second.
+    pub rate_limit_per_sec: Option<u32>,
+    /// Every answer waits this long.
+    pub latency_ms: u64,
+    /// Generic webhook only: when set (`whsec_...`), requests must carry a
+    /// valid Standard Webhooks signature or get 401.
+    pub secret: Option<String>,
+    /// Jira only: an issue becomes visible to search this long after it was
+    /// created (the value in force for the path of the create request), as
+    /// Jira's search is not read-after-write.
+    pub search_lag_ms: u64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            rate_limit_first: 0,
+            retry_after_secs: 1,
+            fail_first: 0,
+            fail_status: 503,
+            slack_error_first: 0,
+            slack_error: None,
+            drop_first: 0,
+            drop_hang_ms: 30_000,
+            failure_rate: 0.0,
+            rate_limit_rate: 0.0,
+            rate_limit_per_sec: None,
+            latency_ms: 0,
+            secret: None,
+            search_lag_ms: 0,
+        }
+    }
+}
+
+impl Faults {
+    /// Refuses scripts that would make the counters lie.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(400..=599).contains(&self.fail_status) || self.fail_status == 429 {
+            return Err(format!(
+                "fail_status: {} is not a failure status; use 400..599 (rate limits are rate_limit_first/rate_limit_rate)",
+                self.fail_status
+            ));
+        }
+        for (name, rate) in [
+            ("failure_rate", self.failure_rate),
+            ("rate_limit_rate", self.rate_limit_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!(
+                    "{name}: {rate} is not a probability between 0 and 1"
+                ));
+            }
+        }
+        if let Some(secret) = &self.secret {
+            WebhookSecret::parse(secret).map_err(|reason| format!("secret: {reason}"))?;
+        }
+        match &self.slack_error {
+            Some(code)
+                if code.is_empty()
+                    || !code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') =>
+            {
+                return Err(format!(
+                    "slack_error: {code:?} is not a Slack error code (lowercase letters and _, e.g. \"internal_error\")"
+                ));
+            }
+            None if self.slack_error_first > 0 => {
+                return Err(
+                    "slack_error_first: needs slack_error, the code to answer with".to_owned(),
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The checks that depend on where the faults apply: destination-only
+    /// options are refused elsewhere rather than silently ignored.
+    fn validate_for(&self, path: &str) -> Result<(), String> {
+        self.validate()?;
+        let kind = Kind::of(path.trim_end_matches('*'));
+        if self.slack_error.is_some() && kind != Kind::Slack {
+            return Err("slack_error: applies only under /slack/".to_owned());
+        }
+        if self.secret.is_some() && kind != Kind::Webhook {
+            return Err("secret: applies only to generic webhook paths".to_owned());
+        }
+        if self.search_lag_ms > 0 && kind != Kind::Jira {
+            return Err("search_lag_ms: applies only under /jira/".to_owned());
+        }
+        Ok(())
+    }
+}
+
+fn validate_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.starts_with("/_mock") {
+        return Err(format!(
+            "path: {path:?} must start with / and not with /_mock"
+        ));
+    }
+    let star_ok = match path.find('*') {
+        None => true,
+        Some(at) => at == path.len() - 1 && path.ends_with("/*"),
+    };
+    if !star_ok {
+        return Err(format!(
+            "path: {path:?}: a prefix ends in /* and has no other *"
+        ));
+    }
+    Ok(())
+}
+
+/// Faults for one path, as the control API takes them:
+/// `{"path": "/hooks/x", "faults": {...}}`. A path ending in `/*` is a
+/// prefix. Setting faults restarts that path's phases: "the first N" counts
+/// from this moment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathFaults {
+    pub path: String,
+    #[serde(default)]
+    pub faults: Faults,
+}
+
+/// The faults file: `[paths."/hooks/x"]` tables of [`Faults`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsFile {
+    #[serde(default)]
+    pub paths: BTreeMap<String, Faults>,
+}
+
+impl FaultsFile {
+    pub fn load(path: &Path) -> Result<FaultsFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file: FaultsFile =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        file.validate()
+            .map_err(|reason| format!("{}: {reason}", path.display()))?;
+        Ok(file)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (name, faults) in &self.paths {
+            validate_path(name)
+                .and_then(|()| faults.validate_for(name))
+                .map_err(|reason| format!("paths.{name:?}.{reason}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PathStats {
+    /// Every request that reached the path, faulted or not.
+    pub requests: u64,
+    /// Requests recorded as delivered (accepted, duplicates and drops); on
+    /// destination routes, requests that reached the emulation.
+    pub receipts: u64,
+    /// Generic webhook: distinct idempotency keys recorded.
+    pub distinct: u64,
+    /// Generic webhook: receipts whose key had been recorded before.
+    pub duplicates: u64,
+    pub rate_limited: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub bad_signature: u64,
+    /// Arrival times (ms since the epoch) of the first requests.
+    pub arrivals_ms: Vec<i64>,
+}
+
+/// Everything the mock counted. `paths` has every route; the destination
+/// sections count effects (messages, issues, incidents) so tests can count
+/// duplicates.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct MockStats {
+    pub paths: BTreeMap<String, PathStats>,
+    pub slack: SlackStats,
+    pub teams: TeamsStats,
+    pub jira: JiraStats,
+    pub pagerduty: PagerDutyStats,
+    pub discord: DiscordStats,
+}
+
+impl MockStats {
+    pub fn path(&self, path: &str) -> PathStats {
+        self.paths.get(path).cloned().unwrap_or_default()
+    }
+}
+
+/// Which emulation serves a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Slack,
+    Teams,
+    Jira,
+    PagerDuty,
+    Discord,
+    Webhook,
+}
+
+impl Kind {
+    fn of(path: &str) -> Kind {
+        if path.starts_with(slack::PREFIX) || path == "/slack" {
+            Kind::Slack
+        } else if path.starts_with(teams::PREFIX) {
+            Kind::Teams
+        } else if path.starts_with(jira::PREFIX) {
+            Kind::Jira
+        } else if path.starts_with(pagerduty::PREFIX) {
+            Kind::PagerDuty
+        } else if path.starts_with(discord::PREFIX) {
+            Kind::Discord
+        } else {
+            Kind::Webhook
+        }
+    }
+}
+
+/// The fault chosen for one request.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Fault {
+    None,
+    RateLimit { retry_after_secs: u64 },
+    Fail { status: u16 },
+    SlackError { code: String },
+    Drop { hang_ms: u64 },
+    BadSignature,
+}
+
+/// What [`MockState::admit`] decided, with the faults in force.
+pub(crate) struct Admission {
+    pub fault: Fault,
+    pub faults: Faults,
+}
+
+/// One request as the emulations see it.
+pub(crate) struct Incoming {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub now_ms: i64,
+}
+
+impl Incoming {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `http://host` as the client addressed us, for `self` links.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.header("host").unwrap_or("localhost"))
+    }
+
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        parse_form(&self.query)
+    }
+
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query_pairs()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+/// Faults configured for a path (or prefix) and its phase counter.
+#[derive(Default)]
+struct FaultEntry {
+    faults: Faults,
+    /// Requests matched since the faults were set.
+    matched: u64,
+    /// The clock second being counted for `rate_limit_per_sec`, and its count.
+    window: (i64, u32),
+}
+
+#[derive(Default)]
+struct Inner {
+    faults: HashMap<String, FaultEntry>,
+    paths: HashMap<String, PathStats>,
+    webhook: webhook::Webhook,
+    slack: slack::Slack,
+    teams: teams::Teams,
+    jira: jira::Jira,
+    pagerduty: pagerduty::PagerDuty,
+    discord: discord::Discord,
+}
+
+#[derive(Default)]
+struct MockState {
+    inner: Mutex<Inner>,
+}
+
+impl Inner {
+    /// The configured entry for `path`: exact match, else the longest
+    /// `/*` prefix.
+    fn fault_entry(&mut self, path: &str) -> Option<&mut FaultEntry> {
+        let key = if self.faults.contains_key(path) {
+            path.to_owned()
+        } else {
+            self.faults
+                .keys()
+                .filter(|k| k.ends_with("/*") && path.starts_with(&k[..k.len() - 1]))
+                .max_by_key(|k| k.len())?
+                .clone()
+        };
+        self.faults.get_mut(&key)
+    }
+
+    /// Counts the request and decides its fault. `signature_ok` is asked
+    /// first (a bad signature is refused before any phase).
+    fn admit(
+        &mut self,
+        path: &str,
+        now_ms: i64,
+        signature_ok: impl FnOnce(&Faults) -> bool,
+    ) -> Admission {
+        let stats = self.paths.entry(path.to_owned()).or_default();
+        stats.requests += 1;
+        if stats.arrivals_ms.len() < ARRIVALS_KEPT_MAX {
+            stats.arrivals_ms.push(now_ms);
+        }
+        let Some(entry) = self.fault_entry(path) else {
+            return Admission {
+                fault: Fault::None,
+                faults: Faults::default(),
+            };
+        };
+        entry.matched += 1;
+        let n = entry.matched;
+        let f = &entry.faults;
+        let fault = if !signature_ok(f) {
+            Fault::BadSignature
+        } else {
+            let rate_limit_end = u64::from(f.rate_limit_first);
+            let fail_end = rate_limit_end + u64::from(f.fail_first);
+            let slack_error_end = fail_end + u64::from(f.slack_error_first);
+            let drop_end = slack_error_end + u64::from(f.drop_first);
+            let per_sec_exceeded = match f.rate_limit_per_sec {
+                Some(limit) if n > rate_limit_end => {
+                    let second = now_ms.div_euclid(1000);
+                    if entry.window.0 != second {
+                        entry.window = (second, 0);
+                    }
+                    let exceeded = entry.window.1 >= limit;
+                    if !exceeded {
+                        entry.window.1 += 1;
+                    }
+                    exceeded
+                }
+                _ => false,
+            };
+            let random = |rate: f64| n > drop_end && rate > 0.0 && rand::rng().random_bool(rate);
+            if n <= rate_limit_end {
+                Fault::RateLimit {
+                    retry_after_secs: f.retry_after_secs,
+                }
+            } else if per_sec_exceeded {
+                Fault::RateLimit {
+                    retry_after_secs: 1,
+                }
+            } else if random(f.rate_limit_rate) {
+                Fault::RateLimit {
+                    retry_after_secs: f.retry_after_secs,
+                }
+            } else if n <= fail_end || random(f.failure_rate) {
+                Fault::Fail {
+                    status: f.fail_status,
+                }
+            } else if n <= slack_error_end {
+                Fault::SlackError {
+                    code: f.slack_error.clone().unwrap_or_default(),
+                }
+            } else if n <= drop_end {
+                Fault::Drop {
+                    hang_ms: f.drop_hang_ms,
+                }
+            } else {
+                Fault::None
+            }
+        };
+        let faults = f.clone();
+        let stats = self.paths.get_mut(path).expect("counted above");
+        match fault {
+            Fault::RateLimit { .. } => stats.rate_limited += 1,
+            Fault::Fail { .. } => stats.failed += 1,
+            Fault::Drop { .. } => stats.dropped += 1,
+            Fault::BadSignature => stats.bad_signature += 1,
+            Fault::SlackError { .. } | Fault::None => {}
+        }
+        Admission { fault, faults }
+    }
+
+    /// Runs one request through its emulation; returns the answer and, for a
+    /// drop, how long to hang before it.
+    fn respond(&mut self, incoming: &Incoming) -> (Response, Option<u64>) {
+        let kind = Kind::of(&incoming.path);
+        let admission = match kind {
+            Kind::Webhook => {
+                let (headers, body) = (&incoming.headers, &incoming.body);
+                self.admit(&incoming.path, incoming.now_ms, |f| {
+                    webhook::signature_ok(f, headers, body)
+                })
+            }
+            _ => self.admit(&incoming.path, incoming.now_ms, |_| true),
+        };
+        let hang_ms = match admission.fault {
+            Fault::Drop { hang_ms } => Some(hang_ms),
+            _ => None,
+        };
+        let reaches_emulation = matches!(
+            admission.fault,
+            Fault::None | Fault::Drop { .. } | Fault::SlackError { .. }
+        );
+        if reaches_emulation {
+            if let Some(stats) = self.paths.get_mut(&incoming.path) {
+                stats.receipts += 1;
+            }
+        }
+        let response = match kind {
+            Kind::Webhook => {
+                let stats = self
+                    .paths
+                    .get_mut(&incoming.path)
+                    .expect("admit counted the path");
+                self.webhook.handle(incoming, &admission, stats)
+            }
+            Kind::Slack => self.slack.handle(incoming, &admission),
+            Kind::Teams => self.teams.handle(incoming, &admission),
+            Kind::Jira => self.jira.handle(incoming, &admission),
+            Kind::PagerDuty => self.pagerduty.handle(incoming, &admission),
+            Kind::Discord => self.discord.handle(incoming, &admission),
+        };
+        (response, hang_ms)
+    }
+}
+
+impl MockState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("mock state poisoned")
+    }
+
+    fn set_faults(&self, path: &str, faults: Faults) {
+        self.lock().faults.insert(
+            path.to_owned(),
+            FaultEntry {
+                faults,
+                ..FaultEntry::default()
+            },
+        );
+    }
+
+    fn stats(&self) -> MockStats {
+        let inner = self.lock();
+        MockStats {
+            paths: inner
+                .paths
+                .iter()
+                .filter(|(_, p)| p.requests > 0)
+                .map(|(path, p)| (path.clone(), p.clone()))
+                .collect(),
+            slack: inner.slack.stats(),
+            teams: inner.teams.stats(),
+            jira: inner.jira.stats(),
+            pagerduty: inner.pagerduty.stats(),
+            discord: inner.discord.stats(),
+        }
+    }
+
+    fn reset(&self) {
+        *self.lock() = Inner::default();
+    }
+}
+
+/// A JSON answer.
+pub(crate) fn json(status: StatusCode, value: serde_json::Value) -> Response {
+    (status, Json(value)).into_response()
+}
+
+/// Decodes `a=1&b=x%20y` (query strings and form bodies).
+pub(crate) fn parse_form(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `(year, month, day, hour, minute, second, millisecond)` in UTC.
+pub(crate) fn civil_utc(ms: i64) -> (i64, u32, u32, u32, u32, u32, u32) {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000) as u32;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400) as u32;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        year,
+        month,
+        day,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        millis,
+    )
+}
+
+/// The mock's routes; `state` is shared with [`RunningMock`].
+fn router(state: Arc<MockState>, shutdown: watch::Receiver<bool>) -> Router {
+    Router::new()
+        .route("/_mock/stats", get(stats))
+        .route("/_mock/faults", put(set_faults))
+        .route("/_mock/reset", post(reset))
+        .fallback(move |state, method, uri, headers, body| {
+            receive(state, method, uri, headers, body, shutdown.clone())
+        })
+        .with_state(state)
+}
+
+async fn stats(State(state): State<Arc<MockState>>) -> Json<MockStats> {
+    Json(state.stats())
+}
+
+async fn set_faults(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    let parsed = serde_json::from_slice::<PathFaults>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|p| {
+            validate_path(&p.path)?;
+            p.faults.validate_for(&p.path)?;
+            Ok(p)
+        });
+    match parsed {
+        Ok(p) => {
+            state.set_faults(&p.path, p.faults);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(message) => json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": {"code": "invalid_faults", "message": message, "field": null}}),
+        ),
+    }
+}
+
+async fn reset(State(state): State<Arc<MockState>>) -> StatusCode {
+    state.reset();
+    StatusCode::NO_CONTENT
+}
+
+async fn receive(
+    State(state): State<Arc<MockState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    mut shutdown: watch::Receiver<bool>,
+) -> Response {
+    let incoming = Incoming {
+        method,
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or("").to_owned(),
+        headers,
+        body,
+        now_ms: now_ms(),
+    };
+    let latency_ms;
+    let (response, hang_ms) = {
+        let mut inner = state.lock();
+        let answer = inner.respond(&incoming);
+        latency_ms = inner
+            .fault_entry(&incoming.path)
+            .map_or(0, |e| e.faults.latency_ms);
+        answer
+    };
+    if latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+    }
+    if let Some(hang_ms) = hang_ms {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(hang_ms)) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    }
+    response
+}
+
+pub struct RunningMock {
+    pub addr: SocketAddr,
+    state: Arc<MockState>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningMock {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn stats(&self) -> MockStats {
+        self.state.stats()
+    }
+
+    /// Sets the faults of a path, or of a prefix when `path` ends in `/*`.
+    pub fn set_faults(&self, path: &str, faults: Faults) {
+        self.state.set_faults(path, faults);
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+pub fn start(listener: TcpListener, faults: FaultsFile) -> Result<RunningMock, std::io::Error> {
+    let addr = listener.local_addr()?;
+    let state = Arc::new(MockState::default());
+    for (path, f) in faults.paths {
+        state.set_faults(&path, f);
+    }
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let app = router(state.clone(), shutdown_rx.clone());
+    let mut stop = shutdown_rx;
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        if let Err(error) = serve.await {
+            tracing::error!(%error, "mock server stopped");
+        }
+    });
+    Ok(RunningMock {
+        addr,
+        state,
+        shutdown,
+        task,
+    })
+}
+
+/// Helpers for the emulations' unit tests: requests straight into the
+/// state, no socket.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub struct Answer {
+        pub status: StatusCode,
+        pub headers: HeaderMap,
+        pub body: serde_json::Value,
+        pub text: String,
+        pub hang_ms: Option<u64>,
+    }
+
+    pub struct TestMock {
+        state: MockState,
+        pub now_ms: i64,
+    }
+
+    impl TestMock {
+        pub fn new() -> TestMock {
+            TestMock {
+                state: MockState::default(),
+                now_ms: 1_790_000_000_000,
+            }
+        }
+
+        pub fn set_faults(&self, path: &str, faults: Faults) {
+            faults.validate_for(path).unwrap();
+            self.state.set_faults(path, faults);
+        }
+
+        pub fn stats(&self) -> MockStats {
+            self.state.stats()
+        }
+
+        pub fn send(
+            &self,
+            method: &str,
+            path_and_query: &str,
+            headers: &[(&str, &str)],
+            body: &str,
+        ) -> Answer {
+            let (path, query) = path_and_query
+                .split_once('?')
+                .unwrap_or((path_and_query, ""));
+            let mut map = HeaderMap::new();
+            map.insert("host", "mock.test".parse().unwrap());
+            for (name, value) in headers {
+                map.insert(
+                    axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            let incoming = Incoming {
+                method: method.parse().unwrap(),
+                path: path.to_owned(),
+                query: query.to_owned(),
+                headers: map,
+                body: Bytes::copy_from_slice(body.as_bytes()),
+                now_ms: self.now_ms,
+            };
+            let (response, hang_ms) = self.state.lock().respond(&incoming);
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = futures_util::FutureExt::now_or_never(axum::body::to_bytes(
+                response.into_body(),
+                usize::MAX,
+            ))
+            .expect("bodies are in memory")
+            .unwrap();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            Answer {
+                status,
+                headers,
+                body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+                text,
+                hang_ms,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestMock;
+    use super::*;
+
+    #[test]
+    fn the_example_faults_file_is_valid() {
+        let file: FaultsFile =
+            toml::from_str(include_str!("../../mock-faults.example.toml")).unwrap();
+        file.validate().unwrap();
+        assert_eq!(file.paths["/hooks/flaky"].fail_first, 3);
+        assert_eq!(file.paths["/hooks/flaky"].fail_status, 503);
+        assert_eq!(file.paths["/hooks/ops"].retry_after_secs, 2);
+    }
+
+    #[test]
+    fn nonsense_faults_are_refused() {
+        assert!(Faults {
+            fail_status: 200,
+            ..Faults::default()
+        }
+        .validate()
+        .is_err());
+        assert!(Faults {
+            failure_rate: 1.5,
+            ..Faults::default()
+        }
+        .validate()
+        .is_err());
+        assert!(Faults {
+            slack_error_first: 1,
+            ..Faults::default()
+        }
+        .validate()
+        .is_err());
+        let slack_error = Faults {
+            slack_error: Some("internal_error".into()),
+            slack_error_first: 1,
+            ..Faults::default()
+        };
+        assert!(slack_error.validate_for("/slack/api/*").is_ok());
+        assert!(slack_error.validate_for("/hooks/a").is_err());
+        assert!(serde_json::from_str::<PathFaults>(r#"{"path": "/a", "fail_frist": 3}"#).is_err());
+        assert!(validate_path("/_mock/stats").is_err());
+        assert!(validate_path("/jira/*/comment").is_err());
+        assert!(validate_path("/jira*").is_err());
+        assert!(validate_path("/jira/*").is_ok());
+    }
+
+    #[test]
+    fn an_exact_path_wins_then_the_longest_prefix() {
+        let mock = TestMock::new();
+        let fail = |status| Faults {
+            fail_first: 100,
+            fail_status: status,
+            ..Faults::default()
+        };
+        mock.set_faults("/hooks/*", fail(500));
+        mock.set_faults("/hooks/ops/*", fail(502));
+        mock.set_faults("/hooks/ops/exact", fail(503));
+        let status = |path: &str| mock.send("POST", path, &[], "{}").status.as_u16();
+        assert_eq!(status("/hooks/ops/exact"), 503);
+        assert_eq!(status("/hooks/ops/other"), 502);
+        assert_eq!(status("/hooks/else"), 500);
+        assert_eq!(status("/hooksx"), 200);
+    }
+
+    #[test]
+    fn prefix_phases_count_every_path_under_the_prefix() {
+        let mock = TestMock::new();
+        mock.set_faults(
+            "/hooks/*",
+            Faults {
+                fail_first: 2,
+                ..Faults::default()
+            },
+        );
+        let statuses: Vec<u16> = ["/hooks/a", "/hooks/b", "/hooks/a"]
+            .iter()
+            .map(|p| mock.send("POST", p, &[], "{}").status.as_u16())
+            .collect();
+        assert_eq!(statuses, [503, 503, 200]);
+        let stats = mock.stats();
+        assert_eq!(stats.path("/hooks/a").requests, 2);
+        assert_eq!(stats.path("/hooks/a").failed, 1);
+        assert_eq!(stats.path("/hooks/b").failed, 1);
+    }
+
+    #[test]
+    fn faults_apply_in_phases_and_receipts_deduplicate_by_key() {
+        let mock = TestMock::new();
+        mock.set_faults(
+            "/h",
+            Faults {
+                rate_limit_first: 1,
+                fail_first: 1,
+                drop_first: 1,
+                ..Faults::default()
+            },
+        );
+        let key = [("idempotency-key", "k1")];
+        let kinds: Vec<String> = (0..5)
+            .map(|_| {
+                let answer = mock.send("POST", "/h", &key, "{}");
+                match (answer.status.as_u16(), answer.hang_ms) {
+                    (200, Some(_)) => "drop".to_owned(),
+                    (200, None) if answer.body["duplicate"] == true => "dup".to_owned(),
+                    (200, None) => "new".to_owned(),
+                    (status, _) => status.to_string(),
+                }
+            })
+            .collect();
+        assert_eq!(kinds, ["429", "503", "drop", "dup", "dup"]);
+        // Faults set later count from that moment.
+        mock.set_faults(
+            "/h",
+            Faults {
+                fail_first: 1,
+                ..Faults::default()
+            },
+        );
+        assert_eq!(mock.send("POST", "/h", &key, "{}").status.as_u16(), 503);
+        assert_eq!(mock.send("POST", "/h", &key, "{}").body["duplicate"], true);
+        let stats = mock.stats().path("/h");
+        assert_eq!(
+            (
+                stats.requests,
+                stats.receipts,
+                stats.distinct,
+                stats.duplicates
+            ),
+            (7, 4, 1, 3)
+        );
+    }
+
+    #[test]
+    fn forms_and_dates_decode() {
+        assert_eq!(
+            parse_form("a=1&b=x%20y+z&c"),
+            [("a", "1"), ("b", "x y z"), ("c", "")].map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        assert_eq!(parse_form("t=100%"), [("t".to_owned(), "100%".to_owned())]);
+        assert_eq!(civil_utc(0), (1970, 1, 1, 0, 0, 0, 0));
+        assert_eq!(civil_utc(1_709_210_096_789), (2024, 2, 29, 12, 34, 56, 789));
+    }
+
+    #[tokio::test]
+    async fn a_drop_stores_the_message_then_leaves_the_request_unanswered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut file = FaultsFile::default();
+        file.paths.insert(
+            "/slack/api/*".to_owned(),
+            Faults {
+                drop_first: 1,
+                drop_hang_ms: 60_000,
+                ..Faults::default()
+            },
+        );
+        let mock = start(listener, file).unwrap();
+        let client = crate::connector::http_client_builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let post = || {
+            client
+                .post(mock.url("/slack/api/chat.postMessage"))
+                .bearer_auth("xoxb-test")
+                .header("content-type", "application/json")
+                .body(r##"{"channel": "#ops", "text": "P1"}"##)
+                .send()
+        };
+        let dropped = post().await;
+        assert!(dropped.unwrap_err().is_timeout());
+        let answered = post().await.unwrap().bytes().await.unwrap();
+        let answered: serde_json::Value = serde_json::from_slice(&answered).unwrap();
+        assert_eq!(answered["ok"], true);
+
+        let stats = client
+            .get(mock.url("/_mock/stats"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let stats: MockStats = serde_json::from_slice(&stats).unwrap();
+        assert_eq!(stats.slack.channels["ops"].messages, 2);
+        let path = stats.path("/slack/api/chat.postMessage");
+        assert_eq!((path.requests, path.dropped), (2, 1));
+        let refused = client
+            .put(mock.url("/_mock/faults"))
+            .body(r#"{"path": "/hooks/a", "faults": {"slack_error": "internal_error"}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        mock.stop().await;
+    }
+}
