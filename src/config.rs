@@ -1053,7 +1053,9 @@ forum = true
                 Some(match var {
                     "SLACK_BOT_TOKEN" => "xoxb-example".to_owned(),
                     "PAGERDUTY_ROUTING_KEY" => "0123456789abcdef0123456789abcdef".to_owned(),
-                    "TEAMS_WORKFLOW_URL" => "https://example.logic.azure.com/workflows/1".to_owned(),
+                    "TEAMS_WORKFLOW_URL" => {
+                        "https://example.logic.azure.com/workflows/1".to_owned()
+                    }
                     "DISCORD_WEBHOOK_URL" => "https://discord.com/api/webhooks/1/t".to_owned(),
                     _ => SECRET.to_owned(),
                 })

@@ -241,7 +241,8 @@ impl DiscordConnector {
                 }
             }
         }
-        let opens_post = self.forum && root.is_none() && delivery.message.thread().is_some();
+        // A forum webhook must either open a post or name one.
+        let opens_post = self.forum && root.is_none();
         let mut url = self.url.clone();
         url.query_pairs_mut().append_pair("wait", "true");
         if let Some(thread) = thread_id {
@@ -281,8 +282,10 @@ impl DiscordConnector {
                 remote_ref: None,
             };
         };
+        // In a forum a message is found only through its post; a post's
+        // first message has the post's id.
         let thread_id = if self.forum {
-            delivery.thread_ref.as_deref()
+            delivery.thread_ref.as_deref().or(Some(id))
         } else {
             None
         };

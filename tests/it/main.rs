@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod connectors;
 mod crash;
 mod isolation;
 mod operator;

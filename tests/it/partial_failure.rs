@@ -1,22 +1,52 @@
-//! The demo's scenario through real HTTP: four destinations, three of them
-//! misbehaving, each converging on its own.
+//! Four webhooks through real HTTP, three of them misbehaving, each
+//! converging on its own.
 
 use std::time::Duration;
 
-use herald::config::WebhookSecret;
-use herald::demo::{demo_destinations, demo_faults, random_secret_text};
+use herald::config::{Target, WebhookSecret};
+use herald::demo::{mock_destination, random_secret_text};
 use herald::mock::Faults;
 
 use crate::support::*;
 
+/// Four webhooks and what goes wrong with each.
+fn scenario() -> Vec<(&'static str, Faults)> {
+    vec![
+        ("slack-sim", Faults::default()),
+        (
+            "teams-sim",
+            Faults {
+                rate_limit_first: 1,
+                retry_after_secs: 2,
+                ..Faults::default()
+            },
+        ),
+        (
+            "jira-sim",
+            Faults {
+                fail_first: 3,
+                fail_status: 503,
+                ..Faults::default()
+            },
+        ),
+        (
+            "status-hook",
+            Faults {
+                drop_first: 1,
+                drop_hang_ms: 10_000,
+                ..Faults::default()
+            },
+        ),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_destination_converges_on_its_own_without_duplicates() {
     let dir = temp_dir();
-    let secrets: Vec<String> = demo_faults().iter().map(|_| random_secret_text()).collect();
-    let paths: Vec<(String, Faults)> = demo_faults()
+    let secret = random_secret_text();
+    let paths: Vec<(String, Faults)> = scenario()
         .into_iter()
-        .zip(&secrets)
-        .map(|((name, _, faults), secret)| {
+        .map(|(name, faults)| {
             (
                 format!("/hooks/{name}"),
                 Faults {
@@ -29,18 +59,20 @@ async fn every_destination_converges_on_its_own_without_duplicates() {
     let path_refs: Vec<(&str, Faults)> =
         paths.iter().map(|(p, f)| (p.as_str(), f.clone())).collect();
     let mock = start_mock(&path_refs).await;
-    let parsed: Vec<WebhookSecret> = secrets
-        .iter()
-        .map(|s| WebhookSecret::parse(s).unwrap())
+    let destinations = scenario()
+        .into_iter()
+        .map(|(name, _)| {
+            let mut d = mock_destination(&format!("http://{}", mock.addr), "webhook", name);
+            if let Target::Webhook { secret: s, .. } = &mut d.target {
+                *s = Some(WebhookSecret::parse(&secret).unwrap());
+            }
+            d
+        })
         .collect();
-    let server = start_server(
-        &dir.path().join("herald.db"),
-        demo_destinations(&format!("http://{}", mock.addr), &parsed),
-    )
-    .await;
+    let server = start_server(&dir.path().join("herald.db"), destinations).await;
     let client = client(&server);
 
-    let names: Vec<&str> = demo_faults().iter().map(|(n, _, _)| *n).collect();
+    let names: Vec<&str> = scenario().iter().map(|(n, _)| *n).collect();
     let accepted = client
         .send(&request("INC-42: checkout database down", &names))
         .await
