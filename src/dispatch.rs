@@ -584,6 +584,7 @@ async fn run_attempt<S: Store>(
                     error: report.error,
                 },
                 now_ms: finished_at_ms,
+                pause_destination_ms: None,
             };
             (update, None)
         }
@@ -615,6 +616,7 @@ async fn run_attempt<S: Store>(
                     error: outcome.error,
                 },
                 now_ms: finished_at_ms,
+                pause_destination_ms: pause_ms,
             };
             (update, pause_ms)
         }
