@@ -40,6 +40,9 @@ const POOL_WAIT_MS: u64 = 5_000;
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// The server cancels any statement running longer than this.
 const STATEMENT_TIMEOUT_MS: u64 = 15_000;
+/// A session that sits in a transaction this long (a frozen node) is ended
+/// by the server, so its row locks do not hold other nodes up.
+const IDLE_IN_TRANSACTION_MS: u64 = 5_000;
 /// One store operation, all round trips included, at most.
 const OPERATION_TIMEOUT_MS: u64 = 20_000;
 /// Outcomes waiting for the writer task; callers wait when it is full.
@@ -302,7 +305,8 @@ fn connection_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
         .parse()
         .map_err(|e| StoreError::Corrupt(format!("the PostgreSQL URL is invalid: {e}")))?;
     let options = format!(
-        "{} -c statement_timeout={STATEMENT_TIMEOUT_MS} -c synchronous_commit=on",
+        "{} -c statement_timeout={STATEMENT_TIMEOUT_MS} -c synchronous_commit=on \
+         -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
         config.get_options().unwrap_or("")
     );
     config

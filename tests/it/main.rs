@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod isolation;
+mod multinode;
 mod operator;
 mod partial_failure;
 mod store;
