@@ -341,3 +341,63 @@ async fn work_sent_to_one_node_spreads_over_all_three() {
     drop(cluster);
     mock.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_one_rate_limit() {
+    const RATE_PER_SEC: u32 = 10;
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    // The mock refuses (429) what goes past a little over the destination's
+    // rate in any clock second; three nodes each at the full rate would be
+    // three times over it.
+    let mock = start_mock(&[(
+        "/hooks/metered",
+        Faults {
+            rate_limit_per_sec: Some(RATE_PER_SEC + 5),
+            ..Faults::default()
+        },
+    )])
+    .await;
+    let dir = temp_dir();
+    let config = format!(
+        "[destinations.metered]\nkind = \"webhook\"\nurl = \"{}\"\ntimeout_ms = 1000\nconcurrency = 8\n\
+         rate_limit_per_sec = {RATE_PER_SEC}\nrate_limit_burst = 1\nretry = {{ attempts_max = 20, base_ms = 100, cap_ms = 2000 }}\n",
+        mock.url("/hooks/metered")
+    );
+    let config_path = dir.path().join("herald.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let addr = free_addr();
+        let process = spawn_server_with_env(
+            &config_path,
+            Path::new(&pg.url),
+            addr,
+            &dir.path().join(format!("node-{i}.log")),
+            &[("HERALD_LEASE_MS", "2000")],
+        );
+        nodes.push((process, addr));
+    }
+    let mut clients = Vec::new();
+    for (_, addr) in &nodes {
+        wait_healthy(*addr).await;
+        clients.push(Arc::new(Client::new(&format!("http://{addr}")).unwrap()));
+    }
+    send_all(&clients, 40, &["metered"]).await;
+    wait_all_final(&pg, Duration::from_secs(60)).await;
+    let stats = mock.stats().path("/hooks/metered");
+    assert_eq!(stats.distinct, 40);
+    // Requests per clock second, as the mock saw them.
+    let mut per_second: BTreeMap<i64, u32> = BTreeMap::new();
+    for at in &stats.arrivals_ms {
+        *per_second.entry(at.div_euclid(1000)).or_default() += 1;
+    }
+    let busiest = per_second.values().copied().max().unwrap_or(0);
+    eprintln!("requests per second at a destination limited to {RATE_PER_SEC}/s across 3 nodes: {per_second:?}");
+    assert_eq!(
+        stats.rate_limited, 0,
+        "the cluster kept to the rate: {per_second:?}"
+    );
+    assert!(busiest <= RATE_PER_SEC + 5, "{per_second:?}");
+}

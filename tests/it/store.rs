@@ -601,3 +601,39 @@ async fn postgres_a_429_on_one_node_pauses_the_destination_on_every_node() {
         "both once the pause is over (B1's retry is due then too)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrate_is_explicit_idempotent_and_a_newer_schema_is_refused() {
+    let Some(harness) = Harness::new(Backend::Postgres).await else {
+        return;
+    };
+    let pg = harness.pg.as_ref().unwrap();
+    let applied = herald::store::postgres::migrate(&pg.url).await.unwrap();
+    assert!(applied >= 1);
+    assert_eq!(herald::store::postgres::migrate(&pg.url).await.unwrap(), 0);
+    pg.client()
+        .await
+        .execute(
+            "INSERT INTO herald_schema (version, applied_at_ms) VALUES (999, 0)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let error = PostgresStore::open(PostgresOptions {
+        url: pg.url.clone(),
+        node_id: "node-a".into(),
+        lease_ms: SUITE_LEASE_MS,
+        destinations: vec![],
+        take_over_expired_leases: false,
+    })
+    .await
+    .err()
+    .expect("a newer schema is refused");
+    assert!(
+        matches!(
+            error,
+            herald::store::StoreError::SchemaTooNew { found: 999, .. }
+        ),
+        "{error}"
+    );
+}
