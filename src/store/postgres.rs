@@ -299,8 +299,9 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, StoreError> 
     Ok(client)
 }
 
-/// Parses the URL and adds herald's session settings to its options.
-fn connection_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+/// Parses the URL and adds herald's session settings to its options; the
+/// sessions show as `herald <node>` in `pg_stat_activity`.
+fn connection_config(url: &str, node_id: &str) -> Result<tokio_postgres::Config, StoreError> {
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| StoreError::Corrupt(format!("the PostgreSQL URL is invalid: {e}")))?;
@@ -314,13 +315,13 @@ fn connection_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))
-        .application_name("herald");
+        .application_name(format!("herald {node_id}"));
     Ok(config)
 }
 
 /// Runs migrations on the database at `url`; returns how many were applied.
 pub async fn migrate(url: &str) -> Result<usize, StoreError> {
-    let mut client = connect(&connection_config(url)?).await?;
+    let mut client = connect(&connection_config(url, "migrate")?).await?;
     migrate_with(&mut client).await
 }
 
@@ -367,7 +368,7 @@ impl PostgresStore {
     /// Connects, runs migrations (refusing a newer schema), and starts the
     /// outcome writer, the lease takeover and the LISTEN task.
     pub async fn open(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
-        let config = connection_config(&options.url)?;
+        let config = connection_config(&options.url, &options.node_id)?;
         let mut first = connect(&config).await?;
         migrate_with(&mut first).await?;
         let schema: String = first

@@ -401,3 +401,54 @@ async fn three_nodes_share_one_rate_limit() {
     );
     assert!(busiest <= RATE_PER_SEC + 5, "{per_second:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_rides_out_lost_database_connections() {
+    const BROADCASTS: usize = 200;
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let mock = start_mock(&[(
+        "/hooks/steady",
+        Faults {
+            latency_ms: 20,
+            ..Faults::default()
+        },
+    )])
+    .await;
+    let cluster = start_cluster(&pg, &mock, &["steady"], 4, 1).await;
+    let node = &cluster.nodes[0];
+    let ids = send_all(std::slice::from_ref(&node.client), BROADCASTS, &["steady"]).await;
+    assert_eq!(ids.len(), BROADCASTS);
+    // Cut every connection of the node, three times, while it delivers.
+    let admin = pg.client().await;
+    let mut cut = 0;
+    for _ in 0..3 {
+        cut += admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'herald node-0'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .len();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(cut > 0, "the node had connections to cut");
+    wait_all_final(&pg, Duration::from_secs(90)).await;
+    let stats = mock.stats().path("/hooks/steady");
+    assert_eq!(stats.distinct, BROADCASTS as u64, "{stats:?}");
+    let http = herald::connector::http_client_builder().build().unwrap();
+    let ready = http
+        .get(format!("http://{}/readyz", node.addr))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(ready.is_success(), "ready again: {ready}");
+    eprintln!(
+        "lost connections: {cut} cut; {BROADCASTS} delivered, {} re-sends deduplicated by key",
+        stats.duplicates
+    );
+}
