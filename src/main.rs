@@ -180,6 +180,10 @@ enum Command {
         /// Keep databases and logs here instead of a temporary folder.
         #[arg(long)]
         workdir: Option<PathBuf>,
+        /// Run herald on this PostgreSQL (postgres://...; a fresh schema
+        /// per run) instead of a SQLite file.
+        #[arg(long)]
+        database: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -505,6 +509,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             steady_rate,
             backlog_deliveries,
             workdir,
+            database,
             json,
         } => {
             init_logging("warn");
@@ -518,6 +523,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 steady_rate,
                 backlog_deliveries,
                 workdir,
+                postgres: database,
             };
             let mut stdout = std::io::stdout();
             herald::bench::run(options, json, &mut stdout).await?;

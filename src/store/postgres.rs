@@ -604,6 +604,8 @@ fn message_from_row(row: &Row, first: usize) -> Result<Message, StoreError> {
 /// Serializes, per thread, the decisions of thread order: whether a new
 /// delivery waits, and which waiting one goes next. Keys are taken in
 /// sorted order so two transactions never wait on each other in a cycle.
+/// Lock order everywhere: delivery rows, then `destination_state` rows (in
+/// name order), then thread locks.
 async fn lock_threads(
     tx: &Transaction<'_>,
     threads: impl IntoIterator<Item = String>,
@@ -1498,9 +1500,7 @@ async fn operate(
         .await?;
     let Some(head) = head else { return Ok(None) };
     let thread: Option<String> = head.try_get(0)?;
-    if let Some(thread) = &thread {
-        lock_threads(tx, [thread.clone()]).await?;
-    }
+    // Rows first, then the thread: the order outcome batches take them in.
     let rows = tx
         .query(
             "SELECT id, destination, state, attempts_made, attempts_max, due_at_ms, deadline_at_ms,
@@ -1509,6 +1509,9 @@ async fn operate(
             &[&broadcast_id],
         )
         .await?;
+    if let Some(thread) = &thread {
+        lock_threads(tx, [thread.clone()]).await?;
+    }
     let mut changed = Vec::new();
     let mut finished = Vec::new();
     for row in &rows {
