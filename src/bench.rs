@@ -782,8 +782,16 @@ pub async fn run(
     if !json {
         writeln!(
             out,
-            "herald bench: {} broadcasts x {} destinations, {} in flight per destination, {} submitters; SQLite synchronous=FULL",
-            options.broadcasts, options.destinations, options.concurrency, options.submitters
+            "herald bench: {} broadcasts x {} destinations, {} in flight per destination, {} submitters; {}",
+            options.broadcasts,
+            options.destinations,
+            options.concurrency,
+            options.submitters,
+            if options.postgres.is_some() {
+                "PostgreSQL synchronous_commit=on"
+            } else {
+                "SQLite synchronous=FULL"
+            }
         )?;
     }
     let mut reports: Vec<RunReport> = Vec::new();

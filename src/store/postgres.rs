@@ -34,7 +34,7 @@ use crate::config::Isolation;
 use crate::domain::{delivery_idempotency_key, Severity};
 
 /// Connections open at most per node (the LISTEN connection aside).
-const POOL_SIZE_MAX: usize = 12;
+const POOL_SIZE_MAX: usize = 24;
 /// How long an operation waits for a free connection.
 const POOL_WAIT_MS: u64 = 5_000;
 const CONNECT_TIMEOUT_MS: u64 = 5_000;

@@ -16,6 +16,10 @@ use crate::support::*;
 /// Short leases, so a frozen node's work is taken over within the test.
 const LEASE_MS: u64 = 2_000;
 
+/// One cluster at a time: each runs three servers on two cores and takes
+/// up to 75 of PostgreSQL's connections.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Node {
     process: ServerProcess,
     addr: SocketAddr,
@@ -180,6 +184,7 @@ async fn attempts_by_node(pg: &PgSchema) -> BTreeMap<String, i64> {
 async fn three_nodes_survive_a_kill_and_a_freeze_losing_and_duplicating_nothing() {
     const BROADCASTS: usize = 2_000;
     const DESTINATIONS: [&str; 2] = ["alpha", "bravo"];
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(pg) = PgSchema::create().await else {
         return;
     };
@@ -264,6 +269,7 @@ async fn three_nodes_survive_a_kill_and_a_freeze_losing_and_duplicating_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_pauses_the_destination_for_every_node() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(pg) = PgSchema::create().await else {
         return;
     };
@@ -315,6 +321,7 @@ async fn a_429_pauses_the_destination_for_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_sent_to_one_node_spreads_over_all_three() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(pg) = PgSchema::create().await else {
         return;
     };
@@ -345,6 +352,7 @@ async fn work_sent_to_one_node_spreads_over_all_three() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_one_rate_limit() {
     const RATE_PER_SEC: u32 = 10;
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(pg) = PgSchema::create().await else {
         return;
     };
@@ -405,6 +413,7 @@ async fn three_nodes_share_one_rate_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_rides_out_lost_database_connections() {
     const BROADCASTS: usize = 200;
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(pg) = PgSchema::create().await else {
         return;
     };
