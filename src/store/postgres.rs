@@ -20,14 +20,14 @@
 //!   whole batch (attempt rows and state changes) in one transaction with
 //!   array parameters; a failing batch is replayed one outcome at a time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, Client, GenericClient, NoTls, Row, Transaction};
+use tokio_postgres::{AsyncMessage, Client, GenericClient, NoTls, Row, Statement, Transaction};
 
 use super::*;
 use crate::config::Isolation;
@@ -213,14 +213,88 @@ struct WriteOp {
 /// dropped and replaced on demand.
 struct Pool {
     config: tokio_postgres::Config,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<(Client, Statements)>>,
     permits: Arc<Semaphore>,
 }
 
+/// A connection's prepared statements, by their text: preparing is a round
+/// trip of its own, so each statement is prepared once per connection.
+type Statements = HashMap<&'static str, Statement>;
+
 struct Conn<'a> {
     client: Option<Client>,
+    statements: Statements,
     pool: &'a Pool,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Conn<'_> {
+    async fn begin(&mut self) -> Result<Tx<'_>, StoreError> {
+        let Conn {
+            client, statements, ..
+        } = self;
+        let tx = client
+            .as_mut()
+            .expect("present until dropped")
+            .transaction()
+            .await?;
+        Ok(Tx { tx, statements })
+    }
+}
+
+/// A transaction whose statements are prepared once per connection.
+struct Tx<'a> {
+    tx: Transaction<'a>,
+    statements: &'a mut Statements,
+}
+
+type Params<'p> = [&'p (dyn ToSql + Sync)];
+
+impl Tx<'_> {
+    async fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.tx.prepare(sql).await?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    async fn query(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Vec<Row>, StoreError> {
+        let statement = self.statement(sql).await?;
+        Ok(self.tx.query(&statement, params).await?)
+    }
+
+    async fn query_one(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Row, StoreError> {
+        let statement = self.statement(sql).await?;
+        Ok(self.tx.query_one(&statement, params).await?)
+    }
+
+    async fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Option<Row>, StoreError> {
+        let statement = self.statement(sql).await?;
+        Ok(self.tx.query_opt(&statement, params).await?)
+    }
+
+    async fn execute(&mut self, sql: &'static str, params: &Params<'_>) -> Result<u64, StoreError> {
+        let statement = self.statement(sql).await?;
+        Ok(self.tx.execute(&statement, params).await?)
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        Ok(self.tx.commit().await?)
+    }
 }
 
 impl std::ops::Deref for Conn<'_> {
@@ -240,7 +314,12 @@ impl Drop for Conn<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
             if !client.is_closed() {
-                self.pool.idle.lock().expect("pool poisoned").push(client);
+                let statements = std::mem::take(&mut self.statements);
+                self.pool
+                    .idle
+                    .lock()
+                    .expect("pool poisoned")
+                    .push((client, statements));
             }
         }
     }
@@ -262,10 +341,11 @@ impl Pool {
         loop {
             let idle = self.idle.lock().expect("pool poisoned").pop();
             match idle {
-                Some(client) if client.is_closed() => continue,
-                Some(client) => {
+                Some((client, _)) if client.is_closed() => continue,
+                Some((client, statements)) => {
                     return Ok(Conn {
                         client: Some(client),
+                        statements,
                         pool: self,
                         _permit: permit,
                     })
@@ -276,6 +356,7 @@ impl Pool {
         let client = connect(&self.config).await?;
         Ok(Conn {
             client: Some(client),
+            statements: Statements::new(),
             pool: self,
             _permit: permit,
         })
@@ -388,7 +469,7 @@ impl PostgresStore {
         let inner = Arc::new(Inner {
             pool: Pool {
                 config: config.clone(),
-                idle: Mutex::new(vec![first]),
+                idle: Mutex::new(vec![(first, Statements::new())]),
                 permits: Arc::new(Semaphore::new(POOL_SIZE_MAX)),
             },
             node_id: options.node_id.clone(),
@@ -438,8 +519,8 @@ impl PostgresStore {
         let mut recovery = Recovery::default();
         for _ in 0..TAKEOVER_ROUNDS_MAX {
             let mut conn = self.inner.pool.get().await?;
-            let tx = conn.transaction().await?;
-            let (round, full) = take_over_batch(&self.inner, &tx, now_ms, own_too).await?;
+            let mut tx = conn.begin().await?;
+            let (round, full) = take_over_batch(&self.inner, &mut tx, now_ms, own_too).await?;
             tx.commit().await?;
             recovery.interrupted += round.interrupted;
             recovery.released += round.released;
@@ -563,8 +644,8 @@ async fn write_updates(
 ) -> Result<Vec<UpdateResult>, StoreError> {
     let work = async {
         let mut conn = inner.pool.get().await?;
-        let tx = conn.transaction().await?;
-        let results = update_batch(inner, &tx, updates).await?;
+        let mut tx = conn.begin().await?;
+        let results = update_batch(inner, &mut tx, updates).await?;
         tx.commit().await?;
         Ok(results)
     };
@@ -607,7 +688,7 @@ fn message_from_row(row: &Row, first: usize) -> Result<Message, StoreError> {
 /// Lock order everywhere: delivery rows, then `destination_state` rows (in
 /// name order), then thread locks.
 async fn lock_threads(
-    tx: &Transaction<'_>,
+    tx: &mut Tx<'_>,
     threads: impl IntoIterator<Item = String>,
 ) -> Result<(), StoreError> {
     let threads: Vec<String> = threads
@@ -628,7 +709,7 @@ async fn lock_threads(
 
 async fn notify(
     inner: &Inner,
-    tx: &Transaction<'_>,
+    tx: &mut Tx<'_>,
     destinations: impl IntoIterator<Item = String>,
 ) -> Result<(), StoreError> {
     let destinations: Vec<String> = destinations
@@ -758,27 +839,30 @@ impl SharedGuard {
     }
 }
 
-const GUARD_COLUMNS: &str =
-    "paused_until_ms, circuit, circuit_until_ms, failures_in_row, tokens, tokens_at_ms";
-
 async fn read_guard(
-    tx: &Transaction<'_>,
+    tx: &mut Tx<'_>,
     destination: &str,
     for_update: bool,
 ) -> Result<Option<SharedGuard>, StoreError> {
+    macro_rules! select_guard {
+        () => {
+            "SELECT paused_until_ms, circuit, circuit_until_ms, failures_in_row, tokens, tokens_at_ms
+             FROM destination_state WHERE destination = $1"
+        };
+    }
     let sql = if for_update {
-        format!("SELECT {GUARD_COLUMNS} FROM destination_state WHERE destination = $1 FOR UPDATE")
+        concat!(select_guard!(), " FOR UPDATE")
     } else {
-        format!("SELECT {GUARD_COLUMNS} FROM destination_state WHERE destination = $1")
+        select_guard!()
     };
-    match tx.query_opt(&sql, &[&destination]).await? {
+    match tx.query_opt(sql, &[&destination]).await? {
         Some(row) => Ok(Some(SharedGuard::from_row(&row)?)),
         None => Ok(None),
     }
 }
 
 async fn write_guard(
-    tx: &Transaction<'_>,
+    tx: &mut Tx<'_>,
     destination: &str,
     guard: &SharedGuard,
 ) -> Result<(), StoreError> {
@@ -804,7 +888,7 @@ async fn write_guard(
 
 async fn insert_broadcast(
     inner: &Inner,
-    tx: &Transaction<'_>,
+    tx: &mut Tx<'_>,
     new: &NewBroadcast,
 ) -> Result<Vec<InsertedDelivery>, StoreError> {
     let message = &new.message;
@@ -1009,7 +1093,7 @@ impl DeliveryColumns {
 
 async fn claim_due(
     inner: &Inner,
-    tx: &Transaction<'_>,
+    tx: &mut Tx<'_>,
     destination: &str,
     limit: usize,
     rank_max: u8,
@@ -1165,7 +1249,7 @@ async fn claim_due(
 /// promoted something, and wakes their destinations.
 async fn promote_after_final(
     inner: &Inner,
-    tx: &Transaction<'_>,
+    tx: &mut Tx<'_>,
     finished: Vec<i64>,
     now_ms: i64,
 ) -> Result<BTreeSet<i64>, StoreError> {
@@ -1227,7 +1311,7 @@ async fn promote_after_final(
 
 async fn update_batch(
     inner: &Inner,
-    tx: &Transaction<'_>,
+    tx: &mut Tx<'_>,
     updates: &[&DeliveryUpdate],
 ) -> Result<Vec<UpdateResult>, StoreError> {
     // The attempt log first: every attempt happened, whatever its lease.
@@ -1409,7 +1493,7 @@ async fn update_batch(
 /// node's own, at start). Returns what it did and whether the batch was full.
 async fn take_over_batch(
     inner: &Inner,
-    tx: &Transaction<'_>,
+    tx: &mut Tx<'_>,
     now_ms: i64,
     own_too: bool,
 ) -> Result<(Recovery, bool), StoreError> {
@@ -1485,7 +1569,7 @@ async fn take_over_batch(
 
 async fn operate(
     inner: &Inner,
-    tx: &Transaction<'_>,
+    tx: &mut Tx<'_>,
     broadcast_id: &str,
     action: OperatorAction,
     destinations: &[String],
@@ -1736,8 +1820,8 @@ impl Store for PostgresStore {
     ) -> Result<Vec<InsertedDelivery>, StoreError> {
         self.timed(async {
             let mut conn = self.inner.pool.get().await?;
-            let tx = conn.transaction().await?;
-            let inserted = insert_broadcast(&self.inner, &tx, &new).await?;
+            let mut tx = conn.begin().await?;
+            let inserted = insert_broadcast(&self.inner, &mut tx, &new).await?;
             tx.commit().await?;
             Ok(inserted)
         })
@@ -1752,10 +1836,10 @@ impl Store for PostgresStore {
     ) -> Result<Claim, StoreError> {
         self.timed(async {
             let mut conn = self.inner.pool.get().await?;
-            let tx = conn.transaction().await?;
+            let mut tx = conn.begin().await?;
             let claim = claim_due(
                 &self.inner,
-                &tx,
+                &mut tx,
                 destination,
                 limit,
                 Severity::P5.rank(),
@@ -1771,10 +1855,10 @@ impl Store for PostgresStore {
     async fn claim_due_urgent(&self, destination: &str, now_ms: i64) -> Result<Claim, StoreError> {
         self.timed(async {
             let mut conn = self.inner.pool.get().await?;
-            let tx = conn.transaction().await?;
+            let mut tx = conn.begin().await?;
             let claim = claim_due(
                 &self.inner,
-                &tx,
+                &mut tx,
                 destination,
                 1,
                 Severity::P1.rank(),
@@ -1910,10 +1994,10 @@ impl Store for PostgresStore {
     ) -> Result<Option<Vec<String>>, StoreError> {
         self.timed(async {
             let mut conn = self.inner.pool.get().await?;
-            let tx = conn.transaction().await?;
+            let mut tx = conn.begin().await?;
             let changed = operate(
                 &self.inner,
-                &tx,
+                &mut tx,
                 broadcast_id,
                 action,
                 &destinations,
