@@ -47,6 +47,8 @@ const IDLE_IN_TRANSACTION_MS: u64 = 5_000;
 const OPERATION_TIMEOUT_MS: u64 = 20_000;
 /// Outcomes waiting for the writer task; callers wait when it is full.
 const WRITE_QUEUE_MAX: usize = 8_192;
+/// New broadcasts committed together at most.
+const INSERT_BATCH_MAX: usize = 256;
 /// Outcomes committed together at most.
 const WRITE_BATCH_MAX: usize = 1_024;
 /// Expired leases released per transaction; a pass repeats while full.
@@ -193,6 +195,7 @@ struct Inner {
     channel: String,
     wakeups: broadcast::Sender<String>,
     writes: mpsc::Sender<WriteOp>,
+    inserts: mpsc::Sender<InsertOp>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -207,6 +210,11 @@ impl Drop for Inner {
 struct WriteOp {
     update: DeliveryUpdate,
     reply: oneshot::Sender<Result<UpdateResult, StoreError>>,
+}
+
+struct InsertOp {
+    new: NewBroadcast,
+    reply: oneshot::Sender<Result<Vec<InsertedDelivery>, StoreError>>,
 }
 
 /// A bounded pool: at most `POOL_SIZE_MAX` connections, closed ones are
@@ -466,6 +474,7 @@ impl PostgresStore {
         }
         let (wakeups, _) = broadcast::channel(WAKEUP_QUEUE_MAX);
         let (writes, queue) = mpsc::channel(WRITE_QUEUE_MAX);
+        let (inserts, insert_queue) = mpsc::channel(WRITE_QUEUE_MAX);
         let inner = Arc::new(Inner {
             pool: Pool {
                 config: config.clone(),
@@ -478,6 +487,7 @@ impl PostgresStore {
             channel: format!("herald_{schema}"),
             wakeups,
             writes,
+            inserts,
             tasks: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&inner);
@@ -487,7 +497,8 @@ impl PostgresStore {
             inner.channel.clone(),
             inner.wakeups.clone(),
         ));
-        let mut tasks = vec![writer, listener];
+        let inserter = tokio::spawn(run_inserter(weak.clone(), insert_queue));
+        let mut tasks = vec![writer, inserter, listener];
         if options.take_over_expired_leases {
             tasks.push(tokio::spawn(run_takeover(weak, inner.lease_ms)));
         }
@@ -636,6 +647,72 @@ async fn run_writer(store: std::sync::Weak<Inner>, mut queue: mpsc::Receiver<Wri
             }
         }
     }
+}
+
+/// One broadcast writer: new broadcasts queued at the moment commit
+/// together, so a burst pays one commit per batch, not per broadcast.
+async fn run_inserter(store: std::sync::Weak<Inner>, mut queue: mpsc::Receiver<InsertOp>) {
+    let mut batch = Vec::with_capacity(INSERT_BATCH_MAX);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < INSERT_BATCH_MAX {
+            match queue.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = store.upgrade() else { return };
+        let news: Vec<&NewBroadcast> = batch.iter().map(|op| &op.new).collect();
+        match write_inserts(&inner, &news).await {
+            Ok(results) => {
+                for (op, result) in batch.drain(..).zip(results) {
+                    let _ = op.reply.send(Ok(result));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                for op in batch.drain(..) {
+                    let result = write_inserts(&inner, &[&op.new])
+                        .await
+                        .map(|mut results| results.pop().expect("one result per broadcast"));
+                    let _ = op.reply.send(result);
+                }
+            }
+            Err(error) => {
+                for op in batch.drain(..) {
+                    let _ = op.reply.send(Err(clone_error(&error)));
+                }
+            }
+        }
+    }
+}
+
+/// The same refusal for the caller (errors of the driver are not `Clone`).
+fn clone_error(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::DuplicateBroadcast(id) => StoreError::DuplicateBroadcast(id.clone()),
+        StoreError::IngestKeyTaken(key) => StoreError::IngestKeyTaken(key.clone()),
+        StoreError::SchemaTooNew { found, known } => StoreError::SchemaTooNew {
+            found: *found,
+            known: *known,
+        },
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+async fn write_inserts(
+    inner: &Inner,
+    batch: &[&NewBroadcast],
+) -> Result<Vec<Vec<InsertedDelivery>>, StoreError> {
+    let work = async {
+        let mut conn = inner.pool.get().await?;
+        let mut tx = conn.begin().await?;
+        let results = insert_batch(inner, &mut tx, batch).await?;
+        tx.commit().await?;
+        Ok(results)
+    };
+    tokio::time::timeout(Duration::from_millis(OPERATION_TIMEOUT_MS), work)
+        .await
+        .map_err(|_| unavailable("the database did not answer in time"))?
 }
 
 async fn write_updates(
@@ -886,30 +963,56 @@ async fn write_guard(
     Ok(())
 }
 
-async fn insert_broadcast(
+/// Writes broadcasts, each with its deliveries (and ingest key), in one
+/// transaction: one statement for all broadcasts, one for all deliveries.
+/// Any refusal (a duplicate id, a taken key) fails the whole batch; the
+/// writer then replays its broadcasts one per transaction.
+async fn insert_batch(
     inner: &Inner,
     tx: &mut Tx<'_>,
-    new: &NewBroadcast,
-) -> Result<Vec<InsertedDelivery>, StoreError> {
-    let message = &new.message;
+    batch: &[&NewBroadcast],
+) -> Result<Vec<Vec<InsertedDelivery>>, StoreError> {
+    // Thread order first: whether a delivery waits is decided under its
+    // thread's lock, taken in sorted order for the whole batch.
+    lock_threads(
+        tx,
+        batch
+            .iter()
+            .filter_map(|new| new.message.thread().map(str::to_owned)),
+    )
+    .await?;
+    let (mut ids, mut titles, mut bodies, mut severities, mut threads, mut created) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for new in batch {
+        ids.push(new.id.as_str());
+        titles.push(new.message.title());
+        bodies.push(new.message.body());
+        severities.push(new.message.severity().as_str());
+        threads.push(new.message.thread());
+        created.push(new.created_at_ms);
+    }
     let inserted = tx
         .execute(
             "INSERT INTO broadcasts (id, title, body, severity, thread_key, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-            &[
-                &new.id,
-                &message.title(),
-                &message.body(),
-                &message.severity().as_str(),
-                &message.thread(),
-                &new.created_at_ms,
-            ],
+             SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
+                                  $6::BIGINT[])
+             ON CONFLICT (id) DO NOTHING",
+            &[&ids, &titles, &bodies, &severities, &threads, &created],
         )
         .await?;
-    if inserted == 0 {
-        return Err(StoreError::DuplicateBroadcast(new.id.clone()));
+    if inserted as usize != batch.len() {
+        // Which one: the one-by-one replay tells its caller precisely.
+        let duplicate = if batch.len() == 1 {
+            batch[0].id.clone()
+        } else {
+            "(in a batch)".into()
+        };
+        return Err(StoreError::DuplicateBroadcast(duplicate));
     }
-    if let Some(ingest) = &new.ingest_key {
+    for new in batch {
+        let Some(ingest) = &new.ingest_key else {
+            continue;
+        };
         tx.execute(
             "DELETE FROM ingest_keys WHERE caller = $1 AND key = $2 AND expires_at_ms < $3",
             &[&ingest.caller, &ingest.key, &new.created_at_ms],
@@ -932,35 +1035,34 @@ async fn insert_broadcast(
             return Err(StoreError::IngestKeyTaken(ingest.key.clone()));
         }
     }
-    let destinations: Vec<String> = new
-        .deliveries
-        .iter()
-        .map(|d| d.destination.clone())
-        .collect();
-    let mut busy: BTreeSet<String> = BTreeSet::new();
-    if let Some(thread) = message.thread() {
-        lock_threads(tx, [thread.to_owned()]).await?;
+    // Unfinished deliveries of the batch's threads, on its destinations.
+    let mut busy: BTreeSet<(String, String)> = BTreeSet::new();
+    let thread_keys: Vec<&str> = threads.iter().flatten().copied().collect();
+    if !thread_keys.is_empty() {
+        let destinations: Vec<&str> = batch
+            .iter()
+            .flat_map(|new| new.deliveries.iter().map(|d| d.destination.as_str()))
+            .collect();
         for row in tx
             .query(
                 concat!(
-                    "SELECT DISTINCT destination FROM deliveries
-                     WHERE thread_key = $1 AND destination = ANY($2) AND state NOT IN ",
+                    "SELECT DISTINCT thread_key, destination FROM deliveries
+                     WHERE thread_key = ANY($1) AND destination = ANY($2) AND state NOT IN ",
                     final_states_sql!()
                 ),
-                &[&thread, &destinations],
+                &[&thread_keys, &destinations],
             )
             .await?
         {
-            busy.insert(row.try_get(0)?);
+            busy.insert((row.try_get(0)?, row.try_get(1)?));
         }
     }
     // A hand-off skips the claim, so it must pass the shared guard too: only
     // to a destination that no node has paused or found unwell, and never
     // to a rate-limited one (its tokens are taken by claims).
-    let mut may_lease: BTreeSet<String> = BTreeSet::new();
-    let wanted: Vec<String> = new
-        .deliveries
+    let wanted: Vec<&str> = batch
         .iter()
+        .flat_map(|new| new.deliveries.iter())
         .filter(|d| d.lease_now)
         .filter(|d| {
             inner
@@ -968,126 +1070,168 @@ async fn insert_broadcast(
                 .get(&d.destination)
                 .is_some_and(|i| i.rate_per_sec.is_none())
         })
-        .map(|d| d.destination.clone())
+        .map(|d| d.destination.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
+    let mut may_lease: BTreeSet<String> = BTreeSet::new();
     if !wanted.is_empty() {
+        let now_ms = batch.iter().map(|new| new.created_at_ms).max().unwrap_or(0);
         for row in tx
             .query(
                 "SELECT destination FROM destination_state
                  WHERE destination = ANY($1) AND paused_until_ms <= $2 AND circuit = 'closed'",
-                &[&wanted, &new.created_at_ms],
+                &[&wanted, &now_ms],
             )
             .await?
         {
             may_lease.insert(row.try_get(0)?);
         }
     }
-    let lease_expires_at_ms = new.created_at_ms + inner.lease_ms;
-    let mut out = Vec::with_capacity(new.deliveries.len());
     let mut columns = DeliveryColumns::default();
+    let mut planned = Vec::with_capacity(batch.len());
     let mut due_now = Vec::new();
-    for delivery in &new.deliveries {
-        let behind = busy.contains(&delivery.destination);
-        let mut progress = DeliveryProgress::new(&delivery.policy, behind, new.created_at_ms);
-        let lease_now = delivery.lease_now
-            && progress.state == DeliveryState::Pending
-            && may_lease.contains(&delivery.destination);
-        if lease_now {
-            progress = progress.leased(new.created_at_ms).map_err(corrupt)?;
-        } else if progress.state == DeliveryState::Pending {
-            due_now.push(delivery.destination.clone());
+    for new in batch {
+        let message = &new.message;
+        let mut out = Vec::with_capacity(new.deliveries.len());
+        for delivery in &new.deliveries {
+            let in_thread = message
+                .thread()
+                .map(|thread| (thread.to_owned(), delivery.destination.clone()));
+            // Behind an unfinished one, also one planned earlier in this batch.
+            let behind = in_thread.as_ref().is_some_and(|key| busy.contains(key));
+            if let Some(key) = in_thread {
+                busy.insert(key);
+            }
+            let mut progress = DeliveryProgress::new(&delivery.policy, behind, new.created_at_ms);
+            let lease_now = delivery.lease_now
+                && progress.state == DeliveryState::Pending
+                && may_lease.contains(&delivery.destination);
+            if lease_now {
+                progress = progress.leased(new.created_at_ms).map_err(corrupt)?;
+            } else if progress.state == DeliveryState::Pending {
+                due_now.push(delivery.destination.clone());
+            }
+            let key = delivery_idempotency_key(&new.id, &delivery.destination);
+            columns.push(
+                new,
+                &delivery.destination,
+                &key,
+                &progress,
+                lease_now,
+                inner.lease_ms,
+            );
+            let leased = lease_now.then(|| ClaimedDelivery {
+                delivery_id: 0,
+                broadcast_id: new.id.clone(),
+                destination: delivery.destination.clone(),
+                idempotency_key: key.clone(),
+                progress: progress.clone(),
+                message: message.clone(),
+                broadcast_created_at_ms: new.created_at_ms,
+                last_error: None,
+                lease_epoch: 1,
+            });
+            out.push(InsertedDelivery {
+                destination: delivery.destination.clone(),
+                idempotency_key: key,
+                progress,
+                leased,
+            });
         }
-        let key = delivery_idempotency_key(&new.id, &delivery.destination);
-        columns.push(&delivery.destination, &key, &progress, lease_now);
-        let leased = lease_now.then(|| ClaimedDelivery {
-            delivery_id: 0,
-            broadcast_id: new.id.clone(),
-            destination: delivery.destination.clone(),
-            idempotency_key: key.clone(),
-            progress: progress.clone(),
-            message: message.clone(),
-            broadcast_created_at_ms: new.created_at_ms,
-            last_error: None,
-            lease_epoch: 1,
-        });
-        out.push(InsertedDelivery {
-            destination: delivery.destination.clone(),
-            idempotency_key: key,
-            progress,
-            leased,
-        });
+        planned.push(out);
     }
+    let c = &columns;
     let rows = tx
         .query(
             "INSERT INTO deliveries (broadcast_id, destination, idempotency_key, thread_key, priority,
                  state, attempts_made, attempts_max, due_at_ms, deadline_at_ms, lease_owner,
                  lease_expires_at_ms, lease_epoch, created_at_ms, updated_at_ms)
-             SELECT $1, u.destination, u.key, $2, $3, u.state, u.attempts_made, u.attempts_max,
-                 u.due_at_ms, u.deadline_at_ms,
-                 CASE WHEN u.leased THEN $4 END, CASE WHEN u.leased THEN $5::BIGINT END,
-                 CASE WHEN u.leased THEN 1 ELSE 0 END, $6, $6
-             FROM unnest($7::TEXT[], $8::TEXT[], $9::TEXT[], $10::INT[], $11::INT[], $12::BIGINT[],
-                         $13::BIGINT[], $14::BOOL[])
-                  WITH ORDINALITY AS u(destination, key, state, attempts_made, attempts_max, due_at_ms,
-                                       deadline_at_ms, leased, n)
+             SELECT u.broadcast_id, u.destination, u.key, u.thread_key, u.priority, u.state,
+                 u.attempts_made, u.attempts_max, u.due_at_ms, u.deadline_at_ms,
+                 CASE WHEN u.lease_expires_at_ms IS NOT NULL THEN $1 END, u.lease_expires_at_ms,
+                 CASE WHEN u.lease_expires_at_ms IS NOT NULL THEN 1 ELSE 0 END,
+                 u.created_at_ms, u.created_at_ms
+             FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::SMALLINT[], $7::TEXT[],
+                         $8::INT[], $9::INT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[])
+                  WITH ORDINALITY AS u(broadcast_id, destination, key, thread_key, priority, state,
+                      attempts_made, attempts_max, due_at_ms, deadline_at_ms, lease_expires_at_ms,
+                      created_at_ms, n)
              ORDER BY u.n
-             RETURNING id, destination",
+             RETURNING id, idempotency_key",
             &[
-                &new.id,
-                &message.thread(),
-                &(message.severity().rank() as i16),
                 &inner.node_id,
-                &lease_expires_at_ms,
-                &new.created_at_ms,
-                &columns.destination,
-                &columns.key,
-                &columns.state,
-                &columns.attempts_made,
-                &columns.attempts_max,
-                &columns.due_at_ms,
-                &columns.deadline_at_ms,
-                &columns.leased,
+                &c.broadcast_id,
+                &c.destination,
+                &c.key,
+                &c.thread_key,
+                &c.priority,
+                &c.state,
+                &c.attempts_made,
+                &c.attempts_max,
+                &c.due_at_ms,
+                &c.deadline_at_ms,
+                &c.lease_expires_at_ms,
+                &c.created_at_ms,
             ],
         )
         .await?;
-    for row in rows {
-        let destination: String = row.try_get(1)?;
-        let id: i64 = row.try_get(0)?;
-        if let Some(leased) = out
-            .iter_mut()
-            .filter(|d| d.destination == destination)
-            .find_map(|d| d.leased.as_mut())
-        {
-            leased.delivery_id = id;
+    let ids_by_key: HashMap<String, i64> = rows
+        .iter()
+        .map(|row| Ok((row.try_get(1)?, row.try_get(0)?)))
+        .collect::<Result<_, StoreError>>()?;
+    for delivery in planned.iter_mut().flatten() {
+        if let Some(leased) = delivery.leased.as_mut() {
+            leased.delivery_id = *ids_by_key
+                .get(&delivery.idempotency_key)
+                .ok_or_else(|| corrupt("a leased delivery was not inserted"))?;
         }
     }
     notify(inner, tx, due_now).await?;
-    Ok(out)
+    Ok(planned)
 }
 
 /// Array columns of new deliveries, for one INSERT.
 #[derive(Default)]
 struct DeliveryColumns {
+    broadcast_id: Vec<String>,
     destination: Vec<String>,
     key: Vec<String>,
+    thread_key: Vec<Option<String>>,
+    priority: Vec<i16>,
     state: Vec<&'static str>,
     attempts_made: Vec<i32>,
     attempts_max: Vec<i32>,
     due_at_ms: Vec<Option<i64>>,
     deadline_at_ms: Vec<Option<i64>>,
-    leased: Vec<bool>,
+    lease_expires_at_ms: Vec<Option<i64>>,
+    created_at_ms: Vec<i64>,
 }
 
 impl DeliveryColumns {
-    fn push(&mut self, destination: &str, key: &str, p: &DeliveryProgress, leased: bool) {
+    fn push(
+        &mut self,
+        new: &NewBroadcast,
+        destination: &str,
+        key: &str,
+        p: &DeliveryProgress,
+        leased: bool,
+        lease_ms: i64,
+    ) {
+        self.broadcast_id.push(new.id.clone());
         self.destination.push(destination.to_owned());
         self.key.push(key.to_owned());
+        self.thread_key
+            .push(new.message.thread().map(str::to_owned));
+        self.priority.push(new.message.severity().rank() as i16);
         self.state.push(p.state.as_str());
         self.attempts_made.push(p.attempts_made as i32);
         self.attempts_max.push(p.attempts_max as i32);
         self.due_at_ms.push(p.due_at_ms);
         self.deadline_at_ms.push(p.deadline_at_ms);
-        self.leased.push(leased);
+        self.lease_expires_at_ms
+            .push(leased.then_some(new.created_at_ms + lease_ms));
+        self.created_at_ms.push(new.created_at_ms);
     }
 }
 
@@ -1818,14 +1962,13 @@ impl Store for PostgresStore {
         &self,
         new: NewBroadcast,
     ) -> Result<Vec<InsertedDelivery>, StoreError> {
-        self.timed(async {
-            let mut conn = self.inner.pool.get().await?;
-            let mut tx = conn.begin().await?;
-            let inserted = insert_broadcast(&self.inner, &mut tx, &new).await?;
-            tx.commit().await?;
-            Ok(inserted)
-        })
-        .await
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .inserts
+            .send(InsertOp { new, reply })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 
     async fn claim_due(

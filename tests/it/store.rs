@@ -116,6 +116,7 @@ store_suite!(
     a_failing_write_fails_alone_in_its_batch,
     a_p1_is_claimed_before_an_older_backlog,
     cancel_leaves_an_attempt_in_flight_to_finish_and_keeps_thread_order,
+    concurrent_messages_of_one_thread_go_one_at_a_time,
 );
 
 fn new_broadcast(
@@ -636,4 +637,43 @@ async fn postgres_migrate_is_explicit_idempotent_and_a_newer_schema_is_refused()
         ),
         "{error}"
     );
+}
+
+async fn concurrent_messages_of_one_thread_go_one_at_a_time(harness: Harness) {
+    let store = harness.open().await;
+    // Committed together or not, only the first of a thread is due.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .insert_broadcast(new_broadcast(
+                    &format!("B{i:02}"),
+                    Some("INC-5"),
+                    &["a"],
+                    1_000,
+                ))
+                .await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap().unwrap();
+    }
+    let mut confirmed_in_order = Vec::new();
+    for round in 0..40 {
+        let now_ms = 2_000 + round * 10;
+        let claim = store.claim_due("a", 10, now_ms).await.unwrap();
+        assert_eq!(claim.deliveries.len(), 1, "one at a time (round {round})");
+        let delivery = &claim.deliveries[0];
+        let done = outcome(delivery, DeliveryState::Confirmed, "success", now_ms + 1);
+        store.update_delivery(done).await.unwrap();
+        confirmed_in_order.push(delivery.broadcast_id.clone());
+    }
+    assert!(store
+        .claim_due("a", 10, 9_000)
+        .await
+        .unwrap()
+        .deliveries
+        .is_empty());
+    assert_eq!(confirmed_in_order.len(), 40);
 }
