@@ -196,15 +196,24 @@ async fn three_nodes_survive_a_kill_and_a_freeze_losing_and_duplicating_nothing(
     let mock = start_mock(&[("/hooks/alpha", slow.clone()), ("/hooks/bravo", slow)]).await;
     let cluster = start_cluster(&pg, &mock, &DESTINATIONS, 8, 3).await;
     let started = Instant::now();
-    let clients: Vec<Arc<Client>> = cluster.nodes.iter().map(|n| n.client.clone()).collect();
-    let ids = send_all(&clients, BROADCASTS, &DESTINATIONS).await;
-    assert_eq!(ids.len(), BROADCASTS);
-    let submitted_ms = started.elapsed().as_millis();
-
-    let [_survivor, frozen, killed] = &cluster.nodes[..] else {
+    let [survivor, frozen, killed] = &cluster.nodes[..] else {
         unreachable!("three nodes")
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Everything goes in through the survivor while the others are hit;
+    // they get their share of the work through claims.
+    let sender = tokio::spawn({
+        let client = survivor.client.clone();
+        async move {
+            let ids = send_all(&[client], BROADCASTS, &DESTINATIONS).await;
+            (ids, started.elapsed().as_millis())
+        }
+    });
+    // Strike once work is flowing (and far from done).
+    let flowing = Instant::now() + Duration::from_secs(60);
+    while mock.stats().paths.values().map(|s| s.distinct).sum::<u64>() < 400 {
+        assert!(Instant::now() < flowing, "no delivery is flowing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     signal(killed, "KILL");
     let killed_ms = started.elapsed().as_millis();
     let received_at_kill: u64 = mock.stats().paths.values().map(|s| s.distinct).sum();
@@ -215,6 +224,8 @@ async fn three_nodes_survive_a_kill_and_a_freeze_losing_and_duplicating_nothing(
     tokio::time::sleep(Duration::from_millis(LEASE_MS * 2 + 1_000)).await;
     signal(frozen, "CONT");
     let resumed_ms = started.elapsed().as_millis();
+    let (ids, submitted_ms) = sender.await.unwrap();
+    assert_eq!(ids.len(), BROADCASTS);
 
     let states = wait_all_final(&pg, Duration::from_secs(180)).await;
     let converged_ms = started.elapsed().as_millis();
