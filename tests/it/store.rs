@@ -677,3 +677,66 @@ async fn concurrent_messages_of_one_thread_go_one_at_a_time(harness: Harness) {
         .is_empty());
     assert_eq!(confirmed_in_order.len(), 40);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_circuit_breaker_is_shared_by_every_node() {
+    let Some(harness) = Harness::new(Backend::Postgres).await else {
+        return;
+    };
+    let pg = harness.pg.as_ref().unwrap();
+    let open = |node: &str| {
+        PostgresStore::open(PostgresOptions {
+            url: pg.url.clone(),
+            node_id: node.to_owned(),
+            lease_ms: SUITE_LEASE_MS,
+            destinations: vec![(
+                "a".into(),
+                Isolation {
+                    breaker_failures: 2,
+                    breaker_cooldown_ms: 1_000,
+                    ..Isolation::default()
+                },
+            )],
+            take_over_expired_leases: false,
+        })
+    };
+    let node_a = open("node-a").await.unwrap();
+    let node_b = open("node-b").await.unwrap();
+    for i in 0..4 {
+        node_a
+            .insert_broadcast(new_broadcast(&format!("B{i}"), None, &["a"], 1_000))
+            .await
+            .unwrap();
+    }
+    // Two failures in a row on node a open the circuit.
+    let failing = node_a.claim_due("a", 2, 1_000).await.unwrap().deliveries;
+    assert_eq!(failing.len(), 2);
+    for delivery in &failing {
+        let failed = outcome(delivery, DeliveryState::Retrying, "retryable", 1_100);
+        node_a.update_delivery(failed).await.unwrap();
+    }
+    let claim = node_b.claim_due("a", 10, 1_200).await.unwrap();
+    assert!(claim.deliveries.is_empty(), "open for node b too");
+    assert_eq!(
+        claim.next_due_at_ms,
+        Some(2_100),
+        "until the cool-down ends"
+    );
+
+    // After the cool-down, one probe for the whole cluster.
+    let probe = node_b.claim_due("a", 10, 2_100).await.unwrap().deliveries;
+    assert_eq!(probe.len(), 1, "one probe");
+    assert!(
+        node_a
+            .claim_due("a", 10, 2_150)
+            .await
+            .unwrap()
+            .deliveries
+            .is_empty(),
+        "no second probe while the first is out"
+    );
+    let success = outcome(&probe[0], DeliveryState::Confirmed, "success", 2_200);
+    node_b.update_delivery(success).await.unwrap();
+    let claim = node_a.claim_due("a", 10, 3_200).await.unwrap();
+    assert_eq!(claim.deliveries.len(), 3, "closed again: the rest go");
+}
