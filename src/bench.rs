@@ -60,6 +60,9 @@ pub struct BenchOptions {
     pub backlog_deliveries: usize,
     /// Where the database and logs go; a temporary folder when absent.
     pub workdir: Option<PathBuf>,
+    /// Run herald on this PostgreSQL (a fresh schema per run, left for
+    /// inspection) instead of a SQLite file.
+    pub postgres: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -373,6 +376,54 @@ fn bytes_payload() -> axum::body::Bytes {
     )
 }
 
+/// A read connection to a run's database: its SQLite file, or its
+/// PostgreSQL schema (the URL carries the search path).
+enum BenchDb {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio_postgres::Client),
+}
+
+impl BenchDb {
+    async fn open(database: &Path) -> anyhow::Result<BenchDb> {
+        if !crate::server::is_postgres_url(database) {
+            return Ok(BenchDb::Sqlite(open_db(database)?));
+        }
+        let url = database.display().to_string();
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(BenchDb::Postgres(client))
+    }
+
+    /// Deliveries in all, and unfinished.
+    async fn counts(&self) -> anyhow::Result<(u64, u64)> {
+        const SQL: &str = "SELECT count(*), count(*) FILTER (WHERE state NOT IN ('confirmed','failed','dead','cancelled')) FROM deliveries";
+        match self {
+            BenchDb::Sqlite(conn) => Ok(conn.query_row(SQL, [], |r| Ok((r.get(0)?, r.get(1)?)))?),
+            BenchDb::Postgres(client) => {
+                let row = client.query_one(SQL, &[]).await?;
+                Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+            }
+        }
+    }
+}
+
+/// Makes a fresh schema for one run on the bench's PostgreSQL; returns the
+/// URL that uses it.
+async fn fresh_postgres_schema(url: &str, run: &str) -> anyhow::Result<PathBuf> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| "cannot connect to the bench's PostgreSQL")?;
+    tokio::spawn(connection);
+    let schema = format!("herald_bench_{run}_{:08x}", rand::random::<u32>());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await?;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Ok(PathBuf::from(format!(
+        "{url}{separator}options=-csearch_path%3D{schema}"
+    )))
+}
+
 fn open_db(path: &Path) -> anyhow::Result<rusqlite::Connection> {
     let conn =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -380,21 +431,12 @@ fn open_db(path: &Path) -> anyhow::Result<rusqlite::Connection> {
     Ok(conn)
 }
 
-fn unfinished(conn: &rusqlite::Connection) -> anyhow::Result<u64> {
-    Ok(conn.query_row(
-        "SELECT count(*) FROM deliveries WHERE state NOT IN ('confirmed','failed','dead','cancelled')",
-        [],
-        |r| r.get(0),
-    )?)
-}
-
 async fn wait_all_final(database: &Path, expected: usize, log: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(PHASE_TIMEOUT_SECS);
-    let conn = open_db(database)?;
+    let db = BenchDb::open(database).await?;
     let mut last_progress = (u64::MAX, Instant::now());
     loop {
-        let total: u64 = conn.query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))?;
-        let left = unfinished(&conn)?;
+        let (total, left) = db.counts().await?;
         if total as usize >= expected && left == 0 {
             return Ok(());
         }
@@ -424,15 +466,29 @@ struct DeliveryTimes {
     finished_ms: i64,
 }
 
-fn delivery_times(database: &Path, since_ms: i64) -> anyhow::Result<Vec<DeliveryTimes>> {
-    let conn = open_db(database)?;
-    let mut select = conn.prepare(
-        "SELECT d.destination, d.state, b.created_at_ms,
+async fn delivery_times(database: &Path, since_ms: i64) -> anyhow::Result<Vec<DeliveryTimes>> {
+    const SQL: &str = "SELECT d.destination, d.state, b.created_at_ms,
                 (SELECT min(a.started_at_ms) FROM attempts a WHERE a.delivery_id = d.id),
                 d.updated_at_ms
          FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
-         WHERE b.created_at_ms >= ?1",
-    )?;
+         WHERE b.created_at_ms >= $1";
+    let conn = match BenchDb::open(database).await? {
+        BenchDb::Sqlite(conn) => conn,
+        BenchDb::Postgres(client) => {
+            let rows = client.query(SQL, &[&since_ms]).await?;
+            return Ok(rows
+                .iter()
+                .map(|r| DeliveryTimes {
+                    destination: r.get(0),
+                    state: r.get(1),
+                    accepted_ms: r.get(2),
+                    first_attempt_ms: r.get(3),
+                    finished_ms: r.get(4),
+                })
+                .collect());
+        }
+    };
+    let mut select = conn.prepare(&SQL.replace("$1", "?1"))?;
     let rows = select
         .query_map([since_ms], |r| {
             Ok(DeliveryTimes {
@@ -483,7 +539,10 @@ impl Bench {
         self.runs += 1;
         let run = format!("run{}", self.runs);
         let config = self.workdir.join(format!("{run}.toml"));
-        let database = self.workdir.join(format!("{run}.db"));
+        let database = match &self.options.postgres {
+            Some(url) => fresh_postgres_schema(url, &run).await?,
+            None => self.workdir.join(format!("{run}.db")),
+        };
         // Each run starts from an empty database, even in a kept workdir.
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(self.workdir.join(format!("{run}.db{suffix}")));
@@ -546,7 +605,7 @@ impl Bench {
         .await?;
         let (peak_rss_mb, cpu_secs) = process_usage(server.pid())?;
         drop(server);
-        let times = delivery_times(&database, started_ms)?;
+        let times = delivery_times(&database, started_ms).await?;
         let mut report = summarise(scenario, count, names.len(), &times, started_ms);
         report.accepted_per_sec = count as f64 / submit_secs;
         report.peak_rss_mb = peak_rss_mb;
@@ -605,7 +664,7 @@ impl Bench {
             },
         )
         .await?;
-        let pending = unfinished(&open_db(&database)?)?;
+        let pending = BenchDb::open(&database).await?.counts().await?.1;
         let p1_since_ms = now_ms();
         const P1_COUNT: usize = 20;
         for i in 0..P1_COUNT {
@@ -627,7 +686,7 @@ impl Bench {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (peak_rss_mb, cpu_secs) = process_usage(server.pid())?;
         drop(server);
-        let p1_times = delivery_times(&database, p1_since_ms)?;
+        let p1_times = delivery_times(&database, p1_since_ms).await?;
         let mut report = summarise("backlog", P1_COUNT, 1, &p1_times, p1_since_ms);
         report.accepted_per_sec = broadcasts as f64 / submit_secs;
         report.pending_at_p1 = Some(pending);
@@ -723,8 +782,16 @@ pub async fn run(
     if !json {
         writeln!(
             out,
-            "herald bench: {} broadcasts x {} destinations, {} in flight per destination, {} submitters; SQLite synchronous=FULL",
-            options.broadcasts, options.destinations, options.concurrency, options.submitters
+            "herald bench: {} broadcasts x {} destinations, {} in flight per destination, {} submitters; {}",
+            options.broadcasts,
+            options.destinations,
+            options.concurrency,
+            options.submitters,
+            if options.postgres.is_some() {
+                "PostgreSQL synchronous_commit=on"
+            } else {
+                "SQLite synchronous=FULL"
+            }
         )?;
     }
     let mut reports: Vec<RunReport> = Vec::new();

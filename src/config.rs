@@ -34,11 +34,19 @@ pub const DEFAULT_BREAKER_FAILURES: u32 = 10;
 pub const DEFAULT_BREAKER_COOLDOWN_MS: u64 = 30_000;
 /// No destination gets more attempts in flight than this.
 pub const CONCURRENCY_MAX: u32 = 1_024;
+/// How long a node's lease on a delivery lasts (PostgreSQL only).
+pub const DEFAULT_LEASE_MS: u64 = crate::store::postgres::DEFAULT_LEASE_MS;
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// A SQLite file, or a `postgres://` URL for several nodes.
     pub database: PathBuf,
+    /// This node's name in a PostgreSQL cluster; random per start if unset.
+    pub node_id: Option<String>,
+    /// How long a claimed delivery stays this node's (PostgreSQL only); at
+    /// least twice the longest destination timeout.
+    pub lease_ms: u64,
     pub request_body_bytes_max: usize,
     /// A request taking longer than this is answered 503.
     pub request_timeout_ms: u64,
@@ -292,6 +300,8 @@ struct FileAlertmanager {
 struct FileServer {
     listen: Option<Spanned<String>>,
     database: Option<PathBuf>,
+    node_id: Option<String>,
+    lease_ms: Option<Spanned<u64>>,
     request_body_bytes_max: Option<Spanned<u64>>,
     request_timeout_ms: Option<Spanned<u64>>,
     idempotency_retention_secs: Option<Spanned<u64>>,
@@ -385,6 +395,8 @@ impl Default for Config {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("default listen address"),
             database: PathBuf::from(DEFAULT_DATABASE),
+            node_id: None,
+            lease_ms: DEFAULT_LEASE_MS,
             request_body_bytes_max: DEFAULT_REQUEST_BODY_BYTES_MAX,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             idempotency_retention_ms: DEFAULT_IDEMPOTENCY_RETENTION_SECS * 1000,
@@ -557,6 +569,13 @@ impl Config {
                     )
                 })? * 1000;
         }
+        if let Some(lease) = parsed.server.lease_ms {
+            config.lease_ms =
+                checked(&Some(lease), 0, 1_000..=3_600_000).map_err(|(span, range)| {
+                    error(span, format!("server.lease_ms: must be {range}"))
+                })?;
+        }
+        config.node_id = parsed.server.node_id;
         config.metrics_require_token = parsed.server.metrics_require_token.unwrap_or(false);
         for (index, token) in parsed.tokens.into_iter().enumerate() {
             let key = format!("tokens[{index}]");

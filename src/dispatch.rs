@@ -541,6 +541,16 @@ async fn run_attempt<S: Store>(
     _slot: OwnedSemaphorePermit,
 ) {
     let policy = lane.destination.policy;
+    // A 429 may have paused the destination after this delivery was leased
+    // (a claim or a hand-off racing the answer): nothing leaves before the
+    // pause is over.
+    loop {
+        let (until, now) = (lane.paused_until_ms.load(Ordering::SeqCst), now_ms());
+        if until <= now {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis((until - now) as u64)).await;
+    }
     let started_at_ms = now_ms();
     let (update, pause_ms) = match delivery.progress.state {
         DeliveryState::Verifying => {
@@ -585,6 +595,7 @@ async fn run_attempt<S: Store>(
                 },
                 now_ms: finished_at_ms,
                 remote_ref: report.remote_ref,
+                pause_destination_ms: None,
             };
             (update, None)
         }
@@ -623,6 +634,7 @@ async fn run_attempt<S: Store>(
                 },
                 now_ms: finished_at_ms,
                 remote_ref: outcome.remote_ref,
+                pause_destination_ms: pause_ms,
             };
             (update, pause_ms)
         }

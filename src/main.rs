@@ -28,12 +28,27 @@ enum Command {
         /// The config file (TOML): server settings and destinations.
         #[arg(long, default_value = "herald.toml")]
         config: PathBuf,
-        /// SQLite database file (overrides server.database).
+        /// SQLite database file, or postgres://user@host/db to share one
+        /// PostgreSQL with other nodes (overrides server.database).
         #[arg(long)]
         database: Option<PathBuf>,
         /// Address to listen on (overrides server.listen).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// This node's name in a PostgreSQL cluster (overrides
+        /// server.node_id; default: random per start).
+        #[arg(long, env = "HERALD_NODE_ID")]
+        node_id: Option<String>,
+        /// How long a claimed delivery stays this node's, on PostgreSQL
+        /// (overrides server.lease_ms).
+        #[arg(long, env = "HERALD_LEASE_MS")]
+        lease_ms: Option<u64>,
+    },
+    /// Apply the schema migrations to a PostgreSQL database, then exit.
+    Migrate {
+        /// postgres://user@host:port/db
+        #[arg(long)]
+        database: String,
     },
     /// Run the mock destinations: Slack, Teams, Jira, PagerDuty and Discord
     /// emulations and a generic webhook receiver, with scriptable faults.
@@ -170,6 +185,10 @@ enum Command {
         /// Keep databases and logs here instead of a temporary folder.
         #[arg(long)]
         workdir: Option<PathBuf>,
+        /// Run herald on this PostgreSQL (postgres://...; a fresh schema
+        /// per run) instead of a SQLite file.
+        #[arg(long)]
+        database: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -231,11 +250,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             database,
             listen,
+            node_id,
+            lease_ms,
         } => {
             init_logging("info");
             let mut config = Config::load(&config, |k| std::env::var(k).ok())?;
             if let Some(database) = database {
                 config.database = database;
+            }
+            if node_id.is_some() {
+                config.node_id = node_id;
+            }
+            if let Some(lease_ms) = lease_ms {
+                config.lease_ms = lease_ms;
             }
             if let Some(listen) = listen {
                 config.listen = listen;
@@ -247,6 +274,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait_for_stop_signal().await?;
             tracing::info!("stopping: no new work; attempts in flight finish first");
             server.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { database } => {
+            init_logging("info");
+            let applied = herald::store::postgres::migrate(&database).await?;
+            println!("applied {applied} migration(s); the schema is current");
             Ok(ExitCode::SUCCESS)
         }
         Command::Mock { listen, faults } => {
@@ -483,6 +516,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             steady_rate,
             backlog_deliveries,
             workdir,
+            database,
             json,
         } => {
             init_logging("warn");
@@ -496,6 +530,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 steady_rate,
                 backlog_deliveries,
                 workdir,
+                postgres: database,
             };
             let mut stdout = std::io::stdout();
             herald::bench::run(options, json, &mut stdout).await?;

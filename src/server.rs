@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::api::{router, AppState};
 use crate::config::Config;
 use crate::dispatch::{now_ms, Dispatcher};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{AnyStore, PostgresOptions, PostgresStore, SqliteStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -21,6 +21,76 @@ pub enum ServeError {
     Client(#[from] reqwest::Error),
     #[error("cannot read the listening address: {0}")]
     Listener(std::io::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Whether the database setting names a PostgreSQL server.
+pub fn is_postgres_url(database: &std::path::Path) -> bool {
+    database
+        .to_str()
+        .is_some_and(|d| d.starts_with("postgres://") || d.starts_with("postgresql://"))
+}
+
+/// The database setting without a password, for logs and errors.
+pub fn describe_database(database: &std::path::Path) -> String {
+    let text = database.display().to_string();
+    if !is_postgres_url(database) {
+        return text;
+    }
+    match (text.find("://"), text.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &text[scheme_end + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{user}{}", &text[..scheme_end + 3], &text[at..])
+        }
+        _ => text,
+    }
+}
+
+/// Opens the store the config names: a SQLite file, or a PostgreSQL
+/// database shared with other nodes.
+pub async fn open_store(config: &Config) -> Result<AnyStore, ServeError> {
+    let store_error = |source| ServeError::Store {
+        path: describe_database(&config.database),
+        source,
+    };
+    if !is_postgres_url(&config.database) {
+        return Ok(AnyStore::Sqlite(
+            SqliteStore::open(&config.database).map_err(store_error)?,
+        ));
+    }
+    // Leases are not renewed: one must outlast any attempt with a margin.
+    let longest_timeout_ms = config
+        .destinations
+        .iter()
+        .map(|d| d.timeout_ms)
+        .max()
+        .unwrap_or(0);
+    if config.lease_ms < 2 * longest_timeout_ms {
+        return Err(ServeError::Config(format!(
+            "server.lease_ms ({} ms) must be at least twice the longest destination timeout ({longest_timeout_ms} ms)",
+            config.lease_ms
+        )));
+    }
+    let node_id = config
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("node-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    let options = PostgresOptions {
+        url: config.database.display().to_string(),
+        node_id,
+        lease_ms: config.lease_ms,
+        destinations: config
+            .destinations
+            .iter()
+            .map(|d| (d.name.clone(), d.isolation))
+            .collect(),
+        take_over_expired_leases: true,
+    };
+    Ok(AnyStore::Postgres(
+        PostgresStore::open(options).await.map_err(store_error)?,
+    ))
 }
 
 /// A server running on its own tasks. Dropping it does not stop it; call
@@ -31,6 +101,7 @@ pub struct RunningServer {
     http: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
     purge: JoinHandle<()>,
+    wakeups: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -41,17 +112,20 @@ impl RunningServer {
         let _ = self.http.await;
         let _ = self.dispatcher.await;
         let _ = self.purge.await;
+        if let Some(wakeups) = self.wakeups {
+            let _ = wakeups.await;
+        }
     }
 }
 
 pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServer, ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
-    let path = config.database.display().to_string();
+    let path = describe_database(&config.database);
     let store_error = |source| ServeError::Store {
         path: path.clone(),
         source,
     };
-    let store = Arc::new(SqliteStore::open(&config.database).map_err(store_error)?);
+    let store = Arc::new(open_store(&config).await?);
     let recovery = store.recover(now_ms()).await.map_err(store_error)?;
     if recovery.interrupted > 0 || recovery.released > 0 {
         tracing::warn!(
@@ -73,6 +147,18 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
     )?);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let dispatcher_task = tokio::spawn(dispatcher.clone().run(shutdown_rx.clone()));
+    let wakeups = match store.as_ref() {
+        AnyStore::Postgres(pg) => {
+            tracing::info!(node = pg.node_id(), "joined the PostgreSQL cluster");
+            Some(tokio::spawn(forward_wakeups(
+                pg.wakeups(),
+                dispatcher.clone(),
+                config.destinations.iter().map(|d| d.name.clone()).collect(),
+                shutdown_rx.clone(),
+            )))
+        }
+        AnyStore::Sqlite(_) => None,
+    };
     if config.tokens.is_empty() {
         tracing::warn!("no [[tokens]] configured: the API is open to anyone who can reach {addr}");
     }
@@ -98,7 +184,36 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
         http,
         dispatcher: dispatcher_task,
         purge,
+        wakeups,
     })
+}
+
+/// Turns the cluster's notifications into lane wake-ups, until shutdown.
+async fn forward_wakeups(
+    mut wakeups: tokio::sync::broadcast::Receiver<String>,
+    dispatcher: Arc<Dispatcher<AnyStore>>,
+    destinations: Vec<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let destination = tokio::select! {
+            received = wakeups.recv() => received,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        match destination {
+            Ok(destination) if destination != crate::store::postgres::WAKE_ALL => {
+                dispatcher.wake(&destination)
+            }
+            // Missed some (fell behind) or reconnected: look everywhere.
+            Ok(_) | Err(RecvError::Lagged(_)) => {
+                for name in &destinations {
+                    dispatcher.wake(name);
+                }
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 /// How often expired ingest idempotency keys are deleted.

@@ -2,18 +2,26 @@
 //! Only this module speaks SQL. The [`Store`] trait is what the dispatcher
 //! and the API use, so a PostgreSQL store can stand beside SQLite.
 
+mod any;
+pub mod postgres;
 mod sqlite;
 
 use std::future::Future;
 
 use crate::domain::{DeliveryProgress, DeliveryState, Message, OutcomeClass, RetryPolicy};
 
+pub use any::AnyStore;
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("the database holds a value herald cannot read: {0}")]
     Corrupt(String),
     #[error(
@@ -200,6 +208,9 @@ pub struct DeliveryUpdate {
     pub now_ms: i64,
     /// What the attempt created at the destination; kept when `None`.
     pub remote_ref: Option<String>,
+    /// A 429 asked to pause the whole destination this long (a shared store
+    /// makes every node honour it).
+    pub pause_destination_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -318,17 +318,24 @@ async fn slack_429_pauses_slack_alone_until_retry_after() {
             ..Faults::default()
         },
     )];
-    let (mock, server, _dir) = start(&faults).await;
+    // One request at a time to Slack, so every request after the first was
+    // sent after herald had the 429 in hand.
+    let (mock, server, _dir) = start_with(&faults, |d| {
+        if d.name == "slack-incidents" {
+            d.concurrency = 1;
+        }
+    })
+    .await;
     let client = client(&server);
     let mut ids = Vec::new();
     for i in 0..5 {
-        let accepted = client
-            .send(&request(
-                &format!("P1 number {i}"),
-                &["slack-incidents", "status-hook"],
-            ))
-            .await
-            .unwrap();
+        // P3: a P1 could also take the slot kept for P1s.
+        let mut message = request(
+            &format!("P3 number {i}"),
+            &["slack-incidents", "status-hook"],
+        );
+        message.severity = Some("P3".into());
+        let accepted = client.send(&message).await.unwrap();
         ids.push(accepted.id);
     }
     for id in &ids {

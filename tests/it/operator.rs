@@ -278,6 +278,9 @@ async fn live_events_show_every_change_in_order_and_end_with_the_final_state() {
         Faults {
             fail_first: 2,
             fail_status: 503,
+            // The stream must be open before the first outcome lands, also
+            // on a loaded machine, or its snapshot skips "retrying 1".
+            latency_ms: 300,
             ..Faults::default()
         },
     )])

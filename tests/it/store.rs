@@ -1,13 +1,123 @@
-//! The SQLite store on a real file: recovery after a crash, thread order,
-//! and many concurrent writers committed together.
+//! The store suite, run against both stores: SQLite on a real file and
+//! PostgreSQL on a fresh schema. Recovery after a crash, thread order,
+//! fencing, priorities, operator actions, many concurrent writers; then
+//! what only one of them has (SQLite's file lock, PostgreSQL's leases
+//! across nodes and shared destination state).
 
+use herald::config::Isolation;
 use herald::domain::{DeliveryState, Message, RetryPolicy, Severity};
 use herald::store::{
-    AttemptKind, AttemptRecord, DeliveryUpdate, NewBroadcast, NewDelivery, OperatorAction,
-    SqliteStore, Store, UpdateResult,
+    AnyStore, AttemptKind, AttemptRecord, DeliveryUpdate, NewBroadcast, NewDelivery,
+    OperatorAction, PostgresOptions, PostgresStore, SqliteStore, Store, UpdateResult,
 };
 
-use crate::support::temp_dir;
+use crate::support::{temp_dir, PgSchema};
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One database for one test, and how to open (and reopen) stores on it.
+struct Harness {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    pg: Option<PgSchema>,
+}
+
+/// Leases in the suite outlast every timestamp it uses.
+const SUITE_LEASE_MS: u64 = 60_000;
+
+impl Harness {
+    /// None when the backend is unavailable here (PostgreSQL outside CI).
+    async fn new(backend: Backend) -> Option<Harness> {
+        let dir = temp_dir();
+        let path = dir.path().join("herald.db");
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(PgSchema::create().await?),
+        };
+        Some(Harness {
+            _dir: dir,
+            path,
+            pg,
+        })
+    }
+
+    /// A store as a restarted process opens it (same node id).
+    async fn open(&self) -> AnyStore {
+        self.open_as("node-a", SUITE_LEASE_MS).await
+    }
+
+    async fn open_as(&self, node_id: &str, lease_ms: u64) -> AnyStore {
+        match &self.pg {
+            None => AnyStore::Sqlite(SqliteStore::open(&self.path).unwrap()),
+            Some(pg) => AnyStore::Postgres(
+                PostgresStore::open(PostgresOptions {
+                    url: pg.url.clone(),
+                    node_id: node_id.to_owned(),
+                    lease_ms,
+                    destinations: vec![("a".into(), Isolation::default())],
+                    take_over_expired_leases: false,
+                })
+                .await
+                .unwrap(),
+            ),
+        }
+    }
+
+    async fn count_rows(&self, table: &str) -> i64 {
+        match &self.pg {
+            None => crate::support::count_rows(&self.path, table),
+            Some(pg) => pg
+                .client()
+                .await
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .unwrap()
+                .get(0),
+        }
+    }
+}
+
+/// Each listed test, once per backend: `store::sqlite::NAME` and
+/// `store::postgres::NAME`.
+macro_rules! store_suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(harness) = super::Harness::new(super::Backend::Sqlite).await {
+                        super::$name(harness).await;
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(harness) = super::Harness::new(super::Backend::Postgres).await {
+                        super::$name(harness).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    a_delivery_sending_at_a_crash_is_verified_not_resent_blindly,
+    a_thread_update_waits_for_the_message_it_updates,
+    concurrent_inserts_are_all_committed,
+    an_outcome_from_an_older_lease_is_refused,
+    a_failing_write_fails_alone_in_its_batch,
+    a_p1_is_claimed_before_an_older_backlog,
+    cancel_leaves_an_attempt_in_flight_to_finish_and_keeps_thread_order,
+    concurrent_messages_of_one_thread_go_one_at_a_time,
+);
 
 fn new_broadcast(
     id: &str,
@@ -31,12 +141,9 @@ fn new_broadcast(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_sending_at_a_crash_is_verified_not_resent_blindly() {
-    let dir = temp_dir();
-    let path = dir.path().join("herald.db");
+async fn a_delivery_sending_at_a_crash_is_verified_not_resent_blindly(harness: Harness) {
     {
-        let store = SqliteStore::open(&path).unwrap();
+        let store = harness.open().await;
         store
             .insert_broadcast(new_broadcast("B1", None, &["a", "b"], 1_000))
             .await
@@ -46,7 +153,7 @@ async fn a_delivery_sending_at_a_crash_is_verified_not_resent_blindly() {
         assert_eq!(claim.deliveries[0].progress.state, DeliveryState::Sending);
         // The process dies here: the store is dropped with the lease held.
     }
-    let store = SqliteStore::open(&path).unwrap();
+    let store = harness.open().await;
     let recovery = store.recover(3_000).await.unwrap();
     assert_eq!(recovery.interrupted, 1);
     let view = store.broadcast("B1").await.unwrap().unwrap();
@@ -69,18 +176,15 @@ async fn a_delivery_sending_at_a_crash_is_verified_not_resent_blindly() {
     assert_eq!(claim.deliveries[0].idempotency_key, "B1-a");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thread_update_waits_for_the_message_it_updates() {
-    let dir = temp_dir();
-    let store = SqliteStore::open(dir.path().join("herald.db")).unwrap();
+async fn a_thread_update_waits_for_the_message_it_updates(harness: Harness) {
+    let store = harness.open().await;
     store
         .insert_broadcast(new_broadcast("B1", Some("INC-7"), &["a"], 1_000))
         .await
         .unwrap();
-    let inserted = store
-        .insert_broadcast(new_broadcast("B2", Some("INC-7"), &["a"], 1_001))
-        .await
-        .unwrap();
+    let mut resolve = new_broadcast("B2", Some("INC-7"), &["a"], 1_001);
+    resolve.message = resolve.message.resolving(true).unwrap();
+    let inserted = store.insert_broadcast(resolve).await.unwrap();
     assert_eq!(inserted[0].progress.state, DeliveryState::Waiting);
 
     let claim = store.claim_due("a", 10, 5_000).await.unwrap();
@@ -91,6 +195,10 @@ async fn a_thread_update_waits_for_the_message_it_updates() {
     );
     let first = &claim.deliveries[0];
     assert_eq!(first.broadcast_id, "B1");
+    assert_eq!(
+        first.thread_ref, None,
+        "the thread's first message opens it"
+    );
 
     let mut confirmed = first.progress.clone();
     confirmed.state = DeliveryState::Confirmed;
@@ -112,7 +220,8 @@ async fn a_thread_update_waits_for_the_message_it_updates() {
                 error: None,
             },
             now_ms: 5_010,
-            remote_ref: None,
+            remote_ref: Some("1700000000.000100".into()),
+            pause_destination_ms: None,
         })
         .await
         .unwrap();
@@ -122,16 +231,25 @@ async fn a_thread_update_waits_for_the_message_it_updates() {
             promoted_next_in_thread: true
         }
     );
+    let view = store.broadcast("B1").await.unwrap().unwrap();
+    assert_eq!(
+        view.deliveries[0].remote_ref.as_deref(),
+        Some("1700000000.000100")
+    );
     let claim = store.claim_due("a", 10, 5_020).await.unwrap();
     assert_eq!(claim.deliveries.len(), 1);
-    assert_eq!(claim.deliveries[0].broadcast_id, "B2");
+    let update = &claim.deliveries[0];
+    assert_eq!(update.broadcast_id, "B2");
+    assert!(update.message.resolved(), "the resolve flag is kept");
+    assert_eq!(
+        update.thread_ref.as_deref(),
+        Some("1700000000.000100"),
+        "the update attaches to what the first message created"
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_inserts_are_all_committed() {
-    let dir = temp_dir();
-    let path = dir.path().join("herald.db");
-    let store = SqliteStore::open(&path).unwrap();
+async fn concurrent_inserts_are_all_committed(harness: Harness) {
+    let store = harness.open().await;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..300 {
         let store = store.clone();
@@ -149,16 +267,13 @@ async fn concurrent_inserts_are_all_committed() {
         .await;
     assert!(duplicate.is_err(), "an existing id is refused");
     drop(store);
-    assert_eq!(crate::support::count_rows(&path, "broadcasts"), 300);
-    assert_eq!(crate::support::count_rows(&path, "deliveries"), 900);
+    assert_eq!(harness.count_rows("broadcasts").await, 300);
+    assert_eq!(harness.count_rows("deliveries").await, 900);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outcome_from_an_older_lease_is_refused() {
-    let dir = temp_dir();
-    let path = dir.path().join("herald.db");
+async fn an_outcome_from_an_older_lease_is_refused(harness: Harness) {
     let stale = {
-        let store = SqliteStore::open(&path).unwrap();
+        let store = harness.open().await;
         store
             .insert_broadcast(new_broadcast("B1", None, &["a"], 1_000))
             .await
@@ -171,7 +286,7 @@ async fn an_outcome_from_an_older_lease_is_refused() {
             .remove(0)
     };
     // A restart: the interrupted delivery is verified and leased again.
-    let store = SqliteStore::open(&path).unwrap();
+    let store = harness.open().await;
     store.recover(3_000).await.unwrap();
     let fresh = store
         .claim_due("a", 1, 3_000)
@@ -201,6 +316,7 @@ async fn an_outcome_from_an_older_lease_is_refused() {
         },
         now_ms: 3_001,
         remote_ref: None,
+        pause_destination_ms: None,
     };
     assert_eq!(
         store.update_delivery(late.clone()).await.unwrap(),
@@ -223,7 +339,7 @@ async fn an_outcome_from_an_older_lease_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_process_cannot_open_the_same_database() {
+async fn sqlite_a_second_process_cannot_open_the_same_database() {
     let dir = temp_dir();
     let path = dir.path().join("herald.db");
     let _first = SqliteStore::open(&path).unwrap();
@@ -235,11 +351,8 @@ async fn a_second_process_cannot_open_the_same_database() {
     assert!(message.contains("another herald process"), "{message}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_write_fails_alone_in_its_batch() {
-    let dir = temp_dir();
-    let path = dir.path().join("herald.db");
-    let store = SqliteStore::open(&path).unwrap();
+async fn a_failing_write_fails_alone_in_its_batch(harness: Harness) {
+    let store = harness.open().await;
     // 200 concurrent inserts over 100 ids: each id succeeds exactly once,
     // and every refusal is about a duplicate, whatever batch it shared.
     let mut tasks = tokio::task::JoinSet::new();
@@ -261,14 +374,12 @@ async fn a_failing_write_fails_alone_in_its_batch() {
     }
     assert_eq!((accepted, refused), (100, 100));
     drop(store);
-    assert_eq!(crate::support::count_rows(&path, "broadcasts"), 100);
-    assert_eq!(crate::support::count_rows(&path, "deliveries"), 100);
+    assert_eq!(harness.count_rows("broadcasts").await, 100);
+    assert_eq!(harness.count_rows("deliveries").await, 100);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_p1_is_claimed_before_an_older_backlog() {
-    let dir = temp_dir();
-    let store = SqliteStore::open(dir.path().join("herald.db")).unwrap();
+async fn a_p1_is_claimed_before_an_older_backlog(harness: Harness) {
+    let store = harness.open().await;
     for i in 0..50 {
         let mut backlog = new_broadcast(&format!("B{i}"), None, &["a"], i);
         backlog.message = Message::new("backlog", "", Severity::P4, None).unwrap();
@@ -308,10 +419,8 @@ async fn a_p1_is_claimed_before_an_older_backlog() {
     assert_eq!(claim.next_due_at_ms, Some(2), "B2 is the earliest left");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_leaves_an_attempt_in_flight_to_finish_and_keeps_thread_order() {
-    let dir = temp_dir();
-    let store = SqliteStore::open(dir.path().join("herald.db")).unwrap();
+async fn cancel_leaves_an_attempt_in_flight_to_finish_and_keeps_thread_order(harness: Harness) {
+    let store = harness.open().await;
     store
         .insert_broadcast(new_broadcast("FIRING", Some("INC-9"), &["a"], 1_000))
         .await
@@ -368,4 +477,284 @@ async fn cancel_leaves_an_attempt_in_flight_to_finish_and_keeps_thread_order() {
             .unwrap(),
         None
     );
+}
+
+fn outcome(
+    delivery: &herald::store::ClaimedDelivery,
+    state: DeliveryState,
+    outcome: &str,
+    now_ms: i64,
+) -> DeliveryUpdate {
+    let mut progress = delivery.progress.clone();
+    progress.state = state;
+    progress.due_at_ms = (state == DeliveryState::Retrying).then_some(now_ms + 1_000);
+    DeliveryUpdate {
+        delivery_id: delivery.delivery_id,
+        lease_epoch: delivery.lease_epoch,
+        expected_state: delivery.progress.state,
+        progress,
+        last_error: None,
+        attempt: AttemptRecord {
+            number: delivery.progress.attempts_made,
+            kind: AttemptKind::Send,
+            started_at_ms: now_ms - 1,
+            finished_at_ms: now_ms,
+            outcome: outcome.into(),
+            http_status: None,
+            excerpt: None,
+            error: None,
+        },
+        now_ms,
+        remote_ref: None,
+        pause_destination_ms: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_node_takes_over_only_expired_leases_and_the_late_write_is_refused() {
+    let Some(harness) = Harness::new(Backend::Postgres).await else {
+        return;
+    };
+    let lease_ms = 10_000;
+    let node_a = harness.open_as("node-a", lease_ms).await;
+    let node_b = harness.open_as("node-b", lease_ms).await;
+    node_a
+        .insert_broadcast(new_broadcast("B1", None, &["a"], 1_000))
+        .await
+        .unwrap();
+    let held = node_a.claim_due("a", 10, 1_000).await.unwrap().deliveries;
+    assert_eq!(held.len(), 1);
+    assert!(
+        node_b
+            .claim_due("a", 10, 1_500)
+            .await
+            .unwrap()
+            .deliveries
+            .is_empty(),
+        "a leased delivery is nobody else's"
+    );
+
+    // Node b starts while a's lease is live: it must not steal it.
+    let recovery = node_b.recover(2_000).await.unwrap();
+    assert_eq!((recovery.interrupted, recovery.released), (0, 0));
+
+    // Past the expiry, b takes it over through verifying.
+    let recovery = node_b.recover(1_000 + lease_ms as i64 + 1).await.unwrap();
+    assert_eq!(recovery.interrupted, 1);
+    let taken = node_b.claim_due("a", 10, 12_000).await.unwrap().deliveries;
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].progress.state, DeliveryState::Verifying);
+    assert!(taken[0].lease_epoch > held[0].lease_epoch);
+
+    // Node a wakes up and reports its old attempt: refused.
+    let late = outcome(&held[0], DeliveryState::Confirmed, "success", 12_500);
+    assert_eq!(
+        node_a.update_delivery(late).await.unwrap(),
+        UpdateResult::Stale
+    );
+    let view = node_b.broadcast("B1").await.unwrap().unwrap();
+    assert_eq!(view.deliveries[0].progress.state, DeliveryState::Verifying);
+    let mut found = outcome(&taken[0], DeliveryState::Confirmed, "found", 12_600);
+    found.attempt.kind = AttemptKind::Verify;
+    assert!(matches!(
+        node_b.update_delivery(found).await.unwrap(),
+        UpdateResult::Applied { .. }
+    ));
+    let view = node_a.broadcast("B1").await.unwrap().unwrap();
+    assert_eq!(view.deliveries[0].progress.state, DeliveryState::Confirmed);
+    let outcomes: Vec<&str> = view.deliveries[0]
+        .attempts
+        .iter()
+        .map(|a| a.outcome.as_str())
+        .collect();
+    assert_eq!(outcomes, ["interrupted", "success", "found"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_outcome_after_the_lease_expired_is_refused_even_before_a_takeover() {
+    let Some(harness) = Harness::new(Backend::Postgres).await else {
+        return;
+    };
+    let node = harness.open_as("node-a", 5_000).await;
+    node.insert_broadcast(new_broadcast("B1", None, &["a"], 1_000))
+        .await
+        .unwrap();
+    let held = node.claim_due("a", 1, 1_000).await.unwrap().deliveries;
+    let late = outcome(&held[0], DeliveryState::Confirmed, "success", 6_001);
+    assert_eq!(
+        node.update_delivery(late).await.unwrap(),
+        UpdateResult::Stale
+    );
+    let in_time = outcome(&held[0], DeliveryState::Confirmed, "success", 6_000);
+    assert!(matches!(
+        node.update_delivery(in_time).await.unwrap(),
+        UpdateResult::Applied { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_429_on_one_node_pauses_the_destination_on_every_node() {
+    let Some(harness) = Harness::new(Backend::Postgres).await else {
+        return;
+    };
+    let node_a = harness.open_as("node-a", SUITE_LEASE_MS).await;
+    let node_b = harness.open_as("node-b", SUITE_LEASE_MS).await;
+    for id in ["B1", "B2"] {
+        node_a
+            .insert_broadcast(new_broadcast(id, None, &["a"], 1_000))
+            .await
+            .unwrap();
+    }
+    let first = node_a.claim_due("a", 1, 1_000).await.unwrap().deliveries;
+    let mut limited = outcome(&first[0], DeliveryState::Retrying, "rate_limited", 1_100);
+    limited.pause_destination_ms = Some(3_000);
+    node_a.update_delivery(limited).await.unwrap();
+
+    let claim = node_b.claim_due("a", 10, 2_000).await.unwrap();
+    assert!(claim.deliveries.is_empty(), "paused for every node");
+    assert_eq!(claim.next_due_at_ms, Some(4_100), "until the pause ends");
+    let claim = node_b.claim_due("a", 10, 4_100).await.unwrap();
+    assert_eq!(
+        claim.deliveries.len(),
+        2,
+        "both once the pause is over (B1's retry is due then too)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrate_is_explicit_idempotent_and_a_newer_schema_is_refused() {
+    let Some(harness) = Harness::new(Backend::Postgres).await else {
+        return;
+    };
+    let pg = harness.pg.as_ref().unwrap();
+    let applied = herald::store::postgres::migrate(&pg.url).await.unwrap();
+    assert!(applied >= 1);
+    assert_eq!(herald::store::postgres::migrate(&pg.url).await.unwrap(), 0);
+    pg.client()
+        .await
+        .execute(
+            "INSERT INTO herald_schema (version, applied_at_ms) VALUES (999, 0)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let error = PostgresStore::open(PostgresOptions {
+        url: pg.url.clone(),
+        node_id: "node-a".into(),
+        lease_ms: SUITE_LEASE_MS,
+        destinations: vec![],
+        take_over_expired_leases: false,
+    })
+    .await
+    .err()
+    .expect("a newer schema is refused");
+    assert!(
+        matches!(
+            error,
+            herald::store::StoreError::SchemaTooNew { found: 999, .. }
+        ),
+        "{error}"
+    );
+}
+
+async fn concurrent_messages_of_one_thread_go_one_at_a_time(harness: Harness) {
+    let store = harness.open().await;
+    // Committed together or not, only the first of a thread is due.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .insert_broadcast(new_broadcast(
+                    &format!("B{i:02}"),
+                    Some("INC-5"),
+                    &["a"],
+                    1_000,
+                ))
+                .await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap().unwrap();
+    }
+    let mut confirmed_in_order = Vec::new();
+    for round in 0..40 {
+        let now_ms = 2_000 + round * 10;
+        let claim = store.claim_due("a", 10, now_ms).await.unwrap();
+        assert_eq!(claim.deliveries.len(), 1, "one at a time (round {round})");
+        let delivery = &claim.deliveries[0];
+        let done = outcome(delivery, DeliveryState::Confirmed, "success", now_ms + 1);
+        store.update_delivery(done).await.unwrap();
+        confirmed_in_order.push(delivery.broadcast_id.clone());
+    }
+    assert!(store
+        .claim_due("a", 10, 9_000)
+        .await
+        .unwrap()
+        .deliveries
+        .is_empty());
+    assert_eq!(confirmed_in_order.len(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_circuit_breaker_is_shared_by_every_node() {
+    let Some(harness) = Harness::new(Backend::Postgres).await else {
+        return;
+    };
+    let pg = harness.pg.as_ref().unwrap();
+    let open = |node: &str| {
+        PostgresStore::open(PostgresOptions {
+            url: pg.url.clone(),
+            node_id: node.to_owned(),
+            lease_ms: SUITE_LEASE_MS,
+            destinations: vec![(
+                "a".into(),
+                Isolation {
+                    breaker_failures: 2,
+                    breaker_cooldown_ms: 1_000,
+                    ..Isolation::default()
+                },
+            )],
+            take_over_expired_leases: false,
+        })
+    };
+    let node_a = open("node-a").await.unwrap();
+    let node_b = open("node-b").await.unwrap();
+    for i in 0..4 {
+        node_a
+            .insert_broadcast(new_broadcast(&format!("B{i}"), None, &["a"], 1_000))
+            .await
+            .unwrap();
+    }
+    // Two failures in a row on node a open the circuit.
+    let failing = node_a.claim_due("a", 2, 1_000).await.unwrap().deliveries;
+    assert_eq!(failing.len(), 2);
+    for delivery in &failing {
+        let failed = outcome(delivery, DeliveryState::Retrying, "retryable", 1_100);
+        node_a.update_delivery(failed).await.unwrap();
+    }
+    let claim = node_b.claim_due("a", 10, 1_200).await.unwrap();
+    assert!(claim.deliveries.is_empty(), "open for node b too");
+    assert_eq!(
+        claim.next_due_at_ms,
+        Some(2_100),
+        "until the cool-down ends"
+    );
+
+    // After the cool-down, one probe for the whole cluster.
+    let probe = node_b.claim_due("a", 10, 2_100).await.unwrap().deliveries;
+    assert_eq!(probe.len(), 1, "one probe");
+    assert!(
+        node_a
+            .claim_due("a", 10, 2_150)
+            .await
+            .unwrap()
+            .deliveries
+            .is_empty(),
+        "no second probe while the first is out"
+    );
+    let success = outcome(&probe[0], DeliveryState::Confirmed, "success", 2_200);
+    node_b.update_delivery(success).await.unwrap();
+    let claim = node_a.claim_due("a", 10, 3_200).await.unwrap();
+    assert_eq!(claim.deliveries.len(), 3, "closed again: the rest go");
 }

@@ -179,3 +179,88 @@ pub async fn wait_healthy(addr: SocketAddr) {
     }
     panic!("herald did not become healthy at {addr}");
 }
+
+/// The PostgreSQL the tests use; `HERALD_TEST_POSTGRES` overrides it.
+pub fn postgres_base_url() -> String {
+    std::env::var("HERALD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A fresh schema on the test PostgreSQL, dropped when this is dropped (a
+/// failing test too).
+pub struct PgSchema {
+    pub name: String,
+    /// The base URL with `search_path` set to this schema.
+    pub url: String,
+}
+
+impl PgSchema {
+    /// None (with the reason printed) when PostgreSQL cannot be reached,
+    /// except on CI (`CI=true`), where that fails the test.
+    pub async fn create() -> Option<PgSchema> {
+        let base = postgres_base_url();
+        let name = format!("herald_test_{:016x}", rand::random::<u64>());
+        let created = async {
+            let (client, connection) = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio_postgres::connect(&base, tokio_postgres::NoTls),
+            )
+            .await
+            .map_err(|_| "connecting timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("CREATE SCHEMA {name}"))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match created {
+            Ok(()) => Some(PgSchema {
+                url: format!("{base}?options=-csearch_path%3D{name}"),
+                name,
+            }),
+            Err(reason) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("PostgreSQL at {base} is required on CI: {reason}")
+            }
+            Err(reason) => {
+                eprintln!("skipped: PostgreSQL at {base} is not reachable ({reason}); CI=true makes this a failure");
+                None
+            }
+        }
+    }
+
+    /// A client on this schema, for checks.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (base, name) = (postgres_base_url(), self.name.clone());
+        // Drop runs outside async code: a thread with its own runtime.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let Ok((client, connection)) =
+                    tokio_postgres::connect(&base, tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
+                tokio::spawn(connection);
+                let _ = client
+                    .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
+                    .await;
+            })
+        });
+        let _ = dropped.join();
+    }
+}
