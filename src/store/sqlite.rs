@@ -706,6 +706,14 @@ fn claim_due(
         handed_out.push(delivery);
     }
     let claimed = handed_out;
+    if claimed.len() >= limit {
+        // A full claim: the lane claims again at once, no need to know when.
+        return Ok(Claim {
+            expired,
+            deliveries: claimed,
+            next_due_at_ms: None,
+        });
+    }
     // The earliest due time left: the first index entry of each severity.
     let mut earliest = conn.prepare_cached(
         "SELECT min(due_at_ms) FROM deliveries

@@ -1,5 +1,5 @@
 //! The requests herald's connectors build, checked against the services' own
-//! API descriptions in `../shared/specs`: Slack's swagger, Jira's, Discord's
+//! API descriptions in `tests/specs` (verbatim copies of `../shared/specs`): Slack's swagger, Jira's, Discord's
 //! and PagerDuty's OpenAPI documents, and the Adaptive Card 1.5 schema.
 //!
 //! The checks run on the pure request builders the connectors send, for each
@@ -20,19 +20,24 @@ use herald::domain::{DeliveryProgress, Message, RetryPolicy, Severity};
 use herald::store::ClaimedDelivery;
 use serde_json::{json, Value};
 
-/// The API descriptions live beside the repository (CI has them at the same
-/// relative place).
-const SPECS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/specs");
+/// The published API descriptions, copied verbatim into the repository so
+/// the tests run wherever it is cloned.
+const SPECS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/specs");
+/// Where the project keeps the originals, when this checkout sits beside
+/// them: the copies must not drift from them.
+const ORIGINALS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/specs");
 
 fn load_spec(file: &str) -> Value {
     let path = format!("{SPECS_DIR}/{file}");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|error| {
-        panic!(
-            "cannot read the API description {path}: {error}. The specs directory \
-             `shared/specs` must sit next to the repository; restore it rather than \
-             skipping these tests"
-        )
+        panic!("cannot read the API description {path}: {error}; it belongs to the repository")
     });
+    if let Ok(original) = std::fs::read_to_string(format!("{ORIGINALS_DIR}/{file}")) {
+        assert!(
+            original == text,
+            "{path} differs from {ORIGINALS_DIR}/{file}: copy the published description again"
+        );
+    }
     serde_json::from_str(&text).unwrap_or_else(|error| panic!("{path} is not JSON: {error}"))
 }
 
