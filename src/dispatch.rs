@@ -27,9 +27,6 @@ const CLAIM_BATCH_MAX: usize = 256;
 /// A lane with nothing due looks again after this long even without a wake-up
 /// (a safety net; new work and retries wake it directly).
 const IDLE_POLL_MS: i64 = 5_000;
-/// When every slot is busy, a lane waits at most this long for a quarter
-/// of its slots to free before claiming, so claims come in batches.
-const CLAIM_GATHER_MS: u64 = 5;
 /// At shutdown, attempts in flight get this long to finish and record their
 /// outcome; the rest are released to the next start's recovery.
 const SHUTDOWN_DRAIN_MS: u64 = 10_000;
@@ -393,20 +390,7 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
         if free == 0 {
             let urgent_slot_free = lane.urgent_slot.available_permits() > 0;
             tokio::select! {
-                permit = lane.slots.acquire() => {
-                    drop(permit);
-                    // Saturated: give a few more attempts the chance to end
-                    // so that one claim (one transaction) serves several.
-                    let batch = (lane.destination.concurrency as usize / 4).clamp(1, CLAIM_BATCH_MAX);
-                    if let Ok(Ok(gathered)) = tokio::time::timeout(
-                        Duration::from_millis(CLAIM_GATHER_MS),
-                        lane.slots.acquire_many(batch as u32),
-                    )
-                    .await
-                    {
-                        drop(gathered);
-                    }
-                }
+                permit = lane.slots.acquire() => drop(permit),
                 // Every slot is busy and new work arrived: a P1 must not
                 // wait for the backlog, so it may take the reserved slot.
                 _ = lane.wake.notified(), if urgent_slot_free => {

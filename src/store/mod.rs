@@ -152,6 +152,8 @@ pub struct Claim {
     /// Due deliveries found past their deadline: now dead, not handed out.
     pub expired: Vec<ClaimedDelivery>,
     /// When the earliest delivery of this destination left unclaimed is due.
+    /// `None` after a full claim (as many as asked for): there may be more
+    /// due now, and the caller claims again at once.
     pub next_due_at_ms: Option<i64>,
 }
 

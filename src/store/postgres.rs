@@ -1404,6 +1404,14 @@ async fn claim_due(
             write_guard(tx, destination, &guard).await?;
         }
     }
+    if handed_out.len() >= limit {
+        // A full claim: the lane claims again at once, no need to know when.
+        return Ok(Claim {
+            deliveries: handed_out,
+            expired,
+            next_due_at_ms: None,
+        });
+    }
     let next_due_at_ms: Option<i64> = tx
         .query_one(
             "SELECT min((SELECT min(due_at_ms) FROM deliveries

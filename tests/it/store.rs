@@ -416,7 +416,13 @@ async fn a_p1_is_claimed_before_an_older_backlog(harness: Harness) {
         ["P1b", "B0", "B1"],
         "most urgent first, then oldest due"
     );
-    assert_eq!(claim.next_due_at_ms, Some(2), "B2 is the earliest left");
+    assert_eq!(
+        claim.next_due_at_ms, None,
+        "a full claim: claim again at once"
+    );
+    let claim = store.claim_due("a", 100, 10).await.unwrap();
+    assert_eq!(claim.deliveries.len(), 9, "B2..B10 are due at 10");
+    assert_eq!(claim.next_due_at_ms, Some(11), "B11 is the earliest left");
 }
 
 async fn cancel_leaves_an_attempt_in_flight_to_finish_and_keeps_thread_order(harness: Harness) {
