@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::{exchange, Reply};
+use super::http::{cut_chars as cut, exchange, status_class, Reply};
 use super::{headline, parse_retry_after_ms, Role, VerifyReport};
 use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Severity, Verification};
 use crate::store::ClaimedDelivery;
@@ -49,15 +49,6 @@ struct ErrorAnswer {
     retry_after: Option<f64>,
 }
 
-fn cut(text: &str, chars_max: usize) -> String {
-    if text.chars().count() <= chars_max {
-        return text.to_owned();
-    }
-    let mut cut: String = text.chars().take(chars_max - 1).collect();
-    cut.push('…');
-    cut
-}
-
 fn seconds_to_ms(text: &str) -> Option<u64> {
     let secs: f64 = text.trim().parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0).ceil() as u64)
@@ -71,12 +62,7 @@ pub fn classify_discord_response(
     body: &[u8],
     now_ms: i64,
 ) -> Outcome {
-    let class = match status {
-        200..=299 => OutcomeClass::Success,
-        429 => OutcomeClass::RateLimited,
-        408 | 500..=599 => OutcomeClass::Retryable,
-        _ => OutcomeClass::Permanent,
-    };
+    let class = status_class(status);
     let mut outcome = Outcome::new(class);
     outcome.http_status = Some(status);
     let error: Option<ErrorAnswer> = serde_json::from_slice(body).ok();

@@ -87,6 +87,28 @@ pub(super) async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, 
     })
 }
 
+/// The plain HTTP reading of a status line (DESIGN.md's table): 2xx
+/// success, 429 rate limited, 408 and 5xx retryable, the rest permanent.
+/// Connectors start from it and decide the rest themselves.
+pub(super) fn status_class(status: u16) -> OutcomeClass {
+    match status {
+        200..=299 => OutcomeClass::Success,
+        429 => OutcomeClass::RateLimited,
+        408 | 500..=599 => OutcomeClass::Retryable,
+        _ => OutcomeClass::Permanent,
+    }
+}
+
+/// `text` cut to `chars_max` characters, ending with `…` when cut.
+pub(super) fn cut_chars(text: &str, chars_max: usize) -> String {
+    if text.chars().count() <= chars_max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(chars_max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 /// The first `EXCERPT_BYTES_MAX` bytes, cut at a character boundary.
 pub(super) fn excerpt_of(body: &[u8]) -> Option<String> {
     if body.is_empty() {

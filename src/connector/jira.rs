@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::{exchange, Reply};
+use super::http::{exchange, status_class, Reply};
 use super::{headline, parse_retry_after_ms, Role, VerifyReport};
 use crate::config::{Secret, Target};
 use crate::domain::{Outcome, OutcomeClass, Verification};
@@ -110,10 +110,9 @@ pub fn classify_jira_response(
     now_ms: i64,
 ) -> Outcome {
     let class = match status {
-        200..=299 => OutcomeClass::Success,
-        429 => OutcomeClass::RateLimited,
-        408 | 409 | 500..=599 => OutcomeClass::Retryable,
-        _ => OutcomeClass::Permanent,
+        // An edit conflict: nothing was changed, try again.
+        409 => OutcomeClass::Retryable,
+        _ => status_class(status),
     };
     let mut outcome = Outcome::new(class);
     outcome.http_status = Some(status);

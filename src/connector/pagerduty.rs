@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::http::exchange;
+use super::http::{exchange, status_class};
 use super::{headline, parse_retry_after_ms, VerifyReport};
 use crate::config::Secret;
 use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Severity, Verification};
@@ -91,12 +91,7 @@ pub fn classify_pagerduty_response(
     body: &[u8],
     now_ms: i64,
 ) -> Outcome {
-    let class = match status {
-        200..=299 => OutcomeClass::Success,
-        429 => OutcomeClass::RateLimited,
-        408 | 500..=599 => OutcomeClass::Retryable,
-        _ => OutcomeClass::Permanent,
-    };
+    let class = status_class(status);
     let mut outcome = Outcome::new(class);
     outcome.http_status = Some(status);
     let answer: Option<Value> = serde_json::from_slice(body).ok();

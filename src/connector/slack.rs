@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::{exchange, Reply};
+use super::http::{cut_chars as cut, exchange, Reply};
 use super::{headline, parse_retry_after_ms, Role, VerifyReport};
 use crate::config::Secret;
 use crate::domain::{Outcome, OutcomeClass, Verification};
@@ -124,15 +124,6 @@ fn escape_mrkdwn(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
-}
-
-fn cut(text: &str, chars_max: usize) -> String {
-    if text.chars().count() <= chars_max {
-        return text.to_owned();
-    }
-    let mut cut: String = text.chars().take(chars_max - 1).collect();
-    cut.push('…');
-    cut
 }
 
 /// The `chat.postMessage` arguments for a delivery: Block Kit, fallback

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::http::exchange;
+use super::http::{exchange, status_class};
 use super::{parse_retry_after_ms, Role, VerifyReport};
 use crate::domain::{Outcome, OutcomeClass, Severity, Verification};
 use crate::store::ClaimedDelivery;
@@ -21,12 +21,7 @@ pub struct TeamsConnector {
 
 /// The workflow's outcome classes, from the status line.
 pub fn classify_teams_response(status: u16, retry_after: Option<&str>, now_ms: i64) -> Outcome {
-    let class = match status {
-        200..=299 => OutcomeClass::Success,
-        429 => OutcomeClass::RateLimited,
-        408 | 500..=599 => OutcomeClass::Retryable,
-        _ => OutcomeClass::Permanent,
-    };
+    let class = status_class(status);
     let mut outcome = Outcome::new(class);
     outcome.http_status = Some(status);
     if matches!(class, OutcomeClass::RateLimited | OutcomeClass::Retryable) {
