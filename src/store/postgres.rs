@@ -49,6 +49,8 @@ const OPERATION_TIMEOUT_MS: u64 = 20_000;
 const WRITE_QUEUE_MAX: usize = 8_192;
 /// New broadcasts committed together at most.
 const INSERT_BATCH_MAX: usize = 256;
+/// Outcome writers and broadcast writers per node, each.
+const WRITERS: usize = 3;
 /// Outcomes committed together at most.
 const WRITE_BATCH_MAX: usize = 1_024;
 /// Expired leases released per transaction; a pass repeats while full.
@@ -491,14 +493,25 @@ impl PostgresStore {
             tasks: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&inner);
-        let writer = tokio::spawn(run_writer(weak.clone(), queue));
+        // Several writers of each kind, so one batch's round trips and
+        // commit do not hold up the next; they coordinate in the database
+        // exactly as the writers of several nodes do.
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        let insert_queue = Arc::new(tokio::sync::Mutex::new(insert_queue));
+        let mut tasks = Vec::new();
+        for _ in 0..WRITERS {
+            tasks.push(tokio::spawn(run_writer(weak.clone(), queue.clone())));
+            tasks.push(tokio::spawn(run_inserter(
+                weak.clone(),
+                insert_queue.clone(),
+            )));
+        }
         let listener = tokio::spawn(run_listener(
             config,
             inner.channel.clone(),
             inner.wakeups.clone(),
         ));
-        let inserter = tokio::spawn(run_inserter(weak.clone(), insert_queue));
-        let mut tasks = vec![writer, inserter, listener];
+        tasks.push(listener);
         if options.take_over_expired_leases {
             tasks.push(tokio::spawn(run_takeover(weak, inner.lease_ms)));
         }
@@ -613,18 +626,31 @@ async fn run_takeover(store: std::sync::Weak<Inner>, lease_ms: i64) {
     }
 }
 
+/// A queue several writer tasks take batches from, one task at a time.
+type SharedQueue<T> = Arc<tokio::sync::Mutex<mpsc::Receiver<T>>>;
+
+/// Waits for the next operation, then takes what else is queued, up to
+/// `max`. False when the queue is closed.
+async fn next_batch<T>(queue: &SharedQueue<T>, batch: &mut Vec<T>, max: usize) -> bool {
+    let mut queue = queue.lock().await;
+    let Some(first) = queue.recv().await else {
+        return false;
+    };
+    batch.push(first);
+    while batch.len() < max {
+        match queue.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
 /// One outcome writer: drains the queue, commits every queued outcome in one
 /// transaction, answers each caller after the commit.
-async fn run_writer(store: std::sync::Weak<Inner>, mut queue: mpsc::Receiver<WriteOp>) {
+async fn run_writer(store: std::sync::Weak<Inner>, queue: SharedQueue<WriteOp>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
-    while let Some(first) = queue.recv().await {
-        batch.push(first);
-        while batch.len() < WRITE_BATCH_MAX {
-            match queue.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
+    while next_batch(&queue, &mut batch, WRITE_BATCH_MAX).await {
         let Some(inner) = store.upgrade() else { return };
         let updates: Vec<&DeliveryUpdate> = batch.iter().map(|op| &op.update).collect();
         match write_updates(&inner, &updates).await {
@@ -651,16 +677,9 @@ async fn run_writer(store: std::sync::Weak<Inner>, mut queue: mpsc::Receiver<Wri
 
 /// One broadcast writer: new broadcasts queued at the moment commit
 /// together, so a burst pays one commit per batch, not per broadcast.
-async fn run_inserter(store: std::sync::Weak<Inner>, mut queue: mpsc::Receiver<InsertOp>) {
+async fn run_inserter(store: std::sync::Weak<Inner>, queue: SharedQueue<InsertOp>) {
     let mut batch = Vec::with_capacity(INSERT_BATCH_MAX);
-    while let Some(first) = queue.recv().await {
-        batch.push(first);
-        while batch.len() < INSERT_BATCH_MAX {
-            match queue.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
+    while next_batch(&queue, &mut batch, INSERT_BATCH_MAX).await {
         let Some(inner) = store.upgrade() else { return };
         let news: Vec<&NewBroadcast> = batch.iter().map(|op| &op.new).collect();
         match write_inserts(&inner, &news).await {
