@@ -58,6 +58,13 @@ async fn bad_requests_name_the_field_and_write_nothing() {
             Some("title"),
         ),
         (
+            "a resolve without a thread",
+            r#"{"title": "recovered", "resolved": true, "destinations": ["a"]}"#.into(),
+            400,
+            "invalid_field",
+            Some("resolved"),
+        ),
+        (
             "missing title",
             r#"{"destinations": ["a"]}"#.into(),
             400,
