@@ -49,6 +49,8 @@ struct Lane {
     connector: Connector,
     wake: Notify,
     paused_until_ms: AtomicI64,
+    /// How long an attempt may wait out a pause holding its lease.
+    lease_hold_max_ms: Option<u64>,
     slots: Arc<Semaphore>,
     /// One more slot, used only by P1 deliveries when `slots` are all busy.
     urgent_slot: Arc<Semaphore>,
@@ -212,10 +214,14 @@ pub struct LaneHealth {
 }
 
 impl<S: Store> Dispatcher<S> {
+    /// `lease_hold_max_ms`: how long an attempt may wait out a pause while
+    /// holding its lease (on PostgreSQL, half the lease, so a paused attempt
+    /// never outlives its lease and races a takeover); `None`: unbounded.
     pub fn new(
         store: Arc<S>,
         destinations: &[Destination],
         events: EventBus,
+        lease_hold_max_ms: Option<u64>,
     ) -> Result<Dispatcher<S>, reqwest::Error> {
         let mut lanes = HashMap::new();
         for destination in destinations {
@@ -235,6 +241,7 @@ impl<S: Store> Dispatcher<S> {
                 connector: Connector::new(destination)?,
                 wake: Notify::new(),
                 paused_until_ms: AtomicI64::new(0),
+                lease_hold_max_ms,
                 slots: Arc::new(Semaphore::new(destination.concurrency as usize)),
                 urgent_slot: Arc::new(Semaphore::new(1)),
                 destination: destination.clone(),
@@ -543,13 +550,25 @@ async fn run_attempt<S: Store>(
     let policy = lane.destination.policy;
     // A 429 may have paused the destination after this delivery was leased
     // (a claim or a hand-off racing the answer): nothing leaves before the
-    // pause is over.
+    // pause is over, unless holding the lease that long would let it
+    // expire (then the destination's own answer decides).
+    let waiting_since_ms = now_ms();
     loop {
         let (until, now) = (lane.paused_until_ms.load(Ordering::SeqCst), now_ms());
         if until <= now {
             break;
         }
-        tokio::time::sleep(Duration::from_millis((until - now) as u64)).await;
+        let mut wait_ms = until - now;
+        if let Some(hold_ms) = lane.lease_hold_max_ms {
+            let left_ms = hold_ms as i64 - (now - waiting_since_ms);
+            if left_ms <= 0 {
+                tracing::warn!(destination = %lane.destination.name, delivery = delivery.delivery_id,
+                    "the destination's pause outlasts half the lease; sending rather than losing the lease");
+                break;
+            }
+            wait_ms = wait_ms.min(left_ms);
+        }
+        tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
     }
     let started_at_ms = now_ms();
     let (update, pause_ms) = match delivery.progress.state {

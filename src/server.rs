@@ -140,10 +140,18 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
                 "unfinished deliveries target a destination that is no longer configured; they wait until it is");
         }
     }
+    // A PostgreSQL lease expires: an attempt may hold it through a pause
+    // for half of it at most (the attempt itself takes at most the other
+    // half, as lease_ms is at least twice the longest timeout).
+    let lease_hold_max_ms = match store.as_ref() {
+        AnyStore::Postgres(_) => Some(config.lease_ms / 2),
+        AnyStore::Sqlite(_) => None,
+    };
     let dispatcher = Arc::new(Dispatcher::new(
         store.clone(),
         &config.destinations,
         crate::events::EventBus::default(),
+        lease_hold_max_ms,
     )?);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let dispatcher_task = tokio::spawn(dispatcher.clone().run(shutdown_rx.clone()));
