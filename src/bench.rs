@@ -511,9 +511,13 @@ fn write_config(
     concurrency: u32,
 ) -> anyhow::Result<()> {
     let mut text = String::new();
+    // The breaker's cool-down matches the retry cap: at 50% failures ten in
+    // a row happen about once per thousand attempts, and a default 30 s
+    // cool-down would idle the faulty destination longer than the bench's
+    // stall detection waits.
     for name in names {
         text.push_str(&format!(
-            "[destinations.{name}]\nkind = \"webhook\"\nurl = \"http://{mock}/{prefix}/{name}\"\ntimeout_ms = 10000\nconcurrency = {concurrency}\nretry = {{ attempts_max = 8, base_ms = 200, cap_ms = 2000 }}\n\n"
+            "[destinations.{name}]\nkind = \"webhook\"\nurl = \"http://{mock}/{prefix}/{name}\"\ntimeout_ms = 10000\nconcurrency = {concurrency}\nretry = {{ attempts_max = 8, base_ms = 200, cap_ms = 2000 }}\nbreaker = {{ cooldown_ms = 2000 }}\n\n"
         ));
     }
     std::fs::write(path, text)?;
