@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::http::{cut_chars as cut, exchange, status_class, Reply};
 use super::{headline, parse_retry_after_ms, Role, VerifyReport};
-use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Severity, Verification};
+use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Severity};
 use crate::store::ClaimedDelivery;
 
 const EMBED_TITLE_CHARS_MAX: usize = 256;
@@ -257,16 +257,10 @@ impl DiscordConnector {
     /// otherwise nothing can be read and the next send may duplicate.
     pub async fn verify(&self, delivery: &ClaimedDelivery) -> VerifyReport {
         let Some(id) = delivery.remote_ref.as_deref() else {
-            return VerifyReport {
-                result: Verification::Unknown,
-                resend_may_duplicate: true,
-                http_status: None,
-                error: Some(
-                    "a Discord webhook cannot look a message up without its id; posting again, which may show it twice"
-                        .into(),
-                ),
-                remote_ref: None,
-            };
+            return VerifyReport::unknown(
+                "a Discord webhook cannot look a message up without its id; posting again, which may show it twice",
+                true,
+            );
         };
         // In a forum a message is found only through its post; a post's
         // first message has the post's id.
@@ -276,40 +270,25 @@ impl DiscordConnector {
             None
         };
         match exchange(self.client.get(self.message_url(id, thread_id))).await {
-            Ok(reply) if reply.status == 200 => VerifyReport {
-                result: Verification::Found,
-                resend_may_duplicate: false,
-                http_status: Some(200),
-                error: None,
-                remote_ref: Some(id.to_owned()),
-            },
-            Ok(reply) if reply.status == 404 => VerifyReport {
-                result: Verification::Absent,
-                resend_may_duplicate: false,
-                http_status: Some(404),
-                error: Some("the message is not in the channel; posting again".into()),
-                remote_ref: None,
-            },
-            Ok(reply) => VerifyReport {
-                result: Verification::Unknown,
-                resend_may_duplicate: true,
-                http_status: Some(reply.status),
-                error: Some(format!(
-                    "could not read Discord back: HTTP {}",
-                    reply.status
-                )),
-                remote_ref: None,
-            },
-            Err(outcome) => VerifyReport {
-                result: Verification::Unknown,
-                resend_may_duplicate: true,
-                http_status: None,
-                error: Some(format!(
+            Ok(reply) if reply.status == 200 => {
+                VerifyReport::found(id.to_owned()).with_status(Some(200))
+            }
+            Ok(reply) if reply.status == 404 => {
+                VerifyReport::absent("the message is not in the channel; posting again")
+                    .with_status(Some(404))
+            }
+            Ok(reply) => VerifyReport::unknown(
+                format!("could not read Discord back: HTTP {}", reply.status),
+                true,
+            )
+            .with_status(Some(reply.status)),
+            Err(outcome) => VerifyReport::unknown(
+                format!(
                     "could not read Discord back: {}",
                     outcome.error.unwrap_or_default()
-                )),
-                remote_ref: None,
-            },
+                ),
+                true,
+            ),
         }
     }
 }

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use super::http::{exchange, status_class, Reply};
 use super::{headline, parse_retry_after_ms, Role, VerifyReport};
 use crate::config::{Secret, Target};
-use crate::domain::{Outcome, OutcomeClass, Verification};
+use crate::domain::{Outcome, OutcomeClass};
 use crate::store::ClaimedDelivery;
 
 /// Jira refuses longer summaries.
@@ -239,37 +239,36 @@ impl JiraConnector {
         if let Some(done) = delivery.remote_ref.as_deref() {
             return self.transition(issue_of(done), done, now_ms).await;
         }
-        let created = match delivery.thread_ref.as_deref() {
+        let mut outcome = match delivery.thread_ref.as_deref() {
             None => {
                 let body = jira_create_body(delivery, &self.project, &self.issue_type);
-                self.call(self.client.post(self.url(&["issue"])).json(&body))
+                match self
+                    .call(self.client.post(self.url(&["issue"])).json(&body))
                     .await
+                {
+                    Ok(reply) => Self::classify(&reply, now_ms),
+                    Err(outcome) => return outcome,
+                }
             }
             Some(root) => {
                 let issue = issue_of(root);
-                self.call(
-                    self.client
-                        .post(self.url(&["issue", issue, "comment"]))
-                        .json(&jira_comment_body(delivery)),
-                )
-                .await
-                .map(|mut reply| {
-                    // Record the comment as `ISSUE/comment/ID`.
-                    if let Some(id) = reply
-                        .json::<Value>()
-                        .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned))
-                    {
-                        reply.body =
-                            serde_json::to_vec(&json!({"key": format!("{issue}/comment/{id}")}))
-                                .expect("JSON serialises");
-                    }
-                    reply
-                })
+                let request = self
+                    .client
+                    .post(self.url(&["issue", issue, "comment"]))
+                    .json(&jira_comment_body(delivery));
+                let reply = match self.call(request).await {
+                    Ok(reply) => reply,
+                    Err(outcome) => return outcome,
+                };
+                let mut outcome = Self::classify(&reply, now_ms);
+                // A comment is recorded as `ISSUE/comment/ID`.
+                outcome.remote_ref = reply
+                    .json::<Value>()
+                    .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned))
+                    .filter(|_| outcome.class == OutcomeClass::Success)
+                    .map(|id| format!("{issue}/comment/{id}"));
+                outcome
             }
-        };
-        let mut outcome = match created {
-            Ok(reply) => Self::classify(&reply, now_ms),
-            Err(outcome) => return outcome,
         };
         if role != Role::Resolve || outcome.class != OutcomeClass::Success {
             return outcome;
@@ -430,12 +429,8 @@ impl JiraConnector {
 
     pub async fn verify(&self, delivery: &ClaimedDelivery) -> VerifyReport {
         let role = Role::of(delivery);
-        let unknown = |error: String| VerifyReport {
-            result: Verification::Unknown,
-            resend_may_duplicate: true,
-            http_status: None,
-            error: Some(format!("could not read Jira back: {error}")),
-            remote_ref: None,
+        let unknown = |error: String| {
+            VerifyReport::unknown(format!("could not read Jira back: {error}"), true)
         };
         // What was maybe made: an issue (no thread reference yet) or a
         // comment on the thread's issue.
@@ -463,13 +458,7 @@ impl JiraConnector {
             }
         };
         let Some(made) = made else {
-            return VerifyReport {
-                result: Verification::Absent,
-                resend_may_duplicate: false,
-                http_status: None,
-                error: Some("Jira does not have it (searched twice); sending again".into()),
-                remote_ref: None,
-            };
+            return VerifyReport::absent("Jira does not have it (searched twice); sending again");
         };
         if role == Role::Resolve {
             // The comment (or issue) is there; the transition may not be.
@@ -477,25 +466,16 @@ impl JiraConnector {
                 Ok((_, category)) if category == "done" => {}
                 Ok((name, _)) => {
                     return VerifyReport {
-                        result: Verification::Absent,
-                        resend_may_duplicate: false,
-                        http_status: None,
-                        error: Some(format!(
-                            "the resolve's comment is there but the issue is still {name}; transitioning"
-                        )),
                         remote_ref: Some(made),
+                        ..VerifyReport::absent(format!(
+                            "the resolve's comment is there but the issue is still {name}; transitioning"
+                        ))
                     }
                 }
                 Err(outcome) => return unknown(outcome.error.unwrap_or_default()),
             }
         }
-        VerifyReport {
-            result: Verification::Found,
-            resend_may_duplicate: false,
-            http_status: None,
-            error: None,
-            remote_ref: Some(made),
-        }
+        VerifyReport::found(made)
     }
 }
 

@@ -79,6 +79,47 @@ pub struct VerifyReport {
     pub remote_ref: Option<String>,
 }
 
+impl VerifyReport {
+    /// Nothing could be read back; `resend_may_duplicate` when the
+    /// destination cannot deduplicate a re-send by key.
+    pub fn unknown(error: impl Into<String>, resend_may_duplicate: bool) -> VerifyReport {
+        VerifyReport {
+            result: Verification::Unknown,
+            resend_may_duplicate,
+            http_status: None,
+            error: Some(error.into()),
+            remote_ref: None,
+        }
+    }
+
+    /// The read-back found the message; `remote_ref` is what it is there.
+    pub fn found(remote_ref: String) -> VerifyReport {
+        VerifyReport {
+            result: Verification::Found,
+            resend_may_duplicate: false,
+            http_status: None,
+            error: None,
+            remote_ref: Some(remote_ref),
+        }
+    }
+
+    /// The read-back is sure the destination does not have it.
+    pub fn absent(error: impl Into<String>) -> VerifyReport {
+        VerifyReport {
+            result: Verification::Absent,
+            resend_may_duplicate: false,
+            http_status: None,
+            error: Some(error.into()),
+            remote_ref: None,
+        }
+    }
+
+    pub fn with_status(mut self, http_status: Option<u16>) -> VerifyReport {
+        self.http_status = http_status;
+        self
+    }
+}
+
 /// One configured destination's connector.
 pub enum Connector {
     Webhook(WebhookConnector),

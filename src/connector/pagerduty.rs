@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::http::{exchange, status_class};
 use super::{headline, parse_retry_after_ms, VerifyReport};
 use crate::config::Secret;
-use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Severity, Verification};
+use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Severity};
 use crate::store::ClaimedDelivery;
 
 /// PagerDuty cuts a summary at this many characters.
@@ -177,16 +177,10 @@ impl PagerDutyConnector {
     /// Events cannot be read back, but PagerDuty deduplicates by
     /// `dedup_key`: sending again is safe.
     pub async fn verify(&self, _delivery: &ClaimedDelivery) -> VerifyReport {
-        VerifyReport {
-            result: Verification::Unknown,
-            resend_may_duplicate: false,
-            http_status: None,
-            error: Some(
-                "PagerDuty events cannot be read back; sending again under the same dedup_key"
-                    .into(),
-            ),
-            remote_ref: None,
-        }
+        VerifyReport::unknown(
+            "PagerDuty events cannot be read back; sending again under the same dedup_key",
+            false,
+        )
     }
 }
 

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::http::{cut_chars as cut, exchange, Reply};
 use super::{headline, parse_retry_after_ms, Role, VerifyReport};
 use crate::config::Secret;
-use crate::domain::{Outcome, OutcomeClass, Verification};
+use crate::domain::{Outcome, OutcomeClass};
 use crate::store::ClaimedDelivery;
 
 /// `metadata.event_type` of every message herald posts.
@@ -344,33 +344,22 @@ impl SlackConnector {
                     .and_then(Value::as_str)
                     == Some(delivery.idempotency_key.as_str())
             }) {
-                return VerifyReport {
-                    result: Verification::Found,
-                    resend_may_duplicate: false,
-                    http_status: last_status,
-                    error: None,
-                    remote_ref: Some(found.ts.clone()),
-                };
+                return VerifyReport::found(found.ts.clone()).with_status(last_status);
             }
             cursor = page
                 .response_metadata
                 .map(|m| m.next_cursor)
                 .unwrap_or_default();
             if !page.has_more || cursor.is_empty() {
-                return VerifyReport {
-                    result: Verification::Absent,
-                    resend_may_duplicate: false,
-                    http_status: last_status,
-                    error: Some(format!(
-                        "no message with this delivery's key in the channel's {}; posting again",
-                        if parent.is_some() {
-                            "thread"
-                        } else {
-                            "history"
-                        }
-                    )),
-                    remote_ref: None,
-                };
+                return VerifyReport::absent(format!(
+                    "no message with this delivery's key in the channel's {}; posting again",
+                    if parent.is_some() {
+                        "thread"
+                    } else {
+                        "history"
+                    }
+                ))
+                .with_status(last_status);
             }
         }
         unknown(
@@ -395,13 +384,7 @@ fn ambiguous_edit_is_retryable(mut outcome: Outcome) -> Outcome {
 
 /// The read-back failed: a re-send may post the message twice.
 fn unknown(http_status: Option<u16>, error: String) -> VerifyReport {
-    VerifyReport {
-        result: Verification::Unknown,
-        resend_may_duplicate: true,
-        http_status,
-        error: Some(error),
-        remote_ref: None,
-    }
+    VerifyReport::unknown(error, true).with_status(http_status)
 }
 
 #[derive(Deserialize)]

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::http::{exchange, status_class};
 use super::{parse_retry_after_ms, Role, VerifyReport};
-use crate::domain::{Outcome, OutcomeClass, Severity, Verification};
+use crate::domain::{Outcome, OutcomeClass, Severity};
 use crate::store::ClaimedDelivery;
 
 pub struct TeamsConnector {
@@ -129,16 +129,10 @@ impl TeamsConnector {
 
     /// A workflow cannot be read back: the next send may show the card twice.
     pub async fn verify(&self, _delivery: &ClaimedDelivery) -> VerifyReport {
-        VerifyReport {
-            result: Verification::Unknown,
-            resend_may_duplicate: true,
-            http_status: None,
-            error: Some(
-                "a Teams workflow cannot be read back; posting again, which may show the card twice"
-                    .into(),
-            ),
-            remote_ref: None,
-        }
+        VerifyReport::unknown(
+            "a Teams workflow cannot be read back; posting again, which may show the card twice",
+            true,
+        )
     }
 }
 

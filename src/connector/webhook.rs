@@ -11,7 +11,7 @@ use sha2::Sha256;
 use super::http::{classify_transport_error, read_excerpt, CONNECT_TIMEOUT_MS_MAX};
 use super::{parse_retry_after_ms, VerifyReport};
 use crate::config::WebhookSecret;
-use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Verification};
+use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass};
 use crate::store::ClaimedDelivery;
 
 pub struct WebhookConnector {
@@ -155,15 +155,10 @@ impl WebhookConnector {
     /// `Idempotency-Key` and `webhook-id`, which receivers use to
     /// deduplicate, so it is not counted as a possible duplicate.
     pub async fn verify(&self, _delivery: &ClaimedDelivery) -> VerifyReport {
-        VerifyReport {
-            result: Verification::Unknown,
-            resend_may_duplicate: false,
-            http_status: None,
-            error: Some(
-                "a webhook cannot be read back, re-sending with the same Idempotency-Key".into(),
-            ),
-            remote_ref: None,
-        }
+        VerifyReport::unknown(
+            "a webhook cannot be read back, re-sending with the same Idempotency-Key",
+            false,
+        )
     }
 }
 

@@ -18,4 +18,5 @@ pub use message::{
     Severity, BODY_BYTES_MAX, DESTINATIONS_PER_BROADCAST_MAX, THREAD_CHARS_MAX, TITLE_CHARS_MAX,
 };
 pub use outcome::{Outcome, OutcomeClass, EXCERPT_BYTES_MAX};
+pub(crate) use time::civil_from_days;
 pub use time::format_rfc3339_ms;

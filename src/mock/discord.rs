@@ -177,6 +177,29 @@ fn path(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|p| (*p).to_owned()).collect()
 }
 
+/// The JSON object of a create or edit, checked as Discord checks it; the
+/// refusal is Discord's own answer.
+fn checked_body(incoming: &Incoming) -> Result<serde_json::Map<String, Value>, Box<Response>> {
+    let body = match serde_json::from_slice::<Value>(&incoming.body) {
+        Ok(Value::Object(body)) => body,
+        _ => {
+            return Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                50109,
+                "The request body contains invalid JSON.",
+            )))
+        }
+    };
+    let errors = validate(&body);
+    if !errors.0.is_empty() {
+        return Err(Box::new(super::json(
+            StatusCode::BAD_REQUEST,
+            json!({"code": 50035, "message": "Invalid Form Body", "errors": errors.0}),
+        )));
+    }
+    Ok(body)
+}
+
 /// Checks a message body (execute or edit) and returns its errors.
 fn validate(body: &Map<String, Value>) -> FormErrors {
     let mut errors = FormErrors::default();
@@ -448,23 +471,10 @@ impl Discord {
     }
 
     fn execute(&mut self, incoming: &Incoming, id: &str, thread_id: Option<u64>) -> Response {
-        let body = match serde_json::from_slice::<Value>(&incoming.body) {
-            Ok(Value::Object(body)) => body,
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    50109,
-                    "The request body contains invalid JSON.",
-                )
-            }
+        let body = match checked_body(incoming) {
+            Ok(body) => body,
+            Err(refused) => return *refused,
         };
-        let errors = validate(&body);
-        if !errors.0.is_empty() {
-            return super::json(
-                StatusCode::BAD_REQUEST,
-                json!({"code": 50035, "message": "Invalid Form Body", "errors": errors.0}),
-            );
-        }
         let content = body
             .get("content")
             .and_then(Value::as_str)
@@ -555,23 +565,10 @@ impl Discord {
             return error(StatusCode::NOT_FOUND, 10008, "Unknown Message");
         };
         if incoming.method == Method::PATCH {
-            let body = match serde_json::from_slice::<Value>(&incoming.body) {
-                Ok(Value::Object(body)) => body,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        50109,
-                        "The request body contains invalid JSON.",
-                    )
-                }
+            let body = match checked_body(incoming) {
+                Ok(body) => body,
+                Err(refused) => return *refused,
             };
-            let errors = validate(&body);
-            if !errors.0.is_empty() {
-                return super::json(
-                    StatusCode::BAD_REQUEST,
-                    json!({"code": 50035, "message": "Invalid Form Body", "errors": errors.0}),
-                );
-            }
             let message = &hook.messages[index];
             let content = match body.get("content") {
                 Some(Value::String(c)) => c.clone(),

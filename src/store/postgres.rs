@@ -456,6 +456,26 @@ async fn migrate_with(client: &mut Client) -> Result<usize, StoreError> {
 }
 
 impl PostgresStore {
+    /// One claim in its own transaction: up to `limit` due deliveries of
+    /// severity rank `rank_max` or more urgent.
+    async fn claim(
+        &self,
+        destination: &str,
+        limit: usize,
+        rank_max: u8,
+        now_ms: i64,
+    ) -> Result<Claim, StoreError> {
+        self.timed(async {
+            let mut conn = self.inner.pool.get().await?;
+            let mut tx = conn.begin().await?;
+            let claim =
+                claim_due(&self.inner, &mut tx, destination, limit, rank_max, now_ms).await?;
+            tx.commit().await?;
+            Ok(claim)
+        })
+        .await
+    }
+
     /// Connects, runs migrations (refusing a newer schema), and starts the
     /// outcome writer, the lease takeover and the LISTEN task.
     pub async fn open(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
@@ -2046,41 +2066,13 @@ impl Store for PostgresStore {
         limit: usize,
         now_ms: i64,
     ) -> Result<Claim, StoreError> {
-        self.timed(async {
-            let mut conn = self.inner.pool.get().await?;
-            let mut tx = conn.begin().await?;
-            let claim = claim_due(
-                &self.inner,
-                &mut tx,
-                destination,
-                limit,
-                Severity::P5.rank(),
-                now_ms,
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(claim)
-        })
-        .await
+        self.claim(destination, limit, Severity::P5.rank(), now_ms)
+            .await
     }
 
     async fn claim_due_urgent(&self, destination: &str, now_ms: i64) -> Result<Claim, StoreError> {
-        self.timed(async {
-            let mut conn = self.inner.pool.get().await?;
-            let mut tx = conn.begin().await?;
-            let claim = claim_due(
-                &self.inner,
-                &mut tx,
-                destination,
-                1,
-                Severity::P1.rank(),
-                now_ms,
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(claim)
-        })
-        .await
+        self.claim(destination, 1, Severity::P1.rank(), now_ms)
+            .await
     }
 
     async fn update_delivery(&self, update: DeliveryUpdate) -> Result<UpdateResult, StoreError> {
