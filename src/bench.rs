@@ -110,6 +110,9 @@ pub struct RunReport {
     /// Accept to confirmed, milliseconds.
     pub confirmed_ms: Percentiles,
     pub peak_rss_mb: f64,
+    /// The SQLite write-ahead log's size when the run ended (it must stay
+    /// bounded under sustained writes).
+    pub wal_mb: Option<f64>,
     pub cpu_secs_per_1000_deliveries: f64,
     pub final_states: BTreeMap<String, u64>,
     /// Confirmed per second on the destinations without faults (faulty).
@@ -436,6 +439,16 @@ async fn fresh_postgres_schema(url: &str, run: &str) -> anyhow::Result<PathBuf> 
     )))
 }
 
+/// The size of a SQLite database's WAL file; None on PostgreSQL.
+fn wal_size_mb(database: &Path) -> Option<f64> {
+    if crate::server::is_postgres_url(database) {
+        return None;
+    }
+    let wal = PathBuf::from(format!("{}-wal", database.display()));
+    let bytes = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+    Some(bytes as f64 / (1024.0 * 1024.0))
+}
+
 fn open_db(path: &Path) -> anyhow::Result<rusqlite::Connection> {
     let conn =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -620,11 +633,13 @@ impl Bench {
         )
         .await?;
         let (peak_rss_mb, cpu_secs) = process_usage(server.pid())?;
+        let wal_mb = wal_size_mb(&database);
         drop(server);
         let times = delivery_times(&database, started_ms).await?;
         let mut report = summarise(scenario, count, names.len(), &times, started_ms);
         report.accepted_per_sec = count as f64 / submit_secs;
         report.peak_rss_mb = peak_rss_mb;
+        report.wal_mb = wal_mb;
         report.cpu_secs_per_1000_deliveries = cpu_secs / (times.len().max(1) as f64 / 1000.0);
         let healthy: Vec<&str> = names
             .iter()
@@ -701,12 +716,14 @@ impl Bench {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (peak_rss_mb, cpu_secs) = process_usage(server.pid())?;
+        let wal_mb = wal_size_mb(&database);
         drop(server);
         let p1_times = delivery_times(&database, p1_since_ms).await?;
         let mut report = summarise("backlog", P1_COUNT, 1, &p1_times, p1_since_ms);
         report.accepted_per_sec = broadcasts as f64 / submit_secs;
         report.pending_at_p1 = Some(pending);
         report.peak_rss_mb = peak_rss_mb;
+        report.wal_mb = wal_mb;
         report.cpu_secs_per_1000_deliveries =
             cpu_secs / ((broadcasts * names.len()) as f64 / 1000.0);
         report.deliveries = broadcasts * names.len();
@@ -963,6 +980,9 @@ fn print_report(out: &mut impl Write, r: &RunReport) -> std::io::Result<()> {
     }
     if let Some(p) = r.pending_at_p1 {
         writeln!(out, "  {:<34} {}", "deliveries pending at the P1s", p)?;
+    }
+    if let Some(mb) = r.wal_mb {
+        writeln!(out, "  {:<34} {:.1} MB", "SQLite WAL at the end", mb)?;
     }
     writeln!(
         out,

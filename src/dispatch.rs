@@ -531,7 +531,7 @@ fn next_progress(
 }
 
 fn publish_leased(lane: &Lane, delivery: &ClaimedDelivery) {
-    lane.events.publish(StateChange {
+    lane.events.publish(|| StateChange {
         broadcast_id: delivery.broadcast_id.clone(),
         destination: delivery.destination.clone(),
         progress: delivery.progress.clone(),
@@ -723,7 +723,7 @@ async fn run_attempt<S: Store>(
             if next_state.is_final() {
                 lane.metrics.record_final(next_state);
             }
-            lane.events.publish(StateChange {
+            lane.events.publish(|| StateChange {
                 broadcast_id: delivery.broadcast_id.clone(),
                 destination: delivery.destination.clone(),
                 progress: update.progress.clone(),

@@ -35,9 +35,15 @@ impl Default for EventBus {
 }
 
 impl EventBus {
-    pub fn publish(&self, change: StateChange) {
-        // No subscriber is not an error.
-        let _ = self.sender.send(Arc::new(change));
+    /// Publishes the change `change` builds, built only when someone
+    /// listens: without a subscriber (the usual case under load) a state
+    /// change costs nothing here.
+    pub fn publish(&self, change: impl FnOnce() -> StateChange) {
+        if self.sender.receiver_count() == 0 {
+            return;
+        }
+        // A subscriber gone since the check is not an error.
+        let _ = self.sender.send(Arc::new(change()));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<StateChange>> {

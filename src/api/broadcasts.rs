@@ -343,7 +343,7 @@ async fn accept_now<S: Store>(
     };
     app.accepted.fetch_add(1, Ordering::Relaxed);
     for (delivery, slot) in inserted.iter_mut().zip(slots.iter_mut()) {
-        app.dispatcher.events().publish(StateChange {
+        app.dispatcher.events().publish(|| StateChange {
             broadcast_id: id.clone(),
             destination: delivery.destination.clone(),
             progress: delivery.progress.clone(),
@@ -557,7 +557,7 @@ async fn operate<S: Store>(
         .iter()
         .filter(|d| changed.contains(&d.destination))
     {
-        app.dispatcher.events().publish(StateChange {
+        app.dispatcher.events().publish(|| StateChange {
             broadcast_id: id.clone(),
             destination: delivery.destination.clone(),
             progress: delivery.progress.clone(),
