@@ -157,7 +157,18 @@ CREATE TABLE destination_state (
     tokens_at_ms     BIGINT NOT NULL DEFAULT 0,
     last_error       TEXT
 );
-"#];
+"#,
+    // Less to write per delivery: a state change is never a HOT update (it
+    // changes indexed columns), so each one adds an entry to every index.
+    // The idempotency key is derived from broadcast id and destination,
+    // unique together, and that unique index also serves lookups by
+    // broadcast; neither the key's own unique index nor a second index by
+    // broadcast is needed.
+    r#"
+ALTER TABLE deliveries DROP CONSTRAINT deliveries_idempotency_key_key;
+DROP INDEX deliveries_broadcast;
+"#,
+];
 
 macro_rules! final_states_sql {
     () => {
