@@ -102,8 +102,13 @@ pub struct RunReport {
     pub accepted_per_sec: f64,
     /// Deliveries confirmed per second, first submit to last confirmation.
     pub confirmed_per_sec: f64,
-    /// The no-store baseline's requests per second, measured in this run.
+    /// The no-store baseline's requests per second, measured in this run:
+    /// the mean of `baseline_runs_per_sec`.
     pub baseline_per_sec: Option<f64>,
+    /// The baseline measured just before and just after herald's run (the
+    /// shared machine's speed drifts; one measurement alone moved the
+    /// fraction by a third from one run to the next).
+    pub baseline_runs_per_sec: Vec<f64>,
     pub fraction_of_baseline: Option<f64>,
     /// Accept to first attempt, milliseconds.
     pub first_attempt_ms: Percentiles,
@@ -837,10 +842,13 @@ pub async fn run(
         };
         if needs_burst && burst.is_none() {
             let deliveries = options.broadcasts * options.destinations;
-            let baseline_rate = bench.baseline(deliveries).await?;
+            let before = bench.baseline(deliveries).await?;
             let mut report = bench
                 .load_run("burst", options.broadcasts, None, &[])
                 .await?;
+            let after = bench.baseline(deliveries).await?;
+            let baseline_rate = (before + after) / 2.0;
+            report.baseline_runs_per_sec = vec![before, after];
             report.baseline_per_sec = Some(baseline_rate);
             report.fraction_of_baseline = Some(report.confirmed_per_sec / baseline_rate);
             if !json {
@@ -958,10 +966,12 @@ fn print_report(out: &mut impl Write, r: &RunReport) -> std::io::Result<()> {
     if let (Some(b), Some(f)) = (r.baseline_per_sec, r.fraction_of_baseline) {
         writeln!(
             out,
-            "  {:<34} {:.0} /s  (herald = {:.0}% of it)",
+            "  {:<34} {:.0} /s  (herald = {:.0}% of it; {} before, {} after)",
             "baseline, no store",
             b,
-            f * 100.0
+            f * 100.0,
+            r.baseline_runs_per_sec.first().map_or(0.0, |v| v.round()),
+            r.baseline_runs_per_sec.last().map_or(0.0, |v| v.round()),
         )?;
     }
     if let Some(h) = r

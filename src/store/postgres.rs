@@ -72,7 +72,8 @@ const MIGRATION_LOCK_KEY: i64 = 0x6865_7261_6c64;
 
 /// Migrations, applied in order; `herald_schema` has one row per migration
 /// applied. Never edit one that has shipped; append.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE broadcasts (
     id            TEXT PRIMARY KEY,
     title         TEXT NOT NULL,
