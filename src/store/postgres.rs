@@ -412,6 +412,8 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, StoreError> 
 /// plan stayed cached while the table grew, and a 60,000-delivery burst read
 /// 72 million rows in 1,562 sequential scans (57% of the machine's CPU in
 /// the PostgreSQL backends). Planning each statement costs far less.
+/// `jit=off`: herald's statements are short; compiling one (when a large
+/// batch's estimate crosses `jit_above_cost`) costs more than running it.
 fn connection_config(url: &str, node_id: &str) -> Result<tokio_postgres::Config, StoreError> {
     let mut config: tokio_postgres::Config = url
         .parse()
@@ -419,7 +421,7 @@ fn connection_config(url: &str, node_id: &str) -> Result<tokio_postgres::Config,
     let options = format!(
         "{} -c statement_timeout={STATEMENT_TIMEOUT_MS} -c synchronous_commit=on \
          -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} \
-         -c plan_cache_mode=force_custom_plan",
+         -c plan_cache_mode=force_custom_plan -c jit=off",
         config.get_options().unwrap_or("")
     );
     config
