@@ -209,13 +209,6 @@ struct Inner {
     idle_readers: Mutex<Vec<Connection>>,
 }
 
-/// Frames in the WAL when the background checkpoint last looked; the writer
-/// finishes the checkpoint once there are `WAL_RESTART_FRAMES`.
-#[derive(Default)]
-struct WalLength {
-    frames: AtomicU64,
-}
-
 /// One write, as the writer thread receives it.
 struct WriteOp {
     request: Request,
@@ -280,11 +273,13 @@ impl SqliteStore {
         configure(&conn)?;
         migrate(&mut conn)?;
         let (writes, queue) = mpsc::channel(WRITE_QUEUE_MAX);
-        let wal = Arc::new(WalLength::default());
-        let writer_wal = wal.clone();
+        // Frames in the WAL when the background checkpoint last looked; the
+        // writer finishes the checkpoint once there are `WAL_RESTART_FRAMES`.
+        let wal_frames = Arc::new(AtomicU64::new(0));
+        let writer_wal_frames = wal_frames.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run_writer(conn, queue, &writer_wal))
+            .spawn(move || run_writer(conn, queue, &writer_wal_frames))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
         // Checkpoints run beside the writer, not inside its commits: an
         // automatic checkpoint copies the WAL into the database and fsyncs
@@ -300,7 +295,7 @@ impl SqliteStore {
         let alive = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("herald-sqlite-checkpoint".into())
-            .spawn(move || run_checkpointer(checkpointer, alive, &wal))
+            .spawn(move || run_checkpointer(checkpointer, alive, &wal_frames))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(SqliteStore { inner })
     }
@@ -356,14 +351,14 @@ impl SqliteStore {
 /// Copies committed WAL frames into the database every
 /// `CHECKPOINT_EVERY_MS`, without blocking the writer (PASSIVE), until the
 /// store is dropped, and tells the writer how long the WAL is.
-fn run_checkpointer(conn: Connection, alive: std::sync::Weak<Inner>, wal: &WalLength) {
+fn run_checkpointer(conn: Connection, alive: std::sync::Weak<Inner>, wal_frames: &AtomicU64) {
     loop {
         std::thread::sleep(std::time::Duration::from_millis(CHECKPOINT_EVERY_MS));
         if alive.upgrade().is_none() {
             return;
         }
         match checkpoint(&conn) {
-            Ok(frames) => wal.frames.store(frames, Ordering::Relaxed),
+            Ok(frames) => wal_frames.store(frames, Ordering::Relaxed),
             Err(error) => {
                 tracing::warn!(%error, "WAL checkpoint failed; the next one tries again")
             }
@@ -391,11 +386,9 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;
          PRAGMA wal_autocheckpoint = 0;",
     )?;
-    let _limit: i64 = conn.query_row(
-        &format!("PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}"),
-        [],
-        |r| r.get(0),
-    )?;
+    conn.pragma_update_and_check(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES, |r| {
+        r.get::<_, i64>(0)
+    })?;
     // Plans must not depend on bound values: otherwise a statement whose
     // parameter meets a partial index's condition is re-prepared whenever
     // the value changes (4.5% of herald's CPU in a burst profile). Every
@@ -448,7 +441,7 @@ fn run_migrations(conn: &mut Connection, done: usize) -> Result<(), StoreError> 
     Ok(())
 }
 
-fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriteOp>, wal: &WalLength) {
+fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriteOp>, wal_frames: &AtomicU64) {
     let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
@@ -462,8 +455,8 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriteOp>, wal: &Wa
         // The background checkpoint copied most of the WAL; between two
         // transactions nobody else writes, so this copies only what was
         // committed since, and the next BEGIN starts the log over.
-        if wal.frames.load(Ordering::Relaxed) >= WAL_RESTART_FRAMES {
-            wal.frames.store(0, Ordering::Relaxed);
+        if wal_frames.load(Ordering::Relaxed) >= WAL_RESTART_FRAMES {
+            wal_frames.store(0, Ordering::Relaxed);
             if let Err(error) = checkpoint(&conn) {
                 tracing::warn!(%error, "WAL checkpoint failed; the next one tries again");
             }
