@@ -411,9 +411,18 @@ impl BenchDb {
     /// table every poll took a noticeable share of the machine from the
     /// server being measured.
     async fn unfinished(&self) -> anyhow::Result<u64> {
-        const SQL: &str = "SELECT count(*) FROM deliveries
-             WHERE state NOT IN ('confirmed','failed','dead','cancelled')";
-        self.count(SQL).await
+        // Each store's index condition, written as that index is.
+        let sql = match self {
+            BenchDb::Sqlite(_) => {
+                "SELECT count(*) FROM deliveries WHERE state <> 'confirmed'
+                   AND state <> 'failed' AND state <> 'dead' AND state <> 'cancelled'"
+            }
+            BenchDb::Postgres(_) => {
+                "SELECT count(*) FROM deliveries
+                   WHERE state NOT IN ('confirmed','failed','dead','cancelled')"
+            }
+        };
+        self.count(sql).await
     }
 
     /// Deliveries in all.

@@ -177,6 +177,16 @@ CREATE INDEX deliveries_thread ON deliveries (destination, thread_key, id)
 CREATE INDEX deliveries_unfinished ON deliveries (destination)
     WHERE state NOT IN ('confirmed','failed','dead','cancelled');
 "#,
+    // The index of unfinished deliveries tests its condition on every
+    // insert and update of a delivery. SQLite evaluates `NOT IN` a list of
+    // more than two values through a temporary b-tree that it builds and
+    // frees on each statement: a tenth of the store writer's time in a
+    // burst. The same condition as comparisons costs next to nothing.
+    r#"
+DROP INDEX deliveries_unfinished;
+CREATE INDEX deliveries_unfinished ON deliveries (destination)
+    WHERE state <> 'confirmed' AND state <> 'failed' AND state <> 'dead' AND state <> 'cancelled';
+"#,
 ];
 
 /// What later messages of a thread attach to: the reference of the first
@@ -186,11 +196,23 @@ const THREAD_REF_SQL: &str = "SELECT remote_ref FROM deliveries
      WHERE destination = ?1 AND thread_key = ?2 AND id < ?3 AND remote_ref IS NOT NULL
      ORDER BY id LIMIT 1";
 
-/// The final states, as SQL. A macro so queries stay `&'static str` (no
-/// formatting on the hot path).
-macro_rules! final_states_sql {
-    () => {
-        "('confirmed','failed','dead','cancelled')"
+/// `$state` (a column) is not a final state, as SQL; the same condition
+/// as the partial index `deliveries_unfinished`, term by term, so the
+/// planner can use that index. Comparisons rather than `NOT IN (...)`: see
+/// migration 7. A macro so queries stay `&'static str` (no formatting on
+/// the hot path).
+macro_rules! unfinished_sql {
+    ($state:literal) => {
+        concat!(
+            $state,
+            " <> 'confirmed' AND ",
+            $state,
+            " <> 'failed' AND ",
+            $state,
+            " <> 'dead' AND ",
+            $state,
+            " <> 'cancelled'"
+        )
     };
 }
 
@@ -603,9 +625,8 @@ fn insert_broadcast(
         }
     }
     let mut busy_thread = conn.prepare_cached(concat!(
-        "SELECT 1 FROM deliveries WHERE destination = ?1 AND thread_key = ?2
-           AND state NOT IN ",
-        final_states_sql!(),
+        "SELECT 1 FROM deliveries WHERE destination = ?1 AND thread_key = ?2 AND ",
+        unfinished_sql!("state"),
         " LIMIT 1"
     ))?;
     let mut insert = conn.prepare_cached(
@@ -716,12 +737,22 @@ fn message_from_row(
         .map_err(|e| StoreError::Corrupt(format!("stored message is invalid: {e}"))))
 }
 
+/// Unfinished deliveries per destination, for `/v1/backlog`.
+const BACKLOG_SQL: &str = concat!(
+    "SELECT d.destination, count(*), min(b.created_at_ms),
+            min(CASE WHEN d.leased = 0 THEN d.due_at_ms END)
+     FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
+     WHERE ",
+    unfinished_sql!("d.state"),
+    " GROUP BY d.destination"
+);
+
 /// Due deliveries of one destination and severity, oldest due first.
 /// `?1` destination, `?2` priority, `?3` now, `?4` limit.
 const CLAIM_SQL: &str = "SELECT d.id, d.broadcast_id,
         d.state, d.attempts_made, d.attempts_max, d.due_at_ms, d.deadline_at_ms, d.possible_duplicate,
         b.title, b.body, b.severity, b.thread_key, b.created_at_ms, d.last_error,
-        b.resolved, d.remote_ref
+        b.resolved, d.remote_ref, d.lease_epoch
      FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
      WHERE d.destination = ?1 AND d.priority = ?2 AND d.due_at_ms IS NOT NULL AND d.leased = 0
        AND d.due_at_ms <= ?3
@@ -757,7 +788,8 @@ fn claim_due(
                 message: message_from_row(row, 8, 14)??,
                 broadcast_created_at_ms: row.get(12)?,
                 last_error: row.get(13)?,
-                lease_epoch: 0,
+                // The lease taken below.
+                lease_epoch: row.get::<_, i64>(16)? + 1,
                 thread_ref: None,
                 remote_ref: row.get(15)?,
             });
@@ -765,8 +797,8 @@ fn claim_due(
     }
     let mut lease = conn.prepare_cached(
         "UPDATE deliveries SET state = ?2, attempts_made = ?3, due_at_ms = ?4, leased = 1,
-             lease_epoch = lease_epoch + 1, updated_at_ms = ?5
-         WHERE id = ?1 RETURNING lease_epoch",
+             lease_epoch = ?6, updated_at_ms = ?5
+         WHERE id = ?1",
     )?;
     let mut expire = conn.prepare_cached(
         "UPDATE deliveries SET state = ?2, due_at_ms = NULL, updated_at_ms = ?3,
@@ -798,16 +830,16 @@ fn claim_due(
             expired.push(delivery);
             continue;
         }
-        delivery.lease_epoch = lease.query_row(
-            params![
-                delivery.delivery_id,
-                p.state.as_str(),
-                p.attempts_made,
-                p.due_at_ms,
-                now_ms
-            ],
-            |r| r.get(0),
-        )?;
+        // No RETURNING: SQLite buffers returned rows in a temporary b-tree.
+        // This writer is the only one, so the epoch read above is current.
+        lease.execute(params![
+            delivery.delivery_id,
+            p.state.as_str(),
+            p.attempts_made,
+            p.due_at_ms,
+            now_ms,
+            delivery.lease_epoch
+        ])?;
         handed_out.push(delivery);
     }
     let claimed = handed_out;
@@ -863,10 +895,9 @@ fn update_delivery(conn: &Connection, update: &DeliveryUpdate) -> Result<UpdateR
             "UPDATE deliveries SET state = ?3, attempts_made = ?4, attempts_max = ?5, due_at_ms = ?6,
                  deadline_at_ms = ?7, possible_duplicate = ?8, leased = 0, last_error = ?9,
                  last_http_status = ?10, updated_at_ms = ?11, remote_ref = coalesce(?13, remote_ref)
-             WHERE id = ?1 AND state = ?2 AND leased = 1 AND lease_epoch = ?12
-             RETURNING thread_key IS NOT NULL",
+             WHERE id = ?1 AND state = ?2 AND leased = 1 AND lease_epoch = ?12",
         )?
-        .query_row(params![
+        .execute(params![
             update.delivery_id,
             update.expected_state.as_str(),
             p.state.as_str(),
@@ -880,12 +911,14 @@ fn update_delivery(conn: &Connection, update: &DeliveryUpdate) -> Result<UpdateR
             update.now_ms,
             update.lease_epoch,
             update.remote_ref
-        ], |row| row.get::<_, bool>(0))
-        .optional()?;
-    let Some(in_thread) = changed else {
+        ])?;
+    if changed == 0 {
         return Ok(UpdateResult::Stale);
-    };
-    let promoted_next_in_thread = if p.state.is_final() && in_thread {
+    }
+    // Only deliveries of a thread have a next one; the query looks at the
+    // finished delivery's thread first (no RETURNING to learn it here:
+    // SQLite buffers returned rows in a temporary b-tree).
+    let promoted_next_in_thread = if p.state.is_final() {
         promote_next_in_thread(conn, update.delivery_id, update.now_ms)?
     } else {
         false
@@ -911,7 +944,7 @@ fn promote_next_in_thread(
              WHERE f.id = ?1 AND f.thread_key IS NOT NULL AND n.state = 'waiting'
                AND NOT EXISTS (SELECT 1 FROM deliveries o
                                WHERE o.destination = f.destination AND o.thread_key = f.thread_key
-                                 AND o.state NOT IN ", final_states_sql!(), " AND o.state <> 'waiting')
+                                 AND ", unfinished_sql!("o.state"), " AND o.state <> 'waiting')
              ORDER BY n.id LIMIT 1"
         ))?
         .query_row(params![finished_id], |row| {
@@ -1009,8 +1042,8 @@ fn operate(
         .collect::<Result<_, _>>()?;
     let mut busy_thread = conn.prepare_cached(concat!(
         "SELECT 1 FROM deliveries WHERE destination = ?1 AND thread_key = ?2 AND id <> ?3
-           AND state <> 'waiting' AND state NOT IN ",
-        final_states_sql!(),
+           AND state <> 'waiting' AND ",
+        unfinished_sql!("state"),
         " LIMIT 1"
     ))?;
     let mut changed = Vec::new();
@@ -1097,8 +1130,8 @@ fn list_broadcasts(
         ));
     }
     let unfinished = concat!(
-        "EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND d.state NOT IN ",
-        final_states_sql!(),
+        "EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND ",
+        unfinished_sql!("d.state"),
         ")"
     );
     match filter.status {
@@ -1355,14 +1388,7 @@ impl Store for SqliteStore {
 
     async fn backlog(&self) -> Result<Vec<DestinationBacklog>, StoreError> {
         self.read(|conn| {
-            let mut select = conn.prepare_cached(concat!(
-                "SELECT d.destination, count(*), min(b.created_at_ms),
-                        min(CASE WHEN d.leased = 0 THEN d.due_at_ms END)
-                 FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
-                 WHERE d.state NOT IN ",
-                final_states_sql!(),
-                " GROUP BY d.destination"
-            ))?;
+            let mut select = conn.prepare_cached(BACKLOG_SQL)?;
             let rows = select
                 .query_map([], |row| {
                     Ok(DestinationBacklog {
@@ -1386,8 +1412,8 @@ impl Store for SqliteStore {
     async fn destinations_with_work(&self) -> Result<Vec<String>, StoreError> {
         self.read(|conn| {
             let mut select = conn.prepare(concat!(
-                "SELECT DISTINCT destination FROM deliveries WHERE state NOT IN ",
-                final_states_sql!()
+                "SELECT DISTINCT destination FROM deliveries WHERE ",
+                unfinished_sql!("state")
             ))?;
             let names = select
                 .query_map([], |row| row.get(0))?
@@ -1470,6 +1496,33 @@ mod tests {
                 .any(|step| step.contains("USING INDEX deliveries_due")),
             "{plan:?}"
         );
+    }
+
+    #[test]
+    fn unfinished_work_is_read_through_its_partial_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("plan.db")).unwrap();
+        drop(store);
+        let conn = Connection::open(dir.path().join("plan.db")).unwrap();
+        configure(&conn).unwrap();
+        let count = concat!(
+            "SELECT count(*) FROM deliveries WHERE ",
+            unfinished_sql!("state")
+        );
+        for sql in [BACKLOG_SQL, count] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains("INDEX deliveries_unfinished")),
+                "{sql}: {plan:?}"
+            );
+        }
     }
 
     #[test]
