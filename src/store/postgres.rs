@@ -405,13 +405,18 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, StoreError> 
 /// Parses the URL and adds herald's session settings to its options; the
 /// sessions show as `herald <node>` in `pg_stat_activity`.
 ///
-/// `plan_cache_mode=force_custom_plan`: every statement is planned with its
-/// values. A generic plan is chosen after five executions, when the tables
-/// of a fresh database are still nearly empty, and a sequential scan with a
-/// hash join is then the cheapest way to join a batch to `deliveries`; that
-/// plan stayed cached while the table grew, and a 60,000-delivery burst read
-/// 72 million rows in 1,562 sequential scans (57% of the machine's CPU in
-/// the PostgreSQL backends). Planning each statement costs far less.
+/// `enable_seqscan`, `enable_hashjoin` and `enable_mergejoin` off: every
+/// statement herald runs reads a few rows through an index, and nested loops
+/// over index scans are its right plan at any table size. PostgreSQL settles
+/// on a generic plan for a prepared statement after five executions; on a
+/// fresh database the tables are then nearly empty, a sequential scan with a
+/// hash join looks cheapest, and that plan stayed cached while the table
+/// grew: a 60,000-delivery burst read 72 million rows in 1,562 sequential
+/// scans (57% of the machine's CPU in the PostgreSQL backends). Planning
+/// every execution with its values (`plan_cache_mode=force_custom_plan`)
+/// avoided that, but the planning itself then took a tenth of the burst's
+/// throughput; with these settings the cached generic plans are index plans.
+/// (A statement with no index to use still gets a sequential scan.)
 /// `jit=off`: herald's statements are short; compiling one (when a large
 /// batch's estimate crosses `jit_above_cost`) costs more than running it.
 fn connection_config(url: &str, node_id: &str) -> Result<tokio_postgres::Config, StoreError> {
@@ -421,7 +426,7 @@ fn connection_config(url: &str, node_id: &str) -> Result<tokio_postgres::Config,
     let options = format!(
         "{} -c statement_timeout={STATEMENT_TIMEOUT_MS} -c synchronous_commit=on \
          -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} \
-         -c plan_cache_mode=force_custom_plan -c jit=off",
+         -c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off",
         config.get_options().unwrap_or("")
     );
     config
