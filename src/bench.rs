@@ -402,7 +402,9 @@ impl BenchDb {
         // The polls count unfinished deliveries through their partial index;
         // on a table too young for statistics the planner would read all of
         // it, taking CPU from the server being measured.
-        client.batch_execute("SET enable_seqscan = off").await?;
+        client
+            .batch_execute("SET enable_seqscan = off; SET jit = off")
+            .await?;
         Ok(BenchDb::Postgres(client))
     }
 
