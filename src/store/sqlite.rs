@@ -788,8 +788,8 @@ fn claim_due(
                 message: message_from_row(row, 8, 14)??,
                 broadcast_created_at_ms: row.get(12)?,
                 last_error: row.get(13)?,
-                // The lease taken below.
-                lease_epoch: row.get::<_, i64>(16)? + 1,
+                // The current lease; leasing below takes the next.
+                lease_epoch: row.get(16)?,
                 thread_ref: None,
                 remote_ref: row.get(15)?,
             });
@@ -832,6 +832,7 @@ fn claim_due(
         }
         // No RETURNING: SQLite buffers returned rows in a temporary b-tree.
         // This writer is the only one, so the epoch read above is current.
+        delivery.lease_epoch += 1;
         lease.execute(params![
             delivery.delivery_id,
             p.state.as_str(),
