@@ -415,10 +415,7 @@ impl BenchDb {
     async fn unfinished(&self) -> anyhow::Result<u64> {
         // Each store's index condition, written as that index is.
         let sql = match self {
-            BenchDb::Sqlite(_) => {
-                "SELECT count(*) FROM deliveries WHERE state <> 'confirmed'
-                   AND state <> 'failed' AND state <> 'dead' AND state <> 'cancelled'"
-            }
+            BenchDb::Sqlite(_) => crate::store::UNFINISHED_COUNT_SQL,
             BenchDb::Postgres(_) => {
                 "SELECT count(*) FROM deliveries
                    WHERE state NOT IN ('confirmed','failed','dead','cancelled')"

@@ -737,6 +737,13 @@ fn message_from_row(
         .map_err(|e| StoreError::Corrupt(format!("stored message is invalid: {e}"))))
 }
 
+/// How many deliveries are unfinished, through their partial index (the
+/// bench polls it while a run drains).
+pub(crate) const UNFINISHED_COUNT_SQL: &str = concat!(
+    "SELECT count(*) FROM deliveries WHERE ",
+    unfinished_sql!("state")
+);
+
 /// Unfinished deliveries per destination, for `/v1/backlog`.
 const BACKLOG_SQL: &str = concat!(
     "SELECT d.destination, count(*), min(b.created_at_ms),
@@ -1478,20 +1485,25 @@ mod tests {
         assert_eq!(claim.deliveries[0].lease_epoch, 1);
     }
 
-    #[test]
-    fn due_work_is_claimed_through_its_partial_index() {
+    /// The steps of `sql`'s query plan on a freshly migrated database.
+    fn query_plan(sql: &str, params: impl rusqlite::Params) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("plan.db")).unwrap();
-        drop(store);
+        drop(SqliteStore::open(dir.path().join("plan.db")).unwrap());
         let conn = Connection::open(dir.path().join("plan.db")).unwrap();
         configure(&conn).unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {CLAIM_SQL}"))
+        let plan = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap()
-            .query_map(params!["d", 1, 0, 10], |r| r.get::<_, String>(3))
+            .query_map(params, |r| r.get::<_, String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
+        plan
+    }
+
+    #[test]
+    fn due_work_is_claimed_through_its_partial_index() {
+        let plan = query_plan(CLAIM_SQL, params!["d", 1, 0, 10]);
         assert!(
             plan.iter()
                 .any(|step| step.contains("USING INDEX deliveries_due")),
@@ -1501,23 +1513,8 @@ mod tests {
 
     #[test]
     fn unfinished_work_is_read_through_its_partial_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("plan.db")).unwrap();
-        drop(store);
-        let conn = Connection::open(dir.path().join("plan.db")).unwrap();
-        configure(&conn).unwrap();
-        let count = concat!(
-            "SELECT count(*) FROM deliveries WHERE ",
-            unfinished_sql!("state")
-        );
-        for sql in [BACKLOG_SQL, count] {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map([], |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+        for sql in [BACKLOG_SQL, UNFINISHED_COUNT_SQL] {
+            let plan = query_plan(sql, []);
             assert!(
                 plan.iter()
                     .any(|step| step.contains("INDEX deliveries_unfinished")),
