@@ -530,7 +530,8 @@ async fn delivery_times(database: &Path, since_ms: i64) -> anyhow::Result<Vec<De
                 .collect());
         }
     };
-    let mut select = conn.prepare(&SQL.replace("$1", "?1"))?;
+    // The SQLite store finds a delivery's attempts by rowid range.
+    let mut select = conn.prepare(crate::store::DELIVERY_TIMES_SQL)?;
     let rows = select
         .query_map([since_ms], |r| {
             Ok(DeliveryTimes {

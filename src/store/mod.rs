@@ -13,7 +13,7 @@ use crate::domain::{DeliveryProgress, DeliveryState, Message, OutcomeClass, Retr
 pub use any::AnyStore;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
-pub(crate) use sqlite::UNFINISHED_COUNT_SQL;
+pub(crate) use sqlite::{DELIVERY_TIMES_SQL, UNFINISHED_COUNT_SQL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -117,6 +117,7 @@ store_suite!(
     a_p1_is_claimed_before_an_older_backlog,
     cancel_leaves_an_attempt_in_flight_to_finish_and_keeps_thread_order,
     concurrent_messages_of_one_thread_go_one_at_a_time,
+    each_delivery_keeps_its_own_attempts_and_only_unfinished_ones_count_as_backlog,
 );
 
 fn new_broadcast(
@@ -483,6 +484,91 @@ async fn cancel_leaves_an_attempt_in_flight_to_finish_and_keeps_thread_order(har
             .unwrap(),
         None
     );
+}
+
+async fn each_delivery_keeps_its_own_attempts_and_only_unfinished_ones_count_as_backlog(
+    harness: Harness,
+) {
+    let store = harness.open().await;
+    let unfinished = |store: &AnyStore| {
+        let store = store.clone();
+        async move {
+            store
+                .backlog()
+                .await
+                .unwrap()
+                .iter()
+                .map(|b| b.unfinished)
+                .sum::<u64>()
+        }
+    };
+    for id in ["B1", "B2", "B3"] {
+        store
+            .insert_broadcast(new_broadcast(id, None, &["a"], 1_000))
+            .await
+            .unwrap();
+    }
+    assert_eq!(unfinished(&store).await, 3);
+    // B1 fails once and is retried; B2 lands at once; their attempts
+    // interleave in time.
+    let first = store.claim_due("a", 2, 2_000).await.unwrap().deliveries;
+    let (b1, b2) = (&first[0], &first[1]);
+    assert_eq!(
+        (b1.broadcast_id.as_str(), b2.broadcast_id.as_str()),
+        ("B1", "B2")
+    );
+    for update in [
+        outcome(b1, DeliveryState::Retrying, "retryable", 2_010),
+        outcome(b2, DeliveryState::Confirmed, "success", 2_020),
+    ] {
+        assert!(matches!(
+            store.update_delivery(update).await.unwrap(),
+            UpdateResult::Applied { .. }
+        ));
+    }
+    assert_eq!(unfinished(&store).await, 2, "B1 retrying and B3 pending");
+    store
+        .operator_action("B3", OperatorAction::Cancel, vec![], vec![], 2_500)
+        .await
+        .unwrap();
+    assert_eq!(unfinished(&store).await, 1, "only B1 is left");
+    let retried = store.claim_due("a", 2, 3_100).await.unwrap().deliveries;
+    assert_eq!(retried.len(), 1, "B1 again, nothing cancelled");
+    store
+        .update_delivery(outcome(
+            &retried[0],
+            DeliveryState::Confirmed,
+            "success",
+            3_110,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(unfinished(&store).await, 0);
+    assert!(store.destinations_with_work().await.unwrap().is_empty());
+
+    // Reopened: each delivery's log is its own, in order.
+    drop(store);
+    let store = harness.open().await;
+    let log = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            let view = store.broadcast(id).await.unwrap().unwrap();
+            view.deliveries[0]
+                .attempts
+                .iter()
+                .map(|a| (a.started_at_ms, a.outcome.clone()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        log("B1").await,
+        [
+            (2_009, "retryable".to_owned()),
+            (3_109, "success".to_owned())
+        ]
+    );
+    assert_eq!(log("B2").await, [(2_019, "success".to_owned())]);
+    assert!(log("B3").await.is_empty());
 }
 
 fn outcome(
