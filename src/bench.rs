@@ -509,7 +509,9 @@ struct DeliveryTimes {
 }
 
 async fn delivery_times(database: &Path, since_ms: i64) -> anyhow::Result<Vec<DeliveryTimes>> {
-    const SQL: &str = "SELECT d.destination, d.state, b.created_at_ms,
+    // PostgreSQL reads a delivery's attempts through attempts_delivery; the
+    // SQLite store has the same query by rowid range (its migration 8).
+    const POSTGRES_SQL: &str = "SELECT d.destination, d.state, b.created_at_ms,
                 (SELECT min(a.started_at_ms) FROM attempts a WHERE a.delivery_id = d.id),
                 d.updated_at_ms
          FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
@@ -517,7 +519,7 @@ async fn delivery_times(database: &Path, since_ms: i64) -> anyhow::Result<Vec<De
     let conn = match BenchDb::open(database).await? {
         BenchDb::Sqlite(conn) => conn,
         BenchDb::Postgres(client) => {
-            let rows = client.query(SQL, &[&since_ms]).await?;
+            let rows = client.query(POSTGRES_SQL, &[&since_ms]).await?;
             return Ok(rows
                 .iter()
                 .map(|r| DeliveryTimes {
@@ -530,7 +532,6 @@ async fn delivery_times(database: &Path, since_ms: i64) -> anyhow::Result<Vec<De
                 .collect());
         }
     };
-    // The SQLite store finds a delivery's attempts by rowid range.
     let mut select = conn.prepare(crate::store::DELIVERY_TIMES_SQL)?;
     let rows = select
         .query_map([since_ms], |r| {
