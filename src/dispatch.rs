@@ -615,6 +615,7 @@ async fn run_attempt<S: Store>(
                 now_ms: finished_at_ms,
                 remote_ref: report.remote_ref,
                 pause_destination_ms: None,
+                in_thread: delivery.message.thread().is_some(),
             };
             (update, None)
         }
@@ -654,6 +655,7 @@ async fn run_attempt<S: Store>(
                 now_ms: finished_at_ms,
                 remote_ref: outcome.remote_ref,
                 pause_destination_ms: pause_ms,
+                in_thread: delivery.message.thread().is_some(),
             };
             (update, pause_ms)
         }

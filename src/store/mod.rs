@@ -214,6 +214,10 @@ pub struct DeliveryUpdate {
     /// A 429 asked to pause the whole destination this long (a shared store
     /// makes every node honour it).
     pub pause_destination_ms: Option<u64>,
+    /// The delivery's message belongs to a thread. Only then can its final
+    /// outcome make the thread's next message pending; without a thread the
+    /// stores skip that lookup.
+    pub in_thread: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

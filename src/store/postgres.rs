@@ -1725,7 +1725,9 @@ async fn update_batch(
     }
     let finals: Vec<i64> = updates
         .iter()
-        .filter(|u| applied.contains_key(&u.delivery_id) && u.progress.state.is_final())
+        .filter(|u| {
+            u.in_thread && applied.contains_key(&u.delivery_id) && u.progress.state.is_final()
+        })
         .map(|u| u.delivery_id)
         .collect();
     let promoted = if finals.is_empty() {

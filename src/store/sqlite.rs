@@ -1062,10 +1062,8 @@ fn update_delivery(conn: &Connection, update: &DeliveryUpdate) -> Result<UpdateR
     if changed == 0 {
         return Ok(UpdateResult::Stale);
     }
-    // Only deliveries of a thread have a next one; the query looks at the
-    // finished delivery's thread first (no RETURNING to learn it here:
-    // SQLite buffers returned rows in a temporary b-tree).
-    let promoted_next_in_thread = if p.state.is_final() {
+    // Only deliveries of a thread have a next one.
+    let promoted_next_in_thread = if p.state.is_final() && update.in_thread {
         promote_next_in_thread(conn, update.delivery_id, update.now_ms)?
     } else {
         false

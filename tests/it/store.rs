@@ -223,6 +223,7 @@ async fn a_thread_update_waits_for_the_message_it_updates(harness: Harness) {
             now_ms: 5_010,
             remote_ref: Some("1700000000.000100".into()),
             pause_destination_ms: None,
+            in_thread: first.message.thread().is_some(),
         })
         .await
         .unwrap();
@@ -318,6 +319,7 @@ async fn an_outcome_from_an_older_lease_is_refused(harness: Harness) {
         now_ms: 3_001,
         remote_ref: None,
         pause_destination_ms: None,
+        in_thread: false,
     };
     assert_eq!(
         store.update_delivery(late.clone()).await.unwrap(),
@@ -599,6 +601,7 @@ fn outcome(
         now_ms,
         remote_ref: None,
         pause_destination_ms: None,
+        in_thread: delivery.message.thread().is_some(),
     }
 }
 
