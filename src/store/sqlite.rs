@@ -1642,12 +1642,19 @@ mod tests {
         assert_eq!(claim.deliveries[0].lease_epoch, 1);
     }
 
-    /// The steps of `sql`'s query plan on a freshly migrated database.
-    fn query_plan(sql: &str, params: impl rusqlite::Params) -> Vec<String> {
+    /// A connection, configured as the store's, to a freshly migrated
+    /// database that lives as long as the directory returned with it.
+    fn migrated_db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
         drop(SqliteStore::open(dir.path().join("plan.db")).unwrap());
         let conn = Connection::open(dir.path().join("plan.db")).unwrap();
         configure(&conn).unwrap();
+        (dir, conn)
+    }
+
+    /// The steps of `sql`'s query plan on a freshly migrated database.
+    fn query_plan(sql: &str, params: impl rusqlite::Params) -> Vec<String> {
+        let (_dir, conn) = migrated_db();
         let plan = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap()
@@ -1683,9 +1690,7 @@ mod tests {
     /// Whether executing `sql` writes to the index `index`: the program
     /// opens a write cursor on its root page.
     fn writes_index(sql: &str, index: &str) -> bool {
-        let dir = tempfile::tempdir().unwrap();
-        drop(SqliteStore::open(dir.path().join("plan.db")).unwrap());
-        let conn = Connection::open(dir.path().join("plan.db")).unwrap();
+        let (_dir, conn) = migrated_db();
         let root: i64 = conn
             .query_row(
                 "SELECT rootpage FROM sqlite_schema WHERE type = 'index' AND name = ?1",
