@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use rand::Rng;
 
 /// A title longer than this many characters is refused.
@@ -85,12 +87,15 @@ impl Severity {
 
 /// What the user asked to tell the destinations. Only constructed through
 /// [`Message::new`], so a `Message` is always within the limits.
+///
+/// The texts are shared, not copied, between clones: every delivery handed
+/// to a worker carries the message of its broadcast.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
-    title: String,
-    body: String,
+    title: Arc<str>,
+    body: Arc<str>,
     severity: Severity,
-    thread: Option<String>,
+    thread: Option<Arc<str>>,
     /// This broadcast resolves the incident its thread opened.
     resolved: bool,
 }
@@ -141,11 +146,11 @@ impl Message {
                     "must not contain control characters",
                 ))
             }
-            Some(thread) => Some(thread.to_owned()),
+            Some(thread) => Some(Arc::from(thread)),
         };
         Ok(Message {
-            title: title.to_owned(),
-            body: body.to_owned(),
+            title: Arc::from(title),
+            body: Arc::from(body),
             severity,
             thread,
             resolved: false,
