@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use serde::Serialize;
 use sha2::Sha256;
 
@@ -13,6 +14,11 @@ use super::{parse_retry_after_ms, VerifyReport};
 use crate::config::WebhookSecret;
 use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass};
 use crate::store::ClaimedDelivery;
+
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 pub struct WebhookConnector {
     client: reqwest::Client,
@@ -121,27 +127,39 @@ impl WebhookConnector {
         let body = webhook_payload(delivery);
         let id = delivery.idempotency_key.as_str();
         let timestamp_secs = now_ms.div_euclid(1000);
-        let mut request = self
-            .client
-            .post(self.url.clone())
-            .header("content-type", "application/json")
-            .header("idempotency-key", id)
-            .header("webhook-id", id)
-            .header("webhook-timestamp", timestamp_secs.to_string());
+        // Headers by constant names into a map sized for them: the request
+        // builder's `.header("name", ..)` parsed and allocated each custom
+        // name on every attempt, and grew the map twice.
+        let Ok(id_value) = HeaderValue::from_str(id) else {
+            let mut outcome = Outcome::new(OutcomeClass::Permanent);
+            outcome.error = Some(format!(
+                "could not build the request: the idempotency key {id:?} is not a valid header value"
+            ));
+            return outcome;
+        };
+        let mut headers = HeaderMap::with_capacity(8);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(IDEMPOTENCY_KEY, id_value.clone());
+        headers.insert(WEBHOOK_ID, id_value);
+        headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp_secs));
         if let Some(secret) = &self.secret {
-            request = request.header(
-                "webhook-signature",
-                sign_webhook(secret, id, timestamp_secs, &body),
+            let signature = sign_webhook(secret, id, timestamp_secs, &body);
+            headers.insert(
+                WEBHOOK_SIGNATURE,
+                HeaderValue::from_str(&signature).expect("base64 is a valid header value"),
             );
         }
+        let mut request = reqwest::Request::new(reqwest::Method::POST, self.url.clone());
+        *request.headers_mut() = headers;
+        *request.body_mut() = Some(body.into());
         let started = Instant::now();
-        let response = match request.body(body).send().await {
+        let response = match self.client.execute(request).await {
             Ok(response) => response,
             Err(error) => return classify_transport_error(&error),
         };
         let retry_after = response
             .headers()
-            .get("retry-after")
+            .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let status = response.status().as_u16();
