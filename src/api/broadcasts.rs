@@ -318,10 +318,11 @@ async fn accept_now<S: Store>(
         .collect();
     // Where a worker slot is free, the delivery is leased in the insert's
     // transaction and its first attempt starts without a claim round trip.
+    let severity = intent.message.severity();
     let mut slots: Vec<_> = deliveries
         .iter_mut()
         .map(|d| {
-            let slot = app.dispatcher.reserve_slot(&d.destination);
+            let slot = app.dispatcher.reserve_slot(&d.destination, severity);
             d.lease_now = slot.is_some();
             slot
         })
