@@ -93,7 +93,7 @@ mod tests {
         let year_0 = -62_167_219_200_000_i64;
         let year_10000 = 253_402_300_800_000_i64;
         let mut unix_ms = year_0 - 86_400_000 * 400;
-        let step = 7_919_999_937; // about 92 days, prime: every field varies
+        let step = 7_919_999_937; // about 92 days, no whole number of seconds: every field varies
         while unix_ms < year_10000 + 86_400_000 * 400 {
             assert_eq!(format_rfc3339_ms(unix_ms), reference(unix_ms), "{unix_ms}");
             unix_ms += step;
