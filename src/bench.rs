@@ -67,8 +67,9 @@ pub struct BenchOptions {
     pub backlog_deliveries: usize,
     /// Where the database and logs go; a temporary folder when absent.
     pub workdir: Option<PathBuf>,
-    /// Run herald on this PostgreSQL (a fresh schema per run, left for
-    /// inspection) instead of a SQLite file.
+    /// Run herald on this PostgreSQL (a fresh schema per run, dropped after
+    /// it unless `workdir` is given, like the SQLite files) instead of a
+    /// SQLite file.
     pub postgres: Option<String>,
 }
 
@@ -446,21 +447,25 @@ impl BenchDb {
     }
 }
 
-/// Makes a fresh schema for one run on the bench's PostgreSQL; returns the
-/// URL that uses it.
-async fn fresh_postgres_schema(url: &str, run: &str) -> anyhow::Result<PathBuf> {
+async fn bench_postgres(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .with_context(|| "cannot connect to the bench's PostgreSQL")?;
     tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Makes a fresh schema for one run on the bench's PostgreSQL; returns the
+/// URL that uses it and the schema's name.
+async fn fresh_postgres_schema(url: &str, run: &str) -> anyhow::Result<(PathBuf, String)> {
     let schema = format!("herald_bench_{run}_{:08x}", rand::random::<u32>());
-    client
+    bench_postgres(url)
+        .await?
         .batch_execute(&format!("CREATE SCHEMA {schema}"))
         .await?;
     let separator = if url.contains('?') { '&' } else { '?' };
-    Ok(PathBuf::from(format!(
-        "{url}{separator}options=-csearch_path%3D{schema}"
-    )))
+    let run_url = format!("{url}{separator}options=-csearch_path%3D{schema}");
+    Ok((PathBuf::from(run_url), schema))
 }
 
 /// The size of a SQLite database's WAL file; None on PostgreSQL.
@@ -584,6 +589,10 @@ struct Bench {
     mock: SocketAddr,
     _mock_process: Process,
     runs: usize,
+    /// The current run's PostgreSQL schema, to drop when the run is done.
+    schema: Option<String>,
+    /// Keep each run's database (SQLite file or PostgreSQL schema).
+    keep: bool,
 }
 
 impl Bench {
@@ -597,7 +606,11 @@ impl Bench {
         let run = format!("run{}", self.runs);
         let config = self.workdir.join(format!("{run}.toml"));
         let database = match &self.options.postgres {
-            Some(url) => fresh_postgres_schema(url, &run).await?,
+            Some(url) => {
+                let (database, schema) = fresh_postgres_schema(url, &run).await?;
+                self.schema = Some(schema);
+                database
+            }
             None => self.workdir.join(format!("{run}.db")),
         };
         // Each run starts from an empty database, even in a kept workdir.
@@ -614,6 +627,23 @@ impl Bench {
         )?;
         wait_healthy(&self.http, addr).await?;
         Ok((server, addr, database, run))
+    }
+
+    /// Drops the finished run's PostgreSQL schema, unless kept: a run leaves
+    /// up to a million rows behind, and their vacuum would load the next run.
+    async fn drop_run_schema(&mut self) -> anyhow::Result<()> {
+        let (Some(url), Some(schema)) = (&self.options.postgres, self.schema.take()) else {
+            return Ok(());
+        };
+        if self.keep {
+            return Ok(());
+        }
+        bench_postgres(url)
+            .await?
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .with_context(|| format!("cannot drop the bench's schema {schema}"))?;
+        Ok(())
     }
 
     fn names(&self, count: usize) -> Vec<String> {
@@ -664,6 +694,7 @@ impl Bench {
         let wal_mb = wal_size_mb(&database);
         drop(server);
         let times = delivery_times(&database, started_ms).await?;
+        self.drop_run_schema().await?;
         let mut report = summarise(scenario, count, names.len(), &times, started_ms);
         report.accepted_per_sec = count as f64 / submit_secs;
         report.peak_rss_mb = peak_rss_mb;
@@ -747,6 +778,7 @@ impl Bench {
         let wal_mb = wal_size_mb(&database);
         drop(server);
         let p1_times = delivery_times(&database, p1_since_ms).await?;
+        self.drop_run_schema().await?;
         let mut report = summarise("backlog", P1_COUNT, 1, &p1_times, p1_since_ms);
         report.accepted_per_sec = broadcasts as f64 / submit_secs;
         report.pending_at_p1 = Some(pending);
@@ -839,6 +871,8 @@ pub async fn run(
         mock,
         _mock_process: mock_process,
         runs: 0,
+        schema: None,
+        keep: options.workdir.is_some(),
     };
     if !json {
         writeln!(

@@ -193,7 +193,8 @@ enum Command {
         #[arg(long)]
         workdir: Option<PathBuf>,
         /// Run herald on this PostgreSQL (postgres://...; a fresh schema
-        /// per run) instead of a SQLite file.
+        /// per run, dropped after it unless --workdir is given) instead of
+        /// a SQLite file.
         #[arg(long)]
         database: Option<String>,
         #[arg(long)]

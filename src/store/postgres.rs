@@ -1633,7 +1633,12 @@ async fn update_batch(
         last_errors.push(u.last_error.as_deref());
         nows.push(u.now_ms);
     }
-    // Fenced: the same owner and epoch, and the lease not yet expired.
+    // Fenced: the same owner and epoch, and the lease not yet expired. The
+    // owner is compared with IS NOT DISTINCT FROM, which means `=` here ($13
+    // is never null) but lets no index on leases serve it: with `=`, the
+    // planner's guess for one owner made it scan every leased row through
+    // `deliveries_leased` and filter them against the batch, instead of
+    // looking the batch up by primary key.
     let applied_rows = tx
         .query(
             "UPDATE deliveries d SET state = u.state, attempts_made = u.made, attempts_max = u.max,
@@ -1646,7 +1651,7 @@ async fn update_batch(
                          $14::TEXT[])
                   AS u(id, expected, epoch, state, made, max, due, deadline, dup, last_error, status, now,
                        remote_ref)
-             WHERE d.id = u.id AND d.state = u.expected AND d.lease_owner = $13
+             WHERE d.id = u.id AND d.state = u.expected AND d.lease_owner IS NOT DISTINCT FROM $13
                AND d.lease_epoch = u.epoch AND d.lease_expires_at_ms >= u.now
              RETURNING d.id, d.destination",
             &[
