@@ -169,7 +169,30 @@ CREATE TABLE destination_state (
 ALTER TABLE deliveries DROP CONSTRAINT deliveries_idempotency_key_key;
 DROP INDEX deliveries_broadcast;
 "#,
+    // The backlog report (`/metrics`, `/v1/destinations`) reads each
+    // destination's oldest unfinished accept time from this index instead
+    // of joining every unfinished delivery to its broadcast.
+    r#"
+DROP INDEX deliveries_unfinished;
+CREATE INDEX deliveries_unfinished ON deliveries (destination, created_at_ms)
+    WHERE state NOT IN ('confirmed','failed','dead','cancelled');
+"#,
 ];
+
+/// The earliest due time among the deliveries of `$destination` (an SQL
+/// expression) that are not in flight: the first entry of each severity in
+/// the index `deliveries_due`.
+macro_rules! earliest_due_sql {
+    ($destination:literal) => {
+        concat!(
+            "(SELECT min((SELECT min(due_at_ms) FROM deliveries
+                          WHERE destination = ",
+            $destination,
+            " AND priority = p AND due_at_ms IS NOT NULL AND lease_owner IS NULL))
+              FROM generate_series(1, 5) p)"
+        )
+    };
+}
 
 macro_rules! final_states_sql {
     () => {
@@ -1480,13 +1503,7 @@ async fn claim_due(
         });
     }
     let next_due_at_ms: Option<i64> = tx
-        .query_one(
-            "SELECT min((SELECT min(due_at_ms) FROM deliveries
-                         WHERE destination = $1 AND priority = p AND due_at_ms IS NOT NULL
-                           AND lease_owner IS NULL))
-             FROM generate_series(1, 5) p",
-            &[&destination],
-        )
+        .query_one(concat!("SELECT ", earliest_due_sql!("$1")), &[&destination])
         .await?
         .try_get(0)?;
     Ok(Claim {
@@ -2255,13 +2272,15 @@ impl Store for PostgresStore {
             let conn = self.inner.pool.get().await?;
             let rows = conn
                 .query(
+                    // A delivery's `created_at_ms` is its broadcast's.
                     concat!(
-                        "SELECT d.destination, count(*), min(b.created_at_ms),
-                                min(CASE WHEN d.lease_owner IS NULL THEN d.due_at_ms END)
-                         FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
-                         WHERE d.state NOT IN ",
+                        "SELECT u.destination, u.unfinished, u.oldest, ",
+                        earliest_due_sql!("u.destination"),
+                        " FROM (SELECT destination, count(*) AS unfinished,
+                                       min(created_at_ms) AS oldest
+                                FROM deliveries WHERE state NOT IN ",
                         final_states_sql!(),
-                        " GROUP BY d.destination"
+                        " GROUP BY destination) u"
                     ),
                     &[],
                 )

@@ -265,6 +265,16 @@ FROM attempts;
 DROP TABLE attempts;
 ALTER TABLE attempts_rebuilt RENAME TO attempts;
 "#,
+    // The backlog report (`/metrics`, `/v1/destinations`) reads the oldest
+    // accept time of each destination's unfinished work from this index
+    // alone, so its cost follows the backlog, not the history: before, it
+    // scanned every delivery ever made and joined each to its broadcast.
+    // `created_at_ms` is never updated, so no write path changes.
+    r#"
+DROP INDEX deliveries_unfinished;
+CREATE INDEX deliveries_unfinished ON deliveries (destination, created_at_ms)
+    WHERE finished_at_ms IS NULL;
+"#,
 ];
 
 /// What later messages of a thread attach to: the reference of the first
@@ -858,15 +868,35 @@ pub(crate) const UNFINISHED_COUNT_SQL: &str = concat!(
     unfinished_sql!("")
 );
 
-/// Unfinished deliveries per destination, for `/v1/backlog`.
+/// Unfinished deliveries per destination and the oldest one's accept time
+/// (a delivery's `created_at_ms` is its broadcast's), for the backlog
+/// report: a scan of the covering index `deliveries_unfinished` only.
 const BACKLOG_SQL: &str = concat!(
-    "SELECT d.destination, count(*), min(b.created_at_ms),
-            min(CASE WHEN d.leased = 0 THEN d.due_at_ms END)
-     FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
-     WHERE ",
-    unfinished_sql!("d."),
-    " GROUP BY d.destination"
+    "SELECT destination, count(*), min(created_at_ms) FROM deliveries WHERE ",
+    unfinished_sql!(""),
+    " GROUP BY destination"
 );
+
+/// The earliest due time of one destination's deliveries of one severity
+/// that are not in flight: the first entry of that severity in the index
+/// `deliveries_due`. `?1` destination, `?2` priority.
+const EARLIEST_DUE_SQL: &str = "SELECT min(due_at_ms) FROM deliveries
+     WHERE destination = ?1 AND priority = ?2 AND due_at_ms IS NOT NULL AND leased = 0";
+
+/// The earliest due time among a destination's deliveries not in flight:
+/// one index lookup per severity.
+fn earliest_due(conn: &Connection, destination: &str) -> rusqlite::Result<Option<i64>> {
+    let mut earliest = conn.prepare_cached(EARLIEST_DUE_SQL)?;
+    let mut first: Option<i64> = None;
+    for priority in Severity::RANKS {
+        let due: Option<i64> = earliest.query_row(params![destination, priority], |r| r.get(0))?;
+        first = match (first, due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(first)
+}
 
 /// Due deliveries of one destination and severity, oldest due first.
 /// `?1` destination, `?2` priority, `?3` now, `?4` limit.
@@ -975,23 +1005,10 @@ fn claim_due(
             next_due_at_ms: None,
         });
     }
-    // The earliest due time left: the first index entry of each severity.
-    let mut earliest = conn.prepare_cached(
-        "SELECT min(due_at_ms) FROM deliveries
-         WHERE destination = ?1 AND priority = ?2 AND due_at_ms IS NOT NULL AND leased = 0",
-    )?;
-    let mut next_due_at_ms: Option<i64> = None;
-    for priority in Severity::RANKS {
-        let due: Option<i64> = earliest.query_row(params![destination, priority], |r| r.get(0))?;
-        next_due_at_ms = match (next_due_at_ms, due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-    }
     Ok(Claim {
         expired,
         deliveries: claimed,
-        next_due_at_ms,
+        next_due_at_ms: earliest_due(conn, destination)?,
     })
 }
 
@@ -1545,16 +1562,19 @@ impl Store for SqliteStore {
     async fn backlog(&self) -> Result<Vec<DestinationBacklog>, StoreError> {
         self.read(|conn| {
             let mut select = conn.prepare_cached(BACKLOG_SQL)?;
-            let rows = select
+            let mut rows: Vec<DestinationBacklog> = select
                 .query_map([], |row| {
                     Ok(DestinationBacklog {
                         destination: row.get(0)?,
                         unfinished: row.get(1)?,
                         oldest_unfinished_since_ms: row.get(2)?,
-                        oldest_due_at_ms: row.get(3)?,
+                        oldest_due_at_ms: None,
                     })
                 })?
                 .collect::<Result<_, _>>()?;
+            for row in &mut rows {
+                row.oldest_due_at_ms = earliest_due(conn, &row.destination)?;
+            }
             Ok(rows)
         })
         .await

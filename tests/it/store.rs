@@ -118,6 +118,7 @@ store_suite!(
     cancel_leaves_an_attempt_in_flight_to_finish_and_keeps_thread_order,
     concurrent_messages_of_one_thread_go_one_at_a_time,
     each_delivery_keeps_its_own_attempts_and_only_unfinished_ones_count_as_backlog,
+    the_backlog_names_each_destinations_oldest_waiting_and_earliest_due,
 );
 
 fn new_broadcast(
@@ -571,6 +572,69 @@ async fn each_delivery_keeps_its_own_attempts_and_only_unfinished_ones_count_as_
     );
     assert_eq!(log("B2").await, [(2_019, "success".to_owned())]);
     assert!(log("B3").await.is_empty());
+}
+
+async fn the_backlog_names_each_destinations_oldest_waiting_and_earliest_due(harness: Harness) {
+    let store = harness.open().await;
+    let backlog = |store: &AnyStore| {
+        let store = store.clone();
+        async move {
+            let mut rows = store.backlog().await.unwrap();
+            rows.sort_by(|x, y| x.destination.cmp(&y.destination));
+            rows.iter()
+                .map(|b| {
+                    (
+                        b.destination.clone(),
+                        b.unfinished,
+                        b.oldest_unfinished_since_ms,
+                        b.oldest_due_at_ms,
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let a =
+        |unfinished, since: i64, due: Option<i64>| ("a".to_owned(), unfinished, Some(since), due);
+    let b = ("b".to_owned(), 1, Some(1_000), Some(1_000));
+    store
+        .insert_broadcast(new_broadcast("B1", None, &["a", "b"], 1_000))
+        .await
+        .unwrap();
+    for (id, at) in [("B2", 2_000), ("B3", 3_000)] {
+        store
+            .insert_broadcast(new_broadcast(id, None, &["a"], at))
+            .await
+            .unwrap();
+    }
+    assert_eq!(backlog(&store).await, [a(3, 1_000, Some(1_000)), b.clone()]);
+    // B1 in flight on `a`: still waiting, no longer due.
+    let claimed = store.claim_due("a", 1, 5_000).await.unwrap().deliveries;
+    assert_eq!(claimed[0].broadcast_id, "B1");
+    assert_eq!(backlog(&store).await, [a(3, 1_000, Some(2_000)), b.clone()]);
+    // B1 confirmed on `a`; `b` still waits for it.
+    store
+        .update_delivery(outcome(
+            &claimed[0],
+            DeliveryState::Confirmed,
+            "success",
+            5_010,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(backlog(&store).await, [a(2, 2_000, Some(2_000)), b.clone()]);
+    // B2 fails once and waits for its retry: due later than B3.
+    let claimed = store.claim_due("a", 1, 6_000).await.unwrap().deliveries;
+    assert_eq!(claimed[0].broadcast_id, "B2");
+    store
+        .update_delivery(outcome(
+            &claimed[0],
+            DeliveryState::Retrying,
+            "retryable",
+            6_010,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(backlog(&store).await, [a(2, 2_000, Some(3_000)), b]);
 }
 
 fn outcome(
