@@ -844,7 +844,7 @@ pub async fn run(
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<Vec<RunReport>> {
-    let (workdir, _temp) = match &options.workdir {
+    let (workdir, temp) = match &options.workdir {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
             (dir.clone(), None)
@@ -856,7 +856,7 @@ pub async fn run(
                 now_ms()
             ));
             std::fs::create_dir_all(&dir)?;
-            (dir.clone(), Some(RemoveOnDrop(dir)))
+            (dir.clone(), Some(RemoveOnDrop(Some(dir))))
         }
     };
     let (mock_process, mock) = spawn_mock(&workdir.join("mock.log"))?;
@@ -889,6 +889,31 @@ pub async fn run(
             }
         )?;
     }
+    match run_scenarios(&mut bench, &options, json, out).await {
+        Ok(reports) => Ok(reports),
+        // What explains a failure is in the server's log and database:
+        // both stay, and the error says where.
+        Err(error) => {
+            let logs = temp.map_or(bench.workdir.clone(), RemoveOnDrop::keep);
+            let schema = bench
+                .schema
+                .take()
+                .map(|s| format!(", its database in the PostgreSQL schema {s}"))
+                .unwrap_or_default();
+            Err(error.context(format!(
+                "the bench failed; its logs are kept in {}{schema}",
+                logs.display()
+            )))
+        }
+    }
+}
+
+async fn run_scenarios(
+    bench: &mut Bench,
+    options: &BenchOptions,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<Vec<RunReport>> {
     let mut reports: Vec<RunReport> = Vec::new();
     let mut burst: Option<RunReport> = None;
     for scenario in &options.scenarios {
@@ -979,11 +1004,20 @@ pub async fn run(
     Ok(reports)
 }
 
-struct RemoveOnDrop(PathBuf);
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    /// Keeps the folder after all; returns its path.
+    fn keep(mut self) -> PathBuf {
+        self.0.take().expect("a folder to remove")
+    }
+}
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
