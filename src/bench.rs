@@ -591,8 +591,6 @@ struct Bench {
     runs: usize,
     /// The current run's PostgreSQL schema, to drop when the run is done.
     schema: Option<String>,
-    /// Keep each run's database (SQLite file or PostgreSQL schema).
-    keep: bool,
 }
 
 impl Bench {
@@ -635,7 +633,8 @@ impl Bench {
         let (Some(url), Some(schema)) = (&self.options.postgres, self.schema.take()) else {
             return Ok(());
         };
-        if self.keep {
+        // A given workdir keeps each run's database, a schema as a file.
+        if self.options.workdir.is_some() {
             return Ok(());
         }
         bench_postgres(url)
@@ -872,7 +871,6 @@ pub async fn run(
         _mock_process: mock_process,
         runs: 0,
         schema: None,
-        keep: options.workdir.is_some(),
     };
     if !json {
         writeln!(
