@@ -48,6 +48,10 @@ struct Lane {
     destination: Destination,
     connector: Connector,
     wake: Notify,
+    /// New work that may hold a P1: with every slot busy, it is worth a
+    /// claim for the slot reserved for P1s. Routine work (no P1) does not
+    /// wake this, so a burst of it costs no empty urgent claims.
+    urgent_wake: Notify,
     paused_until_ms: AtomicI64,
     /// How long an attempt may wait out a pause holding its lease.
     lease_hold_max_ms: Option<u64>,
@@ -240,6 +244,7 @@ impl<S: Store> Dispatcher<S> {
                 events: events.clone(),
                 connector: Connector::new(destination)?,
                 wake: Notify::new(),
+                urgent_wake: Notify::new(),
                 paused_until_ms: AtomicI64::new(0),
                 lease_hold_max_ms,
                 slots: Arc::new(Semaphore::new(destination.concurrency as usize)),
@@ -255,8 +260,18 @@ impl<S: Store> Dispatcher<S> {
         })
     }
 
-    /// New work for `destination` was committed: look now, not at the next poll.
+    /// New work for `destination` was committed, maybe a P1: look now, not
+    /// at the next poll.
     pub fn wake(&self, destination: &str) {
+        if let Some(lane) = self.lanes.get(destination) {
+            lane.wake.notify_one();
+            lane.urgent_wake.notify_one();
+        }
+    }
+
+    /// New work for `destination` was committed, and none of it is a P1:
+    /// look now, but with every slot busy it waits for a slot like the rest.
+    pub fn wake_routine(&self, destination: &str) {
         if let Some(lane) = self.lanes.get(destination) {
             lane.wake.notify_one();
         }
@@ -411,9 +426,10 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
             let urgent_slot_free = lane.urgent_slot.available_permits() > 0;
             tokio::select! {
                 permit = lane.slots.acquire() => drop(permit),
-                // Every slot is busy and new work arrived: a P1 must not
-                // wait for the backlog, so it may take the reserved slot.
-                _ = lane.wake.notified(), if urgent_slot_free => {
+                // Every slot is busy and new work that may hold a P1
+                // arrived: a P1 must not wait for the backlog, so it may
+                // take the reserved slot.
+                _ = lane.urgent_wake.notified(), if urgent_slot_free => {
                     // Taken before the claim: the API may take it for a P1
                     // it leases at insert at any moment.
                     let Ok(permit) = lane.urgent_slot.clone().try_acquire_owned() else {

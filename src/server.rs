@@ -211,7 +211,10 @@ async fn forward_wakeups(
         };
         match destination {
             Ok(destination) if destination != crate::store::postgres::WAKE_ALL => {
-                dispatcher.wake(&destination)
+                match destination.strip_suffix(crate::store::postgres::ROUTINE_WAKE_SUFFIX) {
+                    Some(destination) => dispatcher.wake_routine(destination),
+                    None => dispatcher.wake(&destination),
+                }
             }
             // Missed some (fell behind) or reconnected: look everywhere.
             Ok(_) | Err(RecvError::Lagged(_)) => {

@@ -356,7 +356,8 @@ async fn accept_now<S: Store>(
             (Some(leased), Some(slot)) => app.dispatcher.hand_off(leased, slot),
             // Not leased (waiting behind its thread, or no slot was free):
             // the lane claims it; the unused slot is released here.
-            _ => app.dispatcher.wake(&delivery.destination),
+            _ if severity == Severity::P1 => app.dispatcher.wake(&delivery.destination),
+            _ => app.dispatcher.wake_routine(&delivery.destination),
         }
     }
     tracing::info!(broadcast = %id, destinations = inserted.len(), "broadcast accepted");

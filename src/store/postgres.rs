@@ -75,6 +75,12 @@ pub const DEFAULT_LEASE_MS: u64 = 60_000;
 /// The wake-up payload that means "every destination" (after a reconnect,
 /// notifications may have been missed).
 pub const WAKE_ALL: &str = "*";
+/// A wake-up payload is a destination's name: new work there, maybe a P1.
+/// With this suffix, the new work holds no P1, so a lane whose slots are all
+/// busy need not try a claim for its P1 slot. (A node of an older version
+/// knows no destination by that name and ignores it; it still finds that
+/// work at its next poll, its own inserts and its outcomes.)
+pub const ROUTINE_WAKE_SUFFIX: &str = "/routine";
 /// Serializes migrations of concurrent starts (a fixed advisory lock key).
 const MIGRATION_LOCK_KEY: i64 = 0x6865_7261_6c64;
 
@@ -1245,7 +1251,8 @@ async fn insert_batch(
     }
     let mut columns = DeliveryColumns::default();
     let mut planned = Vec::with_capacity(batch.len());
-    let mut due_now = Vec::new();
+    // Destinations with new due work, and whether any of it is a P1.
+    let mut due_now: BTreeMap<&str, bool> = BTreeMap::new();
     for new in batch {
         let message = &new.message;
         let mut out = Vec::with_capacity(new.deliveries.len());
@@ -1265,7 +1272,8 @@ async fn insert_batch(
             if lease_now {
                 progress = progress.leased(new.created_at_ms).map_err(corrupt)?;
             } else if progress.state == DeliveryState::Pending {
-                due_now.push(delivery.destination.clone());
+                *due_now.entry(&delivery.destination).or_default() |=
+                    message.severity() == Severity::P1;
             }
             let key = delivery_idempotency_key(&new.id, &delivery.destination);
             columns.push(
@@ -1354,7 +1362,14 @@ async fn insert_batch(
             }
         }
     }
-    notify(inner, tx, due_now).await?;
+    let wakes = due_now.into_iter().map(|(destination, urgent)| {
+        if urgent {
+            destination.to_owned()
+        } else {
+            format!("{destination}{ROUTINE_WAKE_SUFFIX}")
+        }
+    });
+    notify(inner, tx, wakes).await?;
     Ok(planned)
 }
 

@@ -917,3 +917,61 @@ async fn postgres_the_circuit_breaker_is_shared_by_every_node() {
     let claim = node_a.claim_due("a", 10, 3_200).await.unwrap();
     assert_eq!(claim.deliveries.len(), 3, "closed again: the rest go");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_every_node_hears_whether_new_due_work_holds_a_p1() {
+    let Some(harness) = Harness::new(Backend::Postgres).await else {
+        return;
+    };
+    let node_a = harness.open_as("node-a", SUITE_LEASE_MS).await;
+    let AnyStore::Postgres(node_b) = harness.open_as("node-b", SUITE_LEASE_MS).await else {
+        unreachable!("a PostgreSQL harness opens PostgreSQL stores");
+    };
+    let mut heard = node_b.wakeups();
+    // The next wake-up naming a destination ("*" only says: look everywhere).
+    async fn next(
+        heard: &mut tokio::sync::broadcast::Receiver<String>,
+        wait_ms: u64,
+    ) -> Option<String> {
+        let wait = std::time::Duration::from_millis(wait_ms);
+        loop {
+            match tokio::time::timeout(wait, heard.recv()).await {
+                Ok(Ok(payload)) if payload == herald::store::postgres::WAKE_ALL => continue,
+                Ok(Ok(payload)) => return Some(payload),
+                Ok(Err(error)) => panic!("{error}"),
+                Err(_) => return None,
+            }
+        }
+    }
+    // Node B's LISTEN comes up in the background: routine work until it hears.
+    let mut routine = None;
+    for i in 0..50 {
+        node_a
+            .insert_broadcast(new_broadcast(&format!("B{i}"), None, &["a"], 1_000 + i))
+            .await
+            .unwrap();
+        routine = next(&mut heard, 200).await;
+        if routine.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        routine.as_deref(),
+        Some("a/routine"),
+        "a P2 alone is routine work"
+    );
+
+    let mut urgent = new_broadcast("P1", None, &["a"], 2_000);
+    urgent.message = Message::new("checkout down", "", Severity::P1, None).unwrap();
+    node_a.insert_broadcast(urgent).await.unwrap();
+    // Skipping any late wake-up of the routine work above.
+    let mut heard_next = next(&mut heard, 10_000).await;
+    while heard_next.as_deref() == Some("a/routine") {
+        heard_next = next(&mut heard, 10_000).await;
+    }
+    assert_eq!(
+        heard_next.as_deref(),
+        Some("a"),
+        "a P1 wakes the slot kept for P1s"
+    );
+}
