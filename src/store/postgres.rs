@@ -1768,48 +1768,71 @@ async fn update_batch(
             by_destination.entry(destination).or_default().push(u);
         }
     }
-    let mut woken = Vec::new();
-    for (destination, outcomes) in by_destination {
-        let isolation = inner
-            .isolation
-            .get(destination)
-            .copied()
-            .unwrap_or_default();
-        let healthy = outcomes.iter().all(|u| {
+    let healthy = |outcomes: &[&DeliveryUpdate]| {
+        outcomes.iter().all(|u| {
             u.attempt.outcome_class() == Some(OutcomeClass::Success)
                 && u.pause_destination_ms.is_none()
-        });
-        if healthy {
-            // The common case changes nothing unless the destination was
-            // unwell; no row lock otherwise.
-            let changed = tx
-                .execute(
-                    "UPDATE destination_state SET failures_in_row = 0, circuit = 'closed',
-                         circuit_until_ms = 0
-                     WHERE destination = $1 AND (failures_in_row <> 0 OR circuit <> 'closed')",
-                    &[&destination],
-                )
-                .await?;
-            if changed > 0 {
-                woken.push(destination.to_owned());
-            }
-            continue;
+        })
+    };
+    let mut woken = Vec::new();
+    if by_destination.is_empty() {
+        // Every outcome was refused (a lost lease): no guard to touch.
+    } else if by_destination.values().all(|outcomes| healthy(outcomes)) {
+        // The common case, one statement for every destination: it changes
+        // nothing (and locks no row) unless a destination was unwell. The
+        // index scan visits the names in order, the loop's lock order.
+        let names: Vec<&str> = by_destination.into_keys().collect();
+        for row in tx
+            .query(
+                "UPDATE destination_state SET failures_in_row = 0, circuit = 'closed',
+                     circuit_until_ms = 0
+                 WHERE destination = ANY($1) AND (failures_in_row <> 0 OR circuit <> 'closed')
+                 RETURNING destination",
+                &[&names],
+            )
+            .await?
+        {
+            woken.push(row.try_get(0)?);
         }
-        let Some(mut guard) = read_guard(tx, destination, true).await? else {
-            continue;
-        };
-        let before = guard.clone();
-        for u in &outcomes {
-            let pause_until = u
-                .pause_destination_ms
-                .map(|ms| u.now_ms.saturating_add(ms as i64));
-            guard.record(&isolation, u.attempt.outcome_class(), pause_until, u.now_ms);
-        }
-        if guard != before {
-            if guard.circuit == "closed" && before.circuit != "closed" {
-                woken.push(destination.to_owned());
+    } else {
+        for (destination, outcomes) in by_destination {
+            let isolation = inner
+                .isolation
+                .get(destination)
+                .copied()
+                .unwrap_or_default();
+            if healthy(&outcomes) {
+                // Changes nothing unless the destination was unwell; no
+                // row lock otherwise.
+                let changed = tx
+                    .execute(
+                        "UPDATE destination_state SET failures_in_row = 0, circuit = 'closed',
+                             circuit_until_ms = 0
+                         WHERE destination = $1 AND (failures_in_row <> 0 OR circuit <> 'closed')",
+                        &[&destination],
+                    )
+                    .await?;
+                if changed > 0 {
+                    woken.push(destination.to_owned());
+                }
+                continue;
             }
-            write_guard(tx, destination, &guard).await?;
+            let Some(mut guard) = read_guard(tx, destination, true).await? else {
+                continue;
+            };
+            let before = guard.clone();
+            for u in &outcomes {
+                let pause_until = u
+                    .pause_destination_ms
+                    .map(|ms| u.now_ms.saturating_add(ms as i64));
+                guard.record(&isolation, u.attempt.outcome_class(), pause_until, u.now_ms);
+            }
+            if guard != before {
+                if guard.circuit == "closed" && before.circuit != "closed" {
+                    woken.push(destination.to_owned());
+                }
+                write_guard(tx, destination, &guard).await?;
+            }
         }
     }
     let finals: Vec<i64> = updates
