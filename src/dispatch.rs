@@ -791,19 +791,23 @@ async fn run_attempt<S: Store>(
     }
     // A retry or a verification was scheduled, or the next delivery of a
     // thread became pending: let the lane recompute when to look again.
-    let wake = circuit_changed
-        || matches!(
-            next_state,
-            DeliveryState::Retrying | DeliveryState::Verifying
-        )
-        || matches!(
-            result,
-            Some(UpdateResult::Applied {
-                promoted_next_in_thread: true
-            })
-        );
-    if wake {
+    let promoted = matches!(
+        result,
+        Some(UpdateResult::Applied {
+            promoted_next_in_thread: true
+        })
+    );
+    let rescheduled = matches!(
+        next_state,
+        DeliveryState::Retrying | DeliveryState::Verifying
+    );
+    if circuit_changed || promoted || rescheduled {
         lane.wake.notify_one();
+    }
+    // What is due now may be a P1 (this one again, or a thread's next one
+    // of any severity): worth the P1 slot's claim if every slot is busy.
+    if circuit_changed || promoted || (rescheduled && delivery.message.severity() == Severity::P1) {
+        lane.urgent_wake.notify_one();
     }
 }
 
