@@ -113,6 +113,15 @@ enum Admit {
 }
 
 impl Lane {
+    /// Something became due; with `may_hold_p1`, worth the P1 slot's claim
+    /// too when every other slot is busy.
+    fn wake(&self, may_hold_p1: bool) {
+        self.wake.notify_one();
+        if may_hold_p1 {
+            self.urgent_wake.notify_one();
+        }
+    }
+
     fn pause_until(&self, until_ms: i64) {
         self.paused_until_ms.fetch_max(until_ms, Ordering::SeqCst);
     }
@@ -264,8 +273,7 @@ impl<S: Store> Dispatcher<S> {
     /// at the next poll.
     pub fn wake(&self, destination: &str) {
         if let Some(lane) = self.lanes.get(destination) {
-            lane.wake.notify_one();
-            lane.urgent_wake.notify_one();
+            lane.wake(true);
         }
     }
 
@@ -273,7 +281,7 @@ impl<S: Store> Dispatcher<S> {
     /// look now, but with every slot busy it waits for a slot like the rest.
     pub fn wake_routine(&self, destination: &str) {
         if let Some(lane) = self.lanes.get(destination) {
-            lane.wake.notify_one();
+            lane.wake(false);
         }
     }
 
@@ -802,12 +810,11 @@ async fn run_attempt<S: Store>(
         DeliveryState::Retrying | DeliveryState::Verifying
     );
     if circuit_changed || promoted || rescheduled {
-        lane.wake.notify_one();
-    }
-    // What is due now may be a P1 (this one again, or a thread's next one
-    // of any severity): worth the P1 slot's claim if every slot is busy.
-    if circuit_changed || promoted || (rescheduled && delivery.message.severity() == Severity::P1) {
-        lane.urgent_wake.notify_one();
+        // What is due now may be a P1: this one again, or a thread's next
+        // one of any severity.
+        let may_hold_p1 =
+            circuit_changed || promoted || delivery.message.severity() == Severity::P1;
+        lane.wake(may_hold_p1);
     }
 }
 

@@ -1097,6 +1097,24 @@ async fn read_guard(
     }
 }
 
+/// After only successes: closes the circuit and clears the failure count
+/// of those of `destinations` that were unwell, and returns them. It
+/// changes nothing, and locks no row, for a healthy destination; the index
+/// scan visits the names in order (the guards' lock order).
+async fn reset_guards(tx: &mut Tx<'_>, destinations: &[&str]) -> Result<Vec<String>, StoreError> {
+    tx.query(
+        "UPDATE destination_state SET failures_in_row = 0, circuit = 'closed',
+             circuit_until_ms = 0
+         WHERE destination = ANY($1) AND (failures_in_row <> 0 OR circuit <> 'closed')
+         RETURNING destination",
+        &[&destinations],
+    )
+    .await?
+    .iter()
+    .map(|row| Ok(row.try_get(0)?))
+    .collect()
+}
+
 async fn write_guard(
     tx: &mut Tx<'_>,
     destination: &str,
@@ -1778,22 +1796,9 @@ async fn update_batch(
     if by_destination.is_empty() {
         // Every outcome was refused (a lost lease): no guard to touch.
     } else if by_destination.values().all(|outcomes| healthy(outcomes)) {
-        // The common case, one statement for every destination: it changes
-        // nothing (and locks no row) unless a destination was unwell. The
-        // index scan visits the names in order, the loop's lock order.
+        // The common case: one statement for every destination.
         let names: Vec<&str> = by_destination.into_keys().collect();
-        for row in tx
-            .query(
-                "UPDATE destination_state SET failures_in_row = 0, circuit = 'closed',
-                     circuit_until_ms = 0
-                 WHERE destination = ANY($1) AND (failures_in_row <> 0 OR circuit <> 'closed')
-                 RETURNING destination",
-                &[&names],
-            )
-            .await?
-        {
-            woken.push(row.try_get(0)?);
-        }
+        woken.extend(reset_guards(tx, &names).await?);
     } else {
         for (destination, outcomes) in by_destination {
             let isolation = inner
@@ -1802,19 +1807,7 @@ async fn update_batch(
                 .copied()
                 .unwrap_or_default();
             if healthy(&outcomes) {
-                // Changes nothing unless the destination was unwell; no
-                // row lock otherwise.
-                let changed = tx
-                    .execute(
-                        "UPDATE destination_state SET failures_in_row = 0, circuit = 'closed',
-                             circuit_until_ms = 0
-                         WHERE destination = $1 AND (failures_in_row <> 0 OR circuit <> 'closed')",
-                        &[&destination],
-                    )
-                    .await?;
-                if changed > 0 {
-                    woken.push(destination.to_owned());
-                }
+                woken.extend(reset_guards(tx, &[destination]).await?);
                 continue;
             }
             let Some(mut guard) = read_guard(tx, destination, true).await? else {
