@@ -55,9 +55,17 @@ struct Lane {
     paused_until_ms: AtomicI64,
     /// How long an attempt may wait out a pause holding its lease.
     lease_hold_max_ms: Option<u64>,
+    /// Attempts whose request may be at the destination: a slot is held
+    /// from lease until the destination has answered.
     slots: Arc<Semaphore>,
     /// One more slot, used only by P1 deliveries when `slots` are all busy.
     urgent_slot: Arc<Semaphore>,
+    /// Answered attempts whose outcome is being committed. An attempt takes
+    /// one of these before it gives its slot back, so the slot serves the
+    /// next request while the outcome waits for the disk, and at most
+    /// `concurrency` outcomes of a lane wait at once (an attempt that finds
+    /// none free keeps its slot until one is).
+    recording: Arc<Semaphore>,
     /// Deliveries leased at insert, with the slot reserved for them. Each
     /// holds a slot, so at most `concurrency` wait here.
     handoff: mpsc::UnboundedSender<(ClaimedDelivery, OwnedSemaphorePermit)>,
@@ -258,6 +266,7 @@ impl<S: Store> Dispatcher<S> {
                 lease_hold_max_ms,
                 slots: Arc::new(Semaphore::new(destination.concurrency as usize)),
                 urgent_slot: Arc::new(Semaphore::new(1)),
+                recording: Arc::new(Semaphore::new(destination.concurrency as usize)),
                 destination: destination.clone(),
             };
             lanes.insert(destination.name.clone(), Arc::new(lane));
@@ -601,7 +610,7 @@ async fn run_attempt<S: Store>(
     store: Arc<S>,
     lane: Arc<Lane>,
     delivery: ClaimedDelivery,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 ) {
     let policy = lane.destination.policy;
     // A 429 may have paused the destination after this delivery was leased
@@ -752,6 +761,23 @@ async fn run_attempt<S: Store>(
     } else {
         log_attempt!(debug);
     }
+    // The destination has answered: what it said reaches the breaker and
+    // the operators' view now, and the slot goes to the next request while
+    // the outcome is committed (under a recording permit, so what waits for
+    // the disk stays bounded). The delivery stays leased until its outcome
+    // is on disk, so nothing else can take it meanwhile.
+    let latency_ms = (update.attempt.finished_at_ms - update.attempt.started_at_ms).max(0) as u64;
+    lane.metrics
+        .record_attempt(&update.attempt.outcome, latency_ms);
+    let circuit_changed = lane.record_health(update.attempt.outcome_class(), update.now_ms);
+    if let Some(error) = &update.attempt.error {
+        *lane.last_error.lock().expect("lane poisoned") = Some(error.clone());
+    }
+    let Ok(_recording) = lane.recording.clone().acquire_owned().await else {
+        tracing::error!(destination = %lane.destination.name, "bug: the recording permits were closed");
+        return;
+    };
+    drop(slot);
     let mut tries = 0;
     let result = loop {
         tries += 1;
@@ -769,13 +795,6 @@ async fn run_attempt<S: Store>(
             }
         }
     };
-    let latency_ms = (update.attempt.finished_at_ms - update.attempt.started_at_ms).max(0) as u64;
-    lane.metrics
-        .record_attempt(&update.attempt.outcome, latency_ms);
-    let circuit_changed = lane.record_health(update.attempt.outcome_class(), update.now_ms);
-    if let Some(error) = &update.attempt.error {
-        *lane.last_error.lock().expect("lane poisoned") = Some(error.clone());
-    }
     match result {
         Some(UpdateResult::Applied { .. }) => {
             if next_state.is_final() {
@@ -822,6 +841,7 @@ async fn run_attempt<S: Store>(
 mod tests {
     use super::*;
     use crate::store::SqliteStore;
+    use std::sync::atomic::AtomicUsize;
 
     fn dispatcher(dir: &std::path::Path, concurrency: u32) -> Dispatcher<SqliteStore> {
         let store = SqliteStore::open(dir.join("herald.db")).unwrap();
@@ -859,5 +879,214 @@ mod tests {
         lane.pause_until(now_ms() + 60_000);
         assert!(dispatcher.reserve_slot("d", Severity::P1).is_none());
         assert!(dispatcher.reserve_slot("d", Severity::P3).is_none());
+    }
+
+    /// A SQLite store whose outcome writes wait until the test opens the
+    /// gate, as if every commit were slow; everything else goes straight
+    /// through.
+    struct HeldOutcomes {
+        inner: SqliteStore,
+        gate: Semaphore,
+        waiting: AtomicUsize,
+    }
+
+    impl Store for HeldOutcomes {
+        async fn insert_broadcast(
+            &self,
+            new: crate::store::NewBroadcast,
+        ) -> Result<Vec<crate::store::InsertedDelivery>, crate::store::StoreError> {
+            self.inner.insert_broadcast(new).await
+        }
+        async fn claim_due(
+            &self,
+            destination: &str,
+            limit: usize,
+            now_ms: i64,
+        ) -> Result<crate::store::Claim, crate::store::StoreError> {
+            self.inner.claim_due(destination, limit, now_ms).await
+        }
+        async fn claim_due_urgent(
+            &self,
+            destination: &str,
+            now_ms: i64,
+        ) -> Result<crate::store::Claim, crate::store::StoreError> {
+            self.inner.claim_due_urgent(destination, now_ms).await
+        }
+        async fn update_delivery(
+            &self,
+            update: DeliveryUpdate,
+        ) -> Result<UpdateResult, crate::store::StoreError> {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let permit = self.gate.acquire().await.expect("gate open");
+            permit.forget();
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.inner.update_delivery(update).await
+        }
+        async fn recover(
+            &self,
+            now_ms: i64,
+        ) -> Result<crate::store::Recovery, crate::store::StoreError> {
+            self.inner.recover(now_ms).await
+        }
+        async fn broadcast(
+            &self,
+            id: &str,
+        ) -> Result<Option<crate::store::BroadcastView>, crate::store::StoreError> {
+            self.inner.broadcast(id).await
+        }
+        async fn destinations_with_work(&self) -> Result<Vec<String>, crate::store::StoreError> {
+            self.inner.destinations_with_work().await
+        }
+        async fn ingest_record(
+            &self,
+            caller: &str,
+            key: &str,
+            now_ms: i64,
+        ) -> Result<Option<crate::store::IngestRecord>, crate::store::StoreError> {
+            self.inner.ingest_record(caller, key, now_ms).await
+        }
+        async fn save_ingest_response(
+            &self,
+            caller: &str,
+            key: &str,
+            response: String,
+        ) -> Result<(), crate::store::StoreError> {
+            self.inner.save_ingest_response(caller, key, response).await
+        }
+        async fn purge_ingest_keys(&self, now_ms: i64) -> Result<u64, crate::store::StoreError> {
+            self.inner.purge_ingest_keys(now_ms).await
+        }
+        async fn list_broadcasts(
+            &self,
+            filter: crate::store::BroadcastFilter,
+        ) -> Result<Vec<crate::store::BroadcastView>, crate::store::StoreError> {
+            self.inner.list_broadcasts(filter).await
+        }
+        async fn operator_action(
+            &self,
+            broadcast_id: &str,
+            action: crate::store::OperatorAction,
+            destinations: Vec<String>,
+            policies: Vec<(String, crate::domain::RetryPolicy)>,
+            now_ms: i64,
+        ) -> Result<Option<Vec<String>>, crate::store::StoreError> {
+            self.inner
+                .operator_action(broadcast_id, action, destinations, policies, now_ms)
+                .await
+        }
+        async fn backlog(
+            &self,
+        ) -> Result<Vec<crate::store::DestinationBacklog>, crate::store::StoreError> {
+            self.inner.backlog().await
+        }
+        async fn ping(&self) -> Result<(), crate::store::StoreError> {
+            self.inner.ping().await
+        }
+    }
+
+    /// Polls `condition` until it holds, for at most ten seconds.
+    async fn eventually(what: &str, condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The destination's answer frees the slot for the next request while
+    /// the outcome is still being committed; the delivery stays leased
+    /// meanwhile, and the outcomes waiting for the disk are bounded too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slot_serves_the_next_request_while_the_outcome_is_committed() {
+        // A receiver that answers 200 at once and counts what it got.
+        let received = Arc::new(AtomicUsize::new(0));
+        let counting = received.clone();
+        let app = axum::Router::new().fallback(move || {
+            counting.fetch_add(1, Ordering::SeqCst);
+            async { "ok" }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(HeldOutcomes {
+            inner: SqliteStore::open(dir.path().join("herald.db")).unwrap(),
+            gate: Semaphore::new(0),
+            waiting: AtomicUsize::new(0),
+        });
+        let mut destination =
+            crate::demo::mock_destination(&format!("http://{address}"), "webhook", "d");
+        destination.concurrency = 1;
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let created_at_ms = now_ms();
+            let id = crate::domain::new_broadcast_id(created_at_ms, &mut rand::rng());
+            let message =
+                crate::domain::Message::new(&format!("INC-{n}"), "", Severity::P3, None).unwrap();
+            store
+                .insert_broadcast(crate::store::NewBroadcast {
+                    id: id.clone(),
+                    message,
+                    created_at_ms,
+                    deliveries: vec![crate::store::NewDelivery {
+                        destination: "d".into(),
+                        policy: destination.policy,
+                        lease_now: false,
+                    }],
+                    ingest_key: None,
+                })
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        let dispatcher = Arc::new(
+            Dispatcher::new(store.clone(), &[destination], EventBus::default(), None).unwrap(),
+        );
+        let lane = dispatcher.lanes.get("d").unwrap().clone();
+        let (stop, stopped) = watch::channel(false);
+        let running = tokio::spawn(dispatcher.clone().run(stopped));
+        dispatcher.wake("d");
+
+        // One slot, three deliveries, no outcome committed: the first
+        // attempt waits for its commit without its slot, the second was
+        // sent on that slot and waits for a recording permit with it, and
+        // the third has no slot to go on.
+        eventually("two requests sent while no outcome is committed", || {
+            received.load(Ordering::SeqCst) == 2
+                && store.waiting.load(Ordering::SeqCst) == 1
+                && lane.slots.available_permits() == 0
+                && lane.recording.available_permits() == 0
+        })
+        .await;
+        for id in &ids {
+            let view = store.broadcast(id).await.unwrap().unwrap();
+            assert_ne!(
+                view.deliveries[0].progress.state,
+                DeliveryState::Confirmed,
+                "nothing is confirmed before its outcome is committed"
+            );
+        }
+
+        store.gate.add_permits(3);
+        let confirmed = || async {
+            let mut all = true;
+            for id in &ids {
+                let view = store.broadcast(id).await.unwrap().unwrap();
+                all &= view.deliveries[0].progress.state == DeliveryState::Confirmed;
+            }
+            all
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !confirmed().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never all confirmed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(received.load(Ordering::SeqCst), 3, "each sent once");
+        stop.send(true).unwrap();
+        running.await.unwrap();
     }
 }
