@@ -24,6 +24,11 @@ use crate::store::{
 
 /// Deliveries leased by one claim at most.
 const CLAIM_BATCH_MAX: usize = 256;
+/// A lane holds at most this many leased deliveries per request it may have
+/// at the destination (`concurrency`): the rest wait in memory for a
+/// request slot, or for their outcome's commit. With one, every slot that
+/// freed sat idle for a claim's commit before its next request could leave.
+const LEASED_PER_REQUEST_SLOT: usize = 2;
 /// A lane with nothing due looks again after this long even without a wake-up
 /// (a safety net; new work and retries wake it directly).
 const IDLE_POLL_MS: i64 = 5_000;
@@ -55,17 +60,20 @@ struct Lane {
     paused_until_ms: AtomicI64,
     /// How long an attempt may wait out a pause holding its lease.
     lease_hold_max_ms: Option<u64>,
-    /// Attempts whose request may be at the destination: a slot is held
-    /// from lease until the destination has answered.
+    /// Deliveries the lane holds leased: a slot is taken at claim (or at
+    /// insert, for a hand-off) and given back when the attempt's outcome is
+    /// on disk. `LEASED_PER_REQUEST_SLOT` per request slot, so the next
+    /// requests are already leased when a request slot frees.
     slots: Arc<Semaphore>,
     /// One more slot, used only by P1 deliveries when `slots` are all busy.
     urgent_slot: Arc<Semaphore>,
-    /// Answered attempts whose outcome is being committed. An attempt takes
-    /// one of these before it gives its slot back, so the slot serves the
-    /// next request while the outcome waits for the disk, and at most
-    /// `concurrency` outcomes of a lane wait at once (an attempt that finds
-    /// none free keeps its slot until one is).
-    recording: Arc<Semaphore>,
+    /// Requests at the destination (`concurrency`): taken by an attempt
+    /// just before its request leaves, given back when the destination has
+    /// answered, in the order attempts asked for them.
+    requests: Arc<Semaphore>,
+    /// One more request, for P1s only: a P1 never queues behind the leased
+    /// routine work waiting for `requests`.
+    urgent_request: Arc<Semaphore>,
     /// Deliveries leased at insert, with the slot reserved for them. Each
     /// holds a slot, so at most `concurrency` wait here.
     handoff: mpsc::UnboundedSender<(ClaimedDelivery, OwnedSemaphorePermit)>,
@@ -264,9 +272,12 @@ impl<S: Store> Dispatcher<S> {
                 urgent_wake: Notify::new(),
                 paused_until_ms: AtomicI64::new(0),
                 lease_hold_max_ms,
-                slots: Arc::new(Semaphore::new(destination.concurrency as usize)),
+                slots: Arc::new(Semaphore::new(
+                    destination.concurrency as usize * LEASED_PER_REQUEST_SLOT,
+                )),
                 urgent_slot: Arc::new(Semaphore::new(1)),
-                recording: Arc::new(Semaphore::new(destination.concurrency as usize)),
+                requests: Arc::new(Semaphore::new(destination.concurrency as usize)),
+                urgent_request: Arc::new(Semaphore::new(1)),
                 destination: destination.clone(),
             };
             lanes.insert(destination.name.clone(), Arc::new(lane));
@@ -352,7 +363,7 @@ impl<S: Store> Dispatcher<S> {
             concurrency: lane.destination.concurrency,
             paused_until_ms: (paused > now_ms()).then_some(paused),
             in_flight: (lane.destination.concurrency as usize)
-                .saturating_sub(lane.slots.available_permits()),
+                .saturating_sub(lane.requests.available_permits()),
             consecutive_failures: failures_in_row,
             circuit,
             rate_per_sec: lane.destination.isolation.rate_per_sec,
@@ -610,14 +621,29 @@ async fn run_attempt<S: Store>(
     store: Arc<S>,
     lane: Arc<Lane>,
     delivery: ClaimedDelivery,
-    slot: OwnedSemaphorePermit,
+    _slot: OwnedSemaphorePermit,
 ) {
     let policy = lane.destination.policy;
+    let waiting_since_ms = now_ms();
+    // At most `concurrency` requests at the destination; the deliveries
+    // leased ahead wait here, in claim order. A P1 takes whichever of its
+    // own slot and the shared ones frees first.
+    let request = if delivery.message.severity() == Severity::P1 {
+        tokio::select! {
+            permit = lane.requests.clone().acquire_owned() => permit,
+            permit = lane.urgent_request.clone().acquire_owned() => permit,
+        }
+    } else {
+        lane.requests.clone().acquire_owned().await
+    };
+    let Ok(request) = request else {
+        tracing::error!(destination = %lane.destination.name, "bug: the request slots were closed");
+        return;
+    };
     // A 429 may have paused the destination after this delivery was leased
     // (a claim or a hand-off racing the answer): nothing leaves before the
     // pause is over, unless holding the lease that long would let it
     // expire (then the destination's own answer decides).
-    let waiting_since_ms = now_ms();
     loop {
         let (until, now) = (lane.paused_until_ms.load(Ordering::SeqCst), now_ms());
         if until <= now {
@@ -762,10 +788,10 @@ async fn run_attempt<S: Store>(
         log_attempt!(debug);
     }
     // The destination has answered: what it said reaches the breaker and
-    // the operators' view now, and the slot goes to the next request while
-    // the outcome is committed (under a recording permit, so what waits for
-    // the disk stays bounded). The delivery stays leased until its outcome
-    // is on disk, so nothing else can take it meanwhile.
+    // the operators' view now, and the request slot goes to the next
+    // leased delivery while this outcome is committed. The lane slot (the
+    // lease) is held until the outcome is on disk, so nothing else can
+    // take the delivery meanwhile, and what waits for the disk is bounded.
     let latency_ms = (update.attempt.finished_at_ms - update.attempt.started_at_ms).max(0) as u64;
     lane.metrics
         .record_attempt(&update.attempt.outcome, latency_ms);
@@ -773,11 +799,7 @@ async fn run_attempt<S: Store>(
     if let Some(error) = &update.attempt.error {
         *lane.last_error.lock().expect("lane poisoned") = Some(error.clone());
     }
-    let Ok(_recording) = lane.recording.clone().acquire_owned().await else {
-        tracing::error!(destination = %lane.destination.name, "bug: the recording permits were closed");
-        return;
-    };
-    drop(slot);
+    drop(request);
     let mut tries = 0;
     let result = loop {
         tries += 1;
@@ -857,8 +879,13 @@ mod tests {
     fn when_every_slot_is_busy_only_a_p1_gets_the_reserved_slot_at_accept() {
         let dir = tempfile::tempdir().unwrap();
         let dispatcher = dispatcher(dir.path(), 1);
-        let regular = dispatcher.reserve_slot("d", Severity::P3);
-        assert!(regular.is_some(), "a free slot goes to any severity");
+        let regular: Vec<_> = (0..LEASED_PER_REQUEST_SLOT)
+            .map(|_| dispatcher.reserve_slot("d", Severity::P3))
+            .collect();
+        assert!(
+            regular.iter().all(Option::is_some),
+            "free slots go to any severity, {LEASED_PER_REQUEST_SLOT} per request slot"
+        );
         for severity in [Severity::P2, Severity::P3, Severity::P5] {
             assert!(
                 dispatcher.reserve_slot("d", severity).is_none(),
@@ -993,11 +1020,11 @@ mod tests {
         }
     }
 
-    /// The destination's answer frees the slot for the next request while
-    /// the outcome is still being committed; the delivery stays leased
-    /// meanwhile, and the outcomes waiting for the disk are bounded too.
+    /// The destination's answer frees its request slot for the next leased
+    /// delivery while the outcome is still being committed; the delivery
+    /// stays leased meanwhile, and what the lane holds leased is bounded.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_slot_serves_the_next_request_while_the_outcome_is_committed() {
+    async fn a_request_slot_serves_the_next_delivery_while_the_outcome_is_committed() {
         // A receiver that answers 200 at once and counts what it got.
         let received = Arc::new(AtomicUsize::new(0));
         let counting = received.clone();
@@ -1048,25 +1075,31 @@ mod tests {
         let running = tokio::spawn(dispatcher.clone().run(stopped));
         dispatcher.wake("d");
 
-        // One slot, three deliveries, no outcome committed: the first
-        // attempt waits for its commit without its slot, the second was
-        // sent on that slot and waits for a recording permit with it, and
-        // the third has no slot to go on.
+        // One request slot, two lane slots, three deliveries, no outcome
+        // committed: two deliveries were leased and sent one after the
+        // other on the one request slot, both wait for their commit, and
+        // the third is not leased (the lane has no slot for it).
         eventually("two requests sent while no outcome is committed", || {
             received.load(Ordering::SeqCst) == 2
-                && store.waiting.load(Ordering::SeqCst) == 1
+                && store.waiting.load(Ordering::SeqCst) == 2
                 && lane.slots.available_permits() == 0
-                && lane.recording.available_permits() == 0
+                && lane.requests.available_permits() == 1
         })
         .await;
+        let mut states = Vec::new();
         for id in &ids {
             let view = store.broadcast(id).await.unwrap().unwrap();
-            assert_ne!(
-                view.deliveries[0].progress.state,
-                DeliveryState::Confirmed,
-                "nothing is confirmed before its outcome is committed"
-            );
+            states.push(view.deliveries[0].progress.state);
         }
+        assert_eq!(
+            states,
+            [
+                DeliveryState::Sending,
+                DeliveryState::Sending,
+                DeliveryState::Pending
+            ],
+            "nothing is confirmed before its outcome is committed"
+        );
 
         store.gate.add_permits(3);
         let confirmed = || async {
@@ -1086,6 +1119,87 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(received.load(Ordering::SeqCst), 3, "each sent once");
+        stop.send(true).unwrap();
+        running.await.unwrap();
+    }
+
+    /// A P1 does not queue behind routine deliveries leased ahead of it:
+    /// with the one request slot taken and more routine work waiting for
+    /// it, the P1's request goes out on the slot kept for P1s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_p1_does_not_wait_behind_leased_routine_deliveries() {
+        // A receiver that notes each request's severity and answers only
+        // when the test lets it.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let answer = Arc::new(Semaphore::new(0));
+        let (noting, answering) = (seen.clone(), answer.clone());
+        let app = axum::Router::new().fallback(move |body: String| {
+            let (seen, answer) = (noting.clone(), answering.clone());
+            async move {
+                let payload: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let severity = payload["data"]["severity"].as_str().unwrap().to_owned();
+                seen.lock().unwrap().push(severity);
+                answer.acquire().await.unwrap().forget();
+                "ok"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path().join("herald.db")).unwrap());
+        let mut destination =
+            crate::demo::mock_destination(&format!("http://{address}"), "webhook", "d");
+        destination.concurrency = 1;
+        let policy = destination.policy;
+        let dispatcher = Arc::new(
+            Dispatcher::new(store.clone(), &[destination], EventBus::default(), None).unwrap(),
+        );
+        let (stop, stopped) = watch::channel(false);
+        let running = tokio::spawn(dispatcher.clone().run(stopped));
+        // Accepts one broadcast to "d" the way the API does: leased at
+        // insert when a slot is free, else left for a claim.
+        let accept = |severity: Severity| {
+            let (store, dispatcher) = (store.clone(), dispatcher.clone());
+            async move {
+                let slot = dispatcher.reserve_slot("d", severity);
+                let created_at_ms = now_ms();
+                let mut inserted = store
+                    .insert_broadcast(crate::store::NewBroadcast {
+                        id: crate::domain::new_broadcast_id(created_at_ms, &mut rand::rng()),
+                        message: crate::domain::Message::new("INC-1", "", severity, None).unwrap(),
+                        created_at_ms,
+                        deliveries: vec![crate::store::NewDelivery {
+                            destination: "d".into(),
+                            policy,
+                            lease_now: slot.is_some(),
+                        }],
+                        ingest_key: None,
+                    })
+                    .await
+                    .unwrap();
+                match (inserted[0].leased.take(), slot) {
+                    (Some(leased), Some(slot)) => dispatcher.hand_off(leased, slot),
+                    _ => dispatcher.wake("d"),
+                }
+            }
+        };
+        for _ in 0..3 {
+            accept(Severity::P3).await;
+        }
+        let seen_now = || seen.lock().unwrap().clone();
+        eventually("the first routine request is at the destination", || {
+            seen_now() == ["P3"]
+        })
+        .await;
+        accept(Severity::P1).await;
+        eventually("the P1 is sent while the routine request is open", || {
+            seen_now() == ["P3", "P1"]
+        })
+        .await;
+        answer.add_permits(16);
+        eventually("every request sent", || seen_now().len() == 4).await;
         stop.send(true).unwrap();
         running.await.unwrap();
     }
