@@ -74,8 +74,9 @@ struct Lane {
     /// One more request, for P1s only: a P1 never queues behind the leased
     /// routine work waiting for `requests`.
     urgent_request: Arc<Semaphore>,
-    /// Deliveries leased at insert, with the slot reserved for them. Each
-    /// holds a slot, so at most `concurrency` wait here.
+    /// Deliveries leased at insert, with the lane slot reserved for them.
+    /// Each holds a lane slot, so at most `2 × concurrency` (plus one P1)
+    /// wait here.
     handoff: mpsc::UnboundedSender<(ClaimedDelivery, OwnedSemaphorePermit)>,
     handed_off:
         std::sync::Mutex<Option<mpsc::UnboundedReceiver<(ClaimedDelivery, OwnedSemaphorePermit)>>>,
@@ -305,7 +306,7 @@ impl<S: Store> Dispatcher<S> {
         }
     }
 
-    /// Reserves a worker slot for a new delivery to `destination`, so it can
+    /// Reserves a lane slot for a new delivery to `destination`, so it can
     /// be leased in the insert's own transaction and start at once. When
     /// every slot is busy, a P1 takes the slot reserved for P1s if it is
     /// free: it then needs neither a wake-up nor a claim, one commit fewer
@@ -1011,6 +1012,24 @@ mod tests {
         }
     }
 
+    /// Serves `app` on a free loopback port: the tests' destination.
+    async fn serve_receiver(app: axum::Router) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        address
+    }
+
+    /// The state of the one delivery of each broadcast, in order.
+    async fn states(store: &impl Store, ids: &[String]) -> Vec<DeliveryState> {
+        let mut states = Vec::new();
+        for id in ids {
+            let view = store.broadcast(id).await.unwrap().unwrap();
+            states.push(view.deliveries[0].progress.state);
+        }
+        states
+    }
+
     /// Polls `condition` until it holds, for at most ten seconds.
     async fn eventually(what: &str, condition: impl Fn() -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -1032,9 +1051,7 @@ mod tests {
             counting.fetch_add(1, Ordering::SeqCst);
             async { "ok" }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let address = serve_receiver(app).await;
 
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(HeldOutcomes {
@@ -1086,13 +1103,8 @@ mod tests {
                 && lane.requests.available_permits() == 1
         })
         .await;
-        let mut states = Vec::new();
-        for id in &ids {
-            let view = store.broadcast(id).await.unwrap().unwrap();
-            states.push(view.deliveries[0].progress.state);
-        }
         assert_eq!(
-            states,
+            states(store.as_ref(), &ids).await,
             [
                 DeliveryState::Sending,
                 DeliveryState::Sending,
@@ -1102,16 +1114,8 @@ mod tests {
         );
 
         store.gate.add_permits(3);
-        let confirmed = || async {
-            let mut all = true;
-            for id in &ids {
-                let view = store.broadcast(id).await.unwrap().unwrap();
-                all &= view.deliveries[0].progress.state == DeliveryState::Confirmed;
-            }
-            all
-        };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !confirmed().await {
+        while states(store.as_ref(), &ids).await != [DeliveryState::Confirmed; 3] {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "never all confirmed"
@@ -1143,9 +1147,7 @@ mod tests {
                 "ok"
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let address = serve_receiver(app).await;
 
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(dir.path().join("herald.db")).unwrap());
