@@ -386,8 +386,13 @@ async fn accept_now<S: Store>(
 
 /// The `{id}` of a route, or the JSON error for an unreadable one.
 pub(super) fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    path.map(|Path(id)| id)
-        .map_err(|rejection| ApiError::invalid("id", rejection.body_text()))
+    let id = path
+        .map(|Path(id)| id)
+        .map_err(|rejection| ApiError::invalid("id", rejection.body_text()))?;
+    if id.contains('\0') {
+        return Err(ApiError::invalid("id", crate::domain::NUL_REFUSED));
+    }
+    Ok(id)
 }
 
 pub(super) async fn get<S: Store>(
@@ -441,6 +446,12 @@ pub(super) async fn list<S: Store>(
         limit: PAGE_SIZE_DEFAULT,
         ..BroadcastFilter::default()
     };
+    if let Some((name, _)) = query
+        .iter()
+        .find(|(n, v)| n.contains('\0') || v.contains('\0'))
+    {
+        return Err(ApiError::invalid(name.clone(), crate::domain::NUL_REFUSED));
+    }
     for (name, value) in &query {
         match name.as_str() {
             "status" => {

@@ -196,6 +196,9 @@ fn parse_json_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, A
             format!("the body is not valid JSON: {e}"),
         )
     };
+    if let Some(field) = field_with_nul(bytes) {
+        return Err(ApiError::invalid(field, crate::domain::NUL_REFUSED));
+    }
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
     let request: T = serde_path_to_error::deserialize(&mut *deserializer).map_err(|e| {
         let path = e.path().to_string();
@@ -221,4 +224,56 @@ fn parse_json_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, A
     // Anything after the value (a second object, garbage) is refused too.
     deserializer.end().map_err(malformed)?;
     Ok(request)
+}
+
+/// The path (`alerts[0].labels.instance`) of the first JSON string, key or
+/// value, that holds U+0000, which no PostgreSQL text column can store:
+/// refused on both stores alike. A raw scan for the escape keeps the
+/// common case to one pass over the bytes.
+fn field_with_nul(bytes: &[u8]) -> Option<String> {
+    let escaped_nul = bytes.windows(6).enumerate().any(|(at, window)| {
+        window == b"\\u0000"
+            && bytes[..at]
+                .iter()
+                .rev()
+                .take_while(|b| **b == b'\\')
+                .count()
+                % 2
+                == 0
+    });
+    if !escaped_nul {
+        return None;
+    }
+    fn find(value: &serde_json::Value, path: &str) -> Option<String> {
+        let join = |key: &str| {
+            if path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
+        match value {
+            serde_json::Value::String(text) if text.contains('\0') => Some(path.to_owned()),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| find(item, &format!("{path}[{i}]"))),
+            serde_json::Value::Object(map) => map.iter().find_map(|(key, item)| {
+                if key.contains('\0') {
+                    Some(join(&key.replace('\0', "\\u0000")))
+                } else {
+                    find(item, &join(key))
+                }
+            }),
+            _ => None,
+        }
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    find(&value, "").map(|path| {
+        if path.is_empty() {
+            ".".to_owned()
+        } else {
+            path
+        }
+    })
 }

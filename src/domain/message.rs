@@ -13,6 +13,10 @@ pub const DESTINATIONS_PER_BROADCAST_MAX: usize = 64;
 /// Destination names are at most this long.
 const DESTINATION_NAME_CHARS_MAX: usize = 63;
 
+/// Why a text holding U+0000 is refused: PostgreSQL cannot store it, and
+/// both stores must take the same input.
+pub const NUL_REFUSED: &str = "must not contain the character U+0000 (NUL)";
+
 /// Input a user can get wrong: names the field and says why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
@@ -131,6 +135,11 @@ impl Message {
                     body.len()
                 ),
             ));
+        }
+        // Title and thread refuse every control character; the body keeps
+        // newlines and tabs, but no text column of PostgreSQL can hold NUL.
+        if body.contains('\0') {
+            return Err(InvalidInput::new("body", NUL_REFUSED));
         }
         let thread = match thread.map(str::trim) {
             None | Some("") => None,
@@ -251,6 +260,14 @@ mod tests {
         assert_eq!(Severity::parse("critical").unwrap(), Severity::P1);
         let unthreaded = Message::new("t", "", Severity::P1, None).unwrap();
         assert_eq!(unthreaded.resolving(true).unwrap_err().field, "resolved");
+        for (title, body, thread, field) in [
+            ("a\0b", "", None, "title"),
+            ("t", "a\0b", None, "body"),
+            ("t", "", Some("INC\0-1"), "thread"),
+        ] {
+            let err = Message::new(title, body, Severity::P1, thread).unwrap_err();
+            assert_eq!(err.field, field);
+        }
         let threaded = Message::new("t", "", Severity::P1, Some("INC-1")).unwrap();
         assert!(threaded.resolving(true).unwrap().resolved());
     }

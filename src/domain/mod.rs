@@ -15,7 +15,8 @@ pub use delivery::{
 };
 pub use message::{
     delivery_idempotency_key, new_broadcast_id, validate_destination_name, InvalidInput, Message,
-    Severity, BODY_BYTES_MAX, DESTINATIONS_PER_BROADCAST_MAX, THREAD_CHARS_MAX, TITLE_CHARS_MAX,
+    Severity, BODY_BYTES_MAX, DESTINATIONS_PER_BROADCAST_MAX, NUL_REFUSED, THREAD_CHARS_MAX,
+    TITLE_CHARS_MAX,
 };
 pub use outcome::{Outcome, OutcomeClass, EXCERPT_BYTES_MAX};
 pub(crate) use time::civil_from_days;

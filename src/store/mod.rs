@@ -19,7 +19,7 @@ pub(crate) use sqlite::{DELIVERY_TIMES_SQL, UNFINISHED_COUNT_SQL};
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("PostgreSQL error: {0}")]
+    #[error("PostgreSQL error: {}", postgres::describe_error(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("the database is unavailable: {0}")]
     Unavailable(String),

@@ -2391,3 +2391,22 @@ impl Store for PostgresStore {
         .await
     }
 }
+
+/// A PostgreSQL error as the log and error texts show it: the server's
+/// SQLSTATE code and message when the server answered (tokio-postgres's
+/// own text is only "db error"), else the client's text and its cause
+/// ("error connecting to server: Connection refused"). Neither holds the
+/// connection's password: the URL is never part of an error.
+pub fn describe_error(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
