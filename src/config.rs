@@ -54,6 +54,8 @@ pub struct Config {
     pub idempotency_retention_ms: u64,
     /// Whether `/metrics` needs a token with the `read` scope.
     pub metrics_require_token: bool,
+    /// `server.log_format`; `--log-format` and `HERALD_LOG_FORMAT` win.
+    pub log_format: Option<crate::logging::LogFormat>,
     pub destinations: Vec<Destination>,
     /// API bearer tokens. None configured: the API is open (with a warning).
     pub tokens: Vec<ApiToken>,
@@ -306,6 +308,7 @@ struct FileServer {
     request_timeout_ms: Option<Spanned<u64>>,
     idempotency_retention_secs: Option<Spanned<u64>>,
     metrics_require_token: Option<bool>,
+    log_format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -401,6 +404,7 @@ impl Default for Config {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             idempotency_retention_ms: DEFAULT_IDEMPOTENCY_RETENTION_SECS * 1000,
             metrics_require_token: false,
+            log_format: None,
             destinations: Vec::new(),
             tokens: Vec::new(),
             alertmanager: None,
@@ -577,6 +581,19 @@ impl Config {
         }
         config.node_id = parsed.server.node_id;
         config.metrics_require_token = parsed.server.metrics_require_token.unwrap_or(false);
+        if let Some(format) = parsed.server.log_format {
+            config.log_format = Some(
+                crate::logging::LogFormat::parse(format.get_ref()).ok_or_else(|| {
+                    error(
+                        Some(format.span()),
+                        format!(
+                            "server.log_format: {:?} is not a log format; use \"text\" or \"json\"",
+                            format.get_ref()
+                        ),
+                    )
+                })?,
+            );
+        }
         for (index, token) in parsed.tokens.into_iter().enumerate() {
             let key = format!("tokens[{index}]");
             let name = token.name.get_ref().trim().to_owned();
@@ -912,16 +929,19 @@ fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
 }
 
 pub fn parse_destination_url(text: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a valid URL: {e}"))?;
+    // The URL may be a credential: errors show only its scheme and host.
+    let shown = crate::redact::redact_destination_url(text);
+    let url =
+        reqwest::Url::parse(text).map_err(|e| format!("{shown:?} is not a valid URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("{text:?} must use http or https"));
+        return Err(format!("{shown:?} must use http or https"));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{text:?} has no host"));
+        return Err(format!("{shown:?} has no host"));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!(
-            "{text:?} carries credentials in the URL; use secret_env instead so they are never printed"
+            "{shown:?} carries credentials in the URL; use secret_env instead so they are never printed"
         ));
     }
     Ok(url)

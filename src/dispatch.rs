@@ -764,30 +764,20 @@ async fn run_attempt<S: Store>(
         tracing::warn!(destination = %lane.destination.name, pause_ms, "destination rate limited; pausing it");
     }
     let next_state = update.progress.state;
-    // Successes are the bulk of the traffic: debug. Everything an operator
-    // may need to act on: info.
-    let level_is_info = next_state != DeliveryState::Confirmed;
-    macro_rules! log_attempt {
-        ($level:ident) => {
-            tracing::$level!(
-                broadcast = %delivery.broadcast_id,
-                destination = %delivery.destination,
-                attempt = update.attempt.number,
-                kind = update.attempt.kind.as_str(),
-                outcome = %update.attempt.outcome,
-                http_status = update.attempt.http_status,
-                latency_ms = update.attempt.finished_at_ms - update.attempt.started_at_ms,
-                state = %update.progress.summary(),
-                error = update.attempt.error.as_deref().unwrap_or(""),
-                "attempt finished"
-            )
-        };
-    }
-    if level_is_info {
-        log_attempt!(info);
-    } else {
-        log_attempt!(debug);
-    }
+    // Each attempt at debug; the state it leads to, once committed, at
+    // info (below): one line per state change.
+    tracing::debug!(
+        broadcast = %delivery.broadcast_id,
+        destination = %delivery.destination,
+        attempt = update.attempt.number,
+        kind = update.attempt.kind.as_str(),
+        outcome = %update.attempt.outcome,
+        http_status = update.attempt.http_status,
+        latency_ms = update.attempt.finished_at_ms - update.attempt.started_at_ms,
+        state = %update.progress.summary(),
+        error = update.attempt.error.as_deref().unwrap_or(""),
+        "attempt finished"
+    );
     // The destination has answered: what it said reaches the breaker and
     // the operators' view now, and the request slot goes to the next
     // leased delivery while this outcome is committed. The lane slot (the
@@ -823,6 +813,16 @@ async fn run_attempt<S: Store>(
             if next_state.is_final() {
                 lane.metrics.record_final(next_state);
             }
+            tracing::info!(
+                broadcast = %delivery.broadcast_id,
+                destination = %delivery.destination,
+                from = delivery.progress.state.as_str(),
+                state = %update.progress.summary(),
+                attempt = update.attempt.number,
+                outcome = %update.attempt.outcome,
+                error = update.attempt.error.as_deref().unwrap_or(""),
+                "delivery state changed"
+            );
             lane.events.publish(|| StateChange {
                 broadcast_id: delivery.broadcast_id.clone(),
                 destination: delivery.destination.clone(),

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use herald::api::wire::SendRequest;
 use herald::client::{render_broadcast, render_table, Client};
 use herald::config::{Config, DEFAULT_LISTEN};
+use herald::logging::LogFormat;
 use herald::mock::FaultsFile;
 
 /// mimalloc rather than the C library's allocator: a profile of a burst
@@ -26,6 +27,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` or `json` (one object per line). For serve it
+    /// overrides server.log_format. Levels: RUST_LOG (e.g. `info`,
+    /// `herald=debug`); colour only on a terminal, never with NO_COLOR.
+    #[arg(long, global = true, env = "HERALD_LOG_FORMAT", value_parser = parse_log_format)]
+    log_format: Option<LogFormat>,
+}
+
+fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+    LogFormat::parse(text).ok_or_else(|| format!("{text:?} is not a log format; use text or json"))
 }
 
 #[derive(Subcommand)]
@@ -222,13 +232,15 @@ fn default_server() -> String {
     format!("http://{DEFAULT_LISTEN}")
 }
 
-fn init_logging(default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// Logs go through a queue to a writer thread: a closed, full or stalled
+/// stderr drops lines (counted in /metrics), never fails or blocks a caller.
+fn init_logging(default_filter: &str, format: Option<LogFormat>) {
+    let no_color = std::env::var("NO_COLOR").ok();
+    herald::logging::init(
+        default_filter,
+        format.unwrap_or_default(),
+        herald::logging::colour_wanted(no_color.as_deref()),
+    );
 }
 
 fn main() -> ExitCode {
@@ -239,20 +251,28 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            // Not eprintln!: it panics when stderr is closed.
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot start the async runtime: {error}"
+            );
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    herald::logging::flush();
+    code
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let log_format = cli.log_format;
+    let init_logging = |default_filter: &str| init_logging(default_filter, log_format);
     match cli.command {
         Command::Serve {
             config,
@@ -261,8 +281,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node_id,
             lease_ms,
         } => {
-            init_logging("info");
             let mut config = Config::load(&config, |k| std::env::var(k).ok())?;
+            // After the config, which may name the format; the flag wins.
+            self::init_logging("info", log_format.or(config.log_format));
             if let Some(database) = database {
                 config.database = database;
             }

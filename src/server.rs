@@ -38,14 +38,7 @@ pub fn describe_database(database: &std::path::Path) -> String {
     if !is_postgres_url(database) {
         return text;
     }
-    match (text.find("://"), text.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &text[scheme_end + 3..at];
-            let user = credentials.split(':').next().unwrap_or("");
-            format!("{}{user}{}", &text[..scheme_end + 3], &text[at..])
-        }
-        _ => text,
-    }
+    crate::redact::redact_url(&text)
 }
 
 /// Opens the store the config names: a SQLite file, or a PostgreSQL

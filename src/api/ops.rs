@@ -85,6 +85,12 @@ pub(super) async fn metrics<S: Store>(
         "Broadcasts accepted by the API since start.",
         app.accepted.load(Ordering::Relaxed),
     );
+    metrics::render_counter(
+        &mut out,
+        "herald_log_lines_dropped_total",
+        "Log lines dropped because the log queue was full or the write failed.",
+        crate::logging::LOG_LINES_DROPPED.load(Ordering::Relaxed),
+    );
     metrics::render_destinations(&app.dispatcher.metrics(), &mut out);
     let names: Vec<&str> = app
         .config
