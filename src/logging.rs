@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::field::{Field, Visit};
@@ -40,6 +40,8 @@ pub const LOG_FLUSH_AT_EXIT_MS: u64 = 2_000;
 pub static LOG_LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Lines queued and not yet written or dropped, for `flush`.
 static LOG_LINES_PENDING: AtomicU64 = AtomicU64::new(0);
+/// The installed logger, for `flush`.
+static LOGGER: OnceLock<LineLayer> = OnceLock::new();
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -89,15 +91,38 @@ pub fn init(default_filter: &str, format: LogFormat, colour: bool) {
         return;
     }
     let layer = LineLayer { sender, shared };
+    let _ = LOGGER.set(LineLayer {
+        sender: layer.sender.clone(),
+        shared: layer.shared.clone(),
+    });
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(layer)
         .try_init();
 }
 
-/// Waits (at most `LOG_FLUSH_AT_EXIT_MS`) for queued lines to be written,
-/// so the last lines before an exit are not lost.
+/// Sums up the repeats counted so far, then waits (at most
+/// `LOG_FLUSH_AT_EXIT_MS`) for queued lines to be written, so the last
+/// lines before an exit are not lost.
 pub fn flush() {
+    if let Some(logger) = LOGGER.get() {
+        let now = Instant::now();
+        let summaries: Vec<Record> = match logger.shared.repeats.lock() {
+            Ok(mut repeats) => repeats
+                .values_mut()
+                .filter(|entry| entry.suppressed > 0)
+                .filter_map(|entry| entry.close_window(now))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for record in summaries {
+            logger.enqueue(format_record(
+                &record,
+                logger.shared.format,
+                logger.shared.colour,
+            ));
+        }
+    }
     let deadline = Instant::now() + Duration::from_millis(LOG_FLUSH_AT_EXIT_MS);
     while LOG_LINES_PENDING.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));

@@ -6,6 +6,7 @@ mod cli;
 mod connectors;
 mod crash;
 mod isolation;
+mod logging;
 mod multinode;
 mod operator;
 mod partial_failure;
