@@ -214,7 +214,11 @@ async fn a_stderr_nobody_reads_blocks_no_request() {
 
 /// Runs one broadcast to `hook` through a server whose stderr is a file,
 /// stops it, and returns the broadcast's id and the log.
-async fn one_broadcast_logged(extra_config: &str, args: &[&str]) -> (String, String) {
+async fn one_broadcast_logged(
+    extra_config: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (String, String) {
     let dir = temp_dir();
     let mock = start_mock(&[]).await;
     let config = write_config(dir.path(), &mock, extra_config);
@@ -227,7 +231,7 @@ async fn one_broadcast_logged(extra_config: &str, args: &[&str]) -> (String, Str
         addr,
         Stdio::from(std::fs::File::create(&log).unwrap()),
         args,
-        &[],
+        env,
     );
     wait_healthy(addr).await;
     let (status, answer) = post_broadcast(addr, broadcast_to_hook("INC-7 checkout down")).await;
@@ -242,7 +246,7 @@ async fn one_broadcast_logged(extra_config: &str, args: &[&str]) -> (String, Str
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_lines_parse_and_carry_the_broadcast_and_destination() {
-    let (id, log) = one_broadcast_logged("[server]\nlog_format = \"json\"\n", &[]).await;
+    let (id, log) = one_broadcast_logged("[server]\nlog_format = \"json\"\n", &[], &[]).await;
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
@@ -268,7 +272,7 @@ async fn json_lines_parse_and_carry_the_broadcast_and_destination() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn text_logs_to_a_file_have_no_colour_and_attempts_stay_at_debug() {
-    let (id, log) = one_broadcast_logged("", &["--log-format", "text"]).await;
+    let (id, log) = one_broadcast_logged("", &[], &[("HERALD_LOG_FORMAT", "text")]).await;
     assert!(!log.contains('\u{1b}'), "ANSI escapes in a file: {log}");
     let changes: Vec<&str> = log
         .lines()
