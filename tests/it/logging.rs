@@ -117,29 +117,44 @@ async fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
         .map(|value| value.parse().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_closed_stderr_fails_no_request_and_sigterm_still_exits_0() {
+/// How stderr fails under a test.
+enum BrokenStderr {
+    /// A pipe whose only read end is closed: every write fails (EPIPE).
+    ClosedPipe,
+    /// `/dev/full`: every write fails (ENOSPC), as on a full disk.
+    FullDisk,
+}
+
+async fn a_broken_stderr_fails_no_request_and_sigterm_still_exits_0(broken: BrokenStderr) {
     let dir = temp_dir();
     let mock = start_mock(&[]).await;
     let config = write_config(dir.path(), &mock, "");
     let addr = free_addr();
     let database = dir.path().join("herald.db");
+    let stderr = match broken {
+        BrokenStderr::ClosedPipe => Stdio::piped(),
+        BrokenStderr::FullDisk => Stdio::from(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        ),
+    };
     let mut child = serve(
         &config,
         database.to_str().unwrap(),
         addr,
-        Stdio::piped(),
+        stderr,
         &[],
         &[("RUST_LOG", "debug")],
     );
-    // Close the only read end: every write to stderr now fails (EPIPE).
     drop(child.0.stderr.take());
     wait_healthy(addr).await;
 
     let (status, answer) = post_broadcast(addr, broadcast_to_hook("INC-1 disk full")).await;
     assert_eq!(
         status, 202,
-        "accepted although nobody reads the log: {answer}"
+        "accepted although the log cannot be written: {answer}"
     );
     let id = answer["id"].as_str().unwrap().to_owned();
     let client = herald::client::Client::new(&format!("http://{addr}")).unwrap();
@@ -155,9 +170,19 @@ async fn a_closed_stderr_fails_no_request_and_sigterm_still_exits_0() {
     assert_eq!(
         exit.code(),
         Some(0),
-        "SIGTERM with a closed stderr: {exit:?}"
+        "SIGTERM with a broken stderr: {exit:?}"
     );
     mock.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stderr_fails_no_request_and_sigterm_still_exits_0() {
+    a_broken_stderr_fails_no_request_and_sigterm_still_exits_0(BrokenStderr::ClosedPipe).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_under_stderr_fails_no_request_and_sigterm_still_exits_0() {
+    a_broken_stderr_fails_no_request_and_sigterm_still_exits_0(BrokenStderr::FullDisk).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
