@@ -990,6 +990,13 @@ mod tests {
         ) -> Result<Vec<crate::store::BroadcastView>, crate::store::StoreError> {
             self.inner.list_broadcasts(filter).await
         }
+        async fn broadcast_ids_starting_with(
+            &self,
+            prefix: &str,
+            limit: usize,
+        ) -> Result<Vec<String>, crate::store::StoreError> {
+            self.inner.broadcast_ids_starting_with(prefix, limit).await
+        }
         async fn operator_action(
             &self,
             broadcast_id: &str,
