@@ -388,7 +388,7 @@ async fn baseline(
 fn bytes_payload() -> axum::body::Bytes {
     // The same shape and size as herald's webhook payload.
     axum::body::Bytes::from_static(
-        br#"{"type":"incident.message","timestamp":"2026-11-27T23:31:02.120Z","data":{"broadcast_id":"01M8FP314VJG503MQ8TWFEJMFD","destination":"d0","title":"INC-1: bench load","body":"Synthetic load from herald bench. Checkout latency above threshold on 3 of 8 nodes.","severity":"P3"}}"#,
+        br#"{"type":"incident.message","timestamp":"2026-11-27T23:31:02.120Z","data":{"broadcast_id":"01M8FP314VJG503MQ8TWFEJMFD","destination":"d0","title":"INC-1: bench load","body":"Synthetic load from herald bench. Checkout latency above threshold on 3 of 8 nodes.","severity":"P3","thread":null,"resolved":false}}"#,
     )
 }
 

@@ -4,14 +4,25 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::api::wire::{
-    ActionRequest, Broadcast, BroadcastList, Delivery, DeliveryEvent, DestinationHealth, ErrorBody,
-    SendRequest,
+    ActionRequest, ActionResult, Broadcast, BroadcastList, Delivery, DeliveryEvent,
+    DestinationHealth, ErrorBody, SendRequest,
 };
 
 /// The pause before `watch` reconnects to a server that went away.
 const WATCH_RECONNECT_PAUSE_MS: u64 = 500;
 /// Timeout for one API call.
 const API_TIMEOUT_MS: u64 = 30_000;
+/// Tries of one keyed send in all, the first included: a transient failure
+/// (no connection, a cut one, 502/503/504, 429, the same key in flight) is
+/// tried again with the same `Idempotency-Key`, so the server answers a
+/// try that follows an accepted one with that first answer.
+pub const SEND_TRIES_MAX: u32 = 6;
+/// The pause before the second try; it doubles for each next one (with
+/// jitter), up to `SEND_RETRY_PAUSE_MS_MAX`.
+const SEND_RETRY_PAUSE_MS_BASE: u64 = 250;
+const SEND_RETRY_PAUSE_MS_MAX: u64 = 8_000;
+/// A server's Retry-After is honoured up to this long.
+const SEND_RETRY_AFTER_MS_MAX: u64 = 30_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -26,6 +37,15 @@ pub enum ClientError {
     Unreachable { server: String, reason: String },
     #[error("herald answered something this client cannot read: {0}")]
     Decode(String),
+    /// An error answer that is not herald's JSON error shape (a proxy's).
+    #[error("HTTP {status}: {excerpt}")]
+    Status { status: u16, excerpt: String },
+    #[error("{error} (tried {tries} times with Idempotency-Key {key}; to try again without a second broadcast, repeat the command with --idempotency-key {key})")]
+    SendGaveUp {
+        error: Box<ClientError>,
+        tries: u32,
+        key: String,
+    },
     #[error("invalid server URL {0:?}")]
     BadServer(String),
     #[error("the event stream broke: {0}")]
@@ -96,8 +116,61 @@ impl Client {
         self.post_json("v1/broadcasts", request).await
     }
 
+    /// Sends with `key` as the `Idempotency-Key`, trying again (same key,
+    /// same body) after a transient failure, at most `SEND_TRIES_MAX` times
+    /// in all, so a try after a lost answer is never a second broadcast.
+    /// `on_retry` hears of each failed try and the pause before the next.
+    pub async fn send_with_key(
+        &self,
+        request: &SendRequest,
+        key: &str,
+        mut on_retry: impl FnMut(&ClientError, u32, Duration),
+    ) -> Result<Broadcast, ClientError> {
+        let url = self.url("v1/broadcasts")?;
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let sent = self
+                .authorized(self.http.post(url.clone()))
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(body.clone())
+                .send()
+                .await;
+            let retry_after_ms = sent
+                .as_ref()
+                .ok()
+                .and_then(|r| r.headers().get("retry-after"))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|secs| secs.saturating_mul(1000).min(SEND_RETRY_AFTER_MS_MAX));
+            let error = match self.decode(sent).await {
+                Ok(broadcast) => return Ok(broadcast),
+                Err(error) => error,
+            };
+            if !is_transient(&error) {
+                return Err(error);
+            }
+            if tries >= SEND_TRIES_MAX {
+                return Err(ClientError::SendGaveUp {
+                    error: Box::new(error),
+                    tries,
+                    key: key.to_owned(),
+                });
+            }
+            let pause = Duration::from_millis(
+                retry_after_ms.unwrap_or_else(|| send_retry_pause_ms(tries, &mut rand::rng())),
+            );
+            on_retry(&error, tries, pause);
+            tokio::time::sleep(pause).await;
+        }
+    }
+
     pub async fn status(&self, id: &str) -> Result<Broadcast, ClientError> {
-        self.get_json(&format!("v1/broadcasts/{id}")).await
+        let url = self.broadcast_url(id, None)?;
+        let response = self.authorized(self.http.get(url)).send().await;
+        self.decode(response).await
     }
 
     pub async fn list(&self, query: &ListQuery) -> Result<BroadcastList, ClientError> {
@@ -127,18 +200,14 @@ impl Client {
         self.get_json("v1/destinations").await
     }
 
-    /// Retries the failed and dead deliveries (only `destinations`' when
-    /// given).
+    /// Retries the failed, dead and cancelled deliveries (only
+    /// `destinations`' when given).
     pub async fn retry(
         &self,
         id: &str,
         destinations: Vec<String>,
-    ) -> Result<Broadcast, ClientError> {
-        self.post_json(
-            &format!("v1/broadcasts/{id}/retry"),
-            &ActionRequest { destinations },
-        )
-        .await
+    ) -> Result<ActionResult, ClientError> {
+        self.act(id, "retry", destinations).await
     }
 
     /// Cancels the unfinished deliveries (only `destinations`' when given).
@@ -146,12 +215,42 @@ impl Client {
         &self,
         id: &str,
         destinations: Vec<String>,
-    ) -> Result<Broadcast, ClientError> {
-        self.post_json(
-            &format!("v1/broadcasts/{id}/cancel"),
-            &ActionRequest { destinations },
-        )
-        .await
+    ) -> Result<ActionResult, ClientError> {
+        self.act(id, "cancel", destinations).await
+    }
+
+    async fn act(
+        &self,
+        id: &str,
+        action: &str,
+        destinations: Vec<String>,
+    ) -> Result<ActionResult, ClientError> {
+        let url = self.broadcast_url(id, Some(action))?;
+        let body = serde_json::to_vec(&ActionRequest { destinations })
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        let request = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body);
+        let response = self.authorized(request).send().await;
+        self.decode(response).await
+    }
+
+    /// `v1/broadcasts/{id}[/{action}]`, with `id` as one path segment
+    /// whatever an operator typed.
+    fn broadcast_url(&self, id: &str, action: Option<&str>) -> Result<reqwest::Url, ClientError> {
+        let mut url = self.url("v1/broadcasts")?;
+        {
+            let mut segments = url
+                .path_segments_mut()
+                .map_err(|_| ClientError::BadServer(self.server.to_string()))?;
+            segments.push(id);
+            if let Some(action) = action {
+                segments.push(action);
+            }
+        }
+        Ok(url)
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -325,11 +424,59 @@ fn api_error(status: u16, bytes: &[u8]) -> ClientError {
             message: body.error.message,
             field: body.error.field,
         },
-        Err(_) => ClientError::Decode(format!(
-            "HTTP {status}: {}",
-            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-        )),
+        Err(_) => ClientError::Status {
+            status,
+            excerpt: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+        },
     }
+}
+
+/// Worth trying again with the same key: the request may not have arrived
+/// or been answered (no connection, a cut one, a gateway's 502/503/504),
+/// the server asked to slow down (429), or the first request with this key
+/// is still in flight (409). Anything else is the answer.
+fn is_transient(error: &ClientError) -> bool {
+    match error {
+        ClientError::Unreachable { .. } => true,
+        ClientError::Api { status, code, .. } => {
+            matches!(status, 429 | 502 | 503 | 504)
+                || (*status == 409 && code == "idempotency_key_in_flight")
+        }
+        ClientError::Status { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+        _ => false,
+    }
+}
+
+/// The pause after the `tries`-th failed try: exponential, with the upper
+/// half jittered so that clients cut off together do not return together.
+fn send_retry_pause_ms(tries: u32, rng: &mut impl rand::Rng) -> u64 {
+    let ceiling_ms = SEND_RETRY_PAUSE_MS_BASE
+        .saturating_mul(1u64 << tries.saturating_sub(1).min(16))
+        .min(SEND_RETRY_PAUSE_MS_MAX);
+    ceiling_ms / 2 + rng.random_range(0..=ceiling_ms / 2)
+}
+
+/// A new `Idempotency-Key` for one `herald send`: 128 random bits.
+pub fn new_idempotency_key() -> String {
+    format!("herald-cli-{:032x}", rand::random::<u128>())
+}
+
+/// `30s`, `5m`, `1h`, `500ms`, or a number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit_ms) = [("ms", 1u64), ("s", 1_000), ("m", 60_000), ("h", 3_600_000)]
+        .into_iter()
+        .find_map(|(suffix, unit_ms)| text.strip_suffix(suffix).map(|n| (n, unit_ms)))
+        .unwrap_or((text, 1_000));
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .ok_or_else(|| {
+            format!("{text:?} is not a duration: use a positive number with ms, s, m or h, such as 30s or 5m")
+        })
 }
 
 /// Rows as columns padded to the widest cell, for people.
@@ -382,12 +529,22 @@ pub fn render_broadcast(broadcast: &Broadcast) -> String {
         .max("DESTINATION".len());
     out.push_str(&format!("\n{:width$}  STATE\n", "DESTINATION"));
     for d in &broadcast.deliveries {
-        out.push_str(&format!("{:width$}  {}\n", d.destination, d.describe()));
+        let remote_ref = d
+            .remote_ref
+            .as_ref()
+            .map(|r| format!("  ref {r}"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{:width$}  {}{remote_ref}\n",
+            d.destination,
+            d.describe()
+        ));
         for a in &d.attempts {
             out.push_str(&format!(
-                "{:width$}    #{} {} {}{} {}ms{}\n",
+                "{:width$}    #{} {} {} {}{} {}ms{}\n",
                 "",
                 a.number,
+                a.started_at,
                 a.kind,
                 a.outcome,
                 a.http_status
@@ -402,4 +559,51 @@ pub fn render_broadcast(broadcast: &Broadcast) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        for bad in ["", "0s", "-1s", "1d", "soon"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn send_retry_pauses_grow_and_stay_bounded() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for tries in 1..=SEND_TRIES_MAX + 20 {
+            let pause = send_retry_pause_ms(tries, &mut rng);
+            assert!(pause <= SEND_RETRY_PAUSE_MS_MAX, "{tries}: {pause}");
+            assert!(pause >= SEND_RETRY_PAUSE_MS_BASE / 2, "{tries}: {pause}");
+        }
+    }
+
+    #[test]
+    fn only_transient_failures_are_tried_again() {
+        let api = |status: u16, code: &str| ClientError::Api {
+            status,
+            code: code.into(),
+            message: String::new(),
+            field: None,
+        };
+        assert!(is_transient(&api(503, "timeout")));
+        assert!(is_transient(&api(429, "rate_limited")));
+        assert!(is_transient(&api(409, "idempotency_key_in_flight")));
+        assert!(!is_transient(&api(400, "invalid_field")));
+        assert!(!is_transient(&api(422, "idempotency_key_reused")));
+        assert!(!is_transient(&api(500, "internal")));
+        assert!(is_transient(&ClientError::Status {
+            status: 502,
+            excerpt: String::new()
+        }));
+    }
 }

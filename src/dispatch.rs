@@ -83,8 +83,8 @@ struct Lane {
     metrics: DestinationMetrics,
     /// Circuit breaker and token bucket; held only for arithmetic.
     guard: std::sync::Mutex<Guard>,
-    /// The last error an attempt met, for operators.
-    last_error: std::sync::Mutex<Option<String>>,
+    /// The last error an attempt met, and when (ms), for operators.
+    last_error: std::sync::Mutex<Option<(String, i64)>>,
     events: EventBus,
 }
 
@@ -241,6 +241,7 @@ pub struct LaneHealth {
     pub circuit: Circuit,
     pub rate_per_sec: Option<f64>,
     pub last_error: Option<String>,
+    pub last_error_at_ms: Option<i64>,
 }
 
 impl<S: Store> Dispatcher<S> {
@@ -359,6 +360,7 @@ impl<S: Store> Dispatcher<S> {
             let guard = lane.guard.lock().expect("lane poisoned");
             (guard.failures_in_row, guard.circuit)
         };
+        let last_error = lane.last_error.lock().expect("lane poisoned").clone();
         Some(LaneHealth {
             kind: lane.destination.target.kind(),
             concurrency: lane.destination.concurrency,
@@ -368,7 +370,8 @@ impl<S: Store> Dispatcher<S> {
             consecutive_failures: failures_in_row,
             circuit,
             rate_per_sec: lane.destination.isolation.rate_per_sec,
-            last_error: lane.last_error.lock().expect("lane poisoned").clone(),
+            last_error: last_error.as_ref().map(|(error, _)| error.clone()),
+            last_error_at_ms: last_error.map(|(_, at_ms)| at_ms),
         })
     }
 
@@ -786,9 +789,16 @@ async fn run_attempt<S: Store>(
     let latency_ms = (update.attempt.finished_at_ms - update.attempt.started_at_ms).max(0) as u64;
     lane.metrics
         .record_attempt(&update.attempt.outcome, latency_ms);
-    let circuit_changed = lane.record_health(update.attempt.outcome_class(), update.now_ms);
+    // A read-back that found the message is a success for health: the
+    // destination answers and has it (without this, a timeout that had
+    // landed left "1 failure in a row" on a healthy destination).
+    let health_class = match (update.attempt.kind, update.attempt.outcome.as_str()) {
+        (AttemptKind::Verify, "found") => Some(OutcomeClass::Success),
+        _ => update.attempt.outcome_class(),
+    };
+    let circuit_changed = lane.record_health(health_class, update.now_ms);
     if let Some(error) = &update.attempt.error {
-        *lane.last_error.lock().expect("lane poisoned") = Some(error.clone());
+        *lane.last_error.lock().expect("lane poisoned") = Some((error.clone(), update.now_ms));
     }
     drop(request);
     let mut tries = 0;
@@ -989,6 +999,13 @@ mod tests {
             filter: crate::store::BroadcastFilter,
         ) -> Result<Vec<crate::store::BroadcastView>, crate::store::StoreError> {
             self.inner.list_broadcasts(filter).await
+        }
+        async fn broadcast_ids_starting_with(
+            &self,
+            prefix: &str,
+            limit: usize,
+        ) -> Result<Vec<String>, crate::store::StoreError> {
+            self.inner.broadcast_ids_starting_with(prefix, limit).await
         }
         async fn operator_action(
             &self,

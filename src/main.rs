@@ -101,6 +101,17 @@ enum Command {
         wait: bool,
         #[arg(long)]
         json: bool,
+        /// With --wait: stop waiting after this long (30s, 5m, 1h); the
+        /// broadcast goes on being delivered. Exit codes: 0 all confirmed,
+        /// 1 some failed or dead, 2 an error, 3 this timeout passed.
+        #[arg(long, value_name = "DURATION", requires = "wait", value_parser = herald::client::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// The Idempotency-Key of this send (default: a new random one).
+        /// Tries after a lost answer or a 502/503/504/429 reuse it, so they
+        /// never make a second broadcast; give the same key to repeat a
+        /// send safely from a script.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -112,7 +123,8 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Retry a broadcast's failed and dead deliveries (same idempotency key).
+    /// Retry a broadcast's failed, dead and cancelled deliveries (same
+    /// idempotency key); exit 1 when none matched.
     Retry {
         id: String,
         /// Only this destination; repeat for several.
@@ -120,10 +132,19 @@ enum Command {
         to: Vec<String>,
         #[arg(long)]
         json: bool,
+        /// Show each destination's state until the broadcast is final; exit
+        /// 1 if any destination ended failed or dead.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: stop waiting after this long (30s, 5m, 1h); the
+        /// deliveries go on. Exit codes: 0 all confirmed, 1 some failed or
+        /// dead (or nothing to retry), 2 an error, 3 this timeout passed.
+        #[arg(long, value_name = "DURATION", requires = "wait", value_parser = herald::client::parse_duration)]
+        timeout: Option<std::time::Duration>,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Cancel a broadcast's unfinished deliveries.
+    /// Cancel a broadcast's unfinished deliveries; exit 1 when none matched.
     Cancel {
         id: String,
         /// Only this destination; repeat for several.
@@ -136,7 +157,10 @@ enum Command {
     },
     /// List broadcasts, newest first.
     List {
-        /// delivering, converged or partial.
+        /// A broadcast's status (delivering, converged, partial), or a
+        /// delivery state (failed, dead, cancelled, retrying, verifying,
+        /// waiting, pending, sending, confirmed): broadcasts with at least
+        /// one delivery in it.
         #[arg(long)]
         status: Option<String>,
         #[arg(long)]
@@ -335,6 +359,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             resolved,
             wait,
             json,
+            timeout,
+            idempotency_key,
             client,
         } => {
             init_logging("warn");
@@ -347,7 +373,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 resolved,
                 destinations: to,
             };
-            let accepted = client.send(&request).await?;
+            let key = idempotency_key.unwrap_or_else(herald::client::new_idempotency_key);
+            let accepted = client
+                .send_with_key(&request, &key, |error, tries, pause| {
+                    eprintln!(
+                        "herald send: try {tries} of {}: {error}; trying again in {:.1}s with the same Idempotency-Key {key}",
+                        herald::client::SEND_TRIES_MAX,
+                        pause.as_secs_f64()
+                    );
+                })
+                .await?;
             if !wait {
                 print_broadcast(&accepted, json)?;
                 return Ok(ExitCode::SUCCESS);
@@ -359,29 +394,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     accepted.deliveries.len()
                 );
             }
-            let final_state = client
-                .watch(&accepted.id, |elapsed, delivery| {
-                    if !json {
-                        println!(
-                            "[{:>6.2}s] {}: {}",
-                            elapsed.as_secs_f64(),
-                            delivery.destination,
-                            delivery.describe()
-                        );
-                    }
-                })
-                .await?;
-            if json {
-                print_broadcast(&final_state, true)?;
-            } else {
-                println!("broadcast {}: {}", final_state.id, final_state.status);
-            }
-            let lost = final_state.deliveries.iter().any(|d| d.is_lost_cause());
-            Ok(if lost {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            wait_until_final(&client, &accepted.id, json, timeout).await
         }
         Command::Status { id, json, client } => {
             init_logging("warn");
@@ -393,12 +406,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             id,
             to,
             json,
+            wait,
+            timeout,
             client,
         } => {
             init_logging("warn");
-            let broadcast = client.client()?.retry(&id, to).await?;
-            print_broadcast(&broadcast, json)?;
-            Ok(ExitCode::SUCCESS)
+            let client = client.client()?;
+            let result = client.retry(&id, to).await?;
+            let code = report_action(&result, json)?;
+            if code != ExitCode::SUCCESS || !wait {
+                return Ok(code);
+            }
+            wait_until_final(&client, &result.broadcast.id, json, timeout).await
         }
         Command::Cancel {
             id,
@@ -407,9 +426,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client,
         } => {
             init_logging("warn");
-            let broadcast = client.client()?.cancel(&id, to).await?;
-            print_broadcast(&broadcast, json)?;
-            Ok(ExitCode::SUCCESS)
+            let result = client.client()?.cancel(&id, to).await?;
+            report_action(&result, json)
         }
         Command::List {
             status,
@@ -493,7 +511,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             d.paused_until.clone().unwrap_or_else(|| "-".into()),
                             d.circuit.clone(),
                             d.consecutive_failures.to_string(),
-                            d.last_error.clone().unwrap_or_default(),
+                            match (&d.last_error_at, &d.last_error) {
+                                (Some(at), Some(error)) => format!("{at} {error}"),
+                                (_, error) => error.clone().unwrap_or_default(),
+                            },
                         ]
                     })
                     .collect();
@@ -577,6 +598,103 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// Exit code of `send --wait` and `retry --wait` when `--timeout` passed
+/// first (0: all confirmed; 1: some failed or dead, or nothing to do; 2: an
+/// error).
+const EXIT_WAIT_TIMED_OUT: u8 = 3;
+
+/// Follows the broadcast live until it is final (or `timeout` passes):
+/// exit 0 when no delivery is failed or dead, 1 when one is, 3 on timeout.
+async fn wait_until_final(
+    client: &Client,
+    id: &str,
+    json: bool,
+    timeout: Option<std::time::Duration>,
+) -> anyhow::Result<ExitCode> {
+    let watch = client.watch(id, |elapsed, delivery| {
+        if !json {
+            println!(
+                "[{:>6.2}s] {}: {}",
+                elapsed.as_secs_f64(),
+                delivery.destination,
+                delivery.describe()
+            );
+        }
+    });
+    let final_state = match timeout {
+        None => watch.await?,
+        Some(limit) => match tokio::time::timeout(limit, watch).await {
+            Ok(result) => result?,
+            Err(_) => {
+                let now = client.status(id).await?;
+                if json {
+                    print_broadcast(&now, true)?;
+                } else {
+                    println!("broadcast {}: {}", now.id, now.status);
+                }
+                eprintln!(
+                    "herald: stopped waiting after {}; broadcast {id} is still {} (its deliveries go on; `herald status {id}` shows them)",
+                    humantime_secs(limit),
+                    now.status
+                );
+                return Ok(ExitCode::from(EXIT_WAIT_TIMED_OUT));
+            }
+        },
+    };
+    if json {
+        print_broadcast(&final_state, true)?;
+    } else {
+        println!("broadcast {}: {}", final_state.id, final_state.status);
+    }
+    let lost = final_state.deliveries.iter().any(|d| d.is_lost_cause());
+    Ok(if lost {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn humantime_secs(duration: std::time::Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}
+
+/// Says what a retry or cancel changed; exit 1 (with the reason) when it
+/// changed nothing.
+fn report_action(result: &herald::api::wire::ActionResult, json: bool) -> anyhow::Result<ExitCode> {
+    let broadcast = &result.broadcast;
+    let (done, applies_to) = match result.action.as_str() {
+        "retry" => ("retried", "failed, dead or cancelled"),
+        _ => ("cancelled", "unfinished and not in flight"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(result)?);
+    } else if !result.changed.is_empty() {
+        println!(
+            "{done} {} of {} deliveries of broadcast {}: {}",
+            result.changed.len(),
+            broadcast.deliveries.len(),
+            broadcast.id,
+            result.changed.join(", ")
+        );
+        print!("{}", render_broadcast(broadcast));
+    }
+    if !result.changed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let states: Vec<String> = broadcast
+        .deliveries
+        .iter()
+        .map(|d| format!("{} {}", d.destination, d.summary))
+        .collect();
+    eprintln!(
+        "herald {}: nothing to do: no delivery of broadcast {} is {applies_to} ({})",
+        result.action,
+        broadcast.id,
+        states.join(", ")
+    );
+    Ok(ExitCode::from(1))
 }
 
 fn print_broadcast(broadcast: &herald::api::wire::Broadcast, json: bool) -> anyhow::Result<()> {

@@ -15,12 +15,13 @@ use axum::Json;
 use sha2::{Digest, Sha256};
 
 use super::auth::{authorize, Caller};
-use super::wire::{ActionRequest, Broadcast, BroadcastList, SendRequest};
+use super::wire::{ActionRequest, ActionResult, Broadcast, BroadcastList, SendRequest};
 use super::{parse_json, parse_json_bytes, ApiError, AppState};
 use crate::config::Scope;
 use crate::dispatch::now_ms;
 use crate::domain::{
-    new_broadcast_id, BroadcastStatus, Message, Severity, DESTINATIONS_PER_BROADCAST_MAX,
+    new_broadcast_id, BroadcastIdQuery, BroadcastStatus, DeliveryState, Message, Severity,
+    BROADCAST_ID_PREFIX_CHARS_MIN, DESTINATIONS_PER_BROADCAST_MAX,
 };
 use crate::events::StateChange;
 use crate::store::{
@@ -33,6 +34,8 @@ const IDEMPOTENCY_KEY_CHARS_MAX: usize = 255;
 /// Broadcasts per page of `GET /v1/broadcasts`: default and most.
 const PAGE_SIZE_DEFAULT: usize = 50;
 const PAGE_SIZE_MAX: usize = 200;
+/// Broadcasts an ambiguous id prefix's error lists at most.
+const PREFIX_CANDIDATES_MAX: usize = 10;
 
 /// What a new broadcast asks for, once validated.
 pub(super) struct Intent {
@@ -407,13 +410,66 @@ pub(super) async fn get<S: Store>(
 }
 
 async fn find<S: Store>(app: &AppState<S>, id: &str) -> Result<BroadcastView, ApiError> {
-    app.store.broadcast(id).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "broadcast_not_found",
-            format!("no broadcast with id {id:?}"),
-        )
-    })
+    let id = resolve_id(app, id).await?;
+    app.store
+        .broadcast(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "broadcast_not_found",
+        format!("no broadcast with id {id:?}"),
+    )
+}
+
+/// The whole id of the one broadcast `typed` names: a whole id (any case),
+/// or its start when no other broadcast's id starts so, as with git.
+pub(super) async fn resolve_id<S: Store>(
+    app: &AppState<S>,
+    typed: &str,
+) -> Result<String, ApiError> {
+    let prefix = match BroadcastIdQuery::parse(typed) {
+        BroadcastIdQuery::Whole(id) => return Ok(id),
+        BroadcastIdQuery::Impossible => return Err(not_found(typed)),
+        BroadcastIdQuery::TooShort => {
+            return Err(ApiError::invalid(
+                "id",
+                format!(
+                    "{typed:?} is too short to name a broadcast: give at least \
+                     {BROADCAST_ID_PREFIX_CHARS_MIN} characters of its id"
+                ),
+            ))
+        }
+        BroadcastIdQuery::Prefix(prefix) => prefix,
+    };
+    let mut ids = app
+        .store
+        .broadcast_ids_starting_with(&prefix, PREFIX_CANDIDATES_MAX + 1)
+        .await?;
+    match ids.len() {
+        0 => Err(not_found(typed)),
+        1 => Ok(ids.remove(0)),
+        n => {
+            let more = if n > PREFIX_CANDIDATES_MAX {
+                ids.truncate(PREFIX_CANDIDATES_MAX);
+                ", and more"
+            } else {
+                ""
+            };
+            Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "ambiguous_id",
+                message: format!(
+                    "{typed:?} starts the ids of several broadcasts: {}{more}; give more characters",
+                    ids.join(", ")
+                ),
+                field: Some("id".into()),
+            })
+        }
+    }
 }
 
 /// `since`: milliseconds since the epoch, or a span back from now (`90s`,
@@ -454,19 +510,28 @@ pub(super) async fn list<S: Store>(
     }
     for (name, value) in &query {
         match name.as_str() {
-            "status" => {
-                filter.status = Some(match value.as_str() {
-                    "delivering" => BroadcastStatus::Delivering,
-                    "converged" => BroadcastStatus::Converged,
-                    "partial" => BroadcastStatus::Partial,
-                    _ => {
+            // A broadcast's status, or a delivery state: the broadcasts
+            // with at least one delivery in that state.
+            "status" => match value.as_str() {
+                "delivering" => filter.status = Some(BroadcastStatus::Delivering),
+                "converged" => filter.status = Some(BroadcastStatus::Converged),
+                "partial" => filter.status = Some(BroadcastStatus::Partial),
+                other => match DeliveryState::parse(other) {
+                    Some(state) => filter.delivery_state = Some(state),
+                    None => {
+                        let states: Vec<&str> =
+                            DeliveryState::ALL.iter().map(|s| s.as_str()).collect();
                         return Err(ApiError::invalid(
                             "status",
-                            "use delivering, converged or partial",
-                        ))
+                            format!(
+                                "unknown status {other:?}; use a broadcast's status (delivering, \
+                                 converged, partial) or a delivery's state ({})",
+                                states.join(", ")
+                            ),
+                        ));
                     }
-                })
-            }
+                },
+            },
             "destination" => filter.destination = Some(value.clone()),
             "thread" => filter.thread = Some(value.clone()),
             "since" => {
@@ -512,7 +577,7 @@ pub(super) async fn retry<S: Store>(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Broadcast>, ApiError> {
+) -> Result<Json<ActionResult>, ApiError> {
     operate(state, headers, id, body, OperatorAction::Retry).await
 }
 
@@ -521,20 +586,21 @@ pub(super) async fn cancel<S: Store>(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Broadcast>, ApiError> {
+) -> Result<Json<ActionResult>, ApiError> {
     operate(state, headers, id, body, OperatorAction::Cancel).await
 }
 
-/// Retry or cancel: idempotent; answers with the broadcast's new state.
+/// Retry or cancel: idempotent; answers with the broadcast's new state and
+/// the destinations whose delivery changed (none when nothing applied).
 async fn operate<S: Store>(
     State(app): State<Arc<AppState<S>>>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
     action: OperatorAction,
-) -> Result<Json<Broadcast>, ApiError> {
+) -> Result<Json<ActionResult>, ApiError> {
     let Caller { name: caller } = authorize(&app.config, &headers, Scope::Operate)?;
-    let id = path_id(id)?;
+    let id = resolve_id(&*app, &path_id(id)?).await?;
     let bytes = super::read_body(body)?;
     let request: ActionRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         ActionRequest::default()
@@ -585,7 +651,15 @@ async fn operate<S: Store>(
         app.dispatcher.wake(&delivery.destination);
     }
     tracing::info!(broadcast = %id, %caller, action = ?action, destinations = ?changed, "operator action");
-    Ok(Json(Broadcast::from_view(&after, now_ms())))
+    Ok(Json(ActionResult {
+        action: match action {
+            OperatorAction::Retry => "retry",
+            OperatorAction::Cancel => "cancel",
+        }
+        .to_owned(),
+        changed,
+        broadcast: Broadcast::from_view(&after, now_ms()),
+    }))
 }
 
 #[cfg(test)]

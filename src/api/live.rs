@@ -134,6 +134,7 @@ pub(super) async fn broadcast_events<S: Store>(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     authorize(&app.config, &headers, Scope::Read)?;
     let id = super::broadcasts::path_id(id)?;
+    let id = super::broadcasts::resolve_id(&*app, &id).await?;
     // Subscribe before reading, so nothing between the two is missed.
     let changes = app.dispatcher.events().subscribe();
     let view = app.store.broadcast(&id).await?.ok_or_else(|| {

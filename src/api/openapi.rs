@@ -38,7 +38,7 @@ fn json_body(schema: &str) -> Value {
 }
 
 fn id_param() -> Value {
-    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "Broadcast id (ULID)"})
+    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "Broadcast id (ULID, any case), or its start when no other id starts so (at least 4 characters); an ambiguous start is a 400 `ambiguous_id` listing the candidates"})
 }
 
 pub fn document() -> Value {
@@ -93,6 +93,15 @@ pub fn document() -> Value {
                     "broadcasts": {"type": "array", "items": {"$ref": "#/components/schemas/Broadcast"}},
                     "next_cursor": nullable("string")
                 }},
+                "ActionResult": {"type": "object", "description": "The broadcast after the action (the fields of Broadcast), the action, and the destinations whose delivery it changed (empty when nothing applied)", "properties": {
+                    "action": {"type": "string", "enum": ["retry", "cancel"]},
+                    "changed": {"type": "array", "items": {"type": "string"}},
+                    "id": {"type": "string"}, "title": {"type": "string"}, "body": {"type": "string"},
+                    "severity": {"type": "string"}, "thread": nullable("string"), "resolved": {"type": "boolean"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "status": {"type": "string", "enum": ["delivering", "converged", "partial"]},
+                    "deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/Delivery"}}
+                }},
                 "ActionRequest": {"type": "object", "additionalProperties": false, "properties": {
                     "destinations": {"type": "array", "items": {"type": "string"}, "description": "Only these; all when empty or absent"}
                 }},
@@ -102,7 +111,8 @@ pub fn document() -> Value {
                     "consecutive_failures": {"type": "integer"}, "backlog": {"type": "integer"},
                     "circuit": {"type": "string", "enum": ["closed", "open", "half_open"]},
                     "rate_limit_per_sec": nullable("number"),
-                    "oldest_waiting_since": nullable("string"), "last_error": nullable("string")
+                    "oldest_waiting_since": nullable("string"), "last_error": nullable("string"),
+                    "last_error_at": {"type": ["string", "null"], "format": "date-time", "description": "When the last error happened"}
                 }},
                 "DeliveryEvent": {"type": "object", "description": "Server-sent event `delivery`", "properties": {
                     "broadcast_id": {"type": "string"}, "destination": {"type": "string"}, "state": {"type": "string"},
@@ -130,7 +140,7 @@ pub fn document() -> Value {
                     "summary": "List broadcasts, newest first",
                     "security": read,
                     "parameters": [
-                        {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["delivering", "converged", "partial"]}},
+                        {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["delivering", "converged", "partial", "waiting", "pending", "sending", "retrying", "verifying", "confirmed", "failed", "dead", "cancelled"]}, "description": "A broadcast's status, or a delivery state: the broadcasts with at least one delivery in that state"},
                         {"name": "destination", "in": "query", "schema": {"type": "string"}},
                         {"name": "thread", "in": "query", "schema": {"type": "string"}},
                         {"name": "since", "in": "query", "schema": {"type": "string"}, "description": "Milliseconds since the epoch, or a span back: 15m, 2h, 7d"},
@@ -143,24 +153,24 @@ pub fn document() -> Value {
             "/v1/broadcasts/{id}": {"get": {
                 "summary": "One broadcast: each delivery's state and attempts",
                 "security": read, "parameters": [id_param()],
-                "responses": with(json!({"200": with(json!({"description": "The broadcast"}), json_body("Broadcast"))}), error_responses(&["401", "403", "404"]))
+                "responses": with(json!({"200": with(json!({"description": "The broadcast"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404"]))
             }},
             "/v1/broadcasts/{id}/retry": {"post": {
-                "summary": "Retry failed and dead deliveries (same idempotency key); idempotent",
+                "summary": "Retry failed, dead and cancelled deliveries (same idempotency key); idempotent",
                 "security": operate, "parameters": [id_param()],
                 "requestBody": with(json!({"required": false}), json_body("ActionRequest")),
-                "responses": with(json!({"200": with(json!({"description": "The broadcast after the action"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404"]))
+                "responses": with(json!({"200": with(json!({"description": "The broadcast after the action, and what changed"}), json_body("ActionResult"))}), error_responses(&["400", "401", "403", "404"]))
             }},
             "/v1/broadcasts/{id}/cancel": {"post": {
-                "summary": "Cancel unfinished deliveries; idempotent",
+                "summary": "Cancel unfinished deliveries (an attempt in flight is left to land); idempotent",
                 "security": operate, "parameters": [id_param()],
                 "requestBody": with(json!({"required": false}), json_body("ActionRequest")),
-                "responses": with(json!({"200": with(json!({"description": "The broadcast after the action"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404"]))
+                "responses": with(json!({"200": with(json!({"description": "The broadcast after the action, and what changed"}), json_body("ActionResult"))}), error_responses(&["400", "401", "403", "404"]))
             }},
             "/v1/broadcasts/{id}/events": {"get": {
                 "summary": "Server-sent events: a snapshot, each state change, then `status` when final",
                 "security": read, "parameters": [id_param()],
-                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent and StatusEvent", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["401", "403", "404"]))
+                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent and StatusEvent", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["400", "401", "403", "404"]))
             }},
             "/v1/events": {"get": {
                 "summary": "Server-sent events of every broadcast's state changes",
@@ -275,11 +285,18 @@ mod tests {
             backlog: 0,
             oldest_waiting_since: None,
             last_error: None,
+            last_error_at: None,
         };
         assert_eq!(properties("Attempt"), fields(&attempt));
         assert_eq!(properties("Delivery"), fields(&delivery));
         assert_eq!(properties("Broadcast"), fields(&broadcast));
         assert_eq!(properties("DestinationHealth"), fields(&health));
+        let action = ActionResult {
+            action: String::new(),
+            changed: vec![],
+            broadcast: broadcast.clone(),
+        };
+        assert_eq!(properties("ActionResult"), fields(&action));
         assert_eq!(properties("DeliveryEvent"), fields(&event));
         assert_eq!(
             properties("BroadcastList"),

@@ -63,6 +63,7 @@ pub(super) async fn destinations<S: Store>(
                     .and_then(|w| w.oldest_unfinished_since_ms)
                     .map(format_rfc3339_ms),
                 last_error: health.last_error,
+                last_error_at: health.last_error_at_ms.map(format_rfc3339_ms),
             })
         })
         .collect();

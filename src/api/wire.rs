@@ -154,7 +154,11 @@ impl Delivery {
         )
     }
 
-    /// "retrying 2/8 (HTTP 429, retry in 2s)" for people watching.
+    /// "retrying 2/8 (HTTP 429: rate limited, retry in 2.0s)" for people
+    /// watching. The reason is the error's text, which names the HTTP
+    /// status where there was one; a bare status only when there is no
+    /// text, and never a success status (Slack answers `internal_error`
+    /// with HTTP 200).
     pub fn describe(&self) -> String {
         let mut text = self.summary.clone();
         let mut details = Vec::new();
@@ -169,15 +173,17 @@ impl Delivery {
             )
         );
         if show_error {
-            match (&self.last_http_status, &self.last_error) {
-                (Some(status), _) => details.push(format!("HTTP {status}")),
-                (None, Some(error)) => details.push(truncate_chars(error, 140)),
-                (None, None) => {}
+            match (&self.last_error, &self.last_http_status) {
+                (Some(error), _) => details.push(truncate_chars(error, 140)),
+                (None, Some(status)) if !(200..300).contains(status) => {
+                    details.push(format!("HTTP {status}"))
+                }
+                _ => {}
             }
         }
         if state == Some(DeliveryState::Retrying) {
             if let Some(ms) = self.next_attempt_in_ms {
-                details.push(format!("retry in {:.1}s", ms as f64 / 1000.0));
+                details.push(describe_wait(ms));
             }
         }
         if self.possible_duplicate {
@@ -187,6 +193,16 @@ impl Delivery {
             text.push_str(&format!(" ({})", details.join(", ")));
         }
         text
+    }
+}
+
+/// "retry now", "retry in 250ms", "retry in 2.5s", "retry in 3m10s".
+fn describe_wait(ms: i64) -> String {
+    match ms {
+        ..=0 => "retry now".to_owned(),
+        1..=999 => format!("retry in {ms}ms"),
+        1_000..=59_999 => format!("retry in {:.1}s", ms as f64 / 1000.0),
+        _ => format!("retry in {}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
     }
 }
 
@@ -214,6 +230,19 @@ pub struct ActionRequest {
     pub destinations: Vec<String>,
 }
 
+/// The answer of `POST /v1/broadcasts/{id}/retry` and `/cancel`: the
+/// broadcast after the action (its fields, as `Broadcast`), what the action
+/// was and which destinations' deliveries it changed. `changed` is empty
+/// when nothing applied (nothing failed to retry, nothing left to cancel).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ActionResult {
+    /// `retry` or `cancel`.
+    pub action: String,
+    pub changed: Vec<String>,
+    #[serde(flatten)]
+    pub broadcast: Broadcast,
+}
+
 /// One destination's health in `GET /v1/destinations`. No URL and no
 /// credential: a webhook URL may itself be a secret.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -235,6 +264,8 @@ pub struct DestinationHealth {
     /// When the oldest unfinished delivery's broadcast was accepted.
     pub oldest_waiting_since: Option<String>,
     pub last_error: Option<String>,
+    /// When the last error happened (an old one stays visible, with its age).
+    pub last_error_at: Option<String>,
 }
 
 /// A server-sent event `delivery`: one delivery's new state.
@@ -279,4 +310,44 @@ impl DeliveryEvent {
 pub struct StatusEvent {
     pub broadcast_id: String,
     pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(state: &str, error: Option<&str>, status: Option<u16>) -> Delivery {
+        DeliveryEvent {
+            broadcast_id: String::new(),
+            destination: "ops".into(),
+            state: state.into(),
+            summary: format!("{state} 2/8"),
+            attempts_made: 2,
+            attempts_max: 8,
+            next_attempt_in_ms: Some(30),
+            last_error: error.map(str::to_owned),
+            last_http_status: status,
+            possible_duplicate: false,
+            at: String::new(),
+        }
+        .as_delivery()
+    }
+
+    #[test]
+    fn live_lines_show_the_reason_not_a_success_status_nor_zero_seconds() {
+        let slack = delivery(
+            "verifying",
+            Some("Slack answered internal_error"),
+            Some(200),
+        );
+        assert_eq!(
+            slack.describe(),
+            "verifying 2/8 (Slack answered internal_error)"
+        );
+        let bare = delivery("retrying", None, Some(503));
+        assert_eq!(bare.describe(), "retrying 2/8 (HTTP 503, retry in 30ms)");
+        assert_eq!(describe_wait(0), "retry now");
+        assert_eq!(describe_wait(2_500), "retry in 2.5s");
+        assert_eq!(describe_wait(190_000), "retry in 3m10s");
+    }
 }

@@ -33,15 +33,23 @@ struct Payload<'a> {
     data: PayloadData<'a>,
 }
 
+/// What a receiver gets: the shape `schemas/webhook-payload.schema.json`
+/// documents (a test checks every kind of message against it). Every field
+/// is always present, so a receiver needs no guesswork: `thread` is null
+/// outside a thread, `resolved` is false but for the message that closes
+/// the thread's incident.
 #[derive(Serialize)]
 struct PayloadData<'a> {
     broadcast_id: &'a str,
     destination: &'a str,
     title: &'a str,
     body: &'a str,
+    /// `P1` (most urgent) to `P5`.
     severity: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The incident key: messages of one thread are one incident's updates.
     thread: Option<&'a str>,
+    /// This message resolves the thread's incident.
+    resolved: bool,
 }
 
 /// The JSON body sent for a delivery. The same bytes are signed and sent.
@@ -57,6 +65,7 @@ pub fn webhook_payload(delivery: &ClaimedDelivery) -> Vec<u8> {
             body: m.body(),
             severity: m.severity().as_str(),
             thread: m.thread(),
+            resolved: m.resolved(),
         },
     };
     serde_json::to_vec(&payload).expect("payload serialises")

@@ -64,6 +64,17 @@ impl DeliveryState {
     pub fn parse(text: &str) -> Option<DeliveryState> {
         DeliveryState::ALL.into_iter().find(|s| s.as_str() == text)
     }
+
+    /// Final, but not confirmed: an operator retry sends it again. Cancelled
+    /// counts too: cancelling is an operator's choice, and an operator may
+    /// change their mind (DESIGN.md lists only failed and dead; the
+    /// decision is in ARCHITECTURE.md).
+    pub fn is_retryable_by_operator(self) -> bool {
+        matches!(
+            self,
+            DeliveryState::Failed | DeliveryState::Dead | DeliveryState::Cancelled
+        )
+    }
 }
 
 /// What a verification (read-back after an ambiguous outcome) found.
@@ -99,7 +110,7 @@ pub enum Event {
     Interrupted,
     /// An operator cancelled the delivery.
     Cancel,
-    /// An operator asked to try a failed or dead delivery again.
+    /// An operator asked to try a failed, dead or cancelled delivery again.
     OperatorRetry,
 }
 
@@ -268,8 +279,9 @@ impl DeliveryProgress {
                 Ok(transition(next))
             }
             // The operator takes responsibility for trying again: a new
-            // attempt budget on top of what was used, and no deadline.
-            (S::Failed | S::Dead, Event::OperatorRetry) => {
+            // attempt budget on top of what was used, and no deadline. A
+            // cancelled delivery too: the operator changed their mind.
+            (S::Failed | S::Dead | S::Cancelled, Event::OperatorRetry) => {
                 Ok(transition(self.operator_retry(policy, now_ms)?))
             }
             _ => Err(refuse()),
@@ -287,7 +299,7 @@ impl DeliveryProgress {
         policy: &RetryPolicy,
         now_ms: i64,
     ) -> Result<DeliveryProgress, TransitionError> {
-        if !matches!(self.state, DeliveryState::Failed | DeliveryState::Dead) {
+        if !self.state.is_retryable_by_operator() {
             return Err(TransitionError {
                 state: self.state,
                 event: Event::OperatorRetry,
@@ -490,13 +502,19 @@ mod tests {
                 match progress.apply(event, &policy, now_ms, &mut rng) {
                     Err(err) => {
                         prop_assert_eq!(err.state, before.state);
+                        if event == Event::OperatorRetry {
+                            prop_assert!(!before.state.is_retryable_by_operator());
+                        }
                     }
                     Ok(t) => {
                         let after = t.progress;
                         if before.state.is_final() {
                             prop_assert_eq!(event, Event::OperatorRetry,
                                 "final state {:?} changed by {:?}", before.state, event);
+                            prop_assert_ne!(before.state, DeliveryState::Confirmed);
                             prop_assert_eq!(after.state, DeliveryState::Pending);
+                            prop_assert!(after.deadline_at_ms.is_none());
+                            prop_assert!(after.attempts_max > before.attempts_made);
                         }
                         prop_assert!(after.attempts_made >= before.attempts_made);
                         prop_assert!(after.attempts_max >= before.attempts_max);
@@ -579,6 +597,45 @@ mod tests {
             (p.state, p.attempts_made, p.attempts_max),
             (DeliveryState::Pending, 3, 6)
         );
+    }
+
+    #[test]
+    fn a_cancelled_delivery_can_be_retried_but_a_confirmed_one_cannot() {
+        let policy = RetryPolicy {
+            attempts_max: 3,
+            deadline_ms: Some(1_000),
+            ..RetryPolicy::default()
+        };
+        let p = DeliveryProgress::new(&policy, false, 0);
+        let cancelled = p.cancelled().unwrap();
+        assert_eq!(cancelled.state, DeliveryState::Cancelled);
+        let again = cancelled
+            .apply(Event::OperatorRetry, &policy, 5_000, &mut rng())
+            .unwrap()
+            .progress;
+        assert_eq!(
+            (
+                again.state,
+                again.due_at_ms,
+                again.deadline_at_ms,
+                again.attempts_max
+            ),
+            (DeliveryState::Pending, Some(5_000), None, 3)
+        );
+        let sent = p.leased(1).unwrap();
+        let confirmed = sent
+            .apply(
+                Event::Finished {
+                    class: OutcomeClass::Success,
+                    retry_after_ms: None,
+                },
+                &policy,
+                2,
+                &mut rng(),
+            )
+            .unwrap()
+            .progress;
+        assert!(confirmed.operator_retry(&policy, 3).is_err());
     }
 
     #[test]

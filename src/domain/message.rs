@@ -227,6 +227,56 @@ pub fn new_broadcast_id(now_ms: i64, rng: &mut impl Rng) -> String {
         .collect()
 }
 
+/// A broadcast id's length: a ULID.
+pub const BROADCAST_ID_CHARS: usize = 26;
+/// The fewest characters of a broadcast id an operator may type to name it
+/// by its start, as with git's commit ids: fewer would match most of a day.
+pub const BROADCAST_ID_PREFIX_CHARS_MIN: usize = 4;
+
+/// What an id typed by an operator names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BroadcastIdQuery {
+    /// A whole id (upper case, as ids are written).
+    Whole(String),
+    /// The start of an id, at least `BROADCAST_ID_PREFIX_CHARS_MIN` long.
+    Prefix(String),
+    /// The start of an id, too short to name one.
+    TooShort,
+    /// No broadcast id looks like this: it matches nothing.
+    Impossible,
+}
+
+impl BroadcastIdQuery {
+    /// ULIDs are case-insensitive: `01jd7q` names `01JD7Q...`.
+    pub fn parse(text: &str) -> BroadcastIdQuery {
+        let upper = text.trim().to_ascii_uppercase();
+        let valid = !upper.is_empty()
+            && upper.len() <= BROADCAST_ID_CHARS
+            && upper.bytes().all(|b| CROCKFORD.contains(&b));
+        if !valid {
+            BroadcastIdQuery::Impossible
+        } else if upper.len() == BROADCAST_ID_CHARS {
+            BroadcastIdQuery::Whole(upper)
+        } else if upper.len() < BROADCAST_ID_PREFIX_CHARS_MIN {
+            BroadcastIdQuery::TooShort
+        } else {
+            BroadcastIdQuery::Prefix(upper)
+        }
+    }
+}
+
+/// The first and the last id that start with `prefix` (both inclusive):
+/// ids have one length and one alphabet, so this range holds exactly the
+/// ids with that start, in any collation that orders digits before
+/// letters, and an index on the id answers it.
+pub fn broadcast_id_range(prefix: &str) -> (String, String) {
+    let fill = BROADCAST_ID_CHARS.saturating_sub(prefix.len());
+    (
+        format!("{prefix}{}", "0".repeat(fill)),
+        format!("{prefix}{}", "Z".repeat(fill)),
+    )
+}
+
 /// The one idempotency key of a delivery, derived before its first attempt
 /// and never changed. Contains no `.` (Standard Webhooks signs `id.ts.body`).
 pub fn delivery_idempotency_key(broadcast_id: &str, destination: &str) -> String {
@@ -245,6 +295,25 @@ mod tests {
         let b = new_broadcast_id(1_700_000_000_001, &mut rng);
         assert_eq!(a.len(), 26);
         assert!(a < b);
+    }
+
+    #[test]
+    fn ids_typed_by_operators() {
+        use BroadcastIdQuery as Q;
+        let mut rng = StdRng::seed_from_u64(2);
+        let id = new_broadcast_id(1_700_000_000_000, &mut rng);
+        assert_eq!(Q::parse(&id), Q::Whole(id.clone()));
+        assert_eq!(Q::parse(&id.to_lowercase()), Q::Whole(id.clone()));
+        assert_eq!(Q::parse(&id[..4]), Q::Prefix(id[..4].to_owned()));
+        assert_eq!(Q::parse(&id[..3]), Q::TooShort);
+        for impossible in ["", "nope", "01JD-", &format!("{id}0")] {
+            assert_eq!(Q::parse(impossible), Q::Impossible, "{impossible}");
+        }
+        let (low, high) = broadcast_id_range(&id[..6]);
+        assert!(low <= id && id <= high, "{low} {id} {high}");
+        assert_eq!((low.len(), high.len()), (26, 26));
+        let other = new_broadcast_id(1_800_000_000_000, &mut rng);
+        assert!(!(low <= other && other <= high));
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub use delivery::{
     TransitionError, Verification,
 };
 pub use message::{
+    broadcast_id_range, BroadcastIdQuery, BROADCAST_ID_CHARS, BROADCAST_ID_PREFIX_CHARS_MIN,
+};
+pub use message::{
     delivery_idempotency_key, new_broadcast_id, validate_destination_name, InvalidInput, Message,
     Severity, BODY_BYTES_MAX, DESTINATIONS_PER_BROADCAST_MAX, NUL_REFUSED, THREAD_CHARS_MAX,
     TITLE_CHARS_MAX,

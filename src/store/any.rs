@@ -85,6 +85,14 @@ impl Store for AnyStore {
         delegate!(self, s => s.list_broadcasts(filter))
     }
 
+    async fn broadcast_ids_starting_with(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        delegate!(self, s => s.broadcast_ids_starting_with(prefix, limit))
+    }
+
     async fn operator_action(
         &self,
         broadcast_id: &str,

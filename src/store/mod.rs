@@ -73,6 +73,8 @@ pub struct IngestRecord {
 #[derive(Clone, Debug, Default)]
 pub struct BroadcastFilter {
     pub status: Option<crate::domain::BroadcastStatus>,
+    /// Broadcasts with at least one delivery in this state.
+    pub delivery_state: Option<DeliveryState>,
     pub destination: Option<String>,
     pub thread: Option<String>,
     pub created_since_ms: Option<i64>,
@@ -334,6 +336,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         filter: BroadcastFilter,
     ) -> impl Future<Output = Result<Vec<BroadcastView>, StoreError>> + Send;
+
+    /// Up to `limit` ids that start with `prefix` (upper case, as ids are
+    /// written), in id order: an operator may type only the start of an id.
+    fn broadcast_ids_starting_with(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// Applies an operator action to the named destinations' deliveries (all
     /// when `destinations` is empty). `None` when the broadcast does not

@@ -2060,6 +2060,13 @@ async fn list_broadcasts(
             args.len()
         ));
     }
+    if let Some(state) = filter.delivery_state {
+        args.push(Box::new(state.as_str().to_owned()));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND d.state = ${})",
+            args.len()
+        ));
+    }
     let unfinished = concat!(
         "EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND d.state NOT IN ",
         final_states_sql!(),
@@ -2319,6 +2326,32 @@ impl Store for PostgresStore {
         self.timed(async {
             let conn = self.inner.pool.get().await?;
             list_broadcasts(&*conn, &filter).await
+        })
+        .await
+    }
+
+    async fn broadcast_ids_starting_with(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let (lowest, highest) = crate::domain::broadcast_id_range(prefix);
+        self.timed(async {
+            let conn = self.inner.pool.get().await?;
+            // The range reads the primary key (ids are one length of digits
+            // and capitals, so any collation orders them alike); starts_with
+            // keeps an id of another shape (none is written) out.
+            let rows = conn
+                .query(
+                    "SELECT id FROM broadcasts WHERE id >= $1 AND id <= $2
+                       AND starts_with(id, $3)
+                     ORDER BY id LIMIT $4",
+                    &[&lowest, &highest, &prefix, &(limit as i64)],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| row.try_get::<_, String>(0).map_err(StoreError::from))
+                .collect()
         })
         .await
     }

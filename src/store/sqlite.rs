@@ -1300,6 +1300,13 @@ fn list_broadcasts(
             args.len()
         ));
     }
+    if let Some(state) = filter.delivery_state {
+        args.push(state.as_str().to_owned().into());
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND d.state = ?{})",
+            args.len()
+        ));
+    }
     let unfinished = concat!(
         "EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND ",
         unfinished_sql!("d."),
@@ -1536,6 +1543,30 @@ impl Store for SqliteStore {
         filter: BroadcastFilter,
     ) -> Result<Vec<BroadcastView>, StoreError> {
         self.read(move |conn| list_broadcasts(conn, &filter)).await
+    }
+
+    async fn broadcast_ids_starting_with(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let prefix = prefix.to_owned();
+        let (lowest, highest) = crate::domain::broadcast_id_range(&prefix);
+        self.read(move |conn| {
+            // The range reads the primary key; the prefix test keeps an id of
+            // another shape (none is written) out.
+            Ok(conn
+                .prepare_cached(
+                    "SELECT id FROM broadcasts WHERE id >= ?1 AND id <= ?2
+                       AND substr(id, 1, length(?3)) = ?3
+                     ORDER BY id LIMIT ?4",
+                )?
+                .query_map(params![lowest, highest, prefix, limit as i64], |row| {
+                    row.get(0)
+                })?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     async fn operator_action(

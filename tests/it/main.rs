@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod cli_safety;
 mod connectors;
 mod crash;
 mod isolation;

@@ -155,7 +155,8 @@ async fn retry_brings_a_dead_delivery_back_with_the_same_key_and_touches_nothing
 
     // Retrying again is a no-op: nothing is failed or dead any more.
     let again = client.retry(&accepted.id, vec![]).await.unwrap();
-    assert_eq!(again.status, "converged");
+    assert_eq!(again.broadcast.status, "converged");
+    assert!(again.changed.is_empty());
     server.stop().await;
     assert_eq!(mock.stats().path("/hooks/flaky").requests, 4);
     mock.stop().await;

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use herald::connector::{
     discord_execute_body, jira_comment_body, jira_create_body, pagerduty_event, post_message_body,
-    resolve_update_body, teams_card_message,
+    resolve_update_body, teams_card_message, webhook_payload,
 };
 use herald::domain::{DeliveryProgress, Message, RetryPolicy, Severity};
 use herald::store::ClaimedDelivery;
@@ -957,6 +957,60 @@ fn discord_execute_bodies_match_the_openapi_document() {
     let mut broken = body;
     broken["allowed_mentions"]["parse"] = json!(["everyone", "robots"]);
     assert_rejected(&spec, schema, &broken, "/allowed_mentions");
+}
+
+// ---------------------------------------------------------------------------
+// The generic webhook: herald's own payload, documented by the JSON Schema
+// in `schemas/`, which the README points receivers to.
+
+const WEBHOOK_PAYLOAD_SCHEMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/schemas/webhook-payload.schema.json"
+);
+
+#[test]
+fn every_webhook_payload_matches_its_published_schema() {
+    let text = std::fs::read_to_string(WEBHOOK_PAYLOAD_SCHEMA)
+        .unwrap_or_else(|e| panic!("cannot read {WEBHOOK_PAYLOAD_SCHEMA}: {e}"));
+    let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
+    for case in cases() {
+        let payload: Value = serde_json::from_slice(&webhook_payload(&case.delivery)).unwrap();
+        assert_valid(
+            &schema,
+            &schema,
+            &payload,
+            &format!("webhook payload ({})", case.name),
+        );
+        let message = &case.delivery.message;
+        assert_eq!(
+            payload["data"]["resolved"],
+            json!(message.resolved()),
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            payload["data"]["thread"],
+            json!(message.thread()),
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            payload["data"]["severity"],
+            json!(message.severity().as_str())
+        );
+    }
+    let resolve = cases().into_iter().find(|c| c.name == "resolve").unwrap();
+    let payload: Value = serde_json::from_slice(&webhook_payload(&resolve.delivery)).unwrap();
+    assert_eq!(
+        (&payload["data"]["resolved"], &payload["data"]["thread"]),
+        (&json!(true), &json!("INC-42")),
+        "a receiver tells a resolve from an update"
+    );
+    // The schema holds receivers to something: a payload without
+    // `resolved` (herald's shape before it was documented) is refused.
+    let mut without = payload.clone();
+    without["data"].as_object_mut().unwrap().remove("resolved");
+    assert_rejected(&schema, &schema, &without, "resolved");
 }
 
 // ---------------------------------------------------------------------------

@@ -119,6 +119,7 @@ store_suite!(
     concurrent_messages_of_one_thread_go_one_at_a_time,
     each_delivery_keeps_its_own_attempts_and_only_unfinished_ones_count_as_backlog,
     the_backlog_names_each_destinations_oldest_waiting_and_earliest_due,
+    broadcasts_are_found_by_delivery_state_and_by_the_start_of_their_id,
 );
 
 fn new_broadcast(
@@ -486,6 +487,68 @@ async fn cancel_leaves_an_attempt_in_flight_to_finish_and_keeps_thread_order(har
             .await
             .unwrap(),
         None
+    );
+}
+
+async fn broadcasts_are_found_by_delivery_state_and_by_the_start_of_their_id(harness: Harness) {
+    use herald::store::BroadcastFilter;
+    let store = harness.open().await;
+    let ids = [
+        "01JD7Q3ZK8W5V2N4XG6T9RBH1A",
+        "01JD7Q3ZK8W5V2N4XG6T9RBH1B",
+        "01JD7Q4000000000000000000C",
+    ];
+    for (i, id) in ids.iter().enumerate() {
+        store
+            .insert_broadcast(new_broadcast(id, None, &["a"], 1_000 + i as i64))
+            .await
+            .unwrap();
+    }
+    let changed = store
+        .operator_action(ids[0], OperatorAction::Cancel, vec![], vec![], 2_000)
+        .await
+        .unwrap();
+    assert_eq!(changed, Some(vec!["a".to_owned()]));
+    let having = |state| {
+        let store = store.clone();
+        async move {
+            let filter = BroadcastFilter {
+                delivery_state: Some(state),
+                limit: 50,
+                ..BroadcastFilter::default()
+            };
+            let views = store.list_broadcasts(filter).await.unwrap();
+            views.into_iter().map(|v| v.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(having(DeliveryState::Cancelled).await, [ids[0]]);
+    assert_eq!(having(DeliveryState::Pending).await, [ids[2], ids[1]]);
+    assert!(having(DeliveryState::Failed).await.is_empty());
+
+    let starting = |prefix: &'static str, limit| {
+        let store = store.clone();
+        async move {
+            store
+                .broadcast_ids_starting_with(prefix, limit)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(starting("01JD7Q3Z", 11).await, [ids[0], ids[1]]);
+    assert_eq!(starting("01JD7Q3Z", 1).await, [ids[0]]);
+    assert_eq!(starting("01JD7Q4", 11).await, [ids[2]]);
+    assert_eq!(starting(ids[1], 11).await, [ids[1]]);
+    assert!(starting("01JD7Q5", 11).await.is_empty());
+
+    // The operator changes their mind: the cancelled delivery goes again.
+    let changed = store
+        .operator_action(ids[0], OperatorAction::Retry, vec![], vec![], 3_000)
+        .await
+        .unwrap();
+    assert_eq!(changed, Some(vec!["a".to_owned()]));
+    assert_eq!(
+        having(DeliveryState::Pending).await,
+        ids.iter().rev().copied().collect::<Vec<_>>()
     );
 }
 
