@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod connectors;
 mod crash;
+mod first_hour;
 mod isolation;
 mod multinode;
 mod operator;
