@@ -811,7 +811,12 @@ impl Config {
             file: file.clone(),
             problems: vec![ConfigProblem {
                 line: None,
-                message: format!("cannot read the config file: {e}"),
+                message: match e.kind() {
+                    std::io::ErrorKind::NotFound => format!(
+                        "cannot read the config file: {e}; `herald init` writes a first one"
+                    ),
+                    _ => format!("cannot read the config file: {e}"),
+                },
             }],
         })?;
         Config::parse(&file, &source, env)
