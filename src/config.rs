@@ -371,9 +371,23 @@ impl<'s> Problems<'s> {
         match T::deserialize(deserializer) {
             Ok(section) => Some(section),
             Err(error) => {
+                // Name the key whose value is wrong, not just the section.
+                let key = error
+                    .span()
+                    .and_then(|span| value.get_ref().as_table().and_then(|t| key_at(t, &span)));
+                let path = match key {
+                    Some(key) => format!("{path}.{key}"),
+                    None => path.to_owned(),
+                };
+                let message = error
+                    .message()
+                    .trim()
+                    .replace("expected u64", "expected a whole number")
+                    .replace("expected u32", "expected a whole number")
+                    .replace("expected f64", "expected a number");
                 self.add(
                     error.span().or(Some(value.span())),
-                    format!("{path}: {}", error.message().trim()),
+                    format!("{path}: {message}"),
                 );
                 None
             }
@@ -450,12 +464,23 @@ fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
 pub fn closest_word<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
     let word = word.to_ascii_lowercase();
     let allowed = (word.chars().count() / 3).max(1);
-    known
+    let close = known
         .iter()
         .map(|candidate| (edit_distance(&word, candidate), *candidate))
         .filter(|(distance, _)| *distance <= allowed)
         .min_by_key(|(distance, _)| *distance)
-        .map(|(_, candidate)| candidate)
+        .map(|(_, candidate)| candidate);
+    // A shortened key (`attempts` for `attempts_max`) is far by distance
+    // but plainly meant.
+    close.or_else(|| {
+        let mut longer = known
+            .iter()
+            .filter(|candidate| word.len() >= 3 && candidate.starts_with(word.as_str()));
+        match (longer.next(), longer.next()) {
+            (Some(only), None) => Some(*only),
+            _ => None,
+        }
+    })
 }
 
 /// Levenshtein distance, in characters.
@@ -471,6 +496,17 @@ fn edit_distance(a: &str, b: &str) -> usize {
         previous = current;
     }
     previous[b.len()]
+}
+
+/// The dotted key, within `table`, of the value written at `span`.
+fn key_at(table: &DeTable<'_>, span: &std::ops::Range<usize>) -> Option<String> {
+    table.iter().find_map(|(key, value)| {
+        if value.span() == *span {
+            return Some(key.get_ref().to_string());
+        }
+        let nested = value.get_ref().as_table()?;
+        key_at(nested, span).map(|inner| format!("{}.{inner}", key.get_ref()))
+    })
 }
 
 fn entry<'a, 'i>(table: &'a DeTable<'i>, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
@@ -1818,6 +1854,22 @@ forum = true
             vec![3, 4, 6, 6, 10, 14, 19],
             "in file order: {text}"
         );
+    }
+
+    #[test]
+    fn a_wrong_type_names_its_key_and_other_sections_are_still_checked() {
+        let err = parse(
+            "[destinations.a]\nkind = \"webhook\"\nurl = \"http://x/\"\ntimeout_ms = \"10s\"\nretry = { attempts = 3 }\n\n[destinations.b]\nkind = \"webhook\"\nurl = \"x\"\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for expected in [
+            "herald.toml:4: destinations.a.timeout_ms: invalid type: string \"10s\", expected a whole number",
+            "herald.toml:5: destinations.a.retry.attempts: unknown key; did you mean attempts_max?",
+            "herald.toml:9: destinations.b.url: \"x\" has no scheme; write http://x",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in:\n{text}");
+        }
     }
 
     #[test]
