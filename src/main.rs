@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use herald::api::wire::SendRequest;
-use herald::client::{render_broadcast, render_table, Client};
-use herald::config::{Config, DEFAULT_LISTEN};
+use herald::client::{render_broadcast, render_table, Client, ClientError};
+use herald::config::{Config, WebhookSecret, DEFAULT_LISTEN, INIT_TEMPLATE};
 use herald::logging::LogFormat;
 use herald::mock::FaultsFile;
 
@@ -23,7 +23,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// herald: durable fan-out of incident messages to many destinations.
 #[derive(Parser)]
-#[command(name = "herald", version)]
+#[command(
+    name = "herald",
+    version,
+    disable_help_subcommand = true,
+    after_help = "Start here: `herald demo`. For a first real setup: `herald init`, then `herald mock` in one shell and `herald serve` in another."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,16 +46,20 @@ fn parse_log_format(text: &str) -> Result<LogFormat, String> {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP API and the delivery workers.
+    #[command(
+        after_help = "Example:\n  herald serve --config herald.toml --listen localhost:8080"
+    )]
     Serve {
         /// The config file (TOML): server settings and destinations.
-        #[arg(long, default_value = "herald.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// SQLite database file, or postgres://user@host/db to share one
         /// PostgreSQL with other nodes (overrides server.database).
         #[arg(long)]
         database: Option<PathBuf>,
-        /// Address to listen on (overrides server.listen).
-        #[arg(long)]
+        /// Address to listen on, IP:PORT or HOST:PORT (overrides
+        /// server.listen).
+        #[arg(long, value_parser = parse_listen)]
         listen: Option<SocketAddr>,
         /// This node's name in a PostgreSQL cluster (overrides
         /// server.node_id; default: random per start).
@@ -62,6 +71,9 @@ enum Command {
         lease_ms: Option<u64>,
     },
     /// Apply the schema migrations to a PostgreSQL database, then exit.
+    #[command(
+        after_help = "Example:\n  herald migrate --database postgres://herald@db.internal:5432/herald"
+    )]
     Migrate {
         /// postgres://user@host:port/db
         #[arg(long)]
@@ -69,8 +81,12 @@ enum Command {
     },
     /// Run the mock destinations: Slack, Teams, Jira, PagerDuty and Discord
     /// emulations and a generic webhook receiver, with scriptable faults.
+    #[command(
+        after_help = "Example:\n  herald mock --listen 127.0.0.1:9090 --faults mock-faults.example.toml"
+    )]
     Mock {
-        #[arg(long, default_value = "127.0.0.1:9090")]
+        /// Address to listen on, IP:PORT or HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:9090", value_parser = parse_listen)]
         listen: SocketAddr,
         /// A TOML file of [paths."/PATH"] fault tables (a path ending in /*
         /// is a prefix); see mock-faults.example.toml.
@@ -78,12 +94,17 @@ enum Command {
         faults: Option<PathBuf>,
     },
     /// Send a message to destinations.
+    #[command(
+        after_help = "Example:\n  herald send --to ops-webhook --to slack --severity P1 --thread INC-42 \\\n      --title \"INC-42: checkout database down\" --body \"Orders are failing\" --wait"
+    )]
     Send {
         /// A destination name; repeat for several.
         #[arg(long = "to", required = true)]
         to: Vec<String>,
+        /// The message's title, one line.
         #[arg(long)]
         title: String,
+        /// The message's text.
         #[arg(long)]
         body: Option<String>,
         /// P1..P5 (or critical, high, warning, low, info). Default P3.
@@ -99,6 +120,7 @@ enum Command {
         /// 1 if any destination ended failed or dead.
         #[arg(long)]
         wait: bool,
+        /// Print the broadcast as JSON, for scripts.
         #[arg(long)]
         json: bool,
         /// With --wait: stop waiting after this long (30s, 5m, 1h); the
@@ -116,8 +138,11 @@ enum Command {
         client: ClientArgs,
     },
     /// Show a broadcast: each destination's state and attempts.
+    #[command(after_help = "Example:\n  herald status 01JD7Z3Q4S5T6V7W8X9Y0Z1A2B --json")]
     Status {
+        /// The broadcast's id, as `send` and `list` print it.
         id: String,
+        /// Print the broadcast as JSON, for scripts.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -125,11 +150,14 @@ enum Command {
     },
     /// Retry a broadcast's failed, dead and cancelled deliveries (same
     /// idempotency key); exit 1 when none matched.
+    #[command(after_help = "Example:\n  herald retry 01JD7Z3Q --to jira --wait --timeout 5m")]
     Retry {
+        /// The broadcast's id.
         id: String,
         /// Only this destination; repeat for several.
         #[arg(long = "to")]
         to: Vec<String>,
+        /// Print the broadcast as JSON, for scripts.
         #[arg(long)]
         json: bool,
         /// Show each destination's state until the broadcast is final; exit
@@ -145,17 +173,21 @@ enum Command {
         client: ClientArgs,
     },
     /// Cancel a broadcast's unfinished deliveries; exit 1 when none matched.
+    #[command(after_help = "Example:\n  herald cancel 01JD7Z3Q --to teams")]
     Cancel {
+        /// The broadcast's id.
         id: String,
         /// Only this destination; repeat for several.
         #[arg(long = "to")]
         to: Vec<String>,
+        /// Print the broadcast as JSON, for scripts.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// List broadcasts, newest first.
+    #[command(after_help = "Example:\n  herald list --status partial --since 2h")]
     List {
         /// A broadcast's status (delivering, converged, partial), or a
         /// delivery state (failed, dead, cancelled, retrying, verifying,
@@ -163,8 +195,10 @@ enum Command {
         /// one delivery in it.
         #[arg(long)]
         status: Option<String>,
+        /// Only broadcasts to this destination.
         #[arg(long)]
         destination: Option<String>,
+        /// Only broadcasts of this thread (incident key).
         #[arg(long)]
         thread: Option<String>,
         /// Milliseconds since the epoch, or a span back: 15m, 2h, 7d.
@@ -173,15 +207,19 @@ enum Command {
         /// The next_cursor of a previous page.
         #[arg(long)]
         cursor: Option<String>,
+        /// Broadcasts per page (at most 200).
         #[arg(long)]
         limit: Option<usize>,
+        /// Print the page as JSON, for scripts.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Each destination's health: pause, failures, backlog, last error.
+    #[command(after_help = "Example:\n  herald destinations --json")]
     Destinations {
+        /// Print the list as JSON, for scripts.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -189,7 +227,11 @@ enum Command {
     },
     /// Make a new API token: prints the token (give it to the client) and
     /// the config lines (only its SHA-256 goes in the config).
+    #[command(
+        after_help = "Example:\n  herald token --name oncall --scope send --scope read --scope operate"
+    )]
     Token {
+        /// The token's name in the config and the logs.
         #[arg(long)]
         name: String,
         /// send, read, operate; repeat for several.
@@ -197,17 +239,24 @@ enum Command {
         scopes: Vec<String>,
     },
     /// Print the OpenAPI document of the HTTP API.
+    #[command(after_help = "Example:\n  herald openapi > openapi.json")]
     Openapi,
     /// Mock plus server plus a scripted P1 with faults, printed live.
+    #[command(after_help = "Example:\n  herald demo")]
     Demo,
     /// Measure throughput and latency: mock and server in their own
     /// processes, load through the real API, against a no-store baseline.
+    #[command(
+        after_help = "Example:\n  herald bench --broadcasts 2000 --scenario burst --scenario steady --json"
+    )]
     Bench {
         /// Scenarios to run, in order (burst runs first when others need it).
         #[arg(long = "scenario", value_enum, default_values_t = [herald::bench::Scenario::Burst])]
         scenarios: Vec<herald::bench::Scenario>,
+        /// Broadcasts to send in the burst.
         #[arg(long, default_value_t = 25_000)]
         broadcasts: usize,
+        /// Mock destinations each broadcast goes to.
         #[arg(long, default_value_t = 4)]
         destinations: usize,
         /// Attempts in flight per destination.
@@ -216,11 +265,14 @@ enum Command {
         /// Concurrent API clients.
         #[arg(long, default_value_t = 64)]
         submitters: usize,
+        /// How long the steady scenario sends, in seconds.
         #[arg(long, default_value_t = 10)]
         steady_secs: u64,
         /// Broadcasts per second in steady (default: half the burst's peak).
         #[arg(long)]
         steady_rate: Option<f64>,
+        /// Deliveries left pending on slow destinations in the backlog
+        /// scenario.
         #[arg(long, default_value_t = 1_000_000)]
         backlog_deliveries: usize,
         /// Keep databases and logs here instead of a temporary folder.
@@ -231,25 +283,113 @@ enum Command {
         /// a SQLite file.
         #[arg(long)]
         database: Option<String>,
+        /// Print the report as JSON, for comparing runs.
         #[arg(long)]
         json: bool,
+    },
+    /// Check a config file fully (environment variables included) and
+    /// print every problem; exit 0 with a one-line summary when valid, 1
+    /// when not. For CI pipelines.
+    #[command(after_help = "Example:\n  herald check-config herald.toml")]
+    CheckConfig {
+        /// The config file to check.
+        #[arg(default_value = DEFAULT_CONFIG)]
+        file: PathBuf,
+    },
+    /// Write a commented first config whose destinations (one of each
+    /// kind) point at `herald mock`, so `herald serve` starts with no secret
+    /// to set.
+    #[command(after_help = "Example:\n  herald init && herald check-config")]
+    Init {
+        /// Where to write it.
+        #[arg(default_value = DEFAULT_CONFIG)]
+        path: PathBuf,
+        /// Overwrite the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a new random webhook signing secret (Standard Webhooks,
+    /// whsec_ and base64), for a webhook destination's secret_env.
+    #[command(after_help = "Example:\n  export STATUS_HOOK_SECRET=\"$(herald secret)\"")]
+    Secret,
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  herald completions bash > ~/.local/share/bash-completion/completions/herald"
+    )]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    #[command(after_help = "Example:\n  herald man > herald.1 && man ./herald.1")]
+    Man,
+    /// Print the help of herald or of one of its commands.
+    #[command(after_help = "Example:\n  herald help send")]
+    Help {
+        /// The command (and subcommand) to explain.
+        command: Vec<String>,
     },
 }
 
 /// Where the API is and how to authenticate, for every client command.
+/// The environment variables are read here rather than by clap, so that a
+/// usage line never shows `--server` or `--token` as given when only the
+/// environment set them.
 #[derive(clap::Args)]
 struct ClientArgs {
-    #[arg(long, env = "HERALD_SERVER", default_value_t = default_server())]
-    server: String,
-    /// Bearer token, for servers that require one.
-    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    /// The API's URL [env: HERALD_SERVER] [default: http:// and the
+    /// server.listen of --config, else http://127.0.0.1:8080]
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// The config file `herald serve` uses: its server.listen is the API's
+    /// address [default: herald.toml, when present]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Bearer token, for servers that require one (`herald token` makes
+    /// one) [env: HERALD_TOKEN]
+    #[arg(long)]
     token: Option<String>,
 }
 
 impl ClientArgs {
     fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::with_token(&self.server, self.token.clone())?)
+        let token = self.token.clone().or_else(|| non_empty_env("HERALD_TOKEN"));
+        Ok(Client::with_token(&self.server_url()?, token)?)
     }
+
+    /// --server, else HERALD_SERVER, else the config's server.listen, else
+    /// the default address.
+    fn server_url(&self) -> anyhow::Result<String> {
+        if let Some(server) = self
+            .server
+            .clone()
+            .or_else(|| non_empty_env("HERALD_SERVER"))
+        {
+            return Ok(server);
+        }
+        let config = match &self.config {
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|path| path.exists()),
+        };
+        Ok(match config {
+            Some(path) => format!("http://{}", herald::config::client_address(&path)?),
+            None => default_server(),
+        })
+    }
+}
+
+/// The config file `serve`, `check-config`, `init` and the clients use
+/// when none is named.
+const DEFAULT_CONFIG: &str = "herald.toml";
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+}
+
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    herald::config::parse_listen_address(text)
 }
 
 fn default_server() -> String {
@@ -286,12 +426,33 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            let _ = writeln!(std::io::stderr(), "error: {error:#}");
+            let mut stderr = std::io::stderr();
+            let _ = writeln!(stderr, "error: {}", describe(&error));
+            if let Some(ClientError::Api { status: 401, .. }) = error.downcast_ref() {
+                let _ = writeln!(stderr, "hint: this herald requires a token: set HERALD_TOKEN or pass --token (`herald token` makes one)");
+            }
             ExitCode::from(2)
         }
     };
     herald::logging::flush();
     code
+}
+
+/// The error and its causes on one line, each said once: a cause whose
+/// text its outer error already includes is not repeated.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -586,6 +747,66 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             herald::bench::run(options, json, &mut stdout).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::CheckConfig { file } => match Config::load(&file, |k| std::env::var(k).ok()) {
+            Ok(config) => {
+                println!("{}: valid: {}", file.display(), config.summary());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                Ok(ExitCode::from(1))
+            }
+        },
+        Command::Init { path, force } => {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(!force)
+                .create(force)
+                .truncate(force)
+                .open(&path)
+                .map_err(|error| match error.kind() {
+                    std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                        "{} exists; keep it, name another file, or pass --force to overwrite it",
+                        path.display()
+                    ),
+                    _ => anyhow::anyhow!("cannot write {}: {error}", path.display()),
+                })?;
+            file.write_all(INIT_TEMPLATE.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!(
+                "wrote {}: one destination of each kind, all at `herald mock` (127.0.0.1:9090).",
+                path.display()
+            );
+            println!("next: `herald mock` in one shell, `herald serve` in another, then");
+            println!(
+                "  herald send --to ops-webhook --to slack --title \"hello from herald\" --wait"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Secret => {
+            println!("{}", WebhookSecret::generate());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "herald", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Help { command } => {
+            let mut root = Cli::command();
+            root.build();
+            let mut current = &mut root;
+            for name in &command {
+                current = current.find_subcommand_mut(name).ok_or_else(|| {
+                    anyhow::anyhow!("no command {name:?}; `herald help` lists them")
+                })?;
+            }
+            current.print_long_help()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo => {
             init_logging("error");
             let mut stdout = std::io::stdout();
@@ -714,4 +935,37 @@ async fn wait_for_stop_signal() -> anyhow::Result<()> {
         _ = terminate.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command says what it does and shows an example; every
+    /// argument and flag has a help text.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            if command.get_about().is_none() {
+                missing.push(format!("{path}: about"));
+            }
+            if command.get_after_help().is_none() {
+                missing.push(format!("{path}: example (after_help)"));
+            }
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let command = Cli::command();
+        command.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&command, "herald", &mut missing);
+        assert!(missing.is_empty(), "no help for: {missing:?}");
+    }
 }

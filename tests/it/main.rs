@@ -6,6 +6,7 @@ mod cli;
 mod cli_safety;
 mod connectors;
 mod crash;
+mod first_hour;
 mod isolation;
 mod logging;
 mod multinode;
