@@ -351,17 +351,24 @@ impl Visit for FieldVisitor {
 fn format_record(record: &Record, format: LogFormat, colour: bool) -> Vec<u8> {
     match format {
         LogFormat::Json => {
-            let mut object = serde_json::Map::with_capacity(4 + record.fields.len());
-            object.insert("timestamp".into(), format_rfc3339_ms(record.at_ms).into());
-            object.insert("level".into(), record.level.as_str().into());
-            object.insert("target".into(), record.target.as_str().into());
-            object.insert("message".into(), record.message.as_str().into());
+            // Written by hand to keep the order: timestamp, level, target,
+            // message, then the event's fields as they were given.
+            let mut line = String::with_capacity(128);
+            let mut put = |name: &str, value: &serde_json::Value| {
+                line.push(if line.is_empty() { '{' } else { ',' });
+                line.push_str(&serde_json::Value::from(name).to_string());
+                line.push(':');
+                line.push_str(&value.to_string());
+            };
+            put("timestamp", &format_rfc3339_ms(record.at_ms).into());
+            put("level", &record.level.as_str().into());
+            put("target", &record.target.as_str().into());
+            put("message", &record.message.as_str().into());
             for (name, value) in &record.fields {
-                object.insert((*name).to_owned(), value.clone());
+                put(name, value);
             }
-            let mut line = serde_json::to_vec(&object).unwrap_or_default();
-            line.push(b'\n');
-            line
+            line.push_str("}\n");
+            line.into_bytes()
         }
         LogFormat::Text => {
             let mut line = format_rfc3339_ms(record.at_ms);
@@ -453,6 +460,9 @@ mod tests {
     fn json_lines_carry_every_field() {
         let line = format_record(&record("cannot"), LogFormat::Json, true);
         assert_eq!(line.last(), Some(&b'\n'));
+        assert!(
+            line.starts_with(b"{\"timestamp\":\"2025-12-02T04:00:00.123Z\",\"level\":\"ERROR\"")
+        );
         let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(value["level"], "ERROR");
         assert_eq!(value["message"], "cannot");

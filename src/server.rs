@@ -15,8 +15,10 @@ use crate::store::{AnyStore, PostgresOptions, PostgresStore, SqliteStore, Store,
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot open the database {path}: {source}")]
-    Store { path: String, source: StoreError },
+    /// The reason is in the message, not the error's source chain, so
+    /// `{:#}` does not print it twice.
+    #[error("cannot open the database {path}: {reason}")]
+    Store { path: String, reason: StoreError },
     #[error("cannot build the HTTP client for a destination: {0}")]
     Client(#[from] reqwest::Error),
     #[error("cannot read the listening address: {0}")]
@@ -44,9 +46,9 @@ pub fn describe_database(database: &std::path::Path) -> String {
 /// Opens the store the config names: a SQLite file, or a PostgreSQL
 /// database shared with other nodes.
 pub async fn open_store(config: &Config) -> Result<AnyStore, ServeError> {
-    let store_error = |source| ServeError::Store {
+    let store_error = |reason| ServeError::Store {
         path: describe_database(&config.database),
-        source,
+        reason,
     };
     if !is_postgres_url(&config.database) {
         return Ok(AnyStore::Sqlite(
@@ -114,9 +116,9 @@ impl RunningServer {
 pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServer, ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
     let path = describe_database(&config.database);
-    let store_error = |source| ServeError::Store {
+    let store_error = |reason| ServeError::Store {
         path: path.clone(),
-        source,
+        reason,
     };
     let store = Arc::new(open_store(&config).await?);
     let recovery = store.recover(now_ms()).await.map_err(store_error)?;

@@ -19,8 +19,10 @@ pub(crate) use sqlite::{DELIVERY_TIMES_SQL, UNFINISHED_COUNT_SQL};
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Not a `#[source]`: the message already holds the server's words,
+    /// which the chain would print again.
     #[error("PostgreSQL error: {}", postgres::describe_error(.0))]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(tokio_postgres::Error),
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
     #[error("the database holds a value herald cannot read: {0}")]
@@ -37,6 +39,12 @@ pub enum StoreError {
     IngestKeyTaken(String),
     #[error("broadcast id {0} already exists")]
     DuplicateBroadcast(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> StoreError {
+        StoreError::Postgres(error)
+    }
 }
 
 /// A broadcast to be written once, with one delivery per destination.
