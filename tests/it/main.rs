@@ -9,6 +9,8 @@ mod isolation;
 mod multinode;
 mod operator;
 mod partial_failure;
+mod pause;
+mod reload;
 mod specs;
 mod store;
 mod support;
