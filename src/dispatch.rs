@@ -1333,7 +1333,7 @@ mod tests {
         let dispatcher = Arc::new(
             Dispatcher::new(store.clone(), &[destination], EventBus::default(), None).unwrap(),
         );
-        let lane = dispatcher.lanes.get("d").unwrap().clone();
+        let lane = dispatcher.lane("d").unwrap();
         let (stop, stopped) = watch::channel(false);
         let running = tokio::spawn(dispatcher.clone().run(stopped));
         dispatcher.wake("d");
