@@ -420,7 +420,15 @@ impl<S: Store> Dispatcher<S> {
     }
 
     /// An operator paused `destination` until `until_ms` (0: resumed).
+    /// On PostgreSQL the shared `destination_state` is what gates claims on
+    /// every node, and another node may end the pause: this node's own
+    /// memory of it lasts at most half a lease (as long as an attempt may
+    /// wait out a pause), then the store decides alone.
     pub fn hold(&self, destination: &str, until_ms: i64) {
+        let until_ms = match self.lease_hold_max_ms {
+            Some(hold_ms) if until_ms > 0 => until_ms.min(now_ms().saturating_add(hold_ms as i64)),
+            _ => until_ms,
+        };
         let hold = self
             .holds
             .lock()

@@ -69,7 +69,7 @@ impl<S> AppState<S> {
         AppState {
             store,
             dispatcher,
-            reloads: reload::Reloads::new(&config),
+            reloads: reload::Reloads::new(),
             config: LiveConfig::new(config),
             accepted: AtomicU64::new(0),
             keys_in_flight: Mutex::new(HashSet::new()),

@@ -36,9 +36,15 @@ pub struct Reloads {
     last_success_at_ms: AtomicI64,
 }
 
+impl Default for Reloads {
+    fn default() -> Reloads {
+        Reloads::new()
+    }
+}
+
 impl Reloads {
     /// The configuration loaded at start counts as the first success.
-    pub fn new(_config: &Config) -> Reloads {
+    pub fn new() -> Reloads {
         Reloads {
             source: OnceLock::new(),
             one_at_a_time: tokio::sync::Mutex::new(()),

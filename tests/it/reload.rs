@@ -367,3 +367,48 @@ async fn a_removed_destinations_deliveries_are_held_until_it_comes_back() {
     assert_eq!(mock.stats().path("/hooks/b-up").receipts, 1);
     assert_eq!(mock.stats().path("/hooks/b-down").requests, tried);
 }
+
+#[tokio::test]
+async fn a_changed_destination_finishes_attempts_in_flight_under_their_old_settings() {
+    // The old address answers after 3 s: inside the old 10 s timeout, past
+    // the new 1 s one.
+    let mock = start_mock(&[(
+        "/hooks/a-old",
+        Faults {
+            latency_ms: 3_000,
+            ..Faults::default()
+        },
+    )])
+    .await;
+    let old = format!(
+        "[destinations.a]\nkind = \"webhook\"\nurl = \"{}\"\ntimeout_ms = 10000\n",
+        mock.url("/hooks/a-old")
+    );
+    let mut served = serve(&old).await;
+    let client = served.client(None);
+    let first = client.send(&request("in flight", &["a"])).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mock.stats().path("/hooks/a-old").requests == 0 {
+        assert!(Instant::now() < deadline, "the first attempt never left");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // While that request is open: a new address and a shorter timeout.
+    std::fs::write(&served.config, destination_toml(&mock, "a", "a-new")).unwrap();
+    let answer = client.reload_config().await.unwrap();
+    assert_eq!(answer.changed, ["a"]);
+    still_running(&mut served);
+
+    // The attempt in flight finished under its own settings: confirmed on
+    // its first attempt, at the old address, not timed out and re-sent.
+    let done = wait_final(&client, &first.id, Duration::from_secs(20)).await;
+    assert_eq!(done.status, "converged", "{done:#?}");
+    assert_eq!(done.deliveries[0].attempts_made, 1, "{done:#?}");
+    assert_eq!(mock.stats().path("/hooks/a-new").requests, 0);
+    // New work uses the new settings.
+    let second = client.send(&request("after", &["a"])).await.unwrap();
+    let done = wait_final(&client, &second.id, Duration::from_secs(20)).await;
+    assert_eq!(done.status, "converged", "{done:#?}");
+    assert_eq!(mock.stats().path("/hooks/a-new").receipts, 1);
+    assert_eq!(mock.stats().path("/hooks/a-old").requests, 1);
+}
