@@ -254,10 +254,13 @@ async fn the_reload_call_and_verb_answer_the_error_naming_the_problem() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("herald.toml:10"), "{stderr}");
 
-    // Fixed: the reload says what changed.
+    // Fixed: the reload says what changed, and what takes a restart.
     std::fs::write(
         &served.config,
-        format!("{good}{}", destination_toml(&mock, "b", "b")),
+        format!(
+            "[server]\nrequest_timeout_ms = 1234\n\n{good}{}",
+            destination_toml(&mock, "b", "b")
+        ),
     )
     .unwrap();
     let output = std::process::Command::new(HERALD)
@@ -268,6 +271,8 @@ async fn the_reload_call_and_verb_answer_the_error_naming_the_problem() {
     let answer: herald::api::wire::ReloadAnswer = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(answer.added, ["b"]);
     assert!(answer.removed.is_empty() && answer.changed.is_empty());
+    assert_eq!(answer.not_applied.len(), 1, "{answer:?}");
+    assert!(answer.not_applied[0].contains("server.request_timeout_ms"));
     assert_eq!(
         metric(served.addr, "herald_config_last_reload_success").await,
         Some(1.0)
@@ -411,4 +416,63 @@ async fn a_changed_destination_finishes_attempts_in_flight_under_their_old_setti
     assert_eq!(done.status, "converged", "{done:#?}");
     assert_eq!(mock.stats().path("/hooks/a-new").receipts, 1);
     assert_eq!(mock.stats().path("/hooks/a-old").requests, 1);
+}
+
+/// An Alertmanager v4 notification for the receiver `oncall`.
+fn alertmanager_notification(fingerprint: &str) -> String {
+    format!(
+        r#"{{"version": "4", "groupKey": "{{}}:{{alertname=\"Down\"}}", "truncatedAlerts": 0,
+  "status": "firing", "receiver": "oncall", "groupLabels": {{"alertname": "Down"}},
+  "commonLabels": {{"alertname": "Down", "severity": "critical"}}, "commonAnnotations": {{}},
+  "externalURL": "http://alertmanager.internal:9093",
+  "alerts": [{{"status": "firing", "labels": {{"alertname": "Down", "severity": "critical"}},
+    "annotations": {{}}, "startsAt": "2026-11-27T23:10:00.000Z", "endsAt": "0001-01-01T00:00:00Z",
+    "generatorURL": "http://prometheus.internal:9090/graph", "fingerprint": "{fingerprint}"}}]}}"#
+    )
+}
+
+async fn ingest(addr: SocketAddr, body: String) -> Vec<String> {
+    let http = herald::connector::http_client_builder().build().unwrap();
+    let response = http
+        .post(format!("http://{addr}/v1/ingest/alertmanager"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let broadcast: herald::api::wire::Broadcast = response.json().await.unwrap();
+    broadcast
+        .deliveries
+        .into_iter()
+        .map(|d| d.destination)
+        .collect()
+}
+
+#[tokio::test]
+async fn alertmanager_routes_change_with_a_reload() {
+    let mock = start_mock(&[]).await;
+    let destinations = format!(
+        "{}{}",
+        destination_toml(&mock, "a", "a"),
+        destination_toml(&mock, "b", "b")
+    );
+    let served = serve(&format!(
+        "{destinations}[alertmanager]\ndestinations = [\"a\"]\n"
+    ))
+    .await;
+    assert_eq!(
+        ingest(served.addr, alertmanager_notification("f1")).await,
+        ["a"]
+    );
+    std::fs::write(
+        &served.config,
+        format!("{destinations}[alertmanager]\ndestinations = [\"b\"]\n"),
+    )
+    .unwrap();
+    served.client(None).reload_config().await.unwrap();
+    assert_eq!(
+        ingest(served.addr, alertmanager_notification("f2")).await,
+        ["b"]
+    );
 }
