@@ -476,3 +476,41 @@ async fn alertmanager_routes_change_with_a_reload() {
         ["b"]
     );
 }
+
+#[tokio::test]
+async fn an_operator_can_cancel_a_removed_destinations_held_deliveries() {
+    let mock = start_mock(&[(
+        "/hooks/b-down",
+        Faults {
+            fail_first: 1_000_000,
+            fail_status: 503,
+            ..Faults::default()
+        },
+    )])
+    .await;
+    let a = destination_toml(&mock, "a", "a");
+    let served = serve(&format!("{a}{}", destination_toml(&mock, "b", "b-down"))).await;
+    let client = served.client(None);
+    let accepted = client.send(&request("held", &["a", "b"])).await.unwrap();
+    std::fs::write(&served.config, &a).unwrap();
+    assert_eq!(client.reload_config().await.unwrap().removed, ["b"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !served
+        .log_text()
+        .contains("the destination's previous lane has finished its attempts")
+    {
+        assert!(Instant::now() < deadline, "the old lane never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = client.cancel(&accepted.id, vec!["b".into()]).await.unwrap();
+    let b = after
+        .deliveries
+        .iter()
+        .find(|d| d.destination == "b")
+        .unwrap();
+    assert_eq!(b.state, "cancelled", "{after:#?}");
+    wait_destinations(&client, "b no longer listed", |list| {
+        list.iter().all(|d| d.name != "b")
+    })
+    .await;
+}
