@@ -441,11 +441,6 @@ impl<S: Store> Dispatcher<S> {
         self.wake(destination);
     }
 
-    /// Whether `destination` has a lane (is configured).
-    pub fn has_lane(&self, destination: &str) -> bool {
-        self.lane(destination).is_some()
-    }
-
     /// New work for `destination` was committed, maybe a P1: look now, not
     /// at the next poll.
     pub fn wake(&self, destination: &str) {
@@ -511,7 +506,8 @@ impl<S: Store> Dispatcher<S> {
             let guard = lane.guard.lock().expect("lane poisoned");
             (guard.failures_in_row, guard.circuit)
         };
-        let health = Some(LaneHealth {
+        let last_error = lane.last_error.lock().expect("lane poisoned").clone();
+        Some(LaneHealth {
             kind: lane.destination.target.kind(),
             concurrency: lane.destination.concurrency,
             paused_until_ms: (paused > now_ms()).then_some(paused),
@@ -520,9 +516,8 @@ impl<S: Store> Dispatcher<S> {
             consecutive_failures: failures_in_row,
             circuit,
             rate_per_sec: lane.destination.isolation.rate_per_sec,
-            last_error: lane.last_error.lock().expect("lane poisoned").clone(),
-        });
-        health
+            last_error,
+        })
     }
 
     /// Each destination's counters, by name, for `/metrics`.
