@@ -253,6 +253,34 @@ impl Client {
         Ok(url)
     }
 
+    /// Pauses a destination: `for_` a span (`2h`), or until resumed.
+    pub async fn pause_destination(
+        &self,
+        name: &str,
+        for_: Option<String>,
+        reason: String,
+    ) -> Result<DestinationHealth, ClientError> {
+        self.post_json(
+            &format!("v1/destinations/{name}/pause"),
+            &crate::api::wire::PauseRequest { for_, reason },
+        )
+        .await
+    }
+
+    pub async fn resume_destination(&self, name: &str) -> Result<DestinationHealth, ClientError> {
+        self.post_json(
+            &format!("v1/destinations/{name}/resume"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Asks the server to read its config file again.
+    pub async fn reload_config(&self) -> Result<crate::api::wire::ReloadAnswer, ClientError> {
+        self.post_json("v1/config/reload", &serde_json::json!({}))
+            .await
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = self.url(path)?;
         let response = self.authorized(self.http.get(url)).send().await;

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -49,8 +49,22 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// An operator's pause of a destination (`until_ms`, 0 when none), in
+/// memory; the store holds it durably. Shared by the lanes a reload builds
+/// for the same name, so a changed destination stays paused.
+#[derive(Default)]
+struct Hold {
+    until_ms: AtomicI64,
+    /// Woken at resume: attempts leased before the pause wait on it.
+    changed: Notify,
+}
+
 struct Lane {
     destination: Destination,
+    /// Set when a reload removed or replaced this lane (or at shutdown): it
+    /// claims nothing more, and goes once its attempts have finished.
+    stop: watch::Sender<bool>,
+    hold: Arc<Hold>,
     connector: Connector,
     wake: Notify,
     /// New work that may hold a P1: with every slot busy, it is worth a
@@ -80,7 +94,7 @@ struct Lane {
     handoff: mpsc::UnboundedSender<(ClaimedDelivery, OwnedSemaphorePermit)>,
     handed_off:
         std::sync::Mutex<Option<mpsc::UnboundedReceiver<(ClaimedDelivery, OwnedSemaphorePermit)>>>,
-    metrics: DestinationMetrics,
+    metrics: Arc<DestinationMetrics>,
     /// Circuit breaker and token bucket; held only for arithmetic.
     guard: std::sync::Mutex<Guard>,
     /// The last error an attempt met, and when (ms), for operators.
@@ -141,6 +155,13 @@ impl Lane {
 
     fn pause_until(&self, until_ms: i64) {
         self.paused_until_ms.fetch_max(until_ms, Ordering::SeqCst);
+    }
+
+    /// Until when nothing may be sent: a 429's pause or an operator's.
+    fn paused_until(&self) -> i64 {
+        self.paused_until_ms
+            .load(Ordering::SeqCst)
+            .max(self.hold.until_ms.load(Ordering::SeqCst))
     }
 
     /// How many attempts may start now, at most `wanted`; takes their
@@ -226,8 +247,31 @@ impl Lane {
 
 pub struct Dispatcher<S> {
     store: Arc<S>,
-    lanes: HashMap<String, Arc<Lane>>,
+    /// Swapped by a reload; read briefly, never held across an await.
+    lanes: RwLock<HashMap<String, Arc<Lane>>>,
+    /// Operators' pauses by destination name, kept across reloads.
+    holds: std::sync::Mutex<HashMap<String, Arc<Hold>>>,
     events: EventBus,
+    lease_hold_max_ms: Option<u64>,
+    /// Lanes a reload added, for `run` to start.
+    started: mpsc::UnboundedSender<Arc<Lane>>,
+    to_start: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Arc<Lane>>>>,
+}
+
+/// A lane slot reserved for a delivery leased at insert; it is handed off
+/// to the very lane that reserved it, even if a reload replaced that lane
+/// meanwhile (the replaced lane waits for it before it goes).
+pub struct SlotReservation {
+    lane: Arc<Lane>,
+    slot: OwnedSemaphorePermit,
+}
+
+/// What a reload changed in the lanes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LaneChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
 }
 
 /// A destination's live condition, as the dispatcher sees it.
@@ -254,47 +298,161 @@ impl<S: Store> Dispatcher<S> {
         events: EventBus,
         lease_hold_max_ms: Option<u64>,
     ) -> Result<Dispatcher<S>, reqwest::Error> {
+        let (started, to_start) = mpsc::unbounded_channel();
+        let dispatcher = Dispatcher {
+            store,
+            lanes: RwLock::new(HashMap::new()),
+            holds: std::sync::Mutex::new(HashMap::new()),
+            events,
+            lease_hold_max_ms,
+            started,
+            to_start: std::sync::Mutex::new(Some(to_start)),
+        };
         let mut lanes = HashMap::new();
         for destination in destinations {
-            let (handoff, handed_off) = mpsc::unbounded_channel();
-            let lane = Lane {
-                handoff,
-                handed_off: std::sync::Mutex::new(Some(handed_off)),
-                metrics: DestinationMetrics::default(),
-                guard: std::sync::Mutex::new(Guard {
-                    circuit: Circuit::Closed,
-                    failures_in_row: 0,
-                    tokens: f64::from(destination.isolation.rate_burst),
-                    refilled_at_ms: now_ms(),
-                }),
-                last_error: std::sync::Mutex::new(None),
-                events: events.clone(),
-                connector: Connector::new(destination)?,
-                wake: Notify::new(),
-                urgent_wake: Notify::new(),
-                paused_until_ms: AtomicI64::new(0),
-                lease_hold_max_ms,
-                slots: Arc::new(Semaphore::new(
-                    destination.concurrency as usize * LEASED_PER_REQUEST_SLOT,
-                )),
-                urgent_slot: Arc::new(Semaphore::new(1)),
-                requests: Arc::new(Semaphore::new(destination.concurrency as usize)),
-                urgent_request: Arc::new(Semaphore::new(1)),
-                destination: destination.clone(),
-            };
+            let lane = dispatcher.new_lane(destination, Arc::default())?;
             lanes.insert(destination.name.clone(), Arc::new(lane));
         }
-        Ok(Dispatcher {
-            store,
-            lanes,
-            events,
+        *dispatcher.lanes.write().expect("lanes poisoned") = lanes;
+        Ok(dispatcher)
+    }
+
+    fn new_lane(
+        &self,
+        destination: &Destination,
+        metrics: Arc<DestinationMetrics>,
+    ) -> Result<Lane, reqwest::Error> {
+        let (handoff, handed_off) = mpsc::unbounded_channel();
+        let hold = self
+            .holds
+            .lock()
+            .expect("holds poisoned")
+            .entry(destination.name.clone())
+            .or_default()
+            .clone();
+        Ok(Lane {
+            handoff,
+            handed_off: std::sync::Mutex::new(Some(handed_off)),
+            metrics,
+            guard: std::sync::Mutex::new(Guard {
+                circuit: Circuit::Closed,
+                failures_in_row: 0,
+                tokens: f64::from(destination.isolation.rate_burst),
+                refilled_at_ms: now_ms(),
+            }),
+            last_error: std::sync::Mutex::new(None),
+            events: self.events.clone(),
+            connector: Connector::new(destination)?,
+            wake: Notify::new(),
+            urgent_wake: Notify::new(),
+            paused_until_ms: AtomicI64::new(0),
+            lease_hold_max_ms: self.lease_hold_max_ms,
+            slots: Arc::new(Semaphore::new(
+                destination.concurrency as usize * LEASED_PER_REQUEST_SLOT,
+            )),
+            urgent_slot: Arc::new(Semaphore::new(1)),
+            requests: Arc::new(Semaphore::new(destination.concurrency as usize)),
+            urgent_request: Arc::new(Semaphore::new(1)),
+            destination: destination.clone(),
+            stop: watch::channel(false).0,
+            hold,
         })
+    }
+
+    fn lane(&self, destination: &str) -> Option<Arc<Lane>> {
+        self.lanes
+            .read()
+            .expect("lanes poisoned")
+            .get(destination)
+            .cloned()
+    }
+
+    /// Applies a reloaded list of destinations: a new lane for each added
+    /// one; a removed one's lane stops claiming (its unfinished deliveries
+    /// wait in the store until the name comes back); a changed one gets a
+    /// new lane (connector, policy, limits) for new attempts while the old
+    /// lane's attempts finish under the settings they started with. Every
+    /// connector is built before anything changes, so an error changes
+    /// nothing.
+    pub fn reload(&self, destinations: &[Destination]) -> Result<LaneChanges, reqwest::Error> {
+        let current: HashMap<String, Arc<Lane>> =
+            self.lanes.read().expect("lanes poisoned").clone();
+        let mut built = Vec::new();
+        let mut changes = LaneChanges::default();
+        for destination in destinations {
+            match current.get(&destination.name) {
+                Some(lane) if same_destination(&lane.destination, destination) => {}
+                Some(lane) => {
+                    let new = self.new_lane(destination, lane.metrics.clone())?;
+                    // A 429's pause is about the destination, not its settings.
+                    new.pause_until(lane.paused_until_ms.load(Ordering::SeqCst));
+                    built.push(Arc::new(new));
+                    changes.changed.push(destination.name.clone());
+                }
+                None => {
+                    built.push(Arc::new(self.new_lane(destination, Arc::default())?));
+                    changes.added.push(destination.name.clone());
+                }
+            }
+        }
+        let mut retired = Vec::new();
+        {
+            let mut lanes = self.lanes.write().expect("lanes poisoned");
+            for name in current.keys() {
+                if !destinations.iter().any(|d| d.name == *name) {
+                    retired.extend(lanes.remove(name));
+                    changes.removed.push(name.clone());
+                }
+            }
+            for lane in &built {
+                retired.extend(lanes.insert(lane.destination.name.clone(), lane.clone()));
+            }
+        }
+        for lane in retired {
+            let _ = lane.stop.send(true);
+        }
+        for lane in built {
+            lane.wake(true);
+            // Fails only once `run` has stopped (shutdown): nothing to start.
+            let _ = self.started.send(lane);
+        }
+        changes.removed.sort();
+        Ok(changes)
+    }
+
+    /// An operator paused `destination` until `until_ms` (0: resumed).
+    /// On PostgreSQL the shared `destination_state` is what gates claims on
+    /// every node, and another node may end the pause: this node's own
+    /// memory of it lasts at most half a lease (as long as an attempt may
+    /// wait out a pause), then the store decides alone.
+    pub fn hold(&self, destination: &str, until_ms: i64) {
+        let until_ms = match self.lease_hold_max_ms {
+            Some(hold_ms) if until_ms > 0 => until_ms.min(now_ms().saturating_add(hold_ms as i64)),
+            _ => until_ms,
+        };
+        let hold = self
+            .holds
+            .lock()
+            .expect("holds poisoned")
+            .entry(destination.to_owned())
+            .or_default()
+            .clone();
+        hold.until_ms.store(until_ms, Ordering::SeqCst);
+        hold.changed.notify_waiters();
+        self.wake(destination);
     }
 
     /// New work for `destination` was committed, maybe a P1: look now, not
     /// at the next poll.
     pub fn wake(&self, destination: &str) {
-        if let Some(lane) = self.lanes.get(destination) {
+        if let Some(lane) = self.lane(destination) {
+            lane.wake(true);
+        }
+    }
+
+    /// Every lane looks now (notifications may have been missed).
+    pub fn wake_all(&self) {
+        for lane in self.lanes.read().expect("lanes poisoned").values() {
             lane.wake(true);
         }
     }
@@ -302,7 +460,7 @@ impl<S: Store> Dispatcher<S> {
     /// New work for `destination` was committed, and none of it is a P1:
     /// look now, but with every slot busy it waits for a slot like the rest.
     pub fn wake_routine(&self, destination: &str) {
-        if let Some(lane) = self.lanes.get(destination) {
+        if let Some(lane) = self.lane(destination) {
             lane.wake(false);
         }
     }
@@ -314,14 +472,10 @@ impl<S: Store> Dispatcher<S> {
     /// between its accept and its first attempt. None when the destination
     /// is paused or busy: the delivery then waits to be claimed like any
     /// other.
-    pub fn reserve_slot(
-        &self,
-        destination: &str,
-        severity: Severity,
-    ) -> Option<OwnedSemaphorePermit> {
-        let lane = self.lanes.get(destination)?;
+    pub fn reserve_slot(&self, destination: &str, severity: Severity) -> Option<SlotReservation> {
+        let lane = self.lane(destination)?;
         let now = now_ms();
-        if lane.paused_until_ms.load(Ordering::SeqCst) > now {
+        if lane.paused_until() > now {
             return None;
         }
         if lane.guard.lock().expect("lane poisoned").circuit != Circuit::Closed {
@@ -334,26 +488,19 @@ impl<S: Store> Dispatcher<S> {
             }
             Err(_) => return None,
         };
-        (lane.admit(now, 1) == Admit::Go(1)).then_some(slot)
+        (lane.admit(now, 1) == Admit::Go(1)).then_some(SlotReservation { lane, slot })
     }
 
     /// Starts the attempt of a delivery leased at insert, on the slot
     /// reserved for it.
-    pub fn hand_off(&self, delivery: ClaimedDelivery, slot: OwnedSemaphorePermit) {
-        match self.lanes.get(&delivery.destination) {
-            Some(lane) => {
-                // Fails only when the lane has stopped (shutdown): the
-                // delivery stays leased and the next start verifies it.
-                let _ = lane.handoff.send((delivery, slot));
-            }
-            None => {
-                tracing::error!(destination = %delivery.destination, "bug: hand-off to an unknown destination")
-            }
-        }
+    pub fn hand_off(&self, delivery: ClaimedDelivery, reservation: SlotReservation) {
+        // Fails only when the lane has stopped (shutdown): the delivery
+        // stays leased and the next start verifies it.
+        let _ = reservation.lane.handoff.send((delivery, reservation.slot));
     }
 
     pub fn health(&self, destination: &str) -> Option<LaneHealth> {
-        let lane = self.lanes.get(destination)?;
+        let lane = self.lane(destination)?;
         let paused = lane.paused_until_ms.load(Ordering::SeqCst);
         // One lock, released before anything else is read.
         let (failures_in_row, circuit) = {
@@ -376,19 +523,21 @@ impl<S: Store> Dispatcher<S> {
     }
 
     /// Each destination's counters, by name, for `/metrics`.
-    pub fn metrics(&self) -> Vec<(&str, &DestinationMetrics)> {
-        let mut list: Vec<(&str, &DestinationMetrics)> = self
+    pub fn metrics(&self) -> Vec<(String, Arc<DestinationMetrics>)> {
+        let mut list: Vec<(String, Arc<DestinationMetrics>)> = self
             .lanes
+            .read()
+            .expect("lanes poisoned")
             .iter()
-            .map(|(name, lane)| (name.as_str(), &lane.metrics))
+            .map(|(name, lane)| (name.clone(), lane.metrics.clone()))
             .collect();
-        list.sort_by_key(|(name, _)| *name);
+        list.sort_by(|(a, _), (b, _)| a.cmp(b));
         list
     }
 
     /// Counts a delivery made final outside an attempt (an operator cancel).
     pub fn record_final(&self, destination: &str, state: DeliveryState) {
-        if let Some(lane) = self.lanes.get(destination) {
+        if let Some(lane) = self.lane(destination) {
             lane.metrics.record_final(state);
         }
     }
@@ -399,20 +548,67 @@ impl<S: Store> Dispatcher<S> {
 
     /// Runs every lane until `shutdown` turns true, then lets in-flight
     /// attempts finish (each is bounded by its destination's timeout).
-    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let Some(mut to_start) = self.to_start.lock().expect("dispatcher poisoned").take() else {
+            tracing::error!("bug: the dispatcher ran twice");
+            return;
+        };
         let mut lanes = JoinSet::new();
-        for lane in self.lanes.values() {
-            lanes.spawn(run_lane(self.store.clone(), lane.clone(), shutdown.clone()));
+        let current: Vec<Arc<Lane>> = self
+            .lanes
+            .read()
+            .expect("lanes poisoned")
+            .values()
+            .cloned()
+            .collect();
+        for lane in current {
+            lanes.spawn(run_lane(self.store.clone(), lane, shutdown.clone()));
         }
-        while let Some(ended) = lanes.join_next().await {
+        let report = |ended: Result<(), tokio::task::JoinError>| {
             if let Err(error) = ended {
                 tracing::error!(%error, "bug: a destination lane stopped; its deliveries wait for a restart");
             }
+        };
+        let lane_shutdown = shutdown.clone();
+        loop {
+            tokio::select! {
+                Some(lane) = to_start.recv() => {
+                    lanes.spawn(run_lane(self.store.clone(), lane, lane_shutdown.clone()));
+                }
+                Some(ended) = lanes.join_next(), if !lanes.is_empty() => report(ended),
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+        }
+        for lane in self.lanes.read().expect("lanes poisoned").values() {
+            let _ = lane.stop.send(true);
+        }
+        while let Some(ended) = lanes.join_next().await {
+            report(ended);
         }
     }
 }
 
-async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch::Receiver<bool>) {
+/// Whether a reload leaves a destination's lane as it is.
+fn same_destination(a: &Destination, b: &Destination) -> bool {
+    // `Destination` has no PartialEq; its Debug shows every setting but
+    // redacts the secrets, so those are compared apart.
+    format!("{a:?}") == format!("{b:?}") && secrets(&a.target) == secrets(&b.target)
+}
+
+fn secrets(target: &crate::config::Target) -> Vec<&[u8]> {
+    use crate::config::Target;
+    match target {
+        Target::Webhook { secret, .. } => secret.iter().map(|s| s.key()).collect(),
+        Target::Slack { token, .. } | Target::Jira { token, .. } => vec![token.expose().as_bytes()],
+        Target::PagerDuty { routing_key, .. } => vec![routing_key.expose().as_bytes()],
+        Target::Teams { .. } | Target::Discord { .. } => Vec::new(),
+    }
+}
+
+/// `global`: the server's shutdown. The lane's own `stop` is set at
+/// shutdown or when a reload retires it.
+async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, global: watch::Receiver<bool>) {
+    let mut shutdown = lane.stop.subscribe();
     let name = lane.destination.name.clone();
     let mut attempts = JoinSet::new();
     let Some(mut handed_off) = lane.handed_off.lock().expect("lane poisoned").take() else {
@@ -443,11 +639,15 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
             break;
         }
         let now = now_ms();
-        let paused_until = lane.paused_until_ms.load(Ordering::SeqCst);
+        let paused_until = lane.paused_until();
         if paused_until > now {
             tracing::debug!(destination = %name, pause_ms = paused_until - now, "destination paused");
+            // An operator's pause may be long or open-ended: look again at
+            // least every idle poll, and at once on a resume's wake-up.
+            let sleep_ms = (paused_until - now).min(IDLE_POLL_MS) as u64;
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis((paused_until - now) as u64)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+                _ = lane.wake.notified() => {}
                 item = handed_off.recv() => start_handed_off!(item),
                 _ = shutdown.changed() => {}
             }
@@ -557,6 +757,32 @@ async fn run_lane<S: Store>(store: Arc<S>, lane: Arc<Lane>, mut shutdown: watch:
             _ = shutdown.changed() => {}
         }
     }
+    // Retired by a reload (the server runs on): every slot reserved on this
+    // lane comes back, as a hand-off started here or dropped, and every
+    // attempt records its outcome, before the lane goes. Held permits keep
+    // late reservations off this lane.
+    let mut _all_slots = None;
+    if !*global.borrow() {
+        let slots_max = lane.destination.concurrency * LEASED_PER_REQUEST_SLOT as u32;
+        let all = async {
+            let slots = lane.slots.acquire_many(slots_max).await;
+            let urgent = lane.urgent_slot.acquire().await;
+            (slots, urgent)
+        };
+        tokio::pin!(all);
+        let mut global = global.clone();
+        loop {
+            tokio::select! {
+                permits = &mut all => {
+                    _all_slots = Some(permits);
+                    break;
+                }
+                item = handed_off.recv() => start_handed_off!(item),
+                _ = global.wait_for(|stop| *stop) => break,
+            }
+        }
+        tracing::info!(destination = %name, "the destination's previous lane has finished its attempts");
+    }
     // Shutdown: claim nothing new, but start what was already leased and
     // handed off (its broadcast was accepted), and let every attempt in
     // flight record its outcome.
@@ -649,11 +875,11 @@ async fn run_attempt<S: Store>(
     // pause is over, unless holding the lease that long would let it
     // expire (then the destination's own answer decides).
     loop {
-        let (until, now) = (lane.paused_until_ms.load(Ordering::SeqCst), now_ms());
+        let (until, now) = (lane.paused_until(), now_ms());
         if until <= now {
             break;
         }
-        let mut wait_ms = until - now;
+        let mut wait_ms = (until - now).min(IDLE_POLL_MS);
         if let Some(hold_ms) = lane.lease_hold_max_ms {
             let left_ms = hold_ms as i64 - (now - waiting_since_ms);
             if left_ms <= 0 {
@@ -663,7 +889,10 @@ async fn run_attempt<S: Store>(
             }
             wait_ms = wait_ms.min(left_ms);
         }
-        tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+            _ = lane.hold.changed.notified() => {}
+        }
     }
     let started_at_ms = now_ms();
     let (update, pause_ms) = match delivery.progress.state {
@@ -913,7 +1142,7 @@ mod tests {
         assert!(dispatcher.reserve_slot("d", Severity::P1).is_some());
         drop(regular);
         // A paused destination leases nothing at insert, not even a P1.
-        let lane = dispatcher.lanes.get("d").unwrap();
+        let lane = dispatcher.lane("d").unwrap();
         lane.pause_until(now_ms() + 60_000);
         assert!(dispatcher.reserve_slot("d", Severity::P1).is_none());
         assert!(dispatcher.reserve_slot("d", Severity::P3).is_none());
@@ -1027,6 +1256,25 @@ mod tests {
         async fn ping(&self) -> Result<(), crate::store::StoreError> {
             self.inner.ping().await
         }
+        async fn pause_destination(
+            &self,
+            pause: crate::store::DestinationPause,
+        ) -> Result<(), crate::store::StoreError> {
+            self.inner.pause_destination(pause).await
+        }
+        async fn resume_destination(
+            &self,
+            destination: &str,
+            now_ms: i64,
+        ) -> Result<bool, crate::store::StoreError> {
+            self.inner.resume_destination(destination, now_ms).await
+        }
+        async fn destination_pauses(
+            &self,
+            now_ms: i64,
+        ) -> Result<Vec<crate::store::DestinationPause>, crate::store::StoreError> {
+            self.inner.destination_pauses(now_ms).await
+        }
     }
 
     /// Serves `app` on a free loopback port: the tests' destination.
@@ -1104,7 +1352,7 @@ mod tests {
         let dispatcher = Arc::new(
             Dispatcher::new(store.clone(), &[destination], EventBus::default(), None).unwrap(),
         );
-        let lane = dispatcher.lanes.get("d").unwrap().clone();
+        let lane = dispatcher.lane("d").unwrap();
         let (stop, stopped) = watch::channel(false);
         let running = tokio::spawn(dispatcher.clone().run(stopped));
         dispatcher.wake("d");

@@ -216,10 +216,25 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Each destination's health: pause, failures, backlog, last error.
-    #[command(after_help = "Example:\n  herald destinations --json")]
+    /// Each destination's health: pause, failures, backlog, last error;
+    /// `pause` and `resume` one.
+    #[command(
+        after_help = "Examples:\n  herald destinations --json\n  herald destinations pause slack-incidents --for 2h --reason \"Slack maintenance\"\n  herald destinations resume slack-incidents"
+    )]
     Destinations {
+        #[command(subcommand)]
+        action: Option<DestinationAction>,
         /// Print the list as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make the server read its config file again (as SIGHUP does) and say
+    /// what changed; an invalid file changes nothing and is reported.
+    #[command(after_help = "Example:\n  herald reload")]
+    Reload {
+        /// Print the answer as JSON, for scripts.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -328,6 +343,41 @@ enum Command {
     Help {
         /// The command (and subcommand) to explain.
         command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DestinationAction {
+    /// Stop sending to a destination (a maintenance window there): its
+    /// deliveries wait durably, on every node, until the pause ends.
+    #[command(
+        after_help = "Example:\n  herald destinations pause jira-ops --for 2h --reason \"Jira migration\""
+    )]
+    Pause {
+        /// The destination's name in the config.
+        name: String,
+        /// How long: 90s, 15m, 2h, 1d (at most 30d); default: until resumed.
+        #[arg(long = "for")]
+        for_: Option<String>,
+        /// Why, shown to the other operators.
+        #[arg(long)]
+        reason: String,
+        /// Print the answer as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// End a destination's pause: its waiting deliveries go now.
+    #[command(after_help = "Example:\n  herald destinations resume jira-ops")]
+    Resume {
+        /// The destination's name in the config.
+        name: String,
+        /// Print the answer as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -466,14 +516,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node_id,
             lease_ms,
         } => {
-            let mut config = Config::load(&config, |k| std::env::var(k).ok())?;
+            let config_path = config;
+            let mut config = Config::load(&config_path, |k| std::env::var(k).ok())?;
             // After the config, which may name the format; the flag wins.
             self::init_logging("info", log_format.or(config.log_format));
-            if let Some(database) = database {
-                config.database = database;
+            if let Some(database) = &database {
+                config.database = database.clone();
             }
             if node_id.is_some() {
-                config.node_id = node_id;
+                config.node_id = node_id.clone();
             }
             if let Some(lease_ms) = lease_ms {
                 config.lease_ms = lease_ms;
@@ -484,8 +535,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
+            // Installed before the server starts: from here on SIGHUP
+            // reloads instead of ending the process.
+            let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot listen for SIGHUP")?;
             let server = herald::server::start(config, listener).await?;
-            wait_for_stop_signal().await?;
+            server.enable_reload(herald::api::reload::ConfigSource {
+                path: config_path,
+                overrides: Box::new(move |config: &mut Config| {
+                    if let Some(database) = &database {
+                        config.database = database.clone();
+                    }
+                    if node_id.is_some() {
+                        config.node_id = node_id.clone();
+                    }
+                    if let Some(lease_ms) = lease_ms {
+                        config.lease_ms = lease_ms;
+                    }
+                    if let Some(listen) = listen {
+                        config.listen = listen;
+                    }
+                }),
+            });
+            let stop = wait_for_stop_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    stopped = &mut stop => break stopped?,
+                    _ = hangup.recv() => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        // The outcome is logged and in the gauges.
+                        let _ = server.reload().await;
+                    }
+                }
+            }
             tracing::info!("stopping: no new work; attempts in flight finish first");
             server.stop().await;
             Ok(ExitCode::SUCCESS)
@@ -654,7 +737,79 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Destinations { json, client } => {
+        Command::Destinations {
+            action: Some(action),
+            ..
+        } => {
+            init_logging("warn");
+            let (name, json, view) = match action {
+                DestinationAction::Pause {
+                    name,
+                    for_,
+                    reason,
+                    json,
+                    client,
+                } => {
+                    let view = client
+                        .client()?
+                        .pause_destination(&name, for_, reason)
+                        .await?;
+                    (name, json, view)
+                }
+                DestinationAction::Resume { name, json, client } => {
+                    let view = client.client()?.resume_destination(&name).await?;
+                    (name, json, view)
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                match &view.pause {
+                    Some(pause) => println!(
+                        "{name}: paused {} by {}: {}; backlog {}",
+                        pause
+                            .until
+                            .as_deref()
+                            .map(|until| format!("until {until}"))
+                            .unwrap_or_else(|| "until resumed".into()),
+                        pause.paused_by,
+                        pause.reason,
+                        view.backlog
+                    ),
+                    None => println!("{name}: not paused; backlog {}", view.backlog),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { json, client } => {
+            init_logging("warn");
+            let answer = client.client()?.reload_config().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                let list = |names: &[String]| {
+                    if names.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                };
+                println!("configuration reloaded");
+                println!("  added:   {}", list(&answer.added));
+                println!("  removed: {}", list(&answer.removed));
+                println!("  changed: {}", list(&answer.changed));
+                println!("  tokens:  {}", answer.tokens);
+                for warning in &answer.not_applied {
+                    println!("  not applied: {warning}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Destinations {
+            action: None,
+            json,
+            client,
+        } => {
             init_logging("warn");
             let list = client.client()?.destinations().await?;
             if json {
@@ -666,10 +821,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         vec![
                             d.name.clone(),
                             d.kind.clone(),
+                            d.status.clone(),
                             format!("{}/{}", d.in_flight, d.concurrency),
                             d.backlog.to_string(),
                             d.oldest_waiting_since.clone().unwrap_or_else(|| "-".into()),
-                            d.paused_until.clone().unwrap_or_else(|| "-".into()),
+                            match (&d.pause, &d.paused_until) {
+                                (Some(pause), _) => format!(
+                                    "{} ({}: {})",
+                                    pause.until.as_deref().unwrap_or("resume"),
+                                    pause.paused_by,
+                                    pause.reason
+                                ),
+                                (None, Some(until)) => until.clone(),
+                                (None, None) => "-".into(),
+                            },
                             d.circuit.clone(),
                             d.consecutive_failures.to_string(),
                             match (&d.last_error_at, &d.last_error) {
@@ -685,6 +850,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         &[
                             "NAME",
                             "KIND",
+                            "STATUS",
                             "IN FLIGHT",
                             "BACKLOG",
                             "OLDEST WAITING",

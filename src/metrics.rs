@@ -153,6 +153,12 @@ pub fn render_gauge(out: &mut String, name: &str, text: &str, samples: &[(&str, 
     }
 }
 
+/// A gauge without labels.
+pub fn render_plain_gauge(out: &mut String, name: &str, text: &str, value: f64) {
+    help(out, name, "gauge", text);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// A counter without labels.
 pub fn render_counter(out: &mut String, name: &str, text: &str, value: u64) {
     help(out, name, "counter", text);

@@ -97,9 +97,24 @@ pub struct RunningServer {
     dispatcher: JoinHandle<()>,
     purge: JoinHandle<()>,
     wakeups: Option<JoinHandle<()>>,
+    app: Arc<AppState<AnyStore>>,
 }
 
 impl RunningServer {
+    /// Lets `reload` (SIGHUP, `POST /v1/config/reload`) read the config
+    /// again from `source`.
+    pub fn enable_reload(&self, source: crate::api::reload::ConfigSource) {
+        self.app.reloads.set_source(source);
+    }
+
+    /// Loads, validates and applies the config file again; on an error the
+    /// running configuration stays.
+    pub async fn reload(
+        &self,
+    ) -> Result<crate::api::wire::ReloadAnswer, crate::api::reload::ReloadError> {
+        crate::api::reload::reload(&self.app).await
+    }
+
     /// Stops taking requests and new work, lets attempts in flight finish
     /// and record their outcome, then returns.
     pub async fn stop(self) {
@@ -149,6 +164,14 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
         lease_hold_max_ms,
     )?);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    // Operators' pauses outlive restarts.
+    for pause in store
+        .destination_pauses(now_ms())
+        .await
+        .map_err(store_error)?
+    {
+        dispatcher.hold(&pause.destination, pause.until_ms);
+    }
     let dispatcher_task = tokio::spawn(dispatcher.clone().run(shutdown_rx.clone()));
     let wakeups = match store.as_ref() {
         AnyStore::Postgres(pg) => {
@@ -156,7 +179,6 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
             Some(tokio::spawn(forward_wakeups(
                 pg.wakeups(),
                 dispatcher.clone(),
-                config.destinations.iter().map(|d| d.name.clone()).collect(),
                 shutdown_rx.clone(),
             )))
         }
@@ -165,11 +187,12 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
     if config.tokens.is_empty() {
         tracing::warn!("no [[tokens]] configured: the API is open to anyone who can reach {addr}");
     }
-    let app = router(Arc::new(AppState::new(
-        store.clone(),
-        dispatcher,
-        Arc::new(config),
-    )));
+    let lease_ms = config.lease_ms;
+    let app_state = Arc::new(AppState::new(store.clone(), dispatcher, Arc::new(config)));
+    if lease_hold_max_ms.is_some() {
+        app_state.reloads.set_lease_ms(lease_ms);
+    }
+    let app = router(app_state.clone());
     let purge = tokio::spawn(purge_ingest_keys(store.clone(), shutdown_rx.clone()));
     let mut http_shutdown = shutdown_rx;
     let http = tokio::spawn(async move {
@@ -188,6 +211,7 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
         dispatcher: dispatcher_task,
         purge,
         wakeups,
+        app: app_state,
     })
 }
 
@@ -195,7 +219,6 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
 async fn forward_wakeups(
     mut wakeups: tokio::sync::broadcast::Receiver<String>,
     dispatcher: Arc<Dispatcher<AnyStore>>,
-    destinations: Vec<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
@@ -213,9 +236,8 @@ async fn forward_wakeups(
             }
             // Missed some (fell behind) or reconnected: look everywhere.
             Ok(_) | Err(RecvError::Lagged(_)) => {
-                for name in &destinations {
-                    dispatcher.wake(name);
-                }
+                // The configured destinations now (a reload may change them).
+                dispatcher.wake_all();
             }
             Err(RecvError::Closed) => return,
         }

@@ -210,8 +210,8 @@ pub(super) async fn ingest<S: Store>(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Broadcast>), ApiError> {
-    let caller = authorize(&app.config, &headers, Scope::Send)?;
-    let Some(routes) = app.config.alertmanager.clone() else {
+    let caller = authorize(&app.config.load(), &headers, Scope::Send)?;
+    let Some(routes) = app.config.load().alertmanager.clone() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "alertmanager_not_configured",
@@ -234,7 +234,8 @@ pub(super) async fn ingest<S: Store>(
         caller: caller.name,
         key: format!("alertmanager:{fingerprint}"),
         body_sha256: fingerprint,
-        expires_before_ms: now_ms().saturating_add(app.config.idempotency_retention_ms as i64),
+        expires_before_ms: now_ms()
+            .saturating_add(app.config.load().idempotency_retention_ms as i64),
     };
     if let Some(record) = app
         .store

@@ -81,9 +81,9 @@ pub(super) fn check_destinations<S>(
     }
     for (index, name) in names.iter().enumerate() {
         let field = format!("{field}[{index}]");
-        if app.config.destination(name).is_none() {
-            let known: Vec<&str> = app
-                .config
+        let config = app.config.load();
+        if config.destination(name).is_none() {
+            let known: Vec<&str> = config
                 .destinations
                 .iter()
                 .map(|d| d.name.as_str())
@@ -180,7 +180,7 @@ pub(super) async fn create<S: Store>(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = authorize(&app.config, &headers, Scope::Send)?;
+    let caller = authorize(&app.config.load(), &headers, Scope::Send)?;
     let key = idempotency_key(&headers)?;
     let bytes = super::read_body(body)?;
     let Some(key) = key else {
@@ -223,7 +223,7 @@ pub(super) async fn create<S: Store>(
         caller: caller.name.clone(),
         key: key.clone(),
         body_sha256: body_sha256.clone(),
-        expires_before_ms: now.saturating_add(app.config.idempotency_retention_ms as i64),
+        expires_before_ms: now.saturating_add(app.config.load().idempotency_retention_ms as i64),
     };
     match accept(&app, intent, Some(ingest)).await {
         Ok((broadcast, body)) => {
@@ -310,15 +310,28 @@ async fn accept_now<S: Store>(
     intent: Intent,
     ingest_key: Option<IngestKey>,
 ) -> Result<(Broadcast, String), AcceptError> {
+    // Checked against an earlier snapshot of the config: a reload may have
+    // removed a destination since.
+    let config = app.config.load();
     let mut deliveries: Vec<NewDelivery> = intent
         .destinations
         .iter()
-        .map(|name| NewDelivery {
-            destination: name.clone(),
-            policy: app.config.destination(name).expect("checked").policy,
-            lease_now: false,
+        .enumerate()
+        .map(|(index, name)| {
+            let destination = config.destination(name).ok_or_else(|| {
+                ApiError::invalid(
+                    format!("destinations[{index}]"),
+                    format!("destination {name:?} was removed by a configuration reload"),
+                )
+            })?;
+            Ok(NewDelivery {
+                destination: name.clone(),
+                policy: destination.policy,
+                lease_now: false,
+            })
         })
-        .collect();
+        .collect::<Result<_, ApiError>>()?;
+    drop(config);
     // Where a worker slot is free, the delivery is leased in the insert's
     // transaction and its first attempt starts without a claim round trip.
     let severity = intent.message.severity();
@@ -403,7 +416,7 @@ pub(super) async fn get<S: Store>(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Broadcast>, ApiError> {
-    authorize(&app.config, &headers, Scope::Read)?;
+    authorize(&app.config.load(), &headers, Scope::Read)?;
     let id = path_id(id)?;
     let view = find(&*app, &id).await?;
     Ok(Json(Broadcast::from_view(&view, now_ms())))
@@ -495,7 +508,7 @@ pub(super) async fn list<S: Store>(
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<BroadcastList>, ApiError> {
-    authorize(&app.config, &headers, Scope::Read)?;
+    authorize(&app.config.load(), &headers, Scope::Read)?;
     let Query(query) =
         query.map_err(|rejection| ApiError::invalid("query", rejection.body_text()))?;
     let mut filter = BroadcastFilter {
@@ -599,7 +612,7 @@ async fn operate<S: Store>(
     body: Result<Bytes, BytesRejection>,
     action: OperatorAction,
 ) -> Result<Json<ActionResult>, ApiError> {
-    let Caller { name: caller } = authorize(&app.config, &headers, Scope::Operate)?;
+    let Caller { name: caller } = authorize(&app.config.load(), &headers, Scope::Operate)?;
     let id = resolve_id(&*app, &path_id(id)?).await?;
     let bytes = super::read_body(body)?;
     let request: ActionRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -616,11 +629,12 @@ async fn operate<S: Store>(
             ));
         }
     }
+    let config = app.config.load();
     let policies = before
         .deliveries
         .iter()
         .filter_map(|d| {
-            app.config
+            config
                 .destination(&d.destination)
                 .map(|c| (d.destination.clone(), c.policy))
         })

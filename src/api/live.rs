@@ -132,7 +132,7 @@ pub(super) async fn broadcast_events<S: Store>(
     headers: HeaderMap,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    authorize(&app.config, &headers, Scope::Read)?;
+    authorize(&app.config.load(), &headers, Scope::Read)?;
     let id = super::broadcasts::path_id(id)?;
     let id = super::broadcasts::resolve_id(&*app, &id).await?;
     // Subscribe before reading, so nothing between the two is missed.
@@ -164,7 +164,7 @@ pub(super) async fn all_events<S: Store>(
     State(app): State<Arc<AppState<S>>>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    authorize(&app.config, &headers, Scope::Read)?;
+    authorize(&app.config.load(), &headers, Scope::Read)?;
     let changes = app.dispatcher.events().subscribe();
     let events = stream::unfold(changes, |mut changes| async move {
         let event = match changes.recv().await {

@@ -7,11 +7,13 @@ mod broadcasts;
 mod live;
 pub mod openapi;
 mod ops;
+mod pause;
+pub mod reload;
 pub mod wire;
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -29,10 +31,32 @@ use crate::domain::InvalidInput;
 use crate::store::{Store, StoreError};
 use wire::{ErrorBody, ErrorDetail};
 
+/// The configuration the API answers with; a reload swaps it whole.
+/// Handlers take a snapshot (`load`) and keep it for the request, so one
+/// request never mixes two configurations, and no lock is held across an
+/// await.
+pub struct LiveConfig(RwLock<Arc<Config>>);
+
+impl LiveConfig {
+    pub fn new(config: Arc<Config>) -> LiveConfig {
+        LiveConfig(RwLock::new(config))
+    }
+
+    pub fn load(&self) -> Arc<Config> {
+        self.0.read().expect("config poisoned").clone()
+    }
+
+    pub fn store(&self, config: Arc<Config>) {
+        *self.0.write().expect("config poisoned") = config;
+    }
+}
+
 pub struct AppState<S> {
     pub store: Arc<S>,
     pub dispatcher: Arc<Dispatcher<S>>,
-    pub config: Arc<Config>,
+    pub config: LiveConfig,
+    /// Reloads: where the file is, and how the last one went.
+    pub reloads: reload::Reloads,
     /// Broadcasts accepted since start (for `/metrics`).
     pub accepted: AtomicU64,
     /// (caller, Idempotency-Key) of keyed requests being processed: a second
@@ -45,7 +69,8 @@ impl<S> AppState<S> {
         AppState {
             store,
             dispatcher,
-            config,
+            reloads: reload::Reloads::new(),
+            config: LiveConfig::new(config),
             accepted: AtomicU64::new(0),
             keys_in_flight: Mutex::new(HashSet::new()),
         }
@@ -53,8 +78,9 @@ impl<S> AppState<S> {
 }
 
 pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
-    let body_limit = state.config.request_body_bytes_max;
-    let timeout = Duration::from_millis(state.config.request_timeout_ms);
+    // Fixed at start: a reload reports a change of these as not applied.
+    let body_limit = state.config.load().request_body_bytes_max;
+    let timeout = Duration::from_millis(state.config.load().request_timeout_ms);
     Router::new()
         .route(
             "/v1/broadcasts",
@@ -66,6 +92,15 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .route("/v1/broadcasts/{id}/events", get(live::broadcast_events::<S>))
         .route("/v1/events", get(live::all_events::<S>))
         .route("/v1/destinations", get(ops::destinations::<S>))
+        .route(
+            "/v1/destinations/{name}/pause",
+            post(pause::pause::<S>),
+        )
+        .route(
+            "/v1/destinations/{name}/resume",
+            post(pause::resume::<S>),
+        )
+        .route("/v1/config/reload", post(reload::reload_route::<S>))
         .route("/v1/ingest/alertmanager", post(alertmanager::ingest::<S>))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz::<S>))

@@ -41,6 +41,10 @@ fn id_param() -> Value {
     json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "Broadcast id (ULID, any case), or its start when no other id starts so (at least 4 characters); an ambiguous start is a 400 `ambiguous_id` listing the candidates"})
 }
 
+fn name_param() -> Value {
+    json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}, "description": "Destination name"})
+}
+
 pub fn document() -> Value {
     let read = json!([{"bearer": ["read"]}]);
     let send = json!([{"bearer": ["send"]}]);
@@ -112,7 +116,25 @@ pub fn document() -> Value {
                     "circuit": {"type": "string", "enum": ["closed", "open", "half_open"]},
                     "rate_limit_per_sec": nullable("number"),
                     "oldest_waiting_since": nullable("string"), "last_error": nullable("string"),
-                    "last_error_at": {"type": ["string", "null"], "format": "date-time", "description": "When the last error happened"}
+                    "last_error_at": {"type": ["string", "null"], "format": "date-time", "description": "When the last error happened"},
+                    "status": {"type": "string", "enum": ["active", "paused", "removed"], "description": "removed: no longer configured; its unfinished deliveries (backlog) are held until it is configured again or they are cancelled"},
+                    "pause": {"oneOf": [{"$ref": "#/components/schemas/PauseView"}, {"type": "null"}]}
+                }},
+                "PauseView": {"type": "object", "description": "An operator's pause", "properties": {
+                    "until": {"type": ["string", "null"], "description": "When it ends by itself; null: until resumed"},
+                    "reason": {"type": "string"}, "paused_by": {"type": "string", "description": "The token's name"},
+                    "paused_at": {"type": "string", "format": "date-time"}
+                }},
+                "PauseRequest": {"type": "object", "required": ["reason"], "additionalProperties": false, "properties": {
+                    "for": {"type": "string", "description": "90s, 15m, 2h, 1d (at most 30d); absent: until resumed"},
+                    "reason": {"type": "string", "maxLength": 500, "description": "Why, for the other operators"}
+                }},
+                "ReloadAnswer": {"type": "object", "properties": {
+                    "added": {"type": "array", "items": {"type": "string"}},
+                    "removed": {"type": "array", "items": {"type": "string"}},
+                    "changed": {"type": "array", "items": {"type": "string"}, "description": "New attempts use the new settings; attempts in flight finish under theirs"},
+                    "tokens": {"type": "integer"},
+                    "not_applied": {"type": "array", "items": {"type": "string"}, "description": "Settings that changed but take a restart"}
                 }},
                 "DeliveryEvent": {"type": "object", "description": "Server-sent event `delivery`", "properties": {
                     "broadcast_id": {"type": "string"}, "destination": {"type": "string"}, "state": {"type": "string"},
@@ -181,6 +203,28 @@ pub fn document() -> Value {
                 "summary": "Each destination's health",
                 "security": read,
                 "responses": with(json!({"200": {"description": "Destinations", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/DestinationHealth"}}}}}}), error_responses(&["401", "403"]))
+            }},
+            "/v1/destinations/{name}/pause": {"post": {
+                "summary": "Pause a destination on every node: nothing is sent, its deliveries wait durably",
+                "security": operate, "parameters": [name_param()],
+                "requestBody": with(json!({"required": true}), json_body("PauseRequest")),
+                "responses": with(json!({"200": with(json!({"description": "The destination, paused"}), json_body("DestinationHealth"))}), error_responses(&["400", "401", "403", "404", "503"]))
+            }},
+            "/v1/destinations/{name}/resume": {"post": {
+                "summary": "End a destination's pause: its waiting deliveries go now",
+                "security": operate, "parameters": [name_param()],
+                "responses": with(json!({"200": with(json!({"description": "The destination"}), json_body("DestinationHealth"))}), error_responses(&["401", "403", "404", "503"]))
+            }},
+            "/v1/config/reload": {"post": {
+                "summary": "Read the config file again (as SIGHUP does); an invalid file changes nothing",
+                "security": operate,
+                "responses": with(
+                    json!({"200": with(json!({"description": "Applied: what changed"}), json_body("ReloadAnswer"))}),
+                    with(error_responses(&["401", "403"]), json!({
+                        "409": with(json!({"description": "The server was started without a config file"}), json_body("Error")),
+                        "422": with(json!({"description": "The file is invalid (the error names file, line and problem); the running configuration stays"}), json_body("Error"))
+                    }))
+                )
             }},
             "/v1/ingest/alertmanager": {"post": {
                 "summary": "Alertmanager webhook: each notification becomes a broadcast on its group's thread",
@@ -286,6 +330,8 @@ mod tests {
             oldest_waiting_since: None,
             last_error: None,
             last_error_at: None,
+            status: String::new(),
+            pause: None,
         };
         assert_eq!(properties("Attempt"), fields(&attempt));
         assert_eq!(properties("Delivery"), fields(&delivery));
@@ -314,5 +360,22 @@ mod tests {
             destinations: vec![],
         };
         assert_eq!(properties("SendRequest"), fields(&send));
+        assert_eq!(
+            properties("PauseView"),
+            fields(PauseView {
+                until: None,
+                reason: String::new(),
+                paused_by: String::new(),
+                paused_at: String::new()
+            })
+        );
+        assert_eq!(
+            properties("PauseRequest"),
+            fields(PauseRequest {
+                for_: None,
+                reason: String::new()
+            })
+        );
+        assert_eq!(properties("ReloadAnswer"), fields(ReloadAnswer::default()));
     }
 }

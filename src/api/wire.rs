@@ -266,6 +266,53 @@ pub struct DestinationHealth {
     pub last_error: Option<String>,
     /// When the last error happened (an old one stays visible, with its age).
     pub last_error_at: Option<String>,
+    /// `active`, `paused` (by an operator), or `removed`: no longer in the
+    /// config, its unfinished deliveries (`backlog`) held until it is back
+    /// or they are cancelled.
+    #[serde(default = "active")]
+    pub status: String,
+    /// An operator's pause, while it lasts.
+    #[serde(default)]
+    pub pause: Option<PauseView>,
+}
+
+fn active() -> String {
+    "active".to_owned()
+}
+
+/// An operator's pause of a destination.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PauseView {
+    /// When it ends by itself; none: until resumed.
+    pub until: Option<String>,
+    pub reason: String,
+    /// The token that paused it.
+    pub paused_by: String,
+    pub paused_at: String,
+}
+
+/// Body of `POST /v1/destinations/{name}/pause`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseRequest {
+    /// How long: `90s`, `15m`, `2h`, `1d`; none: until resumed.
+    #[serde(default, rename = "for")]
+    pub for_: Option<String>,
+    /// Why, for the other operators (required).
+    pub reason: String,
+}
+
+/// Answer of `POST /v1/config/reload`: what changed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReloadAnswer {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Destinations whose settings changed: new attempts use the new ones.
+    pub changed: Vec<String>,
+    /// Tokens configured now.
+    pub tokens: usize,
+    /// Settings that changed but take a restart.
+    pub not_applied: Vec<String>,
 }
 
 /// A server-sent event `delivery`: one delivery's new state.

@@ -111,4 +111,22 @@ impl Store for AnyStore {
     async fn ping(&self) -> Result<(), StoreError> {
         delegate!(self, s => s.ping())
     }
+
+    async fn pause_destination(&self, pause: DestinationPause) -> Result<(), StoreError> {
+        delegate!(self, s => s.pause_destination(pause))
+    }
+
+    async fn resume_destination(&self, destination: &str, now_ms: i64) -> Result<bool, StoreError> {
+        delegate!(self, s => s.resume_destination(destination, now_ms))
+    }
+
+    async fn destination_pauses(&self, now_ms: i64) -> Result<Vec<DestinationPause>, StoreError> {
+        delegate!(self, s => s.destination_pauses(now_ms))
+    }
+
+    fn destinations_changed(&self, destinations: Vec<(String, crate::config::Isolation)>) {
+        if let AnyStore::Postgres(s) = self {
+            s.destinations_changed(destinations)
+        }
+    }
 }

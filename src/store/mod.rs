@@ -370,4 +370,42 @@ pub trait Store: Send + Sync + 'static {
 
     /// A cheap round trip, for readiness.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records an operator's pause of a destination (replacing any), for
+    /// every node and across restarts.
+    fn pause_destination(
+        &self,
+        pause: DestinationPause,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Ends a destination's pause; false when none was in force at `now_ms`.
+    fn resume_destination(
+        &self,
+        destination: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The operators' pauses in force at `now_ms`.
+    fn destination_pauses(
+        &self,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Vec<DestinationPause>, StoreError>> + Send;
+
+    /// A reload changed the configured destinations (the PostgreSQL store
+    /// keeps their limits for the shared guard).
+    fn destinations_changed(&self, _destinations: Vec<(String, crate::config::Isolation)>) {}
 }
+
+/// An operator's pause of a destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestinationPause {
+    pub destination: String,
+    /// `PAUSED_UNTIL_RESUMED_MS` when open-ended.
+    pub until_ms: i64,
+    pub reason: String,
+    pub paused_by: String,
+    pub paused_at_ms: i64,
+}
+
+/// The `until_ms` of a pause that lasts until an operator resumes it.
+pub const PAUSED_UNTIL_RESUMED_MS: i64 = i64::MAX;

@@ -191,6 +191,16 @@ DROP INDEX deliveries_unfinished;
 CREATE INDEX deliveries_unfinished ON deliveries (destination, created_at_ms)
     WHERE state NOT IN ('confirmed','failed','dead','cancelled');
 "#,
+    // Operators' pauses, shared by every node: a claim and a hand-off at
+    // insert check `held_until_ms` beside the 429 pause. i64::MAX: until
+    // resumed.
+    r#"
+ALTER TABLE destination_state
+    ADD COLUMN held_until_ms BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN held_reason TEXT,
+    ADD COLUMN held_by TEXT,
+    ADD COLUMN held_at_ms BIGINT;
+"#,
 ];
 
 /// The earliest due time among the deliveries of `$destination` (an SQL
@@ -241,7 +251,9 @@ struct Inner {
     pool: Pool,
     node_id: String,
     lease_ms: i64,
-    isolation: BTreeMap<String, Isolation>,
+    /// Replaced by a reload (`destinations_changed`); never held across an
+    /// await.
+    isolation: std::sync::RwLock<BTreeMap<String, Isolation>>,
     /// The cluster's NOTIFY channel: one per schema.
     channel: String,
     wakeups: broadcast::Sender<String>,
@@ -570,7 +582,7 @@ impl PostgresStore {
             },
             node_id: options.node_id.clone(),
             lease_ms: options.lease_ms as i64,
-            isolation: options.destinations.iter().cloned().collect(),
+            isolation: std::sync::RwLock::new(options.destinations.iter().cloned().collect()),
             channel: format!("herald_{schema}"),
             wakeups,
             writes,
@@ -973,6 +985,8 @@ struct SharedGuard {
     failures_in_row: i32,
     tokens: Option<f64>,
     tokens_at_ms: i64,
+    /// An operator's pause; read only (written by pause and resume).
+    held_until_ms: i64,
 }
 
 impl SharedGuard {
@@ -984,6 +998,7 @@ impl SharedGuard {
             failures_in_row: row.try_get(3)?,
             tokens: row.try_get(4)?,
             tokens_at_ms: row.try_get(5)?,
+            held_until_ms: row.try_get(6)?,
         })
     }
 
@@ -998,6 +1013,9 @@ impl SharedGuard {
     ) -> Result<usize, i64> {
         if self.paused_until_ms > now_ms {
             return Err(self.paused_until_ms);
+        }
+        if self.held_until_ms > now_ms {
+            return Err(self.held_until_ms);
         }
         let mut allowed = wanted;
         let mut probe = false;
@@ -1082,7 +1100,8 @@ async fn read_guard(
 ) -> Result<Option<SharedGuard>, StoreError> {
     macro_rules! select_guard {
         () => {
-            "SELECT paused_until_ms, circuit, circuit_until_ms, failures_in_row, tokens, tokens_at_ms
+            "SELECT paused_until_ms, circuit, circuit_until_ms, failures_in_row, tokens, tokens_at_ms,
+                 held_until_ms
              FROM destination_state WHERE destination = $1"
         };
     }
@@ -1246,6 +1265,8 @@ async fn insert_batch(
         .filter(|d| {
             inner
                 .isolation
+                .read()
+                .expect("isolation poisoned")
                 .get(&d.destination)
                 .is_some_and(|i| i.rate_per_sec.is_none())
         })
@@ -1259,7 +1280,8 @@ async fn insert_batch(
         for row in tx
             .query(
                 "SELECT destination FROM destination_state
-                 WHERE destination = ANY($1) AND paused_until_ms <= $2 AND circuit = 'closed'",
+                 WHERE destination = ANY($1) AND paused_until_ms <= $2 AND held_until_ms <= $2
+                     AND circuit = 'closed'",
                 &[&wanted, &now_ms],
             )
             .await?
@@ -1445,6 +1467,8 @@ async fn claim_due(
 ) -> Result<Claim, StoreError> {
     let isolation = inner
         .isolation
+        .read()
+        .expect("isolation poisoned")
         .get(destination)
         .copied()
         .unwrap_or_default();
@@ -1803,6 +1827,8 @@ async fn update_batch(
         for (destination, outcomes) in by_destination {
             let isolation = inner
                 .isolation
+                .read()
+                .expect("isolation poisoned")
                 .get(destination)
                 .copied()
                 .unwrap_or_default();
@@ -2422,6 +2448,85 @@ impl Store for PostgresStore {
             Ok(())
         })
         .await
+    }
+
+    async fn pause_destination(&self, pause: DestinationPause) -> Result<(), StoreError> {
+        self.timed(async {
+            let conn = self.inner.pool.get().await?;
+            conn.execute(
+                "INSERT INTO destination_state
+                     (destination, held_until_ms, held_reason, held_by, held_at_ms)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (destination) DO UPDATE SET held_until_ms = $2, held_reason = $3,
+                     held_by = $4, held_at_ms = $5",
+                &[
+                    &pause.destination,
+                    &pause.until_ms,
+                    &pause.reason,
+                    &pause.paused_by,
+                    &pause.paused_at_ms,
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn resume_destination(&self, destination: &str, now_ms: i64) -> Result<bool, StoreError> {
+        self.timed(async {
+            let conn = self.inner.pool.get().await?;
+            let was: Option<i64> = conn
+                .query_opt(
+                    "UPDATE destination_state d SET held_until_ms = 0, held_reason = NULL,
+                         held_by = NULL, held_at_ms = NULL
+                     FROM (SELECT held_until_ms FROM destination_state
+                           WHERE destination = $1 FOR UPDATE) before
+                     WHERE d.destination = $1
+                     RETURNING before.held_until_ms",
+                    &[&destination],
+                )
+                .await?
+                .map(|row| row.try_get(0))
+                .transpose()?;
+            // Every node's lane looks again now rather than at its next poll.
+            conn.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&self.inner.channel, &destination],
+            )
+            .await?;
+            Ok(was.is_some_and(|until| until > now_ms))
+        })
+        .await
+    }
+
+    async fn destination_pauses(&self, now_ms: i64) -> Result<Vec<DestinationPause>, StoreError> {
+        self.timed(async {
+            let conn = self.inner.pool.get().await?;
+            conn.query(
+                "SELECT destination, held_until_ms, held_reason, held_by, held_at_ms
+                 FROM destination_state WHERE held_until_ms > $1 ORDER BY destination",
+                &[&now_ms],
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(DestinationPause {
+                    destination: row.try_get(0)?,
+                    until_ms: row.try_get(1)?,
+                    reason: row.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    paused_by: row.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    paused_at_ms: row.try_get::<_, Option<i64>>(4)?.unwrap_or_default(),
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    fn destinations_changed(&self, destinations: Vec<(String, Isolation)>) {
+        *self.inner.isolation.write().expect("isolation poisoned") =
+            destinations.into_iter().collect();
     }
 }
 

@@ -275,6 +275,17 @@ DROP INDEX deliveries_unfinished;
 CREATE INDEX deliveries_unfinished ON deliveries (destination, created_at_ms)
     WHERE finished_at_ms IS NULL;
 "#,
+    // Operators' pauses of destinations, so a pause survives a restart.
+    // `until_ms` is i64::MAX for a pause that lasts until resumed.
+    r#"
+CREATE TABLE destination_pauses (
+    destination  TEXT PRIMARY KEY,
+    until_ms     INTEGER NOT NULL,
+    reason       TEXT NOT NULL,
+    paused_by    TEXT NOT NULL,
+    paused_at_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 /// What later messages of a thread attach to: the reference of the first
@@ -385,6 +396,11 @@ enum Request {
         response: String,
     },
     PurgeIngestKeys(i64),
+    Pause(DestinationPause),
+    Resume {
+        destination: String,
+        now_ms: i64,
+    },
 }
 
 enum Answer {
@@ -699,6 +715,33 @@ fn apply_each(conn: &Connection, ops: &[WriteOp]) -> Result<Vec<Answer>, StoreEr
                 conn.prepare_cached("DELETE FROM ingest_keys WHERE expires_at_ms < ?1")?
                     .execute(params![now_ms])? as u64,
             ),
+            Request::Pause(pause) => Answer::Done(
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO destination_pauses
+                         (destination, until_ms, reason, paused_by, paused_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    pause.destination,
+                    pause.until_ms,
+                    pause.reason,
+                    pause.paused_by,
+                    pause.paused_at_ms
+                ])? as u64,
+            ),
+            Request::Resume {
+                destination,
+                now_ms,
+            } => {
+                let active = conn
+                    .prepare_cached(
+                        "DELETE FROM destination_pauses WHERE destination = ?1 AND until_ms > ?2",
+                    )?
+                    .execute(params![destination, now_ms])?;
+                conn.prepare_cached("DELETE FROM destination_pauses WHERE destination = ?1")?
+                    .execute(params![destination])?;
+                Answer::Done(active as u64)
+            }
         });
     }
     Ok(answers)
@@ -1614,6 +1657,46 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
+    }
+
+    async fn pause_destination(&self, pause: DestinationPause) -> Result<(), StoreError> {
+        match self.write(Request::Pause(pause)).await? {
+            Answer::Done(_) => Ok(()),
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn resume_destination(&self, destination: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let request = Request::Resume {
+            destination: destination.to_owned(),
+            now_ms,
+        };
+        match self.write(request).await? {
+            Answer::Done(active) => Ok(active > 0),
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn destination_pauses(&self, now_ms: i64) -> Result<Vec<DestinationPause>, StoreError> {
+        self.read(move |conn| {
+            let mut select = conn.prepare_cached(
+                "SELECT destination, until_ms, reason, paused_by, paused_at_ms
+                 FROM destination_pauses WHERE until_ms > ?1 ORDER BY destination",
+            )?;
+            let pauses = select
+                .query_map(params![now_ms], |row| {
+                    Ok(DestinationPause {
+                        destination: row.get(0)?,
+                        until_ms: row.get(1)?,
+                        reason: row.get(2)?,
+                        paused_by: row.get(3)?,
+                        paused_at_ms: row.get(4)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(pauses)
+        })
+        .await
     }
 
     async fn destinations_with_work(&self) -> Result<Vec<String>, StoreError> {

@@ -12,6 +12,8 @@ mod logging;
 mod multinode;
 mod operator;
 mod partial_failure;
+mod pause;
+mod reload;
 mod specs;
 mod store;
 mod support;
