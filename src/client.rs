@@ -484,6 +484,24 @@ fn send_retry_pause_ms(tries: u32, rng: &mut impl rand::Rng) -> u64 {
     ceiling_ms / 2 + rng.random_range(0..=ceiling_ms / 2)
 }
 
+/// Longest `Idempotency-Key` the server takes.
+const IDEMPOTENCY_KEY_CHARS_MAX: usize = 255;
+
+/// An operator's `--idempotency-key`: what the server takes (1 to 255
+/// visible ASCII characters), checked before anything is sent.
+pub fn parse_idempotency_key(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= IDEMPOTENCY_KEY_CHARS_MAX
+        && text.bytes().all(|b| b.is_ascii_graphic());
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "use 1 to {IDEMPOTENCY_KEY_CHARS_MAX} visible ASCII characters (no spaces), such as deploy-42"
+        ))
+    }
+}
+
 /// A new `Idempotency-Key` for one `herald send`: 128 random bits.
 pub fn new_idempotency_key() -> String {
     format!("herald-cli-{:032x}", rand::random::<u128>())
@@ -579,8 +597,10 @@ pub fn render_broadcast(broadcast: &Broadcast) -> String {
                     .map(|s| format!(" HTTP {s}"))
                     .unwrap_or_default(),
                 a.latency_ms,
+                // The reason, unless it only repeats the status.
                 a.error
                     .as_ref()
+                    .filter(|e| a.http_status.map(|s| format!("HTTP {s}")).as_ref() != Some(*e))
                     .map(|e| format!("  {e}"))
                     .unwrap_or_default()
             ));
@@ -629,6 +649,10 @@ mod tests {
         assert!(!is_transient(&api(400, "invalid_field")));
         assert!(!is_transient(&api(422, "idempotency_key_reused")));
         assert!(!is_transient(&api(500, "internal")));
+        assert!(parse_idempotency_key("deploy-42").is_ok());
+        for bad in ["", "two words", "clé", &"k".repeat(256)] {
+            assert!(parse_idempotency_key(bad).is_err(), "{bad}");
+        }
         assert!(is_transient(&ClientError::Status {
             status: 502,
             excerpt: String::new()

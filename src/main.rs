@@ -132,7 +132,7 @@ enum Command {
         /// Tries after a lost answer or a 502/503/504/429 reuse it, so they
         /// never make a second broadcast; give the same key to repeat a
         /// send safely from a script.
-        #[arg(long, value_name = "KEY")]
+        #[arg(long, value_name = "KEY", value_parser = herald::client::parse_idempotency_key)]
         idempotency_key: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
