@@ -36,6 +36,10 @@ pub const DEFAULT_BREAKER_COOLDOWN_MS: u64 = 30_000;
 pub const CONCURRENCY_MAX: u32 = 1_024;
 /// How long a node's lease on a delivery lasts (PostgreSQL only).
 pub const DEFAULT_LEASE_MS: u64 = crate::store::postgres::DEFAULT_LEASE_MS;
+/// A client must send a request's whole head within this long.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// A connection with no request open for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -54,6 +58,13 @@ pub struct Config {
     pub idempotency_retention_ms: u64,
     /// Whether `/metrics` needs a token with the `read` scope.
     pub metrics_require_token: bool,
+    /// A client must send a request's whole head within this long.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request open for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Connections open at once; by default half the open-file limit
+    /// (raised to its hard limit at start).
+    pub connections_max: Option<usize>,
     pub destinations: Vec<Destination>,
     /// API bearer tokens. None configured: the API is open (with a warning).
     pub tokens: Vec<ApiToken>,
@@ -306,6 +317,9 @@ struct FileServer {
     request_timeout_ms: Option<Spanned<u64>>,
     idempotency_retention_secs: Option<Spanned<u64>>,
     metrics_require_token: Option<bool>,
+    header_read_timeout_ms: Option<Spanned<u64>>,
+    idle_timeout_ms: Option<Spanned<u64>>,
+    connections_max: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -401,6 +415,9 @@ impl Default for Config {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             idempotency_retention_ms: DEFAULT_IDEMPOTENCY_RETENTION_SECS * 1000,
             metrics_require_token: false,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            connections_max: None,
             destinations: Vec::new(),
             tokens: Vec::new(),
             alertmanager: None,
@@ -574,6 +591,26 @@ impl Config {
                 checked(&Some(lease), 0, 1_000..=3_600_000).map_err(|(span, range)| {
                     error(span, format!("server.lease_ms: must be {range}"))
                 })?;
+        }
+        if let Some(timeout) = parsed.server.header_read_timeout_ms {
+            config.header_read_timeout_ms =
+                checked(&Some(timeout), 0, 100..=600_000).map_err(|(span, range)| {
+                    error(
+                        span,
+                        format!("server.header_read_timeout_ms: must be {range}"),
+                    )
+                })?;
+        }
+        if let Some(timeout) = parsed.server.idle_timeout_ms {
+            config.idle_timeout_ms =
+                checked(&Some(timeout), 0, 100..=3_600_000).map_err(|(span, range)| {
+                    error(span, format!("server.idle_timeout_ms: must be {range}"))
+                })?;
+        }
+        if let Some(connections) = parsed.server.connections_max {
+            config.connections_max = Some(checked(&Some(connections), 0, 1..=1_000_000).map_err(
+                |(span, range)| error(span, format!("server.connections_max: must be {range}")),
+            )? as usize);
         }
         config.node_id = parsed.server.node_id;
         config.metrics_require_token = parsed.server.metrics_require_token.unwrap_or(false);

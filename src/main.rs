@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use herald::api::wire::SendRequest;
-use herald::client::{render_broadcast, render_table, Client};
+use herald::client::{render_broadcast, render_table, Client, WatchNotice};
 use herald::config::{Config, DEFAULT_LISTEN};
 use herald::mock::FaultsFile;
 
@@ -339,16 +339,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             let final_state = client
-                .watch(&accepted.id, |elapsed, delivery| {
-                    if !json {
-                        println!(
-                            "[{:>6.2}s] {}: {}",
-                            elapsed.as_secs_f64(),
-                            delivery.destination,
-                            delivery.describe()
-                        );
-                    }
-                })
+                .watch_with_notices(
+                    &accepted.id,
+                    |elapsed, delivery| {
+                        if !json {
+                            println!(
+                                "[{:>6.2}s] {}: {}",
+                                elapsed.as_secs_f64(),
+                                delivery.destination,
+                                delivery.describe()
+                            );
+                        }
+                    },
+                    |notice| match notice {
+                        WatchNotice::Lost { reason } => {
+                            eprintln!("lost the event stream ({reason}); reconnecting")
+                        }
+                        WatchNotice::Reconnected => {
+                            eprintln!("reconnected; carrying on from the broadcast's state")
+                        }
+                    },
+                )
                 .await?;
             if json {
                 print_broadcast(&final_state, true)?;
