@@ -9,6 +9,7 @@ mod isolation;
 mod multinode;
 mod operator;
 mod partial_failure;
+mod serving;
 mod specs;
 mod store;
 mod support;
