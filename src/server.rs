@@ -302,3 +302,22 @@ async fn purge_ingest_keys<S: Store>(store: Arc<S>, mut shutdown: watch::Receive
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_get_half_the_open_files_within_a_ceiling() {
+        assert_eq!(default_connections_max(Some(1_024)), 512);
+        assert_eq!(default_connections_max(Some(1)), 1);
+        assert_eq!(
+            default_connections_max(Some(1 << 40)),
+            DEFAULT_CONNECTIONS_MAX_CEILING
+        );
+        assert_eq!(
+            default_connections_max(None),
+            DEFAULT_CONNECTIONS_MAX_CEILING
+        );
+    }
+}
