@@ -8,8 +8,10 @@ use crate::api::wire::{
     DestinationHealth, ErrorBody, SendRequest,
 };
 
-/// The pause before `watch` reconnects to a server that went away.
-const WATCH_RECONNECT_PAUSE_MS: u64 = 500;
+/// The first pause before `watch` reconnects to a server that went away;
+/// it doubles on each failed try, up to `WATCH_RECONNECT_PAUSE_MS_MAX`.
+const WATCH_RECONNECT_PAUSE_MS: u64 = 250;
+const WATCH_RECONNECT_PAUSE_MS_MAX: u64 = 4_000;
 /// Timeout for one API call.
 const API_TIMEOUT_MS: u64 = 30_000;
 /// Tries of one keyed send in all, the first included: a transient failure
@@ -59,6 +61,16 @@ pub struct Client {
     stream_http: reqwest::Client,
     server: reqwest::Url,
     token: Option<String>,
+}
+
+/// What `watch` reports besides delivery changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchNotice {
+    /// The stream ended before the broadcast was final (herald is stopping,
+    /// or went away); `watch` tries again.
+    Lost { reason: String },
+    /// Connected again; the stream starts with the broadcast's state.
+    Reconnected,
 }
 
 /// Filters of `herald list`.
@@ -310,28 +322,56 @@ impl Client {
     pub async fn watch(
         &self,
         id: &str,
+        on_change: impl FnMut(Duration, &Delivery),
+    ) -> Result<Broadcast, ClientError> {
+        self.watch_with_notices(id, on_change, |_| {}).await
+    }
+
+    /// `watch`, telling `on_notice` when the stream is lost and when it is
+    /// back. Reconnects with a doubling pause (250 ms to 4 s), for at most
+    /// `WATCH_RECONNECT_MS_MAX` without a connection.
+    pub async fn watch_with_notices(
+        &self,
+        id: &str,
         mut on_change: impl FnMut(Duration, &Delivery),
+        mut on_notice: impl FnMut(&WatchNotice),
     ) -> Result<Broadcast, ClientError> {
         let started = Instant::now();
         let mut seen: HashMap<String, (String, u32, Option<u16>)> = HashMap::new();
         let mut unreachable_since: Option<Instant> = None;
+        let mut pause_ms = WATCH_RECONNECT_PAUSE_MS;
+        let mut lost = false;
         loop {
-            match self
+            let followed = self
                 .follow(
                     id,
                     started,
                     &mut seen,
                     &mut on_change,
                     &mut unreachable_since,
+                    &mut |connected| {
+                        if connected && lost {
+                            lost = false;
+                            pause_ms = WATCH_RECONNECT_PAUSE_MS;
+                            on_notice(&WatchNotice::Reconnected);
+                        }
+                    },
                 )
-                .await
-            {
+                .await;
+            match followed {
                 Ok(()) => return self.status(id).await,
-                Err(ClientError::Unreachable { .. } | ClientError::Stream(_))
+                Err(error @ (ClientError::Unreachable { .. } | ClientError::Stream(_)))
                     if unreachable_since.get_or_insert_with(Instant::now).elapsed()
                         < Duration::from_millis(WATCH_RECONNECT_MS_MAX) =>
                 {
-                    tokio::time::sleep(Duration::from_millis(WATCH_RECONNECT_PAUSE_MS)).await;
+                    if !lost {
+                        lost = true;
+                        on_notice(&WatchNotice::Lost {
+                            reason: error.to_string(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                    pause_ms = (pause_ms * 2).min(WATCH_RECONNECT_PAUSE_MS_MAX);
                 }
                 Err(error) => return Err(error),
             }
@@ -346,6 +386,7 @@ impl Client {
         seen: &mut HashMap<String, (String, u32, Option<u16>)>,
         on_change: &mut impl FnMut(Duration, &Delivery),
         unreachable_since: &mut Option<Instant>,
+        on_connected: &mut impl FnMut(bool),
     ) -> Result<(), ClientError> {
         let url = self.url(&format!("v1/broadcasts/{id}/events"))?;
         let response = self
@@ -364,6 +405,7 @@ impl Client {
         }
         // Connected: a later break gets the full reconnect window again.
         *unreachable_since = None;
+        on_connected(true);
         let mut response = response;
         // Raw bytes: a character split across chunks is decoded whole.
         let mut buffer: Vec<u8> = Vec::new();
@@ -387,6 +429,8 @@ impl Client {
                             "delivery"
                         } else if name.trim() == "status" {
                             "status"
+                        } else if name.trim() == "shutdown" {
+                            "shutdown"
                         } else {
                             "other"
                         };
@@ -409,6 +453,7 @@ impl Client {
                         }
                     }
                     "status" => return Ok(()),
+                    "shutdown" => return Err(ClientError::Stream("herald is stopping".into())),
                     _ => {}
                 }
             }

@@ -38,6 +38,10 @@ pub const DEFAULT_BREAKER_COOLDOWN_MS: u64 = 30_000;
 pub const CONCURRENCY_MAX: u32 = 1_024;
 /// How long a node's lease on a delivery lasts (PostgreSQL only).
 pub const DEFAULT_LEASE_MS: u64 = crate::store::postgres::DEFAULT_LEASE_MS;
+/// A client must send a request's whole head within this long.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// A connection with no request open for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 
 /// The commented first config `herald init` writes: one destination of
 /// each kind at `herald mock`'s default address, no secret to set.
@@ -62,6 +66,13 @@ pub struct Config {
     pub metrics_require_token: bool,
     /// `server.log_format`; `--log-format` and `HERALD_LOG_FORMAT` win.
     pub log_format: Option<crate::logging::LogFormat>,
+    /// A client must send a request's whole head within this long.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request open for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Connections open at once; by default half the open-file limit
+    /// (raised to its hard limit at start).
+    pub connections_max: Option<usize>,
     pub destinations: Vec<Destination>,
     /// API bearer tokens. None configured: the API is open (with a warning).
     pub tokens: Vec<ApiToken>,
@@ -727,6 +738,9 @@ struct FileServer {
     idempotency_retention_secs: Option<Spanned<u64>>,
     metrics_require_token: Option<bool>,
     log_format: Option<Spanned<String>>,
+    header_read_timeout_ms: Option<Spanned<u64>>,
+    idle_timeout_ms: Option<Spanned<u64>>,
+    connections_max: Option<Spanned<u64>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -835,6 +849,9 @@ impl Default for Config {
             idempotency_retention_ms: DEFAULT_IDEMPOTENCY_RETENTION_SECS * 1000,
             metrics_require_token: false,
             log_format: None,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            connections_max: None,
             destinations: Vec::new(),
             tokens: Vec::new(),
             alertmanager: None,
@@ -919,6 +936,26 @@ impl Config {
             DEFAULT_LEASE_MS,
             1_000..=3_600_000,
         );
+        config.header_read_timeout_ms = problems.in_range(
+            "server.header_read_timeout_ms",
+            &server.header_read_timeout_ms,
+            DEFAULT_HEADER_READ_TIMEOUT_MS,
+            100..=600_000,
+        );
+        config.idle_timeout_ms = problems.in_range(
+            "server.idle_timeout_ms",
+            &server.idle_timeout_ms,
+            DEFAULT_IDLE_TIMEOUT_MS,
+            100..=3_600_000,
+        );
+        if server.connections_max.is_some() {
+            config.connections_max = Some(problems.in_range(
+                "server.connections_max",
+                &server.connections_max,
+                1,
+                1..=1_000_000,
+            ) as usize);
+        }
         config.node_id = server.node_id;
         config.metrics_require_token = server.metrics_require_token.unwrap_or(false);
         if let Some(format) = &server.log_format {

@@ -34,7 +34,7 @@ const LEASED_PER_REQUEST_SLOT: usize = 2;
 const IDLE_POLL_MS: i64 = 5_000;
 /// At shutdown, attempts in flight get this long to finish and record their
 /// outcome; the rest are released to the next start's recovery.
-const SHUTDOWN_DRAIN_MS: u64 = 10_000;
+pub(crate) const SHUTDOWN_DRAIN_MS: u64 = 10_000;
 /// After a store error, a lane waits this long before trying again.
 const STORE_ERROR_PAUSE_MS: u64 = 500;
 /// Tries to record one outcome before leaving it to the next restart

@@ -6,6 +6,7 @@ pub mod api;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod connections;
 pub mod connector;
 pub mod demo;
 pub mod dispatch;

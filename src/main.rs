@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use herald::api::wire::SendRequest;
-use herald::client::{render_broadcast, render_table, Client, ClientError};
+use herald::client::{render_broadcast, render_table, Client, ClientError, WatchNotice};
 use herald::config::{Config, WebhookSecret, DEFAULT_LISTEN, INIT_TEMPLATE};
 use herald::logging::LogFormat;
 use herald::mock::FaultsFile;
@@ -1000,16 +1000,27 @@ async fn wait_until_final(
     json: bool,
     timeout: Option<std::time::Duration>,
 ) -> anyhow::Result<ExitCode> {
-    let watch = client.watch(id, |elapsed, delivery| {
-        if !json {
-            println!(
-                "[{:>6.2}s] {}: {}",
-                elapsed.as_secs_f64(),
-                delivery.destination,
-                delivery.describe()
-            );
-        }
-    });
+    let watch = client.watch_with_notices(
+        id,
+        |elapsed, delivery| {
+            if !json {
+                println!(
+                    "[{:>6.2}s] {}: {}",
+                    elapsed.as_secs_f64(),
+                    delivery.destination,
+                    delivery.describe()
+                );
+            }
+        },
+        |notice| match notice {
+            WatchNotice::Lost { reason } => {
+                eprintln!("lost the event stream ({reason}); reconnecting")
+            }
+            WatchNotice::Reconnected => {
+                eprintln!("reconnected; carrying on from the broadcast's state")
+            }
+        },
+    );
     let final_state = match timeout {
         None => watch.await?,
         Some(limit) => match tokio::time::timeout(limit, watch).await {

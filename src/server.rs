@@ -10,7 +10,8 @@ use tokio::task::JoinHandle;
 
 use crate::api::{router, AppState};
 use crate::config::Config;
-use crate::dispatch::{now_ms, Dispatcher};
+use crate::connections::ConnectionLimits;
+use crate::dispatch::{now_ms, Dispatcher, SHUTDOWN_DRAIN_MS};
 use crate::store::{AnyStore, PostgresOptions, PostgresStore, SqliteStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +188,24 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
     if config.tokens.is_empty() {
         tracing::warn!("no [[tokens]] configured: the API is open to anyone who can reach {addr}");
     }
+    let open_files_max = raise_open_files_limit();
+    let limits = ConnectionLimits {
+        header_read_timeout_ms: config.header_read_timeout_ms,
+        idle_timeout_ms: config.idle_timeout_ms,
+        connections_max: config
+            .connections_max
+            .unwrap_or_else(|| default_connections_max(open_files_max)),
+        drain_ms: SHUTDOWN_DRAIN_MS,
+    };
+    tracing::info!(
+        connections_max = limits.connections_max,
+        open_files_max = open_files_max
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "unlimited".into()),
+        header_read_timeout_ms = limits.header_read_timeout_ms,
+        idle_timeout_ms = limits.idle_timeout_ms,
+        "connection limits"
+    );
     let lease_ms = config.lease_ms;
     let app_state = Arc::new(AppState::new(store.clone(), dispatcher, Arc::new(config)));
     if lease_hold_max_ms.is_some() {
@@ -194,14 +213,21 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
     }
     let app = router(app_state.clone());
     let purge = tokio::spawn(purge_ingest_keys(store.clone(), shutdown_rx.clone()));
-    let mut http_shutdown = shutdown_rx;
+    let mut streams_shutdown = shutdown_rx.clone();
+    let http_shutdown = shutdown_rx;
+    let state = app_state.clone();
     let http = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = http_shutdown.wait_for(|stop| *stop).await;
-        });
-        if let Err(error) = serve.await {
-            tracing::error!(%error, "HTTP server stopped");
-        }
+        // At shutdown every event stream sends its last event and ends, so
+        // its connection can close within the drain.
+        let end_streams = async move {
+            if streams_shutdown.wait_for(|stop| *stop).await.is_ok() {
+                state.stopping.send_replace(true);
+            }
+        };
+        tokio::join!(
+            crate::connections::serve(listener, app, limits, http_shutdown),
+            end_streams
+        );
     });
     tracing::info!(%addr, database = %path, "herald serving");
     Ok(RunningServer {
@@ -213,6 +239,42 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
         wakeups,
         app: app_state,
     })
+}
+
+/// Connections open at once when `server.connections_max` is not set, with
+/// no open-file limit.
+pub const DEFAULT_CONNECTIONS_MAX_CEILING: usize = 65_536;
+
+/// Half the open files go to connections; the rest stay for the database
+/// (SQLite's readers, PostgreSQL's pool), the destinations' HTTP client
+/// pools and the log.
+pub fn default_connections_max(open_files_max: Option<u64>) -> usize {
+    open_files_max
+        .map(|n| (n / 2).min(DEFAULT_CONNECTIONS_MAX_CEILING as u64) as usize)
+        .unwrap_or(DEFAULT_CONNECTIONS_MAX_CEILING)
+        .max(1)
+}
+
+/// Raises the soft open-file limit to the hard one (a common soft limit is
+/// 1,024, far below what a server needs) and returns the limit now in force
+/// (None: unlimited).
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum) {
+        if current < maximum {
+            let raised = Rlimit {
+                current: Some(maximum),
+                maximum: Some(maximum),
+            };
+            if let Err(error) = setrlimit(Resource::Nofile, raised) {
+                tracing::warn!(%error, current, maximum, "cannot raise the open-file limit");
+                return Some(current);
+            }
+            return Some(maximum);
+        }
+    }
+    limit.current
 }
 
 /// Turns the cluster's notifications into lane wake-ups, until shutdown.
@@ -259,5 +321,24 @@ async fn purge_ingest_keys<S: Store>(store: Arc<S>, mut shutdown: watch::Receive
             Ok(purged) => tracing::info!(purged, "forgot expired idempotency keys"),
             Err(error) => tracing::warn!(%error, "cannot purge expired idempotency keys"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_get_half_the_open_files_within_a_ceiling() {
+        assert_eq!(default_connections_max(Some(1_024)), 512);
+        assert_eq!(default_connections_max(Some(1)), 1);
+        assert_eq!(
+            default_connections_max(Some(1 << 40)),
+            DEFAULT_CONNECTIONS_MAX_CEILING
+        );
+        assert_eq!(
+            default_connections_max(None),
+            DEFAULT_CONNECTIONS_MAX_CEILING
+        );
     }
 }

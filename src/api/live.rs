@@ -1,7 +1,10 @@
 //! Server-sent events: `GET /v1/broadcasts/{id}/events` streams one
 //! broadcast's state changes, starting with a snapshot of every delivery and
 //! ending with a `status` event once all are final; `GET /v1/events` streams
-//! every broadcast's changes until the client leaves.
+//! every broadcast's changes until the client leaves. When the server stops,
+//! every stream gets a last `shutdown` event and ends, so no client can hold
+//! the shutdown up; a client reconnects once herald is back, and a
+//! broadcast's stream starts again with its snapshot.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -25,6 +28,22 @@ use crate::store::{BroadcastView, Store};
 
 /// A comment line keeps idle streams open through proxies.
 const KEEP_ALIVE_SECS: u64 = 15;
+
+/// The last event of every stream when the server stops.
+fn shutdown_event() -> Event {
+    Event::default()
+        .event("shutdown")
+        .json_data(serde_json::json!({
+            "reason": "herald is stopping; reconnect when it is back (a broadcast's stream starts again with its snapshot)"
+        }))
+        .expect("event serialises")
+}
+
+/// Resolves once the server is stopping.
+async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
+    // The sender lives in AppState, which outlives every stream.
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
 
 fn delivery_event(change: &StateChange, now_ms: i64) -> Event {
     let p = &change.progress;
@@ -70,6 +89,7 @@ struct Watch<S> {
     /// arriving late (another task published it) is ignored.
     states: HashMap<String, (DeliveryState, i64)>,
     finished: bool,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<S: Store> Watch<S> {
@@ -111,7 +131,14 @@ impl<S: Store> Watch<S> {
             if self.finished {
                 return None;
             }
-            match self.changes.recv().await {
+            let received = tokio::select! {
+                received = self.changes.recv() => received,
+                _ = stopped(self.stopping.clone()) => {
+                    self.finished = true;
+                    return Some((Ok(shutdown_event()), self));
+                }
+            };
+            match received {
                 Ok(change) if change.broadcast_id == self.id => self.absorb([(*change).clone()]),
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => {
@@ -151,6 +178,7 @@ pub(super) async fn broadcast_events<S: Store>(
         queue: VecDeque::new(),
         states: HashMap::new(),
         finished: false,
+        stopping: app.stopping.subscribe(),
     };
     watch.absorb(snapshot(&view));
     let events = stream::unfold(watch, Watch::next);
@@ -166,15 +194,22 @@ pub(super) async fn all_events<S: Store>(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     authorize(&app.config.load(), &headers, Scope::Read)?;
     let changes = app.dispatcher.events().subscribe();
-    let events = stream::unfold(changes, |mut changes| async move {
-        let event = match changes.recv().await {
+    let stopping = Some(app.stopping.subscribe());
+    let events = stream::unfold((changes, stopping), |(mut changes, stopping)| async move {
+        // None: the shutdown event went out, the stream is over.
+        let stopping = stopping?;
+        let received = tokio::select! {
+            received = changes.recv() => received,
+            _ = stopped(stopping.clone()) => return Some((Ok(shutdown_event()), (changes, None))),
+        };
+        let event = match received {
             Ok(change) => delivery_event(&change, now_ms()),
             Err(RecvError::Lagged(missed)) => Event::default().event("lagged").data(format!(
                 "{missed} changes were missed; re-read the broadcasts you watch"
             )),
             Err(RecvError::Closed) => return None,
         };
-        Some((Ok(event), changes))
+        Some((Ok(event), (changes, Some(stopping))))
     });
     Ok(
         Sse::new(events)

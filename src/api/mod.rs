@@ -62,6 +62,9 @@ pub struct AppState<S> {
     /// (caller, Idempotency-Key) of keyed requests being processed: a second
     /// request with the same key meanwhile gets 409.
     pub keys_in_flight: Mutex<HashSet<(String, String)>>,
+    /// Turns true when the server stops: event streams send their last
+    /// event and end.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl<S> AppState<S> {
@@ -73,6 +76,7 @@ impl<S> AppState<S> {
             config: LiveConfig::new(config),
             accepted: AtomicU64::new(0),
             keys_in_flight: Mutex::new(HashSet::new()),
+            stopping: tokio::sync::watch::Sender::new(false),
         }
     }
 }

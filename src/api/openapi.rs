@@ -192,12 +192,12 @@ pub fn document() -> Value {
             "/v1/broadcasts/{id}/events": {"get": {
                 "summary": "Server-sent events: a snapshot, each state change, then `status` when final",
                 "security": read, "parameters": [id_param()],
-                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent and StatusEvent", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["400", "401", "403", "404"]))
+                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent and StatusEvent; when herald stops, a last `shutdown` event ({\"reason\"}) and the stream ends: reconnect, it starts again with a snapshot", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["400", "401", "403", "404"]))
             }},
             "/v1/events": {"get": {
                 "summary": "Server-sent events of every broadcast's state changes",
                 "security": read,
-                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["401", "403"]))
+                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent; when herald stops, a last `shutdown` event ({\"reason\"}) and the stream ends", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["401", "403"]))
             }},
             "/v1/destinations": {"get": {
                 "summary": "Each destination's health",
@@ -233,7 +233,7 @@ pub fn document() -> Value {
                 "responses": with(json!({"202": with(json!({"description": "Accepted"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404"]))
             }},
             "/healthz": {"get": {"summary": "The process answers", "security": [], "responses": {"200": {"description": "ok"}}}},
-            "/readyz": {"get": {"summary": "The database answers", "security": [], "responses": with(json!({"200": {"description": "ready"}}), error_responses(&["503"]))}},
+            "/readyz": {"get": {"summary": "The database can commit (503 with the reason while it cannot: a full disk, a lost database)", "security": [], "responses": with(json!({"200": {"description": "ready"}}), error_responses(&["503"]))}},
             "/metrics": {"get": {"summary": "Prometheus text format", "security": [], "responses": {"200": {"description": "Metrics", "content": {"text/plain": {}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}}
         }

@@ -21,16 +21,17 @@ pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the database answers.
+/// Ready when the database can commit: the store's last commit went
+/// through (and it answers), or, after a failed one, a probe commit does.
 pub(super) async fn readyz<S: Store>(
     State(app): State<Arc<AppState<S>>>,
 ) -> Result<&'static str, ApiError> {
     app.store.ping().await.map_err(|error| {
-        tracing::warn!(%error, "not ready: the database does not answer");
+        tracing::debug!(%error, "not ready: the database cannot commit");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            "the database does not answer",
+            format!("the database cannot commit: {error}"),
         )
     })?;
     Ok("ready\n")

@@ -47,6 +47,43 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
+/// Whether the store's last commit went through, for `/readyz`: a signal
+/// that costs nothing while commits succeed. While one fails (a full disk,
+/// a lost database), the readiness check probes with a small commit of its
+/// own, so it turns ready again without waiting for traffic.
+#[derive(Debug, Default)]
+pub struct CommitHealth {
+    failing_now: std::sync::atomic::AtomicBool,
+    reason: std::sync::Mutex<Option<String>>,
+}
+
+impl CommitHealth {
+    pub fn succeeded(&self) {
+        use std::sync::atomic::Ordering;
+        if self.failing_now.swap(false, Ordering::AcqRel) {
+            *self.reason.lock().expect("commit health poisoned") = None;
+            tracing::info!("the database commits again");
+        }
+    }
+
+    pub fn failed(&self, error: &StoreError) {
+        use std::sync::atomic::Ordering;
+        *self.reason.lock().expect("commit health poisoned") = Some(error.to_string());
+        if !self.failing_now.swap(true, Ordering::AcqRel) {
+            tracing::warn!(%error, "the database cannot commit: not ready until it can");
+        }
+    }
+
+    /// Why the last commit failed; None while commits succeed.
+    pub fn failing(&self) -> Option<String> {
+        use std::sync::atomic::Ordering;
+        if !self.failing_now.load(Ordering::Acquire) {
+            return None;
+        }
+        self.reason.lock().expect("commit health poisoned").clone()
+    }
+}
+
 /// A broadcast to be written once, with one delivery per destination.
 #[derive(Clone, Debug)]
 pub struct NewBroadcast {
@@ -368,7 +405,8 @@ pub trait Store: Send + Sync + 'static {
 
     fn backlog(&self) -> impl Future<Output = Result<Vec<DestinationBacklog>, StoreError>> + Send;
 
-    /// A cheap round trip, for readiness.
+    /// Whether the store can commit, for readiness: a cheap round trip
+    /// while commits succeed, a small commit while they fail.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Records an operator's pause of a destination (replacing any), for

@@ -260,6 +260,8 @@ struct Inner {
     writes: mpsc::Sender<WriteOp>,
     inserts: mpsc::Sender<InsertOp>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The last insert's or outcome's commit, for readiness.
+    health: CommitHealth,
 }
 
 impl Drop for Inner {
@@ -393,6 +395,24 @@ impl Drop for Conn<'_> {
                     .push((client, statements));
             }
         }
+    }
+}
+
+/// Whether an error says the database cannot commit at all (unreachable,
+/// out of disk or memory, shutting down), rather than that this one
+/// operation was refused.
+fn cannot_commit(error: &StoreError) -> bool {
+    match error {
+        StoreError::Postgres(error) => match error.code() {
+            // No SQLSTATE: the connection itself failed.
+            None => true,
+            Some(code) => {
+                let class = &code.code()[..2];
+                matches!(class, "08" | "53" | "57" | "58" | "XX")
+            }
+        },
+        StoreError::Unavailable(_) | StoreError::WriterStopped => true,
+        _ => false,
     }
 }
 
@@ -588,6 +608,7 @@ impl PostgresStore {
             writes,
             inserts,
             tasks: Mutex::new(Vec::new()),
+            health: CommitHealth::default(),
         });
         let weak = Arc::downgrade(&inner);
         // Several writers of each kind, so one batch's round trips and
@@ -638,6 +659,15 @@ impl PostgresStore {
         tokio::time::timeout(Duration::from_millis(OPERATION_TIMEOUT_MS), operation)
             .await
             .map_err(|_| unavailable("the database did not answer in time"))?
+    }
+
+    /// Feeds readiness with a commit's result.
+    fn note_commit<T>(&self, result: &Result<T, StoreError>) {
+        match result {
+            Ok(_) => self.inner.health.succeeded(),
+            Err(error) if cannot_commit(error) => self.inner.health.failed(error),
+            Err(_) => {}
+        }
     }
 
     /// Releases expired leases (and this node's own, at start): sending
@@ -2225,7 +2255,9 @@ impl Store for PostgresStore {
             .send(InsertOp { new, reply })
             .await
             .map_err(|_| StoreError::WriterStopped)?;
-        answer.await.map_err(|_| StoreError::WriterStopped)?
+        let inserted = answer.await.map_err(|_| StoreError::WriterStopped)?;
+        self.note_commit(&inserted);
+        inserted
     }
 
     async fn claim_due(
@@ -2250,7 +2282,9 @@ impl Store for PostgresStore {
             .send(WriteOp { update, reply })
             .await
             .map_err(|_| StoreError::WriterStopped)?;
-        answer.await.map_err(|_| StoreError::WriterStopped)?
+        let updated = answer.await.map_err(|_| StoreError::WriterStopped)?;
+        self.note_commit(&updated);
+        updated
     }
 
     /// Only this node's old leases and expired ones: the live leases of
@@ -2442,12 +2476,29 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.timed(async {
-            let conn = self.inner.pool.get().await?;
-            conn.query_one("SELECT 1", &[]).await?;
-            Ok(())
-        })
-        .await
+        let failing = self.inner.health.failing().is_some();
+        let probed = self
+            .timed(async {
+                let mut conn = self.inner.pool.get().await?;
+                if !failing {
+                    conn.query_one("SELECT 1", &[]).await?;
+                    return Ok(());
+                }
+                // The last commit failed: only a commit (here a
+                // transaction id and its commit record) tells whether one
+                // goes through again.
+                let tx = conn.begin().await?;
+                tx.tx
+                    .query_one("SELECT pg_current_xact_id()::text", &[])
+                    .await?;
+                tx.tx.commit().await?;
+                Ok(())
+            })
+            .await;
+        if failing {
+            self.note_commit(&probed);
+        }
+        probed
     }
 
     async fn pause_destination(&self, pause: DestinationPause) -> Result<(), StoreError> {

@@ -364,6 +364,8 @@ struct Inner {
     _lock: std::fs::File,
     writes: mpsc::Sender<WriteOp>,
     idle_readers: Mutex<Vec<Connection>>,
+    /// The writer's last commit, for readiness.
+    health: Arc<CommitHealth>,
 }
 
 /// One write, as the writer thread receives it.
@@ -401,6 +403,8 @@ enum Request {
         destination: String,
         now_ms: i64,
     },
+    /// A commit that writes one page, for readiness while commits fail.
+    Probe,
 }
 
 enum Answer {
@@ -439,9 +443,11 @@ impl SqliteStore {
         // writer finishes the checkpoint once there are `WAL_RESTART_FRAMES`.
         let wal_frames = Arc::new(AtomicU64::new(0));
         let writer_wal_frames = wal_frames.clone();
+        let health = Arc::new(CommitHealth::default());
+        let writer_health = health.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run_writer(conn, queue, &writer_wal_frames))
+            .spawn(move || run_writer(conn, queue, &writer_wal_frames, &writer_health))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
         // Checkpoints run beside the writer, not inside its commits: an
         // automatic checkpoint copies the WAL into the database and fsyncs
@@ -451,6 +457,7 @@ impl SqliteStore {
             _lock: lock,
             writes,
             idle_readers: Mutex::new(Vec::new()),
+            health,
         });
         let checkpointer = Connection::open(&path)?;
         checkpointer.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
@@ -603,7 +610,12 @@ fn run_migrations(conn: &mut Connection, done: usize) -> Result<(), StoreError> 
     Ok(())
 }
 
-fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriteOp>, wal_frames: &AtomicU64) {
+fn run_writer(
+    mut conn: Connection,
+    mut queue: mpsc::Receiver<WriteOp>,
+    wal_frames: &AtomicU64,
+    health: &CommitHealth,
+) {
     let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
@@ -613,7 +625,7 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriteOp>, wal_fram
                 Err(_) => break,
             }
         }
-        write_batch(&mut conn, &mut batch);
+        write_batch(&mut conn, &mut batch, health);
         // The background checkpoint copied most of the WAL; between two
         // transactions nobody else writes, so this copies only what was
         // committed since, and the next BEGIN starts the log over.
@@ -636,9 +648,10 @@ fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<WriteOp>, wal_fram
 /// is not. (Savepoints per operation would do the same at a large cost on
 /// the hot path, and SQLite may roll back a whole transaction on I/O
 /// errors, which savepoints cannot contain.)
-fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
+fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, health: &CommitHealth) {
     match apply_all(conn, batch) {
         Ok(answers) => {
+            health.succeeded();
             for (op, answer) in batch.drain(..).zip(answers) {
                 // The caller may have gone away (request cancelled); fine.
                 let _ = op.reply.send(Ok(answer));
@@ -652,9 +665,35 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
             for op in batch.drain(..) {
                 let result = apply_all(conn, std::slice::from_ref(&op))
                     .map(|mut answers| answers.pop().expect("one answer per operation"));
+                match &result {
+                    Ok(_) => health.succeeded(),
+                    Err(error) if cannot_commit(error) => health.failed(error),
+                    Err(_) => {}
+                }
                 let _ = op.reply.send(result);
             }
         }
+    }
+}
+
+/// Whether an error says the database cannot commit at all (rather than
+/// that this one operation was refused).
+fn cannot_commit(error: &StoreError) -> bool {
+    use rusqlite::ErrorCode::*;
+    match error {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
+            failure.code,
+            DiskFull
+                | SystemIoFailure
+                | CannotOpen
+                | ReadOnly
+                | DatabaseCorrupt
+                | NotADatabase
+                | FileLockingProtocolFailed
+                | PermissionDenied
+                | OutOfMemory
+        ),
+        _ => false,
     }
 }
 
@@ -711,6 +750,12 @@ fn apply_each(conn: &Connection, ops: &[WriteOp]) -> Result<Vec<Answer>, StoreEr
                 )?
                 .execute(params![caller, key, response])? as u64,
             ),
+            Request::Probe => {
+                // Rewrites the header page with the value it holds.
+                let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+                conn.execute_batch(&format!("PRAGMA user_version = {version}"))?;
+                Answer::Done(0)
+            }
             Request::PurgeIngestKeys(now_ms) => Answer::Done(
                 conn.prepare_cached("DELETE FROM ingest_keys WHERE expires_at_ms < ?1")?
                     .execute(params![now_ms])? as u64,
@@ -1655,6 +1700,11 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.inner.health.failing().is_some() {
+            // The last commit failed: only a commit tells whether one can
+            // go through again.
+            self.write(Request::Probe).await?;
+        }
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
     }

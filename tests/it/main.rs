@@ -14,6 +14,7 @@ mod operator;
 mod partial_failure;
 mod pause;
 mod reload;
+mod serving;
 mod specs;
 mod store;
 mod support;
