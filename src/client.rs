@@ -98,8 +98,8 @@ impl Client {
 
     /// `token`: a bearer token, for servers that require one.
     pub fn with_token(server: &str, token: Option<String>) -> Result<Client, ClientError> {
-        let server =
-            reqwest::Url::parse(server).map_err(|_| ClientError::BadServer(server.to_owned()))?;
+        let server = reqwest::Url::parse(server)
+            .map_err(|_| ClientError::BadServer(crate::redact::redact_url(server)))?;
         let http = crate::connector::http_client_builder()
             .timeout(Duration::from_millis(API_TIMEOUT_MS))
             .build()
@@ -395,8 +395,8 @@ impl Client {
             .send()
             .await
             .map_err(|e| ClientError::Unreachable {
-                server: self.server.to_string(),
-                reason: e.to_string(),
+                server: crate::redact::redact_url(self.server.as_str()),
+                reason: e.without_url().to_string(),
             })?;
         if !response.status().is_success() {
             let status = response.status().as_u16();
@@ -471,16 +471,16 @@ impl Client {
         response: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<T, ClientError> {
         let response = response.map_err(|e| ClientError::Unreachable {
-            server: self.server.to_string(),
-            reason: e.to_string(),
+            server: crate::redact::redact_url(self.server.as_str()),
+            reason: e.without_url().to_string(),
         })?;
         let status = response.status().as_u16();
         let bytes = response
             .bytes()
             .await
             .map_err(|e| ClientError::Unreachable {
-                server: self.server.to_string(),
-                reason: e.to_string(),
+                server: crate::redact::redact_url(self.server.as_str()),
+                reason: e.without_url().to_string(),
             })?;
         if (200..300).contains(&status) {
             return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()));

@@ -436,6 +436,26 @@ async fn no_credential_is_printed_when_the_database_cannot_be_reached() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn no_credential_is_printed_by_a_client_that_cannot_reach_its_server() {
+    for server in [
+        "http://ops:SECRETuser@127.0.0.1:1",
+        "http://127.0.0.1:1/?token=SECRETquery",
+    ] {
+        let output = Command::new(HERALD)
+            .args(["status", "01JAAAAAAAAAAAAAAAAAAAAAAA", "--server", server])
+            .output()
+            .unwrap();
+        let text = printed(&output);
+        assert!(!output.status.success(), "{text}");
+        assert!(text.contains("cannot reach herald"), "{text}");
+        assert!(
+            !text.contains("SECRET"),
+            "a credential in the error: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn no_credential_is_printed_by_a_server_on_postgresql() {
     let Some(pg) = PgSchema::create().await else {
         return;
