@@ -28,6 +28,13 @@ pub const DEFAULT_CONCURRENCY: u32 = 16;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Ingest idempotency keys are remembered this long (24 h).
 pub const DEFAULT_IDEMPOTENCY_RETENTION_SECS: u64 = 86_400;
+/// Finished broadcasts older than this are deleted (30 days); 0 keeps them.
+pub const DEFAULT_BROADCAST_RETENTION_SECS: u64 = 30 * 86_400;
+/// Largest Alertmanager notification the ingest route reads: a group of
+/// 1,000 alerts is about 1 MB.
+pub const DEFAULT_ALERTMANAGER_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// The longest retention the config takes (10 years).
+pub const BROADCAST_RETENTION_SECS_MAX: u64 = 3_650 * 86_400;
 /// Failed attempts in a row that open a destination's circuit breaker.
 pub const DEFAULT_BREAKER_FAILURES: u32 = 10;
 /// How long an open breaker waits before it lets one probe through.
@@ -52,6 +59,9 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// How long an ingest `Idempotency-Key` is remembered.
     pub idempotency_retention_ms: u64,
+    /// Finished broadcasts (every delivery final) older than this are
+    /// deleted with their deliveries and attempts; 0 keeps them forever.
+    pub broadcast_retention_secs: u64,
     /// Whether `/metrics` needs a token with the `read` scope.
     pub metrics_require_token: bool,
     pub destinations: Vec<Destination>,
@@ -109,11 +119,24 @@ impl fmt::Debug for ApiToken {
 }
 
 /// Alertmanager receivers to herald destinations.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct AlertmanagerRoutes {
     /// For receivers not listed in `receivers`.
     pub destinations: Vec<String>,
     pub receivers: BTreeMap<String, Vec<String>>,
+    /// The ingest route's own body limit (other routes keep
+    /// `request_body_bytes_max`).
+    pub request_body_bytes_max: usize,
+}
+
+impl Default for AlertmanagerRoutes {
+    fn default() -> AlertmanagerRoutes {
+        AlertmanagerRoutes {
+            destinations: Vec::new(),
+            receivers: BTreeMap::new(),
+            request_body_bytes_max: DEFAULT_ALERTMANAGER_BODY_BYTES_MAX,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -293,6 +316,7 @@ struct FileAlertmanager {
     destinations: Spanned<Vec<String>>,
     #[serde(default)]
     receivers: BTreeMap<String, Spanned<Vec<String>>>,
+    request_body_bytes_max: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -305,6 +329,7 @@ struct FileServer {
     request_body_bytes_max: Option<Spanned<u64>>,
     request_timeout_ms: Option<Spanned<u64>>,
     idempotency_retention_secs: Option<Spanned<u64>>,
+    broadcast_retention_secs: Option<Spanned<u64>>,
     metrics_require_token: Option<bool>,
 }
 
@@ -400,6 +425,7 @@ impl Default for Config {
             request_body_bytes_max: DEFAULT_REQUEST_BODY_BYTES_MAX,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             idempotency_retention_ms: DEFAULT_IDEMPOTENCY_RETENTION_SECS * 1000,
+            broadcast_retention_secs: DEFAULT_BROADCAST_RETENTION_SECS,
             metrics_require_token: false,
             destinations: Vec::new(),
             tokens: Vec::new(),
@@ -569,6 +595,17 @@ impl Config {
                     )
                 })? * 1000;
         }
+        if let Some(retention) = parsed.server.broadcast_retention_secs {
+            config.broadcast_retention_secs =
+                checked(&Some(retention), 0, 0..=BROADCAST_RETENTION_SECS_MAX).map_err(
+                    |(span, range)| {
+                        error(
+                            span,
+                            format!("server.broadcast_retention_secs: must be {range} (0 keeps finished broadcasts forever)"),
+                        )
+                    },
+                )?;
+        }
         if let Some(lease) = parsed.server.lease_ms {
             config.lease_ms =
                 checked(&Some(lease), 0, 1_000..=3_600_000).map_err(|(span, range)| {
@@ -632,6 +669,17 @@ impl Config {
             let mut routes = AlertmanagerRoutes {
                 destinations: known(&am.destinations, "alertmanager.destinations")?,
                 receivers: BTreeMap::new(),
+                request_body_bytes_max: checked(
+                    &am.request_body_bytes_max,
+                    DEFAULT_ALERTMANAGER_BODY_BYTES_MAX as u64,
+                    1024..=64 * 1024 * 1024,
+                )
+                .map_err(|(span, range)| {
+                    error(
+                        span,
+                        format!("alertmanager.request_body_bytes_max: must be {range}"),
+                    )
+                })? as usize,
             };
             for (receiver, names) in &am.receivers {
                 let list = known(names, &format!("alertmanager.receivers.{receiver}"))?;

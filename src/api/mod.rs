@@ -54,6 +54,13 @@ impl<S> AppState<S> {
 
 pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
     let body_limit = state.config.request_body_bytes_max;
+    let alertmanager_body_limit = state
+        .config
+        .alertmanager
+        .as_ref()
+        .map_or(crate::config::DEFAULT_ALERTMANAGER_BODY_BYTES_MAX, |a| {
+            a.request_body_bytes_max
+        });
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
     Router::new()
         .route(
@@ -66,7 +73,12 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .route("/v1/broadcasts/{id}/events", get(live::broadcast_events::<S>))
         .route("/v1/events", get(live::all_events::<S>))
         .route("/v1/destinations", get(ops::destinations::<S>))
-        .route("/v1/ingest/alertmanager", post(alertmanager::ingest::<S>))
+        .route(
+            "/v1/ingest/alertmanager",
+            // Its own limit: Alertmanager sends whole groups (a 1,000-alert
+            // group is about 1 MB) and never retries a 413.
+            post(alertmanager::ingest::<S>).layer(DefaultBodyLimit::max(alertmanager_body_limit)),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz::<S>))
         .route("/metrics", get(ops::metrics::<S>))
