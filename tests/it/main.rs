@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod connectors;
 mod crash;
+mod ingest_and_statuses;
 mod isolation;
 mod multinode;
 mod operator;
