@@ -10,6 +10,7 @@ mod isolation;
 mod multinode;
 mod operator;
 mod partial_failure;
+mod retention;
 mod specs;
 mod store;
 mod support;
