@@ -1132,8 +1132,38 @@ forum = true
         assert_eq!(config.destinations.len(), 7);
         assert_eq!(config.tokens.len(), 1);
         assert_eq!(config.tokens[0].scopes.len(), 3);
+        assert_eq!(config.broadcast_retention_secs, 30 * 86_400);
         let routes = config.alertmanager.unwrap();
         assert_eq!(routes.receivers["database-oncall"].len(), 2);
+        assert_eq!(routes.request_body_bytes_max, 2 * 1024 * 1024);
+    }
+
+    #[test]
+    fn retention_and_the_ingest_limit_are_checked() {
+        let a = "[destinations.a]\nkind = \"webhook\"\nurl = \"http://x/\"\n";
+        let off = parse(&format!("[server]\nbroadcast_retention_secs = 0\n{a}")).unwrap();
+        assert_eq!(
+            off.broadcast_retention_secs, 0,
+            "0 keeps broadcasts forever"
+        );
+        let err = parse(&format!(
+            "[server]\nbroadcast_retention_secs = 999999999999\n{a}"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("server.broadcast_retention_secs: must be between 0 and"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{a}[alertmanager]\ndestinations = [\"a\"]\nrequest_body_bytes_max = 10\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("alertmanager.request_body_bytes_max: must be between 1024 and"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -187,6 +187,15 @@ enum Command {
         /// Broadcasts per second in steady (default: half the burst's peak).
         #[arg(long)]
         steady_rate: Option<f64>,
+        /// Seconds of load in soak.
+        #[arg(long, default_value_t = 60)]
+        soak_secs: u64,
+        /// Broadcasts per second in soak.
+        #[arg(long, default_value_t = 50.0)]
+        soak_rate: f64,
+        /// How long the soak's server keeps finished broadcasts, seconds.
+        #[arg(long, default_value_t = 20)]
+        soak_retention_secs: u64,
         #[arg(long, default_value_t = 1_000_000)]
         backlog_deliveries: usize,
         /// Keep databases and logs here instead of a temporary folder.
@@ -522,6 +531,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             submitters,
             steady_secs,
             steady_rate,
+            soak_secs,
+            soak_rate,
+            soak_retention_secs,
             backlog_deliveries,
             workdir,
             database,
@@ -536,6 +548,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 submitters,
                 steady_secs,
                 steady_rate,
+                soak_secs,
+                soak_rate,
+                soak_retention_secs,
                 backlog_deliveries,
                 workdir,
                 postgres: database,
