@@ -1845,6 +1845,33 @@ mod tests {
     }
 
     #[test]
+    fn retention_reads_old_broadcasts_along_the_primary_key() {
+        // A range of the primary key (ids sort by time), and one lookup of
+        // each candidate's deliveries: never a scan of either table.
+        let plan = query_plan(RETENTION_CANDIDATES_SQL, params!["", "01", 1_000, 256]);
+        assert!(
+            plan.iter().any(|step| step
+                .contains("SEARCH b USING INDEX sqlite_autoindex_broadcasts_1 (id>? AND id<?)")),
+            "{plan:?}"
+        );
+        assert!(
+            plan.iter().any(|step| step
+                .contains("SEARCH d USING INDEX sqlite_autoindex_deliveries_1 (broadcast_id=?)")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN")),
+            "{plan:?}"
+        );
+        let plan = query_plan("DELETE FROM ingest_keys WHERE broadcast_id = ?1", ["x"]);
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("ingest_keys_broadcast")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
     fn unfinished_work_is_read_through_its_partial_index() {
         for sql in [BACKLOG_SQL, UNFINISHED_COUNT_SQL] {
             let plan = query_plan(sql, []);
