@@ -148,6 +148,9 @@ pub struct RunReport {
     pub pending_at_p1: Option<u64>,
     /// The database's size every few seconds of a soak, and at its end.
     pub database_size: Vec<SizeSample>,
+    /// PostgreSQL ran without autovacuum, so the bench vacuumed the run's
+    /// tables (plain VACUUM) before each size sample.
+    pub vacuumed_by_bench: bool,
 }
 
 /// The database's size at one moment of a soak.
@@ -881,12 +884,21 @@ impl Bench {
         drop(server);
         let times = delivery_times(&database, started_ms).await?;
         self.drop_run_schema().await?;
-        let mut report = summarise("soak", count, names.len(), &times, started_ms);
+        // Retention deleted the older broadcasts: latencies, states and
+        // the confirmed rate are those of the ones still stored.
+        let stored_since_ms = times
+            .iter()
+            .map(|t| t.accepted_ms)
+            .min()
+            .unwrap_or(started_ms);
+        let mut report = summarise("soak", count, names.len(), &times, stored_since_ms);
+        report.deliveries = count * names.len();
         report.accepted_per_sec = count as f64 / submit_secs;
         report.peak_rss_mb = peak_rss_mb;
         report.wal_mb = wal_mb;
         report.cpu_secs_per_1000_deliveries = cpu_secs / ((count * names.len()) as f64 / 1000.0);
         report.database_size = samples;
+        report.vacuumed_by_bench = matches!(size, DatabaseSize::Postgres { vacuum: true, .. });
         Ok(report)
     }
 }
@@ -897,16 +909,31 @@ enum DatabaseSize {
     Postgres {
         client: tokio_postgres::Client,
         schema: String,
+        /// The server runs without autovacuum: the bench vacuums the run's
+        /// tables before each sample, as autovacuum would, and says so.
+        vacuum: bool,
     },
 }
+
+/// herald's tables, for the soak's stand-in for autovacuum.
+const TABLES: [&str; 5] = [
+    "broadcasts",
+    "deliveries",
+    "attempts",
+    "ingest_keys",
+    "destination_state",
+];
 
 impl DatabaseSize {
     async fn open(database: &Path, schema: Option<&str>) -> anyhow::Result<DatabaseSize> {
         match schema {
             Some(schema) if crate::server::is_postgres_url(database) => {
+                let client = bench_postgres(&database.display().to_string()).await?;
+                let autovacuum: String = client.query_one("SHOW autovacuum", &[]).await?.get(0);
                 Ok(DatabaseSize::Postgres {
-                    client: bench_postgres(&database.display().to_string()).await?,
+                    client,
                     schema: schema.to_owned(),
+                    vacuum: autovacuum != "on",
                 })
             }
             _ => Ok(DatabaseSize::Sqlite(database.to_path_buf())),
@@ -928,7 +955,18 @@ impl DatabaseSize {
                         .unwrap_or(0)
                 })
                 .sum::<u64>(),
-            DatabaseSize::Postgres { client, schema } => {
+            DatabaseSize::Postgres {
+                client,
+                schema,
+                vacuum,
+            } => {
+                if *vacuum {
+                    for table in TABLES {
+                        client
+                            .batch_execute(&format!("VACUUM {schema}.{table}"))
+                            .await?;
+                    }
+                }
                 let row = client
                     .query_one(
                         "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
@@ -1273,6 +1311,18 @@ fn print_report(out: &mut impl Write, r: &RunReport) -> std::io::Result<()> {
         "server CPU per 1,000 deliveries", r.cpu_secs_per_1000_deliveries
     )?;
     writeln!(out, "  {:<34} {:?}", "final states", r.final_states)?;
+    if !r.database_size.is_empty() {
+        writeln!(
+            out,
+            "  (latencies, rates and states: the broadcasts retention had not yet deleted)"
+        )?;
+    }
+    if r.vacuumed_by_bench {
+        writeln!(
+            out,
+            "  (autovacuum is off on this PostgreSQL: the bench ran VACUUM on the run's tables before each sample)"
+        )?;
+    }
     for sample in &r.database_size {
         writeln!(
             out,
