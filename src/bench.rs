@@ -48,7 +48,13 @@ pub enum Scenario {
     Faulty,
     /// A P1 sent while a large backlog is pending.
     Backlog,
+    /// A fixed rate for `soak_secs` with a short retention: the database's
+    /// size over time (it must level off).
+    Soak,
 }
+
+/// How often the soak measures the database.
+const SOAK_SAMPLE_EVERY_SECS: u64 = 5;
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -65,6 +71,12 @@ pub struct BenchOptions {
     pub steady_rate: Option<f64>,
     /// Deliveries pending in `backlog`.
     pub backlog_deliveries: usize,
+    /// Seconds of load in `soak`.
+    pub soak_secs: u64,
+    /// Broadcasts per second in `soak`.
+    pub soak_rate: f64,
+    /// The server's `broadcast_retention_secs` in `soak`.
+    pub soak_retention_secs: u64,
     /// Where the database and logs go; a temporary folder when absent.
     pub workdir: Option<PathBuf>,
     /// Run herald on this PostgreSQL (a fresh schema per run, dropped after
@@ -134,6 +146,23 @@ pub struct RunReport {
     pub healthy_vs_burst: Option<f64>,
     /// Deliveries pending when the P1s were sent (backlog).
     pub pending_at_p1: Option<u64>,
+    /// The database's size every few seconds of a soak, and at its end.
+    pub database_size: Vec<SizeSample>,
+    /// PostgreSQL ran without autovacuum, so the bench vacuumed the run's
+    /// tables (plain VACUUM) before each size sample.
+    pub vacuumed_by_bench: bool,
+}
+
+/// The database's size at one moment of a soak.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SizeSample {
+    /// Seconds since the load started.
+    pub at_secs: u64,
+    /// SQLite: the file and its WAL; PostgreSQL: `pg_total_relation_size`
+    /// of the run schema's tables (with indexes and TOAST).
+    pub database_mb: f64,
+    /// `herald_broadcasts_stored` then.
+    pub broadcasts_stored: u64,
 }
 
 struct Process {
@@ -567,8 +596,12 @@ fn write_config(
     prefix: &str,
     names: &[String],
     concurrency: u32,
+    retention_secs: Option<u64>,
 ) -> anyhow::Result<()> {
     let mut text = String::new();
+    if let Some(secs) = retention_secs {
+        text.push_str(&format!("[server]\nbroadcast_retention_secs = {secs}\n\n"));
+    }
     // The breaker's cool-down matches the retry cap: at 50% failures ten in
     // a row happen about once per thousand attempts, and a default 30 s
     // cool-down would idle the faulty destination longer than the bench's
@@ -591,6 +624,8 @@ struct Bench {
     runs: usize,
     /// The current run's PostgreSQL schema, to drop when the run is done.
     schema: Option<String>,
+    /// The next run's server deletes finished broadcasts after this long.
+    retention_secs: Option<u64>,
 }
 
 impl Bench {
@@ -615,7 +650,14 @@ impl Bench {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(self.workdir.join(format!("{run}.db{suffix}")));
         }
-        write_config(&config, self.mock, &run, names, concurrency)?;
+        write_config(
+            &config,
+            self.mock,
+            &run,
+            names,
+            concurrency,
+            self.retention_secs.take(),
+        )?;
         let addr = free_addr()?;
         let server = spawn_server(
             &config,
@@ -790,6 +832,171 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// A fixed rate for `soak_secs` against a server that keeps finished
+    /// broadcasts `soak_retention_secs`, measuring the database every
+    /// `SOAK_SAMPLE_EVERY_SECS`: once retention deletes as much as the load
+    /// adds, the size must level off (SQLite reuses freed pages; PostgreSQL
+    /// reuses what autovacuum reclaims).
+    async fn soak(&mut self) -> anyhow::Result<RunReport> {
+        let names = self.names(self.options.destinations);
+        self.retention_secs = Some(self.options.soak_retention_secs);
+        let (server, addr, database, _run) =
+            self.start_herald(&names, self.options.concurrency).await?;
+        let rate = self.options.soak_rate.max(0.1);
+        let count = ((rate * self.options.soak_secs as f64) as usize).max(1);
+        let started = Instant::now();
+        let started_ms = now_ms();
+        let size = DatabaseSize::open(&database, self.schema.as_deref()).await?;
+        let soak_secs = self.options.soak_secs;
+        let http = self.http.clone();
+        let sampling = async {
+            let mut samples = Vec::new();
+            let mut at = 0;
+            while at + SOAK_SAMPLE_EVERY_SECS <= soak_secs {
+                at += SOAK_SAMPLE_EVERY_SECS;
+                tokio::time::sleep_until((started + Duration::from_secs(at)).into()).await;
+                samples.push(size.sample(&http, addr, at).await?);
+            }
+            Ok::<_, anyhow::Error>(samples)
+        };
+        let load = submit(
+            &self.http,
+            addr,
+            Load {
+                count,
+                first_index: 0,
+                destinations: &names,
+                severity: "P3",
+                submitters: self.options.submitters,
+                per_sec: Some(rate),
+            },
+        );
+        let (submitted, samples) = tokio::join!(load, sampling);
+        let submit_secs = submitted?;
+        let mut samples = samples?;
+        let end_secs = started.elapsed().as_secs();
+        if samples.last().is_none_or(|s| s.at_secs < end_secs) {
+            samples.push(size.sample(&self.http, addr, end_secs).await?);
+        }
+        let (peak_rss_mb, cpu_secs) = process_usage(server.pid())?;
+        let wal_mb = wal_size_mb(&database);
+        drop(server);
+        let times = delivery_times(&database, started_ms).await?;
+        self.drop_run_schema().await?;
+        // Retention deleted the older broadcasts: latencies, states and
+        // the confirmed rate are those of the ones still stored.
+        let stored_since_ms = times
+            .iter()
+            .map(|t| t.accepted_ms)
+            .min()
+            .unwrap_or(started_ms);
+        let mut report = summarise("soak", count, names.len(), &times, stored_since_ms);
+        report.deliveries = count * names.len();
+        report.accepted_per_sec = count as f64 / submit_secs;
+        report.peak_rss_mb = peak_rss_mb;
+        report.wal_mb = wal_mb;
+        report.cpu_secs_per_1000_deliveries = cpu_secs / ((count * names.len()) as f64 / 1000.0);
+        report.database_size = samples;
+        report.vacuumed_by_bench = matches!(size, DatabaseSize::Postgres { vacuum: true, .. });
+        Ok(report)
+    }
+}
+
+/// Measures a run's database: SQLite's files, or the run schema's tables.
+enum DatabaseSize {
+    Sqlite(PathBuf),
+    Postgres {
+        client: tokio_postgres::Client,
+        schema: String,
+        /// The server runs without autovacuum: the bench vacuums the run's
+        /// tables before each sample, as autovacuum would, and says so.
+        vacuum: bool,
+    },
+}
+
+/// herald's tables, for the soak's stand-in for autovacuum.
+const TABLES: [&str; 5] = [
+    "broadcasts",
+    "deliveries",
+    "attempts",
+    "ingest_keys",
+    "destination_state",
+];
+
+impl DatabaseSize {
+    async fn open(database: &Path, schema: Option<&str>) -> anyhow::Result<DatabaseSize> {
+        match schema {
+            Some(schema) if crate::server::is_postgres_url(database) => {
+                let client = bench_postgres(&database.display().to_string()).await?;
+                let autovacuum: String = client.query_one("SHOW autovacuum", &[]).await?.get(0);
+                Ok(DatabaseSize::Postgres {
+                    client,
+                    schema: schema.to_owned(),
+                    vacuum: autovacuum != "on",
+                })
+            }
+            _ => Ok(DatabaseSize::Sqlite(database.to_path_buf())),
+        }
+    }
+
+    async fn sample(
+        &self,
+        http: &reqwest::Client,
+        server: SocketAddr,
+        at_secs: u64,
+    ) -> anyhow::Result<SizeSample> {
+        let bytes = match self {
+            DatabaseSize::Sqlite(path) => ["", "-wal"]
+                .iter()
+                .map(|suffix| {
+                    std::fs::metadata(format!("{}{suffix}", path.display()))
+                        .map(|m| m.len())
+                        .unwrap_or(0)
+                })
+                .sum::<u64>(),
+            DatabaseSize::Postgres {
+                client,
+                schema,
+                vacuum,
+            } => {
+                if *vacuum {
+                    for table in TABLES {
+                        client
+                            .batch_execute(&format!("VACUUM {schema}.{table}"))
+                            .await?;
+                    }
+                }
+                let row = client
+                    .query_one(
+                        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+                         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = $1 AND c.relkind = 'r'",
+                        &[&schema],
+                    )
+                    .await?;
+                row.get::<_, i64>(0).max(0) as u64
+            }
+        };
+        let metrics = http
+            .get(format!("http://{server}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let broadcasts_stored = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("herald_broadcasts_stored "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        Ok(SizeSample {
+            at_secs,
+            database_mb: bytes as f64 / (1024.0 * 1024.0),
+            broadcasts_stored,
+        })
+    }
+}
+
 fn confirmed_rate(times: &[DeliveryTimes], started_ms: i64, include: impl Fn(&str) -> bool) -> f64 {
     let confirmed: Vec<&DeliveryTimes> = times
         .iter()
@@ -871,6 +1078,7 @@ pub async fn run(
         _mock_process: mock_process,
         runs: 0,
         schema: None,
+        retention_secs: None,
     };
     if !json {
         writeln!(
@@ -918,7 +1126,7 @@ async fn run_scenarios(
         let needs_burst = match scenario {
             Scenario::Burst | Scenario::Faulty => true,
             Scenario::Steady => options.steady_rate.is_none(),
-            Scenario::Backlog => false,
+            Scenario::Backlog | Scenario::Soak => false,
         };
         if needs_burst && burst.is_none() {
             let deliveries = options.broadcasts * options.destinations;
@@ -990,6 +1198,7 @@ async fn run_scenarios(
                 report
             }
             Scenario::Backlog => bench.backlog().await?,
+            Scenario::Soak => bench.soak().await?,
         };
         if !json {
             print_report(out, &report)?;
@@ -1102,5 +1311,26 @@ fn print_report(out: &mut impl Write, r: &RunReport) -> std::io::Result<()> {
         "server CPU per 1,000 deliveries", r.cpu_secs_per_1000_deliveries
     )?;
     writeln!(out, "  {:<34} {:?}", "final states", r.final_states)?;
+    if !r.database_size.is_empty() {
+        writeln!(
+            out,
+            "  (latencies, rates and states: the broadcasts retention had not yet deleted)"
+        )?;
+    }
+    if r.vacuumed_by_bench {
+        writeln!(
+            out,
+            "  (autovacuum is off on this PostgreSQL: the bench ran VACUUM on the run's tables before each sample)"
+        )?;
+    }
+    for sample in &r.database_size {
+        writeln!(
+            out,
+            "  {:<34} {:.1} MB, {} broadcasts stored",
+            format!("database size at {} s", sample.at_secs),
+            sample.database_mb,
+            sample.broadcasts_stored
+        )?;
+    }
     Ok(())
 }

@@ -30,6 +30,13 @@ pub const DEFAULT_CONCURRENCY: u32 = 16;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Ingest idempotency keys are remembered this long (24 h).
 pub const DEFAULT_IDEMPOTENCY_RETENTION_SECS: u64 = 86_400;
+/// Finished broadcasts older than this are deleted (30 days); 0 keeps them.
+pub const DEFAULT_BROADCAST_RETENTION_SECS: u64 = 30 * 86_400;
+/// Largest Alertmanager notification the ingest route reads: a group of
+/// 1,000 alerts is about 1 MB.
+pub const DEFAULT_ALERTMANAGER_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// The longest retention the config takes (10 years).
+pub const BROADCAST_RETENTION_SECS_MAX: u64 = 3_650 * 86_400;
 /// Failed attempts in a row that open a destination's circuit breaker.
 pub const DEFAULT_BREAKER_FAILURES: u32 = 10;
 /// How long an open breaker waits before it lets one probe through.
@@ -62,6 +69,9 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// How long an ingest `Idempotency-Key` is remembered.
     pub idempotency_retention_ms: u64,
+    /// Finished broadcasts (every delivery final) older than this are
+    /// deleted with their deliveries and attempts; 0 keeps them forever.
+    pub broadcast_retention_secs: u64,
     /// Whether `/metrics` needs a token with the `read` scope.
     pub metrics_require_token: bool,
     /// `server.log_format`; `--log-format` and `HERALD_LOG_FORMAT` win.
@@ -128,11 +138,24 @@ impl fmt::Debug for ApiToken {
 }
 
 /// Alertmanager receivers to herald destinations.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct AlertmanagerRoutes {
     /// For receivers not listed in `receivers`.
     pub destinations: Vec<String>,
     pub receivers: BTreeMap<String, Vec<String>>,
+    /// The ingest route's own body limit (other routes keep
+    /// `request_body_bytes_max`).
+    pub request_body_bytes_max: usize,
+}
+
+impl Default for AlertmanagerRoutes {
+    fn default() -> AlertmanagerRoutes {
+        AlertmanagerRoutes {
+            destinations: Vec::new(),
+            receivers: BTreeMap::new(),
+            request_body_bytes_max: DEFAULT_ALERTMANAGER_BODY_BYTES_MAX,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -725,6 +748,7 @@ struct FileAlertmanager {
     destinations: Spanned<Vec<String>>,
     #[serde(default)]
     receivers: BTreeMap<String, Spanned<Vec<String>>>,
+    request_body_bytes_max: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -736,6 +760,7 @@ struct FileServer {
     request_body_bytes_max: Option<Spanned<u64>>,
     request_timeout_ms: Option<Spanned<u64>>,
     idempotency_retention_secs: Option<Spanned<u64>>,
+    broadcast_retention_secs: Option<Spanned<u64>>,
     metrics_require_token: Option<bool>,
     log_format: Option<Spanned<String>>,
     header_read_timeout_ms: Option<Spanned<u64>>,
@@ -847,6 +872,7 @@ impl Default for Config {
             request_body_bytes_max: DEFAULT_REQUEST_BODY_BYTES_MAX,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             idempotency_retention_ms: DEFAULT_IDEMPOTENCY_RETENTION_SECS * 1000,
+            broadcast_retention_secs: DEFAULT_BROADCAST_RETENTION_SECS,
             metrics_require_token: false,
             log_format: None,
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
@@ -935,6 +961,12 @@ impl Config {
             &server.lease_ms,
             DEFAULT_LEASE_MS,
             1_000..=3_600_000,
+        );
+        config.broadcast_retention_secs = problems.in_range(
+            "server.broadcast_retention_secs",
+            &server.broadcast_retention_secs,
+            DEFAULT_BROADCAST_RETENTION_SECS,
+            0..=BROADCAST_RETENTION_SECS_MAX,
         );
         config.header_read_timeout_ms = problems.in_range(
             "server.header_read_timeout_ms",
@@ -1065,6 +1097,12 @@ impl Config {
             let mut routes = AlertmanagerRoutes {
                 destinations: known(&am.destinations, "alertmanager.destinations"),
                 receivers: BTreeMap::new(),
+                request_body_bytes_max: problems.in_range(
+                    "alertmanager.request_body_bytes_max",
+                    &am.request_body_bytes_max,
+                    DEFAULT_ALERTMANAGER_BODY_BYTES_MAX as u64,
+                    1024..=64 * 1024 * 1024,
+                ) as usize,
             };
             for (receiver, names) in &am.receivers {
                 let list = known(names, &format!("alertmanager.receivers.{receiver}"));
@@ -1840,8 +1878,38 @@ forum = true
         assert_eq!(config.destinations.len(), 7);
         assert_eq!(config.tokens.len(), 1);
         assert_eq!(config.tokens[0].scopes.len(), 3);
+        assert_eq!(config.broadcast_retention_secs, 30 * 86_400);
         let routes = config.alertmanager.unwrap();
         assert_eq!(routes.receivers["database-oncall"].len(), 2);
+        assert_eq!(routes.request_body_bytes_max, 2 * 1024 * 1024);
+    }
+
+    #[test]
+    fn retention_and_the_ingest_limit_are_checked() {
+        let a = "[destinations.a]\nkind = \"webhook\"\nurl = \"http://x/\"\n";
+        let off = parse(&format!("[server]\nbroadcast_retention_secs = 0\n{a}")).unwrap();
+        assert_eq!(
+            off.broadcast_retention_secs, 0,
+            "0 keeps broadcasts forever"
+        );
+        let err = parse(&format!(
+            "[server]\nbroadcast_retention_secs = 999999999999\n{a}"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("server.broadcast_retention_secs: must be between 0 and"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{a}[alertmanager]\ndestinations = [\"a\"]\nrequest_body_bytes_max = 10\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("alertmanager.request_body_bytes_max: must be between 1024 and"),
+            "{err}"
+        );
     }
 
     #[test]

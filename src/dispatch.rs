@@ -1253,6 +1253,19 @@ mod tests {
         ) -> Result<Vec<crate::store::DestinationBacklog>, crate::store::StoreError> {
             self.inner.backlog().await
         }
+        async fn delete_finished_broadcasts(
+            &self,
+            before_ms: i64,
+            after_id: Option<String>,
+            limit: usize,
+        ) -> Result<crate::store::RetentionBatch, crate::store::StoreError> {
+            self.inner
+                .delete_finished_broadcasts(before_ms, after_id, limit)
+                .await
+        }
+        async fn stored_broadcasts(&self) -> Result<u64, crate::store::StoreError> {
+            self.inner.stored_broadcasts().await
+        }
         async fn ping(&self) -> Result<(), crate::store::StoreError> {
             self.inner.ping().await
         }

@@ -286,6 +286,15 @@ enum Command {
         /// Broadcasts per second in steady (default: half the burst's peak).
         #[arg(long)]
         steady_rate: Option<f64>,
+        /// Seconds of load in soak.
+        #[arg(long, default_value_t = 60)]
+        soak_secs: u64,
+        /// Broadcasts per second in soak.
+        #[arg(long, default_value_t = 50.0)]
+        soak_rate: f64,
+        /// How long the soak's server keeps finished broadcasts, seconds.
+        #[arg(long, default_value_t = 20)]
+        soak_retention_secs: u64,
         /// Deliveries left pending on slow destinations in the backlog
         /// scenario.
         #[arg(long, default_value_t = 1_000_000)]
@@ -891,6 +900,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             submitters,
             steady_secs,
             steady_rate,
+            soak_secs,
+            soak_rate,
+            soak_retention_secs,
             backlog_deliveries,
             workdir,
             database,
@@ -905,6 +917,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 submitters,
                 steady_secs,
                 steady_rate,
+                soak_secs,
+                soak_rate,
+                soak_retention_secs,
                 backlog_deliveries,
                 workdir,
                 postgres: database,

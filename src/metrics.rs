@@ -164,3 +164,9 @@ pub fn render_counter(out: &mut String, name: &str, text: &str, value: u64) {
     help(out, name, "counter", text);
     let _ = writeln!(out, "{name} {value}");
 }
+
+/// A gauge without labels.
+pub fn render_gauge_value(out: &mut String, name: &str, text: &str, value: f64) {
+    help(out, name, "gauge", text);
+    let _ = writeln!(out, "{name} {value}");
+}

@@ -97,6 +97,7 @@ pub struct RunningServer {
     http: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
     purge: JoinHandle<()>,
+    retention: JoinHandle<()>,
     wakeups: Option<JoinHandle<()>>,
     app: Arc<AppState<AnyStore>>,
 }
@@ -123,6 +124,7 @@ impl RunningServer {
         let _ = self.http.await;
         let _ = self.dispatcher.await;
         let _ = self.purge.await;
+        let _ = self.retention.await;
         if let Some(wakeups) = self.wakeups {
             let _ = wakeups.await;
         }
@@ -188,6 +190,11 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
     if config.tokens.is_empty() {
         tracing::warn!("no [[tokens]] configured: the API is open to anyone who can reach {addr}");
     }
+    let retention = tokio::spawn(delete_old_broadcasts(
+        store.clone(),
+        config.broadcast_retention_secs,
+        shutdown_rx.clone(),
+    ));
     let open_files_max = raise_open_files_limit();
     let limits = ConnectionLimits {
         header_read_timeout_ms: config.header_read_timeout_ms,
@@ -236,6 +243,7 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
         http,
         dispatcher: dispatcher_task,
         purge,
+        retention,
         wakeups,
         app: app_state,
     })
@@ -320,6 +328,72 @@ async fn purge_ingest_keys<S: Store>(store: Arc<S>, mut shutdown: watch::Receive
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "forgot expired idempotency keys"),
             Err(error) => tracing::warn!(%error, "cannot purge expired idempotency keys"),
+        }
+    }
+}
+
+/// How often retention looks for finished broadcasts past their age, at
+/// most (a short retention looks twice per retention period).
+const RETENTION_PASS_EVERY_MS: u64 = 60_000;
+/// Broadcasts deleted per transaction: a batch holds the SQLite writer, or
+/// its PostgreSQL row locks, for a few milliseconds only.
+pub const RETENTION_BATCH_BROADCASTS_MAX: usize = 256;
+/// Batches in one pass at most; a larger backlog goes on at the next pass.
+const RETENTION_BATCHES_PER_PASS_MAX: usize = 1_000;
+
+/// Deletes finished broadcasts older than `retention_secs` (0: never), in
+/// batches, one pass every `RETENTION_PASS_EVERY_MS` or half the retention
+/// if that is shorter, until shutdown. Between two batches other writes go
+/// first: each batch is a transaction of its own.
+async fn delete_old_broadcasts<S: Store>(
+    store: Arc<S>,
+    retention_secs: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if retention_secs == 0 {
+        return;
+    }
+    let retention_ms = retention_secs.saturating_mul(1000);
+    let every_ms = RETENTION_PASS_EVERY_MS.min(retention_ms / 2).max(500);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(every_ms)) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let before_ms = now_ms().saturating_sub(retention_ms as i64);
+        let mut after_id = None;
+        let mut deleted = 0;
+        for _ in 0..RETENTION_BATCHES_PER_PASS_MAX {
+            if *shutdown.borrow() {
+                return;
+            }
+            match store
+                .delete_finished_broadcasts(
+                    before_ms,
+                    after_id.take(),
+                    RETENTION_BATCH_BROADCASTS_MAX,
+                )
+                .await
+            {
+                Ok(batch) => {
+                    deleted += batch.deleted;
+                    if batch.examined < RETENTION_BATCH_BROADCASTS_MAX {
+                        break;
+                    }
+                    after_id = batch.last_id;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot delete old finished broadcasts; the next pass tries again");
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(
+                deleted,
+                retention_secs,
+                "deleted finished broadcasts past their retention"
+            );
         }
     }
 }

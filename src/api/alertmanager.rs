@@ -99,7 +99,16 @@ pub fn message(n: &Notification) -> Result<Message, ApiError> {
         .or_else(|| n.group_labels.get("alertname"))
         .cloned()
         .unwrap_or_else(|| "alert".into());
-    let firing = n.alerts.iter().filter(|a| a.status == "firing").count();
+    if n.alerts.is_empty() {
+        return Err(ApiError::invalid(
+            "alerts",
+            "the notification has no alerts; Alertmanager always sends at least one",
+        ));
+    }
+    // Alertmanager leaves out `truncatedAlerts` alerts (its `max_alerts`);
+    // they still fire, so the title counts them.
+    let firing = n.alerts.iter().filter(|a| a.status == "firing").count() as u64
+        + if resolved { 0 } else { n.truncated_alerts };
     let head = if resolved {
         "[RESOLVED]".to_owned()
     } else {
@@ -115,56 +124,94 @@ pub fn message(n: &Notification) -> Result<Message, ApiError> {
         .filter(|c| !c.is_control())
         .take(TITLE_CHARS_MAX)
         .collect();
-    let mut body = String::new();
-    for alert in &n.alerts {
-        let labels: Vec<String> = alert
-            .labels
-            .iter()
-            .filter(|(k, _)| k.as_str() != "alertname")
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let text = alert
-            .annotations
-            .get("summary")
-            .or_else(|| alert.annotations.get("description"))
-            .map(String::as_str)
-            .unwrap_or("");
-        let since = if alert.starts_at.is_empty() {
-            String::new()
-        } else {
-            format!(" since {}", alert.starts_at)
-        };
-        body.push_str(&format!(
-            "- {}{since} {{{}}} {}\n",
-            alert.status,
-            labels.join(", "),
-            text
-        ));
-        if !alert.generator_url.is_empty() {
-            body.push_str(&format!("  source: {}\n", alert.generator_url));
-        }
-    }
-    if n.truncated_alerts > 0 {
-        body.push_str(&format!(
-            "({} more alerts not shown by Alertmanager)\n",
-            n.truncated_alerts
-        ));
-    }
-    if !n.external_url.is_empty() {
-        body.push_str(&format!("Alertmanager: {}\n", n.external_url));
-    }
-    let severity = n
-        .common_labels
-        .get("severity")
-        .and_then(|s| Severity::parse(s).ok())
-        .unwrap_or(Severity::P3);
     Ok(Message::new(
         &title,
-        &cut(&body, BODY_BYTES_MAX),
-        severity,
+        &body(n),
+        severity_of(n),
         Some(&thread_of(&n.group_key)),
     )?
     .resolving(resolved)?)
+}
+
+/// One alert's lines in the body at most (a long label set is cut).
+const ALERT_ENTRY_BYTES_MAX: usize = 2 * 1024;
+/// The Alertmanager link at the end of the body at most.
+const EXTERNAL_URL_BYTES_MAX: usize = 1024;
+/// Room kept at the end of the body for the note of alerts left out.
+const NOTE_BYTES_MAX: usize = 160;
+
+/// The alerts, firing ones first, as many as fit in a message body; then
+/// a note of how many were left out (for length here, or by Alertmanager's
+/// `max_alerts`) and the link to Alertmanager.
+fn body(n: &Notification) -> String {
+    let footer = if n.external_url.is_empty() {
+        String::new()
+    } else {
+        cut(
+            &format!("Alertmanager: {}", n.external_url),
+            EXTERNAL_URL_BYTES_MAX,
+        ) + "\n"
+    };
+    let budget = BODY_BYTES_MAX - footer.len() - NOTE_BYTES_MAX;
+    let mut alerts: Vec<&Alert> = n.alerts.iter().collect();
+    alerts.sort_by_key(|a| a.status != "firing");
+    let mut body = String::new();
+    let mut shown = 0;
+    for alert in alerts {
+        let entry = alert_entry(alert);
+        if body.len() + entry.len() > budget {
+            break;
+        }
+        body.push_str(&entry);
+        shown += 1;
+    }
+    let left_out = (n.alerts.len() - shown) as u64;
+    if left_out > 0 || n.truncated_alerts > 0 {
+        body.push_str(&format!(
+            "(+{} more alerts not shown: {left_out} over herald's message size, {} truncated by Alertmanager)\n",
+            left_out + n.truncated_alerts,
+            n.truncated_alerts
+        ));
+    }
+    body.push_str(&footer);
+    body
+}
+
+fn alert_entry(alert: &Alert) -> String {
+    let labels: Vec<String> = alert
+        .labels
+        .iter()
+        .filter(|(k, _)| k.as_str() != "alertname")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let text = alert
+        .annotations
+        .get("summary")
+        .or_else(|| alert.annotations.get("description"))
+        .map(String::as_str)
+        .unwrap_or("");
+    let since = if alert.starts_at.is_empty() {
+        String::new()
+    } else {
+        format!(" since {}", alert.starts_at)
+    };
+    let mut entry = format!(
+        "- {}{since} {{{}}} {}",
+        alert.status,
+        labels.join(", "),
+        text
+    );
+    if !alert.generator_url.is_empty() {
+        entry.push_str(&format!("\n  source: {}", alert.generator_url));
+    }
+    cut(&entry, ALERT_ENTRY_BYTES_MAX) + "\n"
+}
+
+fn severity_of(n: &Notification) -> Severity {
+    n.common_labels
+        .get("severity")
+        .and_then(|s| Severity::parse(s).ok())
+        .unwrap_or(Severity::P3)
 }
 
 /// What makes two notifications the same: group, status, and each alert's
@@ -218,6 +265,14 @@ pub(super) async fn ingest<S: Store>(
             "add an [alertmanager] table with destinations to the config to take Alertmanager notifications",
         ));
     };
+    if matches!(&body, Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the notification is over alertmanager.request_body_bytes_max: raise it, \
+             or set max_alerts in Alertmanager's webhook_config",
+        ));
+    }
     let notification: Notification = parse_json(body)?;
     let message = message(&notification)?;
     let destinations = routes
@@ -315,5 +370,70 @@ mod tests {
             thread_of(&"k".repeat(500)).len(),
             "alertmanager:".len() + 32
         );
+    }
+
+    /// A group of `count` alerts (every third resolved), as Alertmanager
+    /// sends it.
+    fn group(count: usize, truncated: u64) -> Notification {
+        let mut n: Notification = serde_json::from_str(FIRING).unwrap();
+        n.truncated_alerts = truncated;
+        n.alerts = (0..count)
+            .map(|i| Alert {
+                status: if i % 3 == 2 { "resolved" } else { "firing" }.into(),
+                labels: [("instance".to_owned(), format!("db-{i}"))].into(),
+                annotations: [("summary".to_owned(), "disk ".repeat(40))].into(),
+                starts_at: "2026-11-27T23:00:00Z".into(),
+                ends_at: String::new(),
+                fingerprint: format!("{i:016x}"),
+                generator_url: "http://prometheus.example:9090/graph?g0.expr=disk".into(),
+            })
+            .collect();
+        n
+    }
+
+    #[test]
+    fn the_title_counts_the_alerts_alertmanager_truncated() {
+        let m = message(&group(20, 30)).unwrap();
+        // 14 of the 20 sent are firing, and 30 more were left out.
+        assert!(
+            m.title().starts_with("[FIRING:44] DiskFull"),
+            "{}",
+            m.title()
+        );
+        assert!(
+            m.body().contains("(+30 more alerts not shown"),
+            "{}",
+            m.body()
+        );
+    }
+
+    #[test]
+    fn a_large_group_fits_the_body_with_a_note_of_what_was_left_out() {
+        let m = message(&group(1_000, 0)).unwrap();
+        assert!(m.body().len() <= BODY_BYTES_MAX);
+        let shown = m.body().lines().filter(|l| l.starts_with("- ")).count();
+        assert!(shown > 10 && shown < 1_000, "{shown}");
+        assert!(
+            m.body()
+                .contains(&format!("(+{} more alerts not shown", 1_000 - shown)),
+            "{}",
+            m.body()
+        );
+        // Firing alerts come first: the ones cut are resolved ones.
+        assert!(m
+            .body()
+            .lines()
+            .take(shown)
+            .all(|l| !l.starts_with("- resolved")));
+        assert!(m
+            .body()
+            .ends_with("Alertmanager: http://alertmanager.example:9093\n"));
+    }
+
+    #[test]
+    fn a_notification_without_alerts_is_refused_naming_the_field() {
+        let error = message(&group(0, 0)).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("alerts"));
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
     }
 }

@@ -83,8 +83,15 @@ impl<S> AppState<S> {
 
 pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
     // Fixed at start: a reload reports a change of these as not applied.
-    let body_limit = state.config.load().request_body_bytes_max;
-    let timeout = Duration::from_millis(state.config.load().request_timeout_ms);
+    let config = state.config.load();
+    let body_limit = config.request_body_bytes_max;
+    let alertmanager_body_limit = config
+        .alertmanager
+        .as_ref()
+        .map_or(crate::config::DEFAULT_ALERTMANAGER_BODY_BYTES_MAX, |a| {
+            a.request_body_bytes_max
+        });
+    let timeout = Duration::from_millis(config.request_timeout_ms);
     Router::new()
         .route(
             "/v1/broadcasts",
@@ -105,7 +112,12 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
             post(pause::resume::<S>),
         )
         .route("/v1/config/reload", post(reload::reload_route::<S>))
-        .route("/v1/ingest/alertmanager", post(alertmanager::ingest::<S>))
+        .route(
+            "/v1/ingest/alertmanager",
+            // Its own limit: Alertmanager sends whole groups (a 1,000-alert
+            // group is about 1 MB) and never retries a 413.
+            post(alertmanager::ingest::<S>).layer(DefaultBodyLimit::max(alertmanager_body_limit)),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz::<S>))
         .route("/metrics", get(ops::metrics::<S>))

@@ -16,6 +16,7 @@ fn error_responses(codes: &[&str]) -> Value {
             "409" => "A request with the same Idempotency-Key is in flight",
             "413" => "Body over the size limit",
             "422" => "Idempotency-Key reused with a different body",
+            "500" => "The database is damaged: the broadcast a key points at is missing",
             _ => "The database could not complete the request, or it timed out",
         };
         out.insert(
@@ -156,7 +157,7 @@ pub fn document() -> Value {
                     "security": send,
                     "parameters": [{"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255}, "description": "Same key and body within the retention window: the first answer again"}],
                     "requestBody": with(json!({"required": true}), json_body("SendRequest")),
-                    "responses": with(json!({"202": with(json!({"description": "Accepted: the broadcast and its deliveries are committed"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "409", "413", "422", "503"]))
+                    "responses": with(json!({"202": with(json!({"description": "Accepted: the broadcast and its deliveries are committed"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "409", "413", "422", "500", "503"]))
                 },
                 "get": {
                     "summary": "List broadcasts, newest first",
@@ -169,30 +170,30 @@ pub fn document() -> Value {
                         {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}
                     ],
-                    "responses": with(json!({"200": with(json!({"description": "A page"}), json_body("BroadcastList"))}), error_responses(&["400", "401", "403"]))
+                    "responses": with(json!({"200": with(json!({"description": "A page"}), json_body("BroadcastList"))}), error_responses(&["400", "401", "403", "503"]))
                 }
             },
             "/v1/broadcasts/{id}": {"get": {
                 "summary": "One broadcast: each delivery's state and attempts",
                 "security": read, "parameters": [id_param()],
-                "responses": with(json!({"200": with(json!({"description": "The broadcast"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404"]))
+                "responses": with(json!({"200": with(json!({"description": "The broadcast"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404", "503"]))
             }},
             "/v1/broadcasts/{id}/retry": {"post": {
                 "summary": "Retry failed, dead and cancelled deliveries (same idempotency key); idempotent",
                 "security": operate, "parameters": [id_param()],
                 "requestBody": with(json!({"required": false}), json_body("ActionRequest")),
-                "responses": with(json!({"200": with(json!({"description": "The broadcast after the action, and what changed"}), json_body("ActionResult"))}), error_responses(&["400", "401", "403", "404"]))
+                "responses": with(json!({"200": with(json!({"description": "The broadcast after the action, and what changed"}), json_body("ActionResult"))}), error_responses(&["400", "401", "403", "404", "413", "503"]))
             }},
             "/v1/broadcasts/{id}/cancel": {"post": {
                 "summary": "Cancel unfinished deliveries (an attempt in flight is left to land); idempotent",
                 "security": operate, "parameters": [id_param()],
                 "requestBody": with(json!({"required": false}), json_body("ActionRequest")),
-                "responses": with(json!({"200": with(json!({"description": "The broadcast after the action, and what changed"}), json_body("ActionResult"))}), error_responses(&["400", "401", "403", "404"]))
+                "responses": with(json!({"200": with(json!({"description": "The broadcast after the action, and what changed"}), json_body("ActionResult"))}), error_responses(&["400", "401", "403", "404", "413", "503"]))
             }},
             "/v1/broadcasts/{id}/events": {"get": {
                 "summary": "Server-sent events: a snapshot, each state change, then `status` when final",
                 "security": read, "parameters": [id_param()],
-                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent and StatusEvent; when herald stops, a last `shutdown` event ({\"reason\"}) and the stream ends: reconnect, it starts again with a snapshot", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["400", "401", "403", "404"]))
+                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent and StatusEvent; when herald stops, a last `shutdown` event ({\"reason\"}) and the stream ends: reconnect, it starts again with a snapshot", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["400", "401", "403", "404", "503"]))
             }},
             "/v1/events": {"get": {
                 "summary": "Server-sent events of every broadcast's state changes",
@@ -202,7 +203,7 @@ pub fn document() -> Value {
             "/v1/destinations": {"get": {
                 "summary": "Each destination's health",
                 "security": read,
-                "responses": with(json!({"200": {"description": "Destinations", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/DestinationHealth"}}}}}}), error_responses(&["401", "403"]))
+                "responses": with(json!({"200": {"description": "Destinations", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/DestinationHealth"}}}}}}), error_responses(&["401", "403", "503"]))
             }},
             "/v1/destinations/{name}/pause": {"post": {
                 "summary": "Pause a destination on every node: nothing is sent, its deliveries wait durably",
@@ -227,14 +228,14 @@ pub fn document() -> Value {
                 )
             }},
             "/v1/ingest/alertmanager": {"post": {
-                "summary": "Alertmanager webhook: each notification becomes a broadcast on its group's thread",
+                "summary": "Alertmanager webhook: each notification becomes a broadcast on its group's thread; bodies up to alertmanager.request_body_bytes_max (default 2 MiB, a 1,000-alert group)",
                 "security": send,
                 "requestBody": with(json!({"required": true}), json_body("AlertmanagerNotification")),
-                "responses": with(json!({"202": with(json!({"description": "Accepted"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404"]))
+                "responses": with(json!({"202": with(json!({"description": "Accepted"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404", "413", "500", "503"]))
             }},
             "/healthz": {"get": {"summary": "The process answers", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "The database can commit (503 with the reason while it cannot: a full disk, a lost database)", "security": [], "responses": with(json!({"200": {"description": "ready"}}), error_responses(&["503"]))}},
-            "/metrics": {"get": {"summary": "Prometheus text format", "security": [], "responses": {"200": {"description": "Metrics", "content": {"text/plain": {}}}}}},
+            "/metrics": {"get": {"summary": "Prometheus text format (with server.metrics_require_token, a token with the read scope)", "security": [], "responses": with(json!({"200": {"description": "Metrics", "content": {"text/plain": {}}}}), error_responses(&["401", "403", "503"]))}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}}
         }
     })

@@ -135,6 +135,12 @@ pub(super) async fn metrics<S: Store>(
         "Broadcasts accepted by the API since start.",
         app.accepted.load(Ordering::Relaxed),
     );
+    metrics::render_gauge_value(
+        &mut out,
+        "herald_broadcasts_stored",
+        "Broadcasts in the database (finished ones go after server.broadcast_retention_secs).",
+        app.store.stored_broadcasts().await? as f64,
+    );
     metrics::render_counter(
         &mut out,
         "herald_log_lines_dropped_total",

@@ -108,6 +108,19 @@ impl Store for AnyStore {
         delegate!(self, s => s.backlog())
     }
 
+    async fn delete_finished_broadcasts(
+        &self,
+        before_ms: i64,
+        after_id: Option<String>,
+        limit: usize,
+    ) -> Result<RetentionBatch, StoreError> {
+        delegate!(self, s => s.delete_finished_broadcasts(before_ms, after_id, limit))
+    }
+
+    async fn stored_broadcasts(&self) -> Result<u64, StoreError> {
+        delegate!(self, s => s.stored_broadcasts())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         delegate!(self, s => s.ping())
     }

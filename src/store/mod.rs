@@ -137,6 +137,30 @@ pub enum OperatorAction {
     Cancel,
 }
 
+/// What one retention batch did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionBatch {
+    /// Broadcasts deleted, with their deliveries, attempts and ingest keys.
+    pub deleted: u64,
+    /// Old broadcasts looked at (finished when chosen); fewer than the
+    /// limit means the pass has reached the cutoff.
+    pub examined: usize,
+    /// The last id examined: the next batch of the pass starts after it.
+    pub last_id: Option<String>,
+}
+
+/// The smallest broadcast id (a ULID, see `new_broadcast_id`) made at
+/// `ms`: every broadcast created before `ms` has a smaller id, so a
+/// retention pass reads the primary key up to it and no further.
+pub fn first_broadcast_id_at(ms: i64) -> String {
+    const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let value: u128 = (ms.max(0) as u128 & 0xFFFF_FFFF_FFFF) << 80;
+    (0..26)
+        .rev()
+        .map(|i| CROCKFORD[((value >> (i * 5)) & 0x1F) as usize] as char)
+        .collect()
+}
+
 /// One destination's backlog, as the store sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DestinationBacklog {
@@ -404,6 +428,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Vec<String>>, StoreError>> + Send;
 
     fn backlog(&self) -> impl Future<Output = Result<Vec<DestinationBacklog>, StoreError>> + Send;
+
+    /// Retention: deletes at most `limit` broadcasts created before
+    /// `before_ms` whose every delivery is final, with their deliveries,
+    /// attempts and ingest keys, in one short transaction. Looks at ids
+    /// after `after_id` only, oldest first. A broadcast with an unfinished
+    /// delivery is never deleted, however old.
+    fn delete_finished_broadcasts(
+        &self,
+        before_ms: i64,
+        after_id: Option<String>,
+        limit: usize,
+    ) -> impl Future<Output = Result<RetentionBatch, StoreError>> + Send;
+
+    /// Broadcasts in the database, from counts the store keeps (no scan).
+    fn stored_broadcasts(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Whether the store can commit, for readiness: a cheap round trip
     /// while commits succeed, a small commit while they fail.

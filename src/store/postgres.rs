@@ -201,6 +201,11 @@ ALTER TABLE destination_state
     ADD COLUMN held_by TEXT,
     ADD COLUMN held_at_ms BIGINT;
 "#,
+    // Retention deletes a broadcast's ingest keys with it (and the foreign
+    // key's check on each deleted broadcast looks them up).
+    r#"
+CREATE INDEX ingest_keys_broadcast ON ingest_keys (broadcast_id);
+"#,
 ];
 
 /// The earliest due time among the deliveries of `$destination` (an SQL
@@ -223,6 +228,20 @@ macro_rules! final_states_sql {
         "('confirmed','failed','dead','cancelled')"
     };
 }
+
+/// Retention's choice: old broadcasts (by id, then by accept time) with no
+/// unfinished delivery, oldest first, skipping those another node's
+/// retention holds. `$1` the id to start after, `$2` the first id at the
+/// cutoff, `$3` the cutoff, `$4` how many.
+const RETENTION_CANDIDATES_SQL: &str = concat!(
+    "SELECT b.id FROM broadcasts b
+     WHERE b.id > $1 AND b.id < $2 AND b.created_at_ms < $3
+       AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND d.state NOT IN ",
+    final_states_sql!(),
+    ")
+     ORDER BY b.id LIMIT $4
+     FOR UPDATE OF b SKIP LOCKED"
+);
 
 /// How a node joins the cluster.
 #[derive(Clone, Debug)]
@@ -2471,6 +2490,95 @@ impl Store for PostgresStore {
                     })
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn delete_finished_broadcasts(
+        &self,
+        before_ms: i64,
+        after_id: Option<String>,
+        limit: usize,
+    ) -> Result<RetentionBatch, StoreError> {
+        self.timed(async {
+            let mut conn = self.inner.pool.get().await?;
+            let mut tx = conn.begin().await?;
+            let after_id = after_id.unwrap_or_default();
+            let first_id = first_broadcast_id_at(before_ms);
+            let ids: Vec<String> = tx
+                .query(
+                    RETENTION_CANDIDATES_SQL,
+                    &[&after_id, &first_id, &before_ms, &(limit as i64)],
+                )
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            // The choice read a snapshot; an operator retry may have
+            // reopened a delivery since. Locking the deliveries reads their
+            // committed state, and a retry now waits for this commit (and
+            // then finds nothing to retry).
+            let rows = tx
+                .query(
+                    concat!(
+                        "SELECT id, broadcast_id, state NOT IN ",
+                        final_states_sql!(),
+                        " FROM deliveries WHERE broadcast_id = ANY($1) FOR UPDATE"
+                    ),
+                    &[&ids],
+                )
+                .await?;
+            let mut reopened = std::collections::HashSet::new();
+            for row in &rows {
+                if row.try_get::<_, bool>(2)? {
+                    reopened.insert(row.try_get::<_, String>(1)?);
+                }
+            }
+            let doomed: Vec<&String> = ids.iter().filter(|id| !reopened.contains(*id)).collect();
+            let mut deliveries: Vec<i64> = Vec::with_capacity(rows.len());
+            for row in &rows {
+                if !reopened.contains(&row.try_get::<_, String>(1)?) {
+                    deliveries.push(row.try_get(0)?);
+                }
+            }
+            tx.execute(
+                "DELETE FROM attempts WHERE delivery_id = ANY($1)",
+                &[&deliveries],
+            )
+            .await?;
+            tx.execute("DELETE FROM deliveries WHERE id = ANY($1)", &[&deliveries])
+                .await?;
+            tx.execute(
+                "DELETE FROM ingest_keys WHERE broadcast_id = ANY($1)",
+                &[&doomed],
+            )
+            .await?;
+            let deleted = tx
+                .execute("DELETE FROM broadcasts WHERE id = ANY($1)", &[&doomed])
+                .await?;
+            tx.commit().await?;
+            Ok(RetentionBatch {
+                deleted,
+                examined: ids.len(),
+                last_id: ids.last().cloned(),
+            })
+        })
+        .await
+    }
+
+    /// PostgreSQL's own count of live rows (kept by every insert and
+    /// delete, cluster-wide; statistics lag by up to a second).
+    async fn stored_broadcasts(&self) -> Result<u64, StoreError> {
+        self.timed(async {
+            let conn = self.inner.pool.get().await?;
+            let row = conn
+                .query_one(
+                    "SELECT coalesce((SELECT n_live_tup FROM pg_stat_user_tables
+                                      WHERE relid = 'broadcasts'::regclass), 0)",
+                    &[],
+                )
+                .await?;
+            Ok(row.try_get::<_, i64>(0)?.max(0) as u64)
         })
         .await
     }

@@ -286,6 +286,11 @@ CREATE TABLE destination_pauses (
     paused_at_ms INTEGER NOT NULL
 );
 "#,
+    // Retention deletes a broadcast's ingest keys with it; without this
+    // index each deletion would read the whole table.
+    r#"
+CREATE INDEX ingest_keys_broadcast ON ingest_keys (broadcast_id);
+"#,
 ];
 
 /// What later messages of a thread attach to: the reference of the first
@@ -366,6 +371,9 @@ struct Inner {
     idle_readers: Mutex<Vec<Connection>>,
     /// The writer's last commit, for readiness.
     health: Arc<CommitHealth>,
+    /// Broadcasts in the file: counted once at open, then kept by the
+    /// inserts and deletions committed since (one process per file).
+    stored_broadcasts: AtomicU64,
 }
 
 /// One write, as the writer thread receives it.
@@ -405,6 +413,11 @@ enum Request {
     },
     /// A commit that writes one page, for readiness while commits fail.
     Probe,
+    DeleteFinished {
+        before_ms: i64,
+        after_id: Option<String>,
+        limit: usize,
+    },
 }
 
 enum Answer {
@@ -414,6 +427,7 @@ enum Answer {
     Recovered(Recovery),
     Operated(Option<Vec<String>>),
     Done(u64),
+    Retention(RetentionBatch),
 }
 
 impl SqliteStore {
@@ -438,6 +452,7 @@ impl SqliteStore {
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;
         migrate(&mut conn)?;
+        let stored: i64 = conn.query_row("SELECT count(*) FROM broadcasts", [], |r| r.get(0))?;
         let (writes, queue) = mpsc::channel(WRITE_QUEUE_MAX);
         // Frames in the WAL when the background checkpoint last looked; the
         // writer finishes the checkpoint once there are `WAL_RESTART_FRAMES`.
@@ -458,6 +473,7 @@ impl SqliteStore {
             writes,
             idle_readers: Mutex::new(Vec::new()),
             health,
+            stored_broadcasts: AtomicU64::new(stored.max(0) as u64),
         });
         let checkpointer = Connection::open(&path)?;
         checkpointer.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
@@ -649,6 +665,21 @@ fn run_writer(
 /// the hot path, and SQLite may roll back a whole transaction on I/O
 /// errors, which savepoints cannot contain.)
 fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, health: &CommitHealth) {
+    let retention: Vec<WriteOp> = batch
+        .extract_if(.., |op| {
+            matches!(op.request, Request::DeleteFinished { .. })
+        })
+        .collect();
+    for op in retention {
+        let result = without_foreign_keys(conn, |conn| {
+            apply_all(conn, std::slice::from_ref(&op))
+                .map(|mut answers| answers.pop().expect("one answer per operation"))
+        });
+        let _ = op.reply.send(result);
+    }
+    if batch.is_empty() {
+        return;
+    }
     match apply_all(conn, batch) {
         Ok(answers) => {
             health.succeeded();
@@ -695,6 +726,23 @@ fn cannot_commit(error: &StoreError) -> bool {
         ),
         _ => false,
     }
+}
+
+/// Runs `write` (its own transactions) with foreign-key checks off.
+/// Retention deletes a delivery only after its attempts, in one
+/// transaction; with the checks on, SQLite would look for the attempts of
+/// each deleted delivery by reading the whole `attempts` table (no index
+/// on `delivery_id`: an attempt's rowid encodes it, see migration 8). The
+/// pragma cannot change inside a transaction, so retention gets
+/// transactions of its own.
+fn without_foreign_keys<T>(
+    conn: &mut Connection,
+    write: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.pragma_update(None, "foreign_keys", false)?;
+    let result = write(conn);
+    conn.pragma_update(None, "foreign_keys", true)?;
+    result
 }
 
 /// Applies `ops` in one transaction and commits it; all or nothing.
@@ -787,9 +835,81 @@ fn apply_each(conn: &Connection, ops: &[WriteOp]) -> Result<Vec<Answer>, StoreEr
                     .execute(params![destination])?;
                 Answer::Done(active as u64)
             }
+            Request::DeleteFinished {
+                before_ms,
+                after_id,
+                limit,
+            } => Answer::Retention(delete_finished(
+                conn,
+                *before_ms,
+                after_id.as_deref(),
+                *limit,
+            )?),
         });
     }
     Ok(answers)
+}
+
+/// Retention's choice: old broadcasts (by id, then by accept time) with no
+/// unfinished delivery, oldest first. `?1` the id to start after, `?2` the
+/// first id at the cutoff, `?3` the cutoff, `?4` how many.
+const RETENTION_CANDIDATES_SQL: &str = concat!(
+    "SELECT b.id FROM broadcasts b
+     WHERE b.id > ?1 AND b.id < ?2 AND b.created_at_ms < ?3
+       AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND ",
+    unfinished_sql!("d."),
+    ")
+     ORDER BY b.id LIMIT ?4"
+);
+
+/// One retention batch (see `Store::delete_finished_broadcasts`); the
+/// writer runs it alone, with foreign-key checks off, so it deletes
+/// children first.
+fn delete_finished(
+    conn: &Connection,
+    before_ms: i64,
+    after_id: Option<&str>,
+    limit: usize,
+) -> Result<RetentionBatch, StoreError> {
+    let ids: Vec<String> = conn
+        .prepare_cached(RETENTION_CANDIDATES_SQL)?
+        .query_map(
+            params![
+                after_id.unwrap_or(""),
+                first_broadcast_id_at(before_ms),
+                before_ms,
+                limit as i64
+            ],
+            |r| r.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    let mut deliveries_of =
+        conn.prepare_cached("SELECT id FROM deliveries WHERE broadcast_id = ?1")?;
+    let mut delete_attempts = conn.prepare_cached(concat!(
+        "DELETE FROM attempts WHERE ",
+        attempts_of_sql!("", "?1")
+    ))?;
+    let mut delete_deliveries =
+        conn.prepare_cached("DELETE FROM deliveries WHERE broadcast_id = ?1")?;
+    let mut delete_keys = conn.prepare_cached("DELETE FROM ingest_keys WHERE broadcast_id = ?1")?;
+    let mut delete_broadcast = conn.prepare_cached("DELETE FROM broadcasts WHERE id = ?1")?;
+    let mut deleted = 0;
+    for id in &ids {
+        let deliveries: Vec<i64> = deliveries_of
+            .query_map([id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for delivery in deliveries {
+            delete_attempts.execute([delivery])?;
+        }
+        delete_deliveries.execute([id])?;
+        delete_keys.execute([id])?;
+        deleted += delete_broadcast.execute([id])? as u64;
+    }
+    Ok(RetentionBatch {
+        deleted,
+        examined: ids.len(),
+        last_id: ids.last().cloned(),
+    })
 }
 
 fn insert_broadcast(
@@ -1522,7 +1642,10 @@ impl Store for SqliteStore {
         new: NewBroadcast,
     ) -> Result<Vec<InsertedDelivery>, StoreError> {
         match self.write(Request::Insert(new)).await? {
-            Answer::Inserted(inserted) => Ok(inserted),
+            Answer::Inserted(inserted) => {
+                self.inner.stored_broadcasts.fetch_add(1, Ordering::Relaxed);
+                Ok(inserted)
+            }
             _ => Err(mismatched()),
         }
     }
@@ -1699,6 +1822,32 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_finished_broadcasts(
+        &self,
+        before_ms: i64,
+        after_id: Option<String>,
+        limit: usize,
+    ) -> Result<RetentionBatch, StoreError> {
+        let request = Request::DeleteFinished {
+            before_ms,
+            after_id,
+            limit,
+        };
+        match self.write(request).await? {
+            Answer::Retention(batch) => {
+                self.inner
+                    .stored_broadcasts
+                    .fetch_sub(batch.deleted, Ordering::Relaxed);
+                Ok(batch)
+            }
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn stored_broadcasts(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.stored_broadcasts.load(Ordering::Relaxed))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         if self.inner.health.failing().is_some() {
             // The last commit failed: only a commit tells whether one can
@@ -1855,6 +2004,33 @@ mod tests {
         assert!(
             plan.iter()
                 .any(|step| step.contains("USING INDEX deliveries_due")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn retention_reads_old_broadcasts_along_the_primary_key() {
+        // A range of the primary key (ids sort by time), and one lookup of
+        // each candidate's deliveries: never a scan of either table.
+        let plan = query_plan(RETENTION_CANDIDATES_SQL, params!["", "01", 1_000, 256]);
+        assert!(
+            plan.iter().any(|step| step
+                .contains("SEARCH b USING INDEX sqlite_autoindex_broadcasts_1 (id>? AND id<?)")),
+            "{plan:?}"
+        );
+        assert!(
+            plan.iter().any(|step| step
+                .contains("SEARCH d USING INDEX sqlite_autoindex_deliveries_1 (broadcast_id=?)")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN")),
+            "{plan:?}"
+        );
+        let plan = query_plan("DELETE FROM ingest_keys WHERE broadcast_id = ?1", ["x"]);
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("ingest_keys_broadcast")),
             "{plan:?}"
         );
     }

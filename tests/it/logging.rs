@@ -534,7 +534,7 @@ async fn nul_is_refused_naming_the_field(database: std::path::PathBuf) {
         destinations: vec![webhook(&mock, "hook")],
         alertmanager: Some(AlertmanagerRoutes {
             destinations: vec!["hook".into()],
-            receivers: Default::default(),
+            ..Default::default()
         }),
         ..Config::default()
     };

@@ -196,7 +196,7 @@ async fn alertmanager_firing_then_resolved_land_in_order_on_one_thread() {
         destinations: vec![webhook(&mock, "a"), webhook(&mock, "b")],
         alertmanager: Some(AlertmanagerRoutes {
             destinations: vec!["a".into(), "b".into()],
-            receivers: Default::default(),
+            ..Default::default()
         }),
         ..Config::default()
     };

@@ -120,6 +120,7 @@ store_suite!(
     each_delivery_keeps_its_own_attempts_and_only_unfinished_ones_count_as_backlog,
     the_backlog_names_each_destinations_oldest_waiting_and_earliest_due,
     broadcasts_are_found_by_delivery_state_and_by_the_start_of_their_id,
+    retention_deletes_old_finished_broadcasts_with_their_rows_and_keeps_the_rest,
 );
 
 fn new_broadcast(
@@ -1037,4 +1038,105 @@ async fn postgres_every_node_hears_whether_new_due_work_holds_a_p1() {
         Some("a"),
         "a P1 wakes the slot kept for P1s"
     );
+}
+
+/// Retention, batch by batch: an old finished broadcast goes with its
+/// deliveries, attempts and ingest key; an old unfinished one stays (and
+/// the pass steps past it); recent ones stay.
+async fn retention_deletes_old_finished_broadcasts_with_their_rows_and_keeps_the_rest(
+    harness: Harness,
+) {
+    let store = harness.open().await;
+    let mut rng = rand::rng();
+    let old_done = herald::domain::new_broadcast_id(1_000, &mut rng);
+    let old_open = herald::domain::new_broadcast_id(1_500, &mut rng);
+    let old_done_too = herald::domain::new_broadcast_id(1_800, &mut rng);
+    let recent_done = herald::domain::new_broadcast_id(50_000, &mut rng);
+    let mut keyed = new_broadcast(&old_done, None, &["a"], 1_000);
+    keyed.ingest_key = Some(herald::store::IngestKey {
+        caller: "alertmanager".into(),
+        key: "k1".into(),
+        body_sha256: "0".repeat(64),
+        expires_before_ms: i64::MAX,
+    });
+    store.insert_broadcast(keyed).await.unwrap();
+    for (id, at) in [(&old_open, 1_500), (&old_done_too, 1_800)] {
+        store
+            .insert_broadcast(new_broadcast(id, None, &["a"], at))
+            .await
+            .unwrap();
+    }
+    // Every old one is attempted: two confirmed, one left retrying.
+    let claim = store.claim_due("a", 10, 2_000).await.unwrap();
+    assert_eq!(claim.deliveries.len(), 3);
+    for delivery in &claim.deliveries {
+        let update = if delivery.broadcast_id == old_open {
+            outcome(delivery, DeliveryState::Retrying, "retryable", 2_100)
+        } else {
+            outcome(delivery, DeliveryState::Confirmed, "success", 2_100)
+        };
+        store.update_delivery(update).await.unwrap();
+    }
+    store
+        .insert_broadcast(new_broadcast(&recent_done, None, &["a"], 50_000))
+        .await
+        .unwrap();
+    let claim = store.claim_due("a", 10, 50_000).await.unwrap();
+    for delivery in &claim.deliveries {
+        let update = if delivery.broadcast_id == old_open {
+            outcome(delivery, DeliveryState::Retrying, "retryable", 50_100)
+        } else {
+            outcome(delivery, DeliveryState::Confirmed, "success", 50_100)
+        };
+        store.update_delivery(update).await.unwrap();
+    }
+    if harness.pg.is_none() {
+        assert_eq!(store.stored_broadcasts().await.unwrap(), 4);
+    }
+    assert_eq!(harness.count_rows("attempts").await, 5);
+
+    // Retention at 10 s, one broadcast per batch.
+    let first = store
+        .delete_finished_broadcasts(10_000, None, 1)
+        .await
+        .unwrap();
+    assert_eq!((first.deleted, first.examined), (1, 1));
+    assert_eq!(first.last_id.as_deref(), Some(old_done.as_str()));
+    assert!(store.broadcast(&old_done).await.unwrap().is_none());
+    assert!(store
+        .ingest_record("alertmanager", "k1", 0)
+        .await
+        .unwrap()
+        .is_none());
+    let second = store
+        .delete_finished_broadcasts(10_000, first.last_id, 1)
+        .await
+        .unwrap();
+    assert_eq!(second.deleted, 1, "the unfinished one is stepped over");
+    assert_eq!(second.last_id.as_deref(), Some(old_done_too.as_str()));
+    let last = store
+        .delete_finished_broadcasts(10_000, second.last_id, 1)
+        .await
+        .unwrap();
+    assert_eq!((last.deleted, last.examined), (0, 0), "the pass is over");
+
+    // However old, the unfinished one stays, and so does the recent one.
+    let again = store
+        .delete_finished_broadcasts(1_000_000, None, 256)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.deleted, 1,
+        "only the recent finished one is past 1,000 s"
+    );
+    let open = store.broadcast(&old_open).await.unwrap().unwrap();
+    assert_eq!(open.deliveries[0].progress.state, DeliveryState::Retrying);
+    assert_eq!(open.deliveries[0].attempts.len(), 2);
+    assert_eq!(harness.count_rows("broadcasts").await, 1);
+    assert_eq!(harness.count_rows("deliveries").await, 1);
+    assert_eq!(harness.count_rows("attempts").await, 2);
+    assert_eq!(harness.count_rows("ingest_keys").await, 0);
+    if harness.pg.is_none() {
+        assert_eq!(store.stored_broadcasts().await.unwrap(), 1);
+    }
 }
