@@ -450,6 +450,57 @@ async fn every_status_a_route_answers_is_declared_in_the_openapi_document() {
     lose_broadcast(&main_db, created["id"].as_str().unwrap());
     ask(out, &main, "post", r, r, all, lost, None).await;
 
+    // Operators' pauses.
+    let r = "/v1/destinations/{name}/pause";
+    let pause = |reason: &str| Some(format!(r#"{{"for":"1h","reason":"{reason}"}}"#));
+    let (a, nope) = ("/v1/destinations/a/pause", "/v1/destinations/nope/pause");
+    ask(out, &main, "post", r, a, all, pause("maintenance"), None).await;
+    ask(out, &main, "post", r, a, all, pause(""), None).await;
+    ask(out, &main, "post", r, a, None, pause("x"), None).await;
+    ask(out, &main, "post", r, a, Some(TOKEN_READ), pause("x"), None).await;
+    ask(out, &main, "post", r, nope, all, pause("x"), None).await;
+    ask(out, &slow, "post", r, a, all, pause("x"), None).await;
+    let r = "/v1/destinations/{name}/resume";
+    let (a, nope) = ("/v1/destinations/a/resume", "/v1/destinations/nope/resume");
+    ask(out, &main, "post", r, a, all, None, None).await;
+    ask(out, &main, "post", r, a, None, None, None).await;
+    ask(out, &main, "post", r, a, Some(TOKEN_READ), None, None).await;
+    ask(out, &main, "post", r, nope, all, None, None).await;
+    ask(out, &slow, "post", r, a, all, None, None).await;
+
+    // Reloads: a server started without a file to read again answers 409;
+    // one with a file answers 200, or 422 once the file is invalid.
+    let r = "/v1/config/reload";
+    ask(out, &main, "post", r, r, all, None, None).await;
+    ask(out, &main, "post", r, r, None, None, None).await;
+    ask(out, &main, "post", r, r, Some(TOKEN_READ), None, None).await;
+    let file = dir.path().join("reloadable.toml");
+    let reload_mock = start_mock(&[]).await;
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\ndatabase = {:?}\n[destinations.a]\nkind = \"webhook\"\nurl = \"http://{}/hook\"\n",
+            dir.path().join("reloadable.db"),
+            reload_mock.addr
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&file, |_| None).unwrap();
+    let reloadable = herald::server::start(
+        config,
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    reloadable.enable_reload(herald::api::reload::ConfigSource {
+        path: file.clone(),
+        overrides: Box::new(|_| {}),
+    });
+    ask(out, &reloadable, "post", r, r, None, None, None).await;
+    std::fs::write(&file, "[destinations.a]\nkind = \"nope\"\n").unwrap();
+    ask(out, &reloadable, "post", r, r, None, None, None).await;
+    reloadable.stop().await;
+
     // Operations.
     ask(out, &main, "get", "/healthz", "/healthz", None, None, None).await;
     ask(out, &main, "get", "/readyz", "/readyz", None, None, None).await;
