@@ -529,18 +529,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut config = Config::load(&config_path, |k| std::env::var(k).ok())?;
             // After the config, which may name the format; the flag wins.
             self::init_logging("info", log_format.or(config.log_format));
-            if let Some(database) = &database {
-                config.database = database.clone();
-            }
-            if node_id.is_some() {
-                config.node_id = node_id.clone();
-            }
-            if let Some(lease_ms) = lease_ms {
-                config.lease_ms = lease_ms;
-            }
-            if let Some(listen) = listen {
-                config.listen = listen;
-            }
+            // The command line wins over the file, at start and at every reload.
+            let overrides = move |config: &mut Config| {
+                if let Some(database) = &database {
+                    config.database = database.clone();
+                }
+                if node_id.is_some() {
+                    config.node_id = node_id.clone();
+                }
+                if let Some(lease_ms) = lease_ms {
+                    config.lease_ms = lease_ms;
+                }
+                if let Some(listen) = listen {
+                    config.listen = listen;
+                }
+            };
+            overrides(&mut config);
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -551,20 +555,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let server = herald::server::start(config, listener).await?;
             server.enable_reload(herald::api::reload::ConfigSource {
                 path: config_path,
-                overrides: Box::new(move |config: &mut Config| {
-                    if let Some(database) = &database {
-                        config.database = database.clone();
-                    }
-                    if node_id.is_some() {
-                        config.node_id = node_id.clone();
-                    }
-                    if let Some(lease_ms) = lease_ms {
-                        config.lease_ms = lease_ms;
-                    }
-                    if let Some(listen) = listen {
-                        config.listen = listen;
-                    }
-                }),
+                overrides: Box::new(overrides),
             });
             let stop = wait_for_stop_signal();
             tokio::pin!(stop);

@@ -109,12 +109,49 @@ fn keep_fixed_settings(old: &Config, new: &mut Config) -> Vec<String> {
         old.request_timeout_ms != new.request_timeout_ms,
         "server.request_timeout_ms",
     );
+    fixed(
+        old.broadcast_retention_secs != new.broadcast_retention_secs,
+        "server.broadcast_retention_secs",
+    );
+    fixed(
+        old.header_read_timeout_ms != new.header_read_timeout_ms,
+        "server.header_read_timeout_ms",
+    );
+    fixed(
+        old.idle_timeout_ms != new.idle_timeout_ms,
+        "server.idle_timeout_ms",
+    );
+    fixed(
+        old.connections_max != new.connections_max,
+        "server.connections_max",
+    );
+    fixed(old.log_format != new.log_format, "server.log_format");
+    // The ingest route's limit as the router applies it.
+    let alertmanager_body_max = |config: &Config| {
+        config.alertmanager.as_ref().map_or(
+            crate::config::DEFAULT_ALERTMANAGER_BODY_BYTES_MAX,
+            |routes| routes.request_body_bytes_max,
+        )
+    };
+    let old_alertmanager_body_max = alertmanager_body_max(old);
+    fixed(
+        old_alertmanager_body_max != alertmanager_body_max(new),
+        "alertmanager.request_body_bytes_max",
+    );
     new.listen = old.listen;
     new.database = old.database.clone();
     new.node_id = old.node_id.clone();
     new.lease_ms = old.lease_ms;
     new.request_body_bytes_max = old.request_body_bytes_max;
     new.request_timeout_ms = old.request_timeout_ms;
+    new.broadcast_retention_secs = old.broadcast_retention_secs;
+    new.header_read_timeout_ms = old.header_read_timeout_ms;
+    new.idle_timeout_ms = old.idle_timeout_ms;
+    new.connections_max = old.connections_max;
+    new.log_format = old.log_format;
+    if let Some(routes) = new.alertmanager.as_mut() {
+        routes.request_body_bytes_max = old_alertmanager_body_max;
+    }
     not_applied
 }
 

@@ -103,20 +103,6 @@ fn broadcast_to_hook(title: &str) -> serde_json::Value {
     serde_json::json!({"title": title, "severity": "P2", "destinations": ["hook"]})
 }
 
-async fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
-    let text = http()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .map(|value| value.parse().unwrap())
-}
-
 /// How stderr fails under a test.
 enum BrokenStderr {
     /// A pipe whose only read end is closed: every write fails (EPIPE).

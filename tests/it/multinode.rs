@@ -96,16 +96,9 @@ fn signal(node: &Node, name: &str) {
 
 /// The sum of a counter family's samples in a node's `/metrics`.
 async fn metric_sum(addr: SocketAddr, family: &str) -> u64 {
-    let http = herald::connector::http_client_builder().build().unwrap();
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
+    metrics_text(addr)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|line| line.starts_with(family) && !line.starts_with('#'))
         .filter(|line| line[family.len()..].starts_with(['{', ' ']))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())

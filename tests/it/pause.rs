@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use herald::api::wire::Broadcast;
 use herald::client::{Client, ClientError};
 
-use crate::reload::{destination_toml, metric, serve, wait_destinations};
+use crate::reload::{destination_toml, serve, wait_destinations};
 use crate::support::*;
 
 /// Runs a `herald` client verb against `addr`; returns (success, stdout, stderr).

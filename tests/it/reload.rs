@@ -93,23 +93,6 @@ pub async fn serve(config: &str) -> Served {
     }
 }
 
-/// The value of an unlabelled sample (or the first sample) of `family`.
-pub async fn metric(addr: SocketAddr, family: &str) -> Option<f64> {
-    let http = herald::connector::http_client_builder().build().unwrap();
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find(|line| line.starts_with(family) && line[family.len()..].starts_with(['{', ' ']))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-}
-
 /// Polls (at most 20 s) until `check` holds for the server's destinations.
 pub async fn wait_destinations(
     client: &Client,

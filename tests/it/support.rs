@@ -264,3 +264,28 @@ impl Drop for PgSchema {
         let _ = dropped.join();
     }
 }
+
+/// `/metrics` as text.
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    herald::connector::http_client_builder()
+        .build()
+        .unwrap()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the first sample of `series` in `/metrics`: a family name,
+/// or a name with its labels (`herald_backlog{destination="a"}`).
+pub async fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    metrics_text(addr)
+        .await
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(['{', ' ']))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
