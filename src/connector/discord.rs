@@ -49,7 +49,7 @@ struct ErrorAnswer {
     retry_after: Option<f64>,
 }
 
-fn seconds_to_ms(text: &str) -> Option<u64> {
+pub(super) fn seconds_to_ms(text: &str) -> Option<u64> {
     let secs: f64 = text.trim().parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0).ceil() as u64)
 }
@@ -113,7 +113,7 @@ pub fn classify_discord_response(
     outcome
 }
 
-fn embed(delivery: &ClaimedDelivery, title: String) -> Value {
+pub(super) fn embed(delivery: &ClaimedDelivery, title: String) -> Value {
     let m = &delivery.message;
     let color = match (m.resolved(), m.severity()) {
         (true, _) => 0x2e_cc_71,

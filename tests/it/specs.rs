@@ -13,8 +13,9 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 
 use herald::connector::{
-    discord_execute_body, jira_comment_body, jira_create_body, pagerduty_event, post_message_body,
-    resolve_update_body, teams_card_message, webhook_payload,
+    discord_create_message_body, discord_execute_body, discord_nonce, jira_comment_body,
+    jira_create_body, pagerduty_event, post_message_body, resolve_update_body, teams_card_message,
+    webhook_payload,
 };
 use herald::domain::{DeliveryProgress, Message, RetryPolicy, Severity};
 use herald::store::ClaimedDelivery;
@@ -957,6 +958,73 @@ fn discord_execute_bodies_match_the_openapi_document() {
     let mut broken = body;
     broken["allowed_mentions"]["parse"] = json!(["everyone", "robots"]);
     assert_rejected(&spec, schema, &broken, "/allowed_mentions");
+}
+
+// ---------------------------------------------------------------------------
+// Discord Create Message (the bot mode).
+
+#[test]
+fn discord_create_message_bodies_match_the_openapi_document() {
+    let spec = load_spec("discord.openapi.json");
+    let operation = request_schema(&spec, "/channels/{channel_id}/messages", "post");
+    let reference = "#/components/schemas/MessageCreateRequest";
+    assert_eq!(
+        operation["$ref"], reference,
+        "Create Message changed its body"
+    );
+    let schema = pointer(&spec, reference);
+    let listed: BTreeSet<&str> = schema["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for case in cases() {
+        let mut delivery = case.delivery.clone();
+        // The bot mode's thread reference is the first message's id.
+        if delivery.thread_ref.is_some() {
+            delivery.thread_ref = Some("1187041234567890123".to_owned());
+        }
+        let body = discord_create_message_body(&delivery);
+        let what = format!("Discord create message ({})", case.name);
+        assert_valid(&spec, schema, &body, &what);
+        let unlisted: Vec<&String> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| !listed.contains(k.as_str()))
+            .collect();
+        assert!(
+            unlisted.is_empty(),
+            "{what}: keys Discord does not know: {unlisted:?}"
+        );
+        assert_eq!(body["enforce_nonce"], json!(true), "{what}");
+        assert_eq!(
+            body["nonce"],
+            json!(discord_nonce(&delivery.idempotency_key)),
+            "{what}"
+        );
+        assert_eq!(
+            body.get("message_reference").is_some(),
+            delivery.thread_ref.is_some(),
+            "{what}: a thread's later messages reply to its first"
+        );
+    }
+
+    // The checks can fail: a nonce over 25 characters, a reference that is
+    // not a snowflake, an enforce_nonce that is not a boolean.
+    let mut delivery = cases()[2].delivery.clone();
+    delivery.thread_ref = Some("1187041234567890123".to_owned());
+    let body = discord_create_message_body(&delivery);
+    let mut broken = body.clone();
+    broken["nonce"] = json!("n".repeat(26));
+    assert_rejected(&spec, schema, &broken, "/nonce");
+    let mut broken = body.clone();
+    broken["message_reference"]["message_id"] = json!("herald-thread-INC-42");
+    assert_rejected(&spec, schema, &broken, "/message_reference");
+    let mut broken = body;
+    broken["enforce_nonce"] = json!("yes");
+    assert_rejected(&spec, schema, &broken, "/enforce_nonce");
 }
 
 // ---------------------------------------------------------------------------
