@@ -1908,6 +1908,62 @@ forum = true
     }
 
     #[test]
+    fn discord_takes_a_bot_token_with_a_channel_id() {
+        let env = |k: &str| (k == "DISCORD_BOT_TOKEN").then(|| "Bot MTk4NjIy.abc".to_owned());
+        let config = Config::parse(
+            "herald.toml",
+            "[destinations.d]\nkind = \"discord\"\nchannel_id = \"1187041234567890000\"\nsecret_env = \"DISCORD_BOT_TOKEN\"\n",
+            env,
+        )
+        .unwrap();
+        let d = config.destination("d").unwrap();
+        let Target::DiscordBot {
+            api_url,
+            channel_id,
+            token,
+        } = &d.target
+        else {
+            panic!("the bot mode: {d:?}");
+        };
+        assert_eq!(api_url.as_str(), "https://discord.com/api/v10/");
+        assert_eq!(channel_id, "1187041234567890000");
+        assert_eq!(
+            token.expose(),
+            "MTk4NjIy.abc",
+            "the header's `Bot ` is dropped"
+        );
+        assert!(!format!("{d:?}").contains("MTk4NjIy"));
+        assert_eq!(d.target.kind(), "discord");
+
+        let err = Config::parse(
+            "herald.toml",
+            "[destinations.d]\nkind = \"discord\"\nchannel_id = \"#ops\"\nforum = true\n",
+            env,
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "destinations.d.channel_id: \"#ops\" is not a Discord channel id",
+            "destinations.d.forum: the bot mode (channel_id)",
+            "destinations.d.secret_env: kind discord needs secret_env",
+        ] {
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        // Without channel_id, a credential is not a webhook's setting.
+        let err = Config::parse(
+            "herald.toml",
+            "[destinations.d]\nkind = \"discord\"\nurl = \"https://discord.com/api/webhooks/1/t\"\nsecret = \"x\"\n",
+            env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("destinations.d.secret: not a setting of kind discord"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_example_file_is_valid() {
         let config = Config::parse(
             "herald.example.toml",
