@@ -398,6 +398,21 @@ impl DiscordBot {
     }
 }
 
+/// Embeds as Discord answers them: each with its `type` (`rich` when the
+/// request gave none).
+fn answered_embeds(embeds: &[Value]) -> Vec<Value> {
+    embeds
+        .iter()
+        .cloned()
+        .map(|mut embed| {
+            if let Some(object) = embed.as_object_mut() {
+                object.entry("type").or_insert_with(|| json!("rich"));
+            }
+            embed
+        })
+        .collect()
+}
+
 /// The message object as Discord answers with it; the `nonce` only in a
 /// create's answer.
 fn render(channel_id: &str, message: &Message, with_nonce: bool) -> Value {
@@ -418,7 +433,7 @@ fn render(channel_id: &str, message: &Message, with_nonce: bool) -> Value {
             "primary_guild": null,
         },
         "attachments": [],
-        "embeds": message.embeds,
+        "embeds": answered_embeds(&message.embeds),
         "mentions": [],
         "mention_roles": [],
         "pinned": false,
