@@ -268,6 +268,49 @@ mod tests {
         );
     }
 
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            headers: reqwest::header::HeaderMap::new(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn bot_answers_map_to_outcome_classes() {
+        let limited = DiscordBotConnector::classify(
+            &reply(
+                429,
+                r#"{"message":"You are being rate limited.","code":0,"retry_after":2.5,"global":false}"#,
+            ),
+            0,
+        );
+        assert_eq!(
+            (limited.class, limited.retry_after_ms),
+            (OutcomeClass::RateLimited, Some(2_500))
+        );
+        for (status, says) in [
+            (401, "bot token"),
+            (403, "Missing Access"),
+            (404, "channel"),
+        ] {
+            let refused = DiscordBotConnector::classify(
+                &reply(status, r#"{"message":"Missing Access","code":50001}"#),
+                0,
+            );
+            assert_eq!(refused.class, OutcomeClass::Permanent, "{status}");
+            assert!(refused.error.unwrap().contains(says), "{status}");
+        }
+        let down = DiscordBotConnector::classify(&reply(503, ""), 0);
+        assert_eq!(down.class, OutcomeClass::Retryable);
+        let sent = DiscordBotConnector::classify(
+            &reply(200, r#"{"id":"1187041234567890123","channel_id":"555"}"#),
+            0,
+        );
+        assert_eq!(sent.class, OutcomeClass::Success);
+        assert_eq!(sent.remote_ref.as_deref(), Some("1187041234567890123"));
+    }
+
     #[test]
     fn snowflakes_order_by_time() {
         assert_eq!(snowflake_at(DISCORD_EPOCH_MS), 0);
