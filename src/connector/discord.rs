@@ -49,7 +49,7 @@ struct ErrorAnswer {
     retry_after: Option<f64>,
 }
 
-pub(super) fn seconds_to_ms(text: &str) -> Option<u64> {
+fn seconds_to_ms(text: &str) -> Option<u64> {
     let secs: f64 = text.trim().parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0).ceil() as u64)
 }
