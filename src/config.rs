@@ -232,6 +232,15 @@ pub enum Target {
     /// A Discord channel webhook. In a forum channel (`forum = true`) each
     /// thread becomes a post and its updates land in it.
     Discord { url: reqwest::Url, forum: bool },
+    /// A Discord channel through the bot API (`channel_id` set): Create
+    /// Message with a `nonce` and `enforce_nonce`, so a re-send after a
+    /// lost answer is not a second message.
+    DiscordBot {
+        /// The API's base, `https://discord.com/api/v10/`.
+        api_url: reqwest::Url,
+        channel_id: String,
+        token: Secret,
+    },
 }
 
 impl Target {
@@ -242,7 +251,7 @@ impl Target {
             Target::Teams { .. } => "teams",
             Target::Jira { .. } => "jira",
             Target::PagerDuty { .. } => "pagerduty",
-            Target::Discord { .. } => "discord",
+            Target::Discord { .. } | Target::DiscordBot { .. } => "discord",
         }
     }
 }
@@ -838,6 +847,8 @@ struct FileDestination {
     resolve_transition: Option<Spanned<String>>,
     search_recheck_ms: Option<Spanned<u64>>,
     forum: Option<Spanned<bool>>,
+    /// Discord's bot mode: the channel the bot posts to (a snowflake).
+    channel_id: Option<Spanned<String>>,
     timeout_ms: Option<Spanned<u64>>,
     concurrency: Option<Spanned<u32>>,
     rate_limit_per_sec: Option<Spanned<f64>>,
@@ -1393,18 +1404,29 @@ fn parse_target(
         d.forum.as_ref().map(|v| v.span()),
         &[FileKind::Discord],
     );
-    let secret_kinds = [
-        FileKind::Webhook,
-        FileKind::Slack,
-        FileKind::Jira,
-        FileKind::PagerDuty,
-    ];
+    only_for(
+        "channel_id",
+        d.channel_id.as_ref().map(|v| v.span()),
+        &[FileKind::Discord],
+    );
+    // Discord takes a credential in its bot mode (`channel_id` set) only.
+    let discord_bot = kind == FileKind::Discord && d.channel_id.is_some();
+    let secret_kinds: &[FileKind] = if discord_bot {
+        &[FileKind::Discord]
+    } else {
+        &[
+            FileKind::Webhook,
+            FileKind::Slack,
+            FileKind::Jira,
+            FileKind::PagerDuty,
+        ]
+    };
     only_for(
         "secret_env",
         d.secret_env.as_ref().map(|v| v.span()),
-        &secret_kinds,
+        secret_kinds,
     );
-    only_for("secret", d.secret.as_ref().map(|v| v.span()), &secret_kinds);
+    only_for("secret", d.secret.as_ref().map(|v| v.span()), secret_kinds);
 
     let env_value = |field: &str, var: &Spanned<String>| -> Option<String> {
         let value = env(var.get_ref())
@@ -1650,6 +1672,34 @@ fn parse_target(
                 routing_key: routing_key?,
             })
         }
+        FileKind::Discord if discord_bot => {
+            if let Some(forum) = &d.forum {
+                problems.add(
+                    Some(forum.span()),
+                    format!("{key}.forum: the bot mode (channel_id) posts replies in a channel, not forum posts; remove forum, or remove channel_id for the webhook mode"),
+                );
+            }
+            let channel_id = required("channel_id", &d.channel_id).filter(|id| {
+                let valid = id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit());
+                if !valid {
+                    problems.add(
+                        d.channel_id.as_ref().map(|v| v.span()),
+                        format!("{key}.channel_id: {id:?} is not a Discord channel id; copy the channel's id (digits) with Developer Mode on"),
+                    );
+                }
+                valid
+            });
+            // Accepted with or without the `Bot ` of the header.
+            let token = secret_text("the bot token").map(|(value, _, _)| {
+                Secret::new(value.strip_prefix("Bot ").unwrap_or(&value).trim())
+            });
+            let api_url = url_or("https://discord.com/api/v10/");
+            Some(Target::DiscordBot {
+                api_url: api_url?,
+                channel_id: channel_id?,
+                token: token?,
+            })
+        }
         FileKind::Discord => Some(Target::Discord {
             url: required_url()?,
             forum: d.forum.as_ref().is_some_and(|f| *f.get_ref()),
@@ -1854,6 +1904,62 @@ forum = true
         assert!(
             !err.to_string().contains("xoxb"),
             "never prints the secret: {err}"
+        );
+    }
+
+    #[test]
+    fn discord_takes_a_bot_token_with_a_channel_id() {
+        let env = |k: &str| (k == "DISCORD_BOT_TOKEN").then(|| "Bot MTk4NjIy.abc".to_owned());
+        let config = Config::parse(
+            "herald.toml",
+            "[destinations.d]\nkind = \"discord\"\nchannel_id = \"1187041234567890000\"\nsecret_env = \"DISCORD_BOT_TOKEN\"\n",
+            env,
+        )
+        .unwrap();
+        let d = config.destination("d").unwrap();
+        let Target::DiscordBot {
+            api_url,
+            channel_id,
+            token,
+        } = &d.target
+        else {
+            panic!("the bot mode: {d:?}");
+        };
+        assert_eq!(api_url.as_str(), "https://discord.com/api/v10/");
+        assert_eq!(channel_id, "1187041234567890000");
+        assert_eq!(
+            token.expose(),
+            "MTk4NjIy.abc",
+            "the header's `Bot ` is dropped"
+        );
+        assert!(!format!("{d:?}").contains("MTk4NjIy"));
+        assert_eq!(d.target.kind(), "discord");
+
+        let err = Config::parse(
+            "herald.toml",
+            "[destinations.d]\nkind = \"discord\"\nchannel_id = \"#ops\"\nforum = true\n",
+            env,
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "destinations.d.channel_id: \"#ops\" is not a Discord channel id",
+            "destinations.d.forum: the bot mode (channel_id)",
+            "destinations.d.secret_env: kind discord needs secret_env",
+        ] {
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        // Without channel_id, a credential is not a webhook's setting.
+        let err = Config::parse(
+            "herald.toml",
+            "[destinations.d]\nkind = \"discord\"\nurl = \"https://discord.com/api/webhooks/1/t\"\nsecret = \"x\"\n",
+            env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("destinations.d.secret: not a setting of kind discord"),
+            "{err}"
         );
     }
 

@@ -35,6 +35,35 @@ pub fn mock_discord_webhook_id(name: &str) -> String {
     (1_000_000 + sum).to_string()
 }
 
+/// The channel id of a mock Discord destination in the bot mode (digits,
+/// stable).
+pub fn mock_discord_channel_id(name: &str) -> String {
+    let sum: u64 = name.bytes().map(u64::from).sum();
+    (2_000_000 + sum).to_string()
+}
+
+/// Where a Discord destination in the bot mode posts at the mock (and reads
+/// the channel back), for scripting its faults.
+pub fn mock_discord_bot_send_path(name: &str) -> String {
+    format!(
+        "/discord/api/v10/channels/{}/messages",
+        mock_discord_channel_id(name)
+    )
+}
+
+/// A Discord destination in the bot mode at the mock: the channel
+/// [`mock_discord_channel_id`] with a bot token, otherwise as
+/// [`mock_destination`].
+pub fn mock_discord_bot_destination(mock_base: &str, name: &str) -> Destination {
+    let mut destination = mock_destination(mock_base, "discord", name);
+    destination.target = Target::DiscordBot {
+        api_url: reqwest::Url::parse(&format!("{mock_base}/discord/api/v10/")).expect("valid URL"),
+        channel_id: mock_discord_channel_id(name),
+        token: Secret::new("herald-mock-bot-token"),
+    };
+    destination
+}
+
 /// Where a destination of `kind` named `name` sends at the mock, for
 /// scripting its faults: Slack's `chat.postMessage`, Jira's issue create,
 /// the Teams workflow, PagerDuty's enqueue, the Discord webhook, the hook.

@@ -113,7 +113,7 @@ pub fn classify_discord_response(
     outcome
 }
 
-fn embed(delivery: &ClaimedDelivery, title: String) -> Value {
+pub(super) fn embed(delivery: &ClaimedDelivery, title: String) -> Value {
     let m = &delivery.message;
     let color = match (m.resolved(), m.severity()) {
         (true, _) => 0x2e_cc_71,

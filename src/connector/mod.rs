@@ -3,6 +3,7 @@
 //! in one function.
 
 mod discord;
+mod discord_bot;
 mod http;
 mod jira;
 mod pagerduty;
@@ -17,6 +18,7 @@ use crate::domain::{Outcome, Verification};
 use crate::store::ClaimedDelivery;
 
 pub use discord::{classify_discord_response, discord_execute_body, DiscordConnector};
+pub use discord_bot::{discord_create_message_body, discord_nonce, DiscordBotConnector};
 pub use jira::{
     adf_document, classify_jira_response, jira_comment_body, jira_create_body, jira_label,
     JiraConnector,
@@ -128,6 +130,7 @@ pub enum Connector {
     Jira(JiraConnector),
     PagerDuty(PagerDutyConnector),
     Discord(DiscordConnector),
+    DiscordBot(DiscordBotConnector),
 }
 
 impl Connector {
@@ -175,6 +178,17 @@ impl Connector {
                 timeout,
                 connections,
             )?),
+            Target::DiscordBot {
+                api_url,
+                channel_id,
+                token,
+            } => Connector::DiscordBot(DiscordBotConnector::new(
+                api_url.clone(),
+                channel_id.clone(),
+                token.clone(),
+                timeout,
+                connections,
+            )?),
         })
     }
 
@@ -186,6 +200,7 @@ impl Connector {
             Connector::Jira(c) => c.send(delivery, now_ms).await,
             Connector::PagerDuty(c) => c.send(delivery, now_ms).await,
             Connector::Discord(c) => c.send(delivery, now_ms).await,
+            Connector::DiscordBot(c) => c.send(delivery, now_ms).await,
         }
     }
 
@@ -197,6 +212,7 @@ impl Connector {
             Connector::Jira(c) => c.verify(delivery).await,
             Connector::PagerDuty(c) => c.verify(delivery).await,
             Connector::Discord(c) => c.verify(delivery).await,
+            Connector::DiscordBot(c) => c.verify(delivery).await,
         }
     }
 }

@@ -179,7 +179,9 @@ fn path(parts: &[&str]) -> Vec<String> {
 
 /// The JSON object of a create or edit, checked as Discord checks it; the
 /// refusal is Discord's own answer.
-fn checked_body(incoming: &Incoming) -> Result<serde_json::Map<String, Value>, Box<Response>> {
+pub(super) fn checked_body(
+    incoming: &Incoming,
+) -> Result<serde_json::Map<String, Value>, Box<Response>> {
     let body = match serde_json::from_slice::<Value>(&incoming.body) {
         Ok(Value::Object(body)) => body,
         _ => {
@@ -317,7 +319,7 @@ fn is_empty_message(content: &str, embeds: &[Value]) -> bool {
     content.trim().is_empty() && embeds.is_empty()
 }
 
-fn discord_time(ms: i64) -> String {
+pub(super) fn discord_time(ms: i64) -> String {
     let (y, mo, d, h, mi, s, milli) = super::civil_utc(ms);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}000+00:00")
 }

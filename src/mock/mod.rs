@@ -13,6 +13,8 @@
 //! - `/jira/rest/api/3/...`: Jira Cloud REST v3 ([`jira`]).
 //! - `/pagerduty/v2/enqueue`: PagerDuty Events v2 ([`pagerduty`]).
 //! - `/discord/api/webhooks/<id>/<token>...`: Discord webhooks ([`discord`]).
+//! - `/discord/api/v10/channels/<id>/messages...`: Discord's bot API for
+//!   channel messages, with `nonce` and `enforce_nonce` ([`discord_bot`]).
 //! - every other path outside `/_mock/`: a generic webhook receiver that
 //!   deduplicates by `Idempotency-Key` (falling back to `webhook-id`) the way
 //!   a well-behaved receiver would ([`webhook`]).
@@ -35,6 +37,7 @@
 //! [`PathFaults`] with its `path`), `POST /_mock/reset`.
 
 pub mod discord;
+pub mod discord_bot;
 pub mod jira;
 pub mod pagerduty;
 pub mod slack;
@@ -63,6 +66,7 @@ use crate::config::WebhookSecret;
 use crate::dispatch::now_ms;
 
 pub use discord::{DiscordStats, DiscordWebhookStats};
+pub use discord_bot::{DiscordBotStats, DiscordChannelStats};
 pub use jira::{JiraProjectStats, JiraStats};
 pub use pagerduty::{PagerDutyIncidentStats, PagerDutyStats};
 pub use slack::{SlackChannelStats, SlackStats};
@@ -278,6 +282,7 @@ pub struct MockStats {
     pub jira: JiraStats,
     pub pagerduty: PagerDutyStats,
     pub discord: DiscordStats,
+    pub discord_bot: DiscordBotStats,
 }
 
 impl MockStats {
@@ -294,6 +299,7 @@ enum Kind {
     Jira,
     PagerDuty,
     Discord,
+    DiscordBot,
     Webhook,
 }
 
@@ -309,6 +315,8 @@ impl Kind {
             Kind::PagerDuty
         } else if path.starts_with(discord::PREFIX) {
             Kind::Discord
+        } else if path.starts_with(discord_bot::PREFIX) {
+            Kind::DiscordBot
         } else {
             Kind::Webhook
         }
@@ -384,6 +392,7 @@ struct Inner {
     jira: jira::Jira,
     pagerduty: pagerduty::PagerDuty,
     discord: discord::Discord,
+    discord_bot: discord_bot::DiscordBot,
 }
 
 #[derive(Default)]
@@ -530,6 +539,7 @@ impl Inner {
             Kind::Jira => self.jira.handle(incoming, &admission),
             Kind::PagerDuty => self.pagerduty.handle(incoming, &admission),
             Kind::Discord => self.discord.handle(incoming, &admission),
+            Kind::DiscordBot => self.discord_bot.handle(incoming, &admission),
         };
         (response, hang_ms)
     }
@@ -564,6 +574,7 @@ impl MockState {
             jira: inner.jira.stats(),
             pagerduty: inner.pagerduty.stats(),
             discord: inner.discord.stats(),
+            discord_bot: inner.discord_bot.stats(),
         }
     }
 

@@ -6,6 +6,7 @@ mod cli;
 mod cli_safety;
 mod connectors;
 mod crash;
+mod discord_bot;
 mod first_hour;
 mod ingest_and_statuses;
 mod isolation;

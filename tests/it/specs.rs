@@ -13,8 +13,9 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 
 use herald::connector::{
-    discord_execute_body, jira_comment_body, jira_create_body, pagerduty_event, post_message_body,
-    resolve_update_body, teams_card_message, webhook_payload,
+    discord_create_message_body, discord_execute_body, discord_nonce, jira_comment_body,
+    jira_create_body, pagerduty_event, post_message_body, resolve_update_body, teams_card_message,
+    webhook_payload,
 };
 use herald::domain::{DeliveryProgress, Message, RetryPolicy, Severity};
 use herald::store::ClaimedDelivery;
@@ -957,6 +958,205 @@ fn discord_execute_bodies_match_the_openapi_document() {
     let mut broken = body;
     broken["allowed_mentions"]["parse"] = json!(["everyone", "robots"]);
     assert_rejected(&spec, schema, &broken, "/allowed_mentions");
+}
+
+// ---------------------------------------------------------------------------
+// Discord Create Message (the bot mode).
+
+#[test]
+fn discord_create_message_bodies_match_the_openapi_document() {
+    let spec = load_spec("discord.openapi.json");
+    let operation = request_schema(&spec, "/channels/{channel_id}/messages", "post");
+    let reference = "#/components/schemas/MessageCreateRequest";
+    assert_eq!(
+        operation["$ref"], reference,
+        "Create Message changed its body"
+    );
+    let schema = pointer(&spec, reference);
+    let listed: BTreeSet<&str> = schema["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for case in cases() {
+        let mut delivery = case.delivery.clone();
+        // The bot mode's thread reference is the first message's id.
+        if delivery.thread_ref.is_some() {
+            delivery.thread_ref = Some("1187041234567890123".to_owned());
+        }
+        let body = discord_create_message_body(&delivery);
+        let what = format!("Discord create message ({})", case.name);
+        assert_valid(&spec, schema, &body, &what);
+        let unlisted: Vec<&String> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| !listed.contains(k.as_str()))
+            .collect();
+        assert!(
+            unlisted.is_empty(),
+            "{what}: keys Discord does not know: {unlisted:?}"
+        );
+        assert_eq!(body["enforce_nonce"], json!(true), "{what}");
+        assert_eq!(
+            body["nonce"],
+            json!(discord_nonce(&delivery.idempotency_key)),
+            "{what}"
+        );
+        assert_eq!(
+            body.get("message_reference").is_some(),
+            delivery.thread_ref.is_some(),
+            "{what}: a thread's later messages reply to its first"
+        );
+    }
+
+    // The checks can fail: a nonce over 25 characters, a reference that is
+    // not a snowflake, an enforce_nonce that is not a boolean.
+    let mut delivery = cases()[2].delivery.clone();
+    delivery.thread_ref = Some("1187041234567890123".to_owned());
+    let body = discord_create_message_body(&delivery);
+    let mut broken = body.clone();
+    broken["nonce"] = json!("n".repeat(26));
+    assert_rejected(&spec, schema, &broken, "/nonce");
+    let mut broken = body.clone();
+    broken["message_reference"]["message_id"] = json!("herald-thread-INC-42");
+    assert_rejected(&spec, schema, &broken, "/message_reference");
+    let mut broken = body;
+    broken["enforce_nonce"] = json!("yes");
+    assert_rejected(&spec, schema, &broken, "/enforce_nonce");
+}
+
+/// The JSON schema of an operation's answer with `status` (following a
+/// shared response's `$ref`).
+fn response_schema<'a>(document: &'a Value, path: &str, method: &str, status: &str) -> &'a Value {
+    let escaped = path.replace('~', "~0").replace('/', "~1");
+    let mut response = pointer(
+        document,
+        &format!("#/paths/{escaped}/{method}/responses/{status}"),
+    );
+    if let Some(reference) = response["$ref"].as_str() {
+        response = pointer(document, reference);
+    }
+    &response["content"]["application/json"]["schema"]
+}
+
+/// The mock's bot route answers as the description says: the created
+/// message (a reply, a nonce replay), the list, one message, an edit, its
+/// errors and its 429.
+#[tokio::test]
+async fn the_mock_discord_bot_answers_match_the_openapi_document() {
+    let spec = load_spec("discord.openapi.json");
+    let messages = "/channels/{channel_id}/messages";
+    let message = "/channels/{channel_id}/messages/{message_id}";
+    let mock = crate::support::start_mock(&[]).await;
+    let http = herald::connector::http_client_builder().build().unwrap();
+    let base = format!("http://{}/discord/api/v10/channels/555/messages", mock.addr);
+    let call = |method: reqwest::Method, url: String, body: Option<Value>| {
+        let mut request = http.request(method, url).header("authorization", "Bot tok");
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let answer = request.send().await.unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.json::<Value>().await.unwrap())
+        }
+    };
+    let delivery = &cases()[2].delivery;
+    let mut create = discord_create_message_body(delivery);
+    create.as_object_mut().unwrap().remove("message_reference");
+    let (status, first) = call(reqwest::Method::POST, base.clone(), Some(create.clone())).await;
+    assert_eq!(status, 200, "{first}");
+    let created = response_schema(&spec, messages, "post", "200");
+    assert_valid(&spec, created, &first, "create message answer");
+    let (_, replay) = call(reqwest::Method::POST, base.clone(), Some(create.clone())).await;
+    assert_eq!(
+        replay["id"], first["id"],
+        "the nonce folds the second create"
+    );
+    assert_valid(
+        &spec,
+        created,
+        &replay,
+        "create message answer (nonce replay)",
+    );
+    let mut reply = create.clone();
+    reply["nonce"] = json!("another");
+    reply["message_reference"] = json!({"message_id": first["id"], "fail_if_not_exists": false});
+    let (_, reply) = call(reqwest::Method::POST, base.clone(), Some(reply)).await;
+    assert_valid(&spec, created, &reply, "create message answer (reply)");
+
+    let (status, list) = call(reqwest::Method::GET, format!("{base}?limit=100"), None).await;
+    assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(2)));
+    let listed = response_schema(&spec, messages, "get", "200");
+    assert_valid(&spec, listed, &list, "list messages answer");
+    let one_url = format!("{base}/{}", first["id"].as_str().unwrap());
+    let (_, one) = call(reqwest::Method::GET, one_url.clone(), None).await;
+    assert_valid(
+        &spec,
+        response_schema(&spec, message, "get", "200"),
+        &one,
+        "get message answer",
+    );
+    let (_, edited) = call(
+        reqwest::Method::PATCH,
+        one_url,
+        Some(json!({"content": "resolved"})),
+    )
+    .await;
+    assert_valid(
+        &spec,
+        response_schema(&spec, message, "patch", "200"),
+        &edited,
+        "edit message answer",
+    );
+
+    let (status, missing) = call(reqwest::Method::GET, format!("{base}/42"), None).await;
+    assert_eq!(status, 404);
+    assert_valid(
+        &spec,
+        response_schema(&spec, message, "get", "4XX"),
+        &missing,
+        "unknown message",
+    );
+    let mut invalid = create.clone();
+    invalid["nonce"] = json!("n".repeat(26));
+    let (status, refused) = call(reqwest::Method::POST, base.clone(), Some(invalid)).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        refused["errors"]["nonce"]["_errors"][0]["code"],
+        "BASE_TYPE_MAX_LENGTH"
+    );
+    // The description's `Error` makes every `code` an integer, the field
+    // errors' too; Discord's own documentation of "Invalid Form Body"
+    // shows them as strings (`BASE_TYPE_REQUIRED`), as the mock answers.
+    // The envelope is checked.
+    let mut envelope = refused.clone();
+    envelope.as_object_mut().unwrap().remove("errors");
+    assert_valid(
+        &spec,
+        response_schema(&spec, messages, "post", "4XX"),
+        &envelope,
+        "invalid form body",
+    );
+    mock.set_faults(
+        "/discord/api/v10/channels/555/messages",
+        herald::mock::Faults {
+            rate_limit_first: 1,
+            retry_after_secs: 1,
+            ..herald::mock::Faults::default()
+        },
+    );
+    let (status, limited) = call(reqwest::Method::POST, base, Some(create)).await;
+    assert_eq!(status, 429);
+    assert_valid(
+        &spec,
+        response_schema(&spec, messages, "post", "429"),
+        &limited,
+        "rate limited",
+    );
+    mock.stop().await;
 }
 
 // ---------------------------------------------------------------------------
