@@ -27,7 +27,7 @@ const SPECS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/specs");
 /// them: the copies must not drift from them.
 const ORIGINALS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/specs");
 
-fn load_spec(file: &str) -> Value {
+pub(crate) fn load_spec(file: &str) -> Value {
     let path = format!("{SPECS_DIR}/{file}");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|error| {
         panic!("cannot read the API description {path}: {error}; it belongs to the repository")
@@ -1044,13 +1044,13 @@ const ANNOTATIONS: &[&str] = &[
 /// a bound on a self-referencing schema.
 const DEPTH_MAX: usize = 128;
 
-struct Validator<'a> {
+pub(crate) struct Validator<'a> {
     document: &'a Value,
     unsupported: RefCell<BTreeSet<String>>,
 }
 
 impl<'a> Validator<'a> {
-    fn new(document: &'a Value) -> Validator<'a> {
+    pub(crate) fn new(document: &'a Value) -> Validator<'a> {
         Validator {
             document,
             unsupported: RefCell::new(BTreeSet::new()),
@@ -1058,7 +1058,7 @@ impl<'a> Validator<'a> {
     }
 
     /// Every way `instance` breaks `schema`, each with its JSON path.
-    fn validate(&self, schema: &Value, instance: &Value) -> Vec<String> {
+    pub(crate) fn validate(&self, schema: &Value, instance: &Value) -> Vec<String> {
         let mut errors = Vec::new();
         self.check(schema, instance, "", &mut errors, 0);
         errors
@@ -1066,7 +1066,7 @@ impl<'a> Validator<'a> {
 
     /// Keywords met in the schemas that this validator neither checks nor
     /// knows as annotations.
-    fn unsupported_keywords(&self) -> BTreeSet<String> {
+    pub(crate) fn unsupported_keywords(&self) -> BTreeSet<String> {
         self.unsupported.borrow().clone()
     }
 

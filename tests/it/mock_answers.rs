@@ -1,0 +1,482 @@
+//! Every answer `herald mock` gives herald's real connectors matches the
+//! published description of its operation (`tests/specs`): the success,
+//! error, 429 and read-back answers of Slack, Jira, PagerDuty and Discord,
+//! and Teams workflows' empty 202.
+//!
+//! herald runs against the mock through a recording proxy, with scripted
+//! faults on every destination, so the requests are the connectors' own.
+//! Each recorded answer is then checked against the response its operation
+//! describes for that status: the status must be described (a `5XX` the
+//! services do not describe is allowed), a described body must come as
+//! JSON and match its schema (Swagger 2 `schema` for Slack, OpenAPI 3
+//! `content` for the others, `$ref`s resolved), and a response described
+//! without a body must come without one. The few places where a
+//! description is known to be wrong are in `spec-deviations.toml`, each
+//! with its reason and its source; an entry nothing uses fails the test.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use herald::demo::{mock_destination, mock_send_path};
+use herald::mock::Faults;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::specs::{load_spec, Validator};
+use crate::support::*;
+
+const DEVIATIONS_FILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/it/spec-deviations.toml"
+);
+
+/// One request herald made and the answer the mock gave it.
+#[derive(Clone, Debug)]
+struct Exchange {
+    method: String,
+    path: String,
+    status: u16,
+    content_type: Option<String>,
+    body: Bytes,
+}
+
+#[derive(Clone)]
+struct Proxy {
+    upstream: String,
+    client: reqwest::Client,
+    exchanges: Arc<Mutex<Vec<Exchange>>>,
+}
+
+/// Forwards every request to the mock and records the answer.
+async fn forward(
+    State(proxy): State<Proxy>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = proxy
+        .client
+        .request(method.clone(), format!("{}{path_and_query}", proxy.upstream))
+        .body(body);
+    for (name, value) in &headers {
+        if name != "host" && name != "content-length" {
+            request = request.header(name, value);
+        }
+    }
+    let answer = match request.send().await {
+        Ok(answer) => answer,
+        Err(error) => return (StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
+    };
+    let status = answer.status();
+    let answer_headers = answer.headers().clone();
+    let body = answer.bytes().await.unwrap_or_default();
+    proxy.exchanges.lock().unwrap().push(Exchange {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        status: status.as_u16(),
+        content_type: answer_headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        body: body.clone(),
+    });
+    let mut response = (status, body).into_response();
+    for (name, value) in &answer_headers {
+        if name != "content-length" && name != "transfer-encoding" {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
+}
+
+/// Starts the recording proxy in front of `upstream`; returns its base URL
+/// and the exchanges it records.
+async fn start_proxy(upstream: String) -> (String, Arc<Mutex<Vec<Exchange>>>) {
+    let exchanges = Arc::new(Mutex::new(Vec::new()));
+    let proxy = Proxy {
+        upstream,
+        client: herald::connector::http_client_builder().build().unwrap(),
+        exchanges: exchanges.clone(),
+    };
+    let app = axum::Router::new().fallback(forward).with_state(proxy);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, exchanges)
+}
+
+// ---------------------------------------------------------------------------
+// The published descriptions, and which operation answers a mock path.
+
+struct Api {
+    name: &'static str,
+    /// The mock's prefix for this API; what follows is the spec's path.
+    prefix: &'static str,
+    spec_file: &'static str,
+}
+
+const APIS: &[Api] = &[
+    Api {
+        name: "slack",
+        prefix: "/slack/api",
+        spec_file: "slack-web-api.swagger2.json",
+    },
+    Api {
+        name: "jira",
+        prefix: "/jira",
+        spec_file: "jira-platform-v3.openapi.json",
+    },
+    Api {
+        name: "pagerduty",
+        prefix: "/pagerduty/v2",
+        spec_file: "pagerduty-events-v2.openapi.json",
+    },
+    Api {
+        name: "discord",
+        prefix: "/discord/api",
+        spec_file: "discord.openapi.json",
+    },
+];
+
+/// The spec path template `path` matches, preferring the one with the most
+/// literal segments (`/messages/@original` over `/messages/{message_id}`).
+fn spec_path(spec: &Value, path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.split('/').collect();
+    spec["paths"]
+        .as_object()?
+        .keys()
+        .filter_map(|template| {
+            let parts: Vec<&str> = template.split('/').collect();
+            if parts.len() != segments.len() {
+                return None;
+            }
+            let mut literal = 0;
+            for (part, segment) in parts.iter().zip(&segments) {
+                if part.starts_with('{') && part.ends_with('}') && !segment.is_empty() {
+                    continue;
+                }
+                if part != segment {
+                    return None;
+                }
+                literal += 1;
+            }
+            Some((literal, template.clone()))
+        })
+        .max()
+        .map(|(_, template)| template)
+}
+
+fn resolve<'a>(spec: &'a Value, value: &'a Value) -> &'a Value {
+    match value["$ref"].as_str() {
+        Some(reference) => {
+            let target = reference
+                .strip_prefix('#')
+                .and_then(|p| spec.pointer(p))
+                .unwrap_or_else(|| panic!("cannot resolve {reference}"));
+            resolve(spec, target)
+        }
+        None => value,
+    }
+}
+
+/// The response an operation describes for `status`: exact, then `4XX`,
+/// then `default`.
+fn described_response<'a>(operation: &'a Value, status: u16) -> Option<(&'a Value, String)> {
+    let responses = &operation["responses"];
+    let range = format!("{}XX", status / 100);
+    [status.to_string(), range, "default".to_owned()]
+        .into_iter()
+        .find_map(|key| responses.get(&key).map(|r| (r, key)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deviations {
+    deviation: Vec<Deviation>,
+}
+
+/// A place where a published description is known to be wrong.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deviation {
+    /// `slack`, `jira`, `pagerduty` or `discord`.
+    api: String,
+    /// `METHOD /spec/path`, as the description names it.
+    operation: String,
+    /// The response key in the description (`200`, `4XX`, `default`).
+    response: String,
+    /// The validation error this excuses begins with this text (the JSON
+    /// path of the value, then the message).
+    error: String,
+    reason: String,
+    source: String,
+}
+
+fn load_deviations() -> Vec<Deviation> {
+    let text = std::fs::read_to_string(DEVIATIONS_FILE).unwrap();
+    let deviations: Deviations = toml::from_str(&text)
+        .unwrap_or_else(|error| panic!("{DEVIATIONS_FILE} is not valid: {error}"));
+    for d in &deviations.deviation {
+        assert!(
+            !d.reason.trim().is_empty() && d.source.starts_with("https://"),
+            "{DEVIATIONS_FILE}: every deviation gives its reason and a source URL: {d:?}"
+        );
+    }
+    deviations.deviation
+}
+
+/// Every way `exchange` breaks its operation's description, minus the
+/// deviations (whose indexes it adds to `used`).
+fn answer_errors(
+    specs: &[(&Api, Value)],
+    deviations: &[Deviation],
+    used: &mut BTreeSet<usize>,
+    exchange: &Exchange,
+) -> Vec<String> {
+    let what = format!(
+        "{} {} -> {}",
+        exchange.method, exchange.path, exchange.status
+    );
+    if exchange.path.starts_with("/teams/") {
+        // A Teams workflow takes the card and answers 202 with no body.
+        let ok = exchange.status != 202 || exchange.body.is_empty();
+        return if ok {
+            Vec::new()
+        } else {
+            vec![format!("{what}: a workflow's 202 has no body")]
+        };
+    }
+    let Some((api, spec)) = specs
+        .iter()
+        .find(|(api, _)| exchange.path.starts_with(&format!("{}/", api.prefix)))
+    else {
+        return vec![format!("{what}: no published description covers this path")];
+    };
+    let rest = &exchange.path[api.prefix.len()..];
+    let Some(template) = spec_path(spec, rest) else {
+        return vec![format!("{what}: {} describes no path {rest}", api.spec_file)];
+    };
+    let method = exchange.method.to_lowercase();
+    let operation = &spec["paths"][&template][&method];
+    if operation.is_null() {
+        return vec![format!("{what}: {template} describes no {method}")];
+    }
+    let operation_name = format!("{} {template}", exchange.method);
+    let Some((response, key)) = described_response(operation, exchange.status) else {
+        if exchange.status >= 500 {
+            return Vec::new();
+        }
+        return vec![format!(
+            "{what}: {operation_name} describes no {} answer",
+            exchange.status
+        )];
+    };
+    let response = resolve(spec, response);
+    let swagger = spec.get("swagger").is_some();
+    let schema = if swagger {
+        response.get("schema")
+    } else {
+        response["content"]
+            .get("application/json")
+            .map(|media| &media["schema"])
+    };
+    let media_type = exchange
+        .content_type
+        .as_deref()
+        .map(|t| t.split(';').next().unwrap_or("").trim().to_owned());
+    let mut errors = Vec::new();
+    match schema {
+        None => {
+            if !exchange.body.is_empty() || media_type.is_some() {
+                errors.push(format!(
+                    "{what}: {operation_name} describes its {key} answer without a body, the mock sent {:?} {}",
+                    media_type,
+                    String::from_utf8_lossy(&exchange.body)
+                ));
+            }
+        }
+        Some(schema) => {
+            if media_type.as_deref() != Some("application/json") {
+                errors.push(format!(
+                    "{what}: the body should be application/json, the mock sent {media_type:?}"
+                ));
+            }
+            match serde_json::from_slice::<Value>(&exchange.body) {
+                Err(error) => errors.push(format!("{what}: the body is not JSON: {error}")),
+                Ok(body) => {
+                    let validator = Validator::new(spec);
+                    for error in validator.validate(schema, &body) {
+                        let excused = deviations.iter().position(|d| {
+                            d.api == api.name
+                                && d.operation == operation_name
+                                && d.response == key
+                                && error.starts_with(&d.error)
+                        });
+                        match excused {
+                            Some(index) => {
+                                used.insert(index);
+                            }
+                            None => errors.push(format!("{what} ({key}): {error}")),
+                        }
+                    }
+                    let unsupported = validator.unsupported_keywords();
+                    if !unsupported.is_empty() {
+                        errors.push(format!(
+                            "{what}: the schema uses keywords the validator does not check: {unsupported:?}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    errors
+}
+
+// ---------------------------------------------------------------------------
+// The run.
+
+const REAL: [(&str, &str); 5] = [
+    ("slack", "slack-incidents"),
+    ("teams", "teams-ops"),
+    ("jira", "jira-ops"),
+    ("pagerduty", "pagerduty"),
+    ("discord", "discord-ops"),
+];
+
+/// A 429, a 503, then (Slack) an `internal_error` after the post, then an
+/// answer lost after the effect: every kind of answer, and a read-back
+/// where the destination has one.
+fn hard_start(kind: &str) -> Faults {
+    Faults {
+        rate_limit_first: 1,
+        retry_after_secs: 1,
+        fail_first: 1,
+        fail_status: 503,
+        slack_error_first: u32::from(kind == "slack"),
+        slack_error: (kind == "slack").then(|| "internal_error".to_owned()),
+        drop_first: 1,
+        drop_hang_ms: 3_000,
+        ..Faults::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mock_answer_matches_the_published_description_of_its_operation() {
+    let mut faults: Vec<(String, Faults)> = REAL
+        .iter()
+        .map(|(kind, name)| (mock_send_path(kind, name), hard_start(kind)))
+        .collect();
+    // Jira's comments and transitions, and Discord's thread posts and edits.
+    let rest = Faults {
+        rate_limit_first: 1,
+        fail_first: 1,
+        fail_status: 503,
+        ..Faults::default()
+    };
+    faults.push(("/jira/rest/api/3/issue/*".to_owned(), rest.clone()));
+    faults.push(("/slack/api/chat.update".to_owned(), rest.clone()));
+    let refs: Vec<(&str, Faults)> = faults
+        .iter()
+        .map(|(p, f)| (p.as_str(), f.clone()))
+        .collect();
+    let mock = start_mock(&refs).await;
+    let (proxy, exchanges) = start_proxy(format!("http://{}", mock.addr)).await;
+    let destinations = REAL
+        .iter()
+        .map(|(kind, name)| mock_destination(&proxy, kind, name))
+        .collect();
+    let dir = temp_dir();
+    let server = start_server(&dir.path().join("herald.db"), destinations).await;
+    let client = client(&server);
+    let names: Vec<&str> = REAL.iter().map(|(_, name)| *name).collect();
+
+    // An incident: opened, updated, resolved.
+    for (title, resolved) in [
+        ("INC-7: checkout down", false),
+        ("INC-7: rollback started", false),
+        ("INC-7: checkout back", true),
+    ] {
+        let mut send = request(title, &names);
+        send.thread = Some("INC-7".to_owned());
+        send.resolved = resolved;
+        let accepted = client.send(&send).await.unwrap();
+        let done = wait_final(&client, &accepted.id, Duration::from_secs(60)).await;
+        assert_eq!(done.status, "converged", "{done:#?}");
+    }
+    // Refusals: each destination answers its own 4xx error once.
+    for (kind, name) in REAL {
+        mock.set_faults(
+            &mock_send_path(kind, name),
+            Faults {
+                fail_first: 1,
+                fail_status: 404,
+                ..Faults::default()
+            },
+        );
+    }
+    let accepted = client
+        .send(&request("Deploy failed", &names))
+        .await
+        .unwrap();
+    let done = wait_final(&client, &accepted.id, Duration::from_secs(60)).await;
+    assert_eq!(done.status, "partial", "{done:#?}");
+
+    let exchanges = exchanges.lock().unwrap().clone();
+    let specs: Vec<(&Api, Value)> = APIS
+        .iter()
+        .map(|api| (api, load_spec(api.spec_file)))
+        .collect();
+    let deviations = load_deviations();
+    let mut used = BTreeSet::new();
+    let mut errors = Vec::new();
+    let mut seen = BTreeSet::new();
+    for exchange in &exchanges {
+        seen.insert(format!(
+            "{} {} {}",
+            exchange.method,
+            exchange.path.split('/').take(4).collect::<Vec<_>>().join("/"),
+            exchange.status
+        ));
+        errors.extend(answer_errors(&specs, &deviations, &mut used, exchange));
+    }
+    let unique: BTreeSet<&String> = errors.iter().collect();
+    assert!(
+        unique.is_empty(),
+        "{} mock answers break their published descriptions:\n  {}",
+        unique.len(),
+        unique
+            .iter()
+            .map(|e| e.as_str())
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
+    for (index, deviation) in deviations.iter().enumerate() {
+        assert!(
+            used.contains(&index),
+            "{DEVIATIONS_FILE}: no answer needed {deviation:?}; remove it"
+        );
+    }
+    // The run met every kind of answer it is meant to check.
+    for expected in [
+        "POST /slack/api/chat.postMessage 429",
+        "POST /slack/api/chat.postMessage 503",
+        "GET /slack/api/conversations.history 200",
+        "POST /jira/rest/api 429",
+        "POST /jira/rest/api 404",
+        "POST /pagerduty/v2/enqueue 429",
+        "POST /pagerduty/v2/enqueue 404",
+        "POST /discord/api/webhooks 429",
+        "POST /discord/api/webhooks 404",
+    ] {
+        assert!(seen.contains(expected), "no {expected} in {seen:#?}");
+    }
+    server.stop().await;
+    mock.stop().await;
+}
