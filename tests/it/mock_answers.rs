@@ -596,3 +596,77 @@ async fn every_mock_answer_matches_the_published_description_of_its_operation() 
     server.stop().await;
     mock.stop().await;
 }
+
+/// The checker fails the answers the mock used to give, and passes the
+/// ones the services give, so the run above cannot pass by checking
+/// nothing.
+#[test]
+fn the_answer_checker_rejects_what_it_should() {
+    let specs: Vec<(&Api, Value)> = APIS
+        .iter()
+        .map(|api| (api, load_spec(api.spec_file)))
+        .collect();
+    let deviations = load_deviations().deviation;
+    let check = |method: &str, path: &str, status: u16, body: &str| {
+        let exchange = Exchange {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            status,
+            content_type: (!body.is_empty()).then(|| "application/json".to_owned()),
+            body: Bytes::from(body.to_owned()),
+        };
+        let (mut used, mut seen) = (BTreeSet::new(), BTreeSet::new());
+        answer_errors(&specs, &deviations, &mut used, &mut seen, &exchange)
+    };
+    let has = |errors: &[String], text: &str| {
+        assert!(
+            errors.iter().any(|e| e.contains(text)),
+            "expected an error with {text:?}, got {errors:#?}"
+        );
+    };
+    let hook = "/discord/api/webhooks/1/token";
+    let old_429 = r#"{"message":"You are being rate limited.","retry_after":1.0,"global":false}"#;
+    has(&check("POST", hook, 429, old_429), "`code` is missing");
+    let new_429 =
+        r#"{"code":0,"message":"You are being rate limited.","retry_after":1.0,"global":false}"#;
+    assert_eq!(check("POST", hook, 429, new_429), Vec::<String>::new());
+    has(
+        &check("POST", "/pagerduty/v2/enqueue", 429, r#"{"status":"x"}"#),
+        "described without a body",
+    );
+    // A status the operation does not describe; a 5xx is allowed.
+    has(
+        &check("POST", "/jira/rest/api/3/issue", 418, r#"{}"#),
+        "describes no 418 answer",
+    );
+    assert!(check("POST", "/jira/rest/api/3/issue", 502, "").is_empty());
+    // A 204 has no content, whatever the description says.
+    assert!(check("POST", "/jira/rest/api/3/issue/OPS-1/transitions", 204, "").is_empty());
+    // Slack's 200 `ok: false` is checked as the `default` (error) answer.
+    has(
+        &check(
+            "POST",
+            "/slack/api/chat.postMessage",
+            200,
+            r#"{"ok":false,"error":"made_up"}"#,
+        ),
+        "\"made_up\" is not one of",
+    );
+    has(
+        &check(
+            "GET",
+            "/slack/api/conversations.replies",
+            200,
+            r#"{"ok":true,"messages":[],"has_more":false,"pin_count":0}"#,
+        ),
+        "`pin_count` is not allowed",
+    );
+    has(
+        &check("GET", "/discord/api/nowhere", 200, "{}"),
+        "describes no path",
+    );
+    has(
+        &check("POST", "/teams/ops", 202, r#"{"ok":true}"#),
+        "has no body",
+    );
+}
