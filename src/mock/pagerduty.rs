@@ -18,8 +18,7 @@
 //! change nothing (`ignored_events`).
 //!
 //! Faults: 429 answers `Retry-After` and no body (the description gives its
-//! 429 none); a failure
-//! answers its status with `{"status","message"}`.
+//! 429 none); a failure answers its status with `{"status","message"}`.
 
 use std::collections::BTreeMap;
 
