@@ -32,6 +32,11 @@ use crate::support::*;
 
 const DEVIATIONS_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/spec-deviations.toml");
 
+/// When set, the run writes every answer that passed (JSON lines of spec
+/// file, schema and body) to this file, for `.ci/mock-answers.py` to check
+/// again with a third-party validator.
+const DUMP_ENV: &str = "HERALD_MOCK_ANSWERS_DUMP";
+
 /// One request herald made and the answer the mock gave it.
 #[derive(Clone, Debug)]
 struct Exchange {
@@ -261,12 +266,14 @@ pub(crate) fn load_deviations() -> Deviations {
 
 /// Every way `exchange` breaks its operation's description, minus the
 /// deviations (whose indexes it adds to `used`). Adds what was checked
-/// (`api METHOD /spec/path status`) to `seen`.
+/// (`api METHOD /spec/path status`) to `seen`, and each JSON answer that
+/// matched its schema with no deviation to `clean`.
 fn answer_errors(
     specs: &[(&Api, Value)],
     deviations: &[Deviation],
     used: &mut BTreeSet<usize>,
     seen: &mut BTreeSet<String>,
+    clean: &mut Vec<Value>,
     exchange: &Exchange,
 ) -> Vec<String> {
     let what = format!(
@@ -303,7 +310,19 @@ fn answer_errors(
     }
     let operation_name = format!("{} {template}", exchange.method);
     seen.insert(format!("{} {operation_name} {}", api.name, exchange.status));
-    let (key, errors) = description_errors(spec, operation, exchange);
+    let Checked {
+        key,
+        errors,
+        schema_and_body,
+    } = description_errors(spec, operation, exchange);
+    if let (true, Some((schema, body))) = (errors.is_empty(), schema_and_body) {
+        clean.push(serde_json::json!({
+            "spec": api.spec_file,
+            "answer": what,
+            "schema": schema,
+            "body": body,
+        }));
+    }
     errors
         .into_iter()
         .filter(|error| {
@@ -322,13 +341,18 @@ fn answer_errors(
         .collect()
 }
 
+/// What one answer was checked against.
+struct Checked {
+    /// The response key in the description.
+    key: String,
+    errors: Vec<String>,
+    /// The schema and the JSON body it was checked with, if it had both.
+    schema_and_body: Option<(Value, Value)>,
+}
+
 /// The response key `exchange` is checked against, and every way it breaks
 /// that response.
-fn description_errors(
-    spec: &Value,
-    operation: &Value,
-    exchange: &Exchange,
-) -> (String, Vec<String>) {
+fn description_errors(spec: &Value, operation: &Value, exchange: &Exchange) -> Checked {
     let swagger = spec.get("swagger").is_some();
     let body: Option<Value> = serde_json::from_slice(&exchange.body).ok();
     // Slack answers a failed call 200 `{"ok": false}`, which its swagger
@@ -343,15 +367,18 @@ fn description_errors(
         described_response(operation, exchange.status)
     };
     let Some((response, key)) = found else {
-        if exchange.status >= 500 {
-            // The services describe no 5xx; a client must still expect one.
-            return (exchange.status.to_string(), Vec::new());
-        }
         let status = exchange.status;
-        return (
-            status.to_string(),
-            vec![format!("describes no {status} answer")],
-        );
+        // The services describe no 5xx; a client must still expect one.
+        let errors = if status >= 500 {
+            Vec::new()
+        } else {
+            vec![format!("describes no {status} answer")]
+        };
+        return Checked {
+            key: status.to_string(),
+            errors,
+            schema_and_body: None,
+        };
     };
     let response = resolve(spec, response);
     let schema = if swagger {
@@ -366,6 +393,7 @@ fn description_errors(
         .as_deref()
         .map(|t| t.split(';').next().unwrap_or("").trim().to_owned());
     let mut errors = Vec::new();
+    let mut schema_and_body = None;
     // A 204 has no content (RFC 9110, 15.3.5), whatever a description says.
     let schema = schema.filter(|_| exchange.status != 204);
     match schema {
@@ -394,11 +422,16 @@ fn description_errors(
                             "the schema uses keywords the validator does not check: {unsupported:?}"
                         ));
                     }
+                    schema_and_body = Some((schema.clone(), body));
                 }
             }
         }
     }
-    (key, errors)
+    Checked {
+        key,
+        errors,
+        schema_and_body,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -539,14 +572,22 @@ async fn every_mock_answer_matches_the_published_description_of_its_operation() 
     let mut used = BTreeSet::new();
     let mut errors = Vec::new();
     let mut seen = BTreeSet::new();
+    let mut clean = Vec::new();
     for exchange in &exchanges {
         errors.extend(answer_errors(
             &specs,
             &deviations,
             &mut used,
             &mut seen,
+            &mut clean,
             exchange,
         ));
+    }
+    // For the third-party cross-check (.ci/mock-answers.py): the answers
+    // that passed, with their schemas.
+    if let Ok(path) = std::env::var(DUMP_ENV) {
+        let lines: Vec<String> = clean.iter().map(Value::to_string).collect();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     }
     let unique: BTreeSet<&String> = errors.iter().collect();
     assert!(
@@ -616,7 +657,14 @@ fn the_answer_checker_rejects_what_it_should() {
             body: Bytes::from(body.to_owned()),
         };
         let (mut used, mut seen) = (BTreeSet::new(), BTreeSet::new());
-        answer_errors(&specs, &deviations, &mut used, &mut seen, &exchange)
+        answer_errors(
+            &specs,
+            &deviations,
+            &mut used,
+            &mut seen,
+            &mut Vec::new(),
+            &exchange,
+        )
     };
     let has = |errors: &[String], text: &str| {
         assert!(
