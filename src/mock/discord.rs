@@ -29,7 +29,7 @@
 //! `-Reset-After` and `-Bucket` for a 2-second window per webhook; the
 //! mock reports the window honestly but does not enforce it (script 429s
 //! with faults). Faults: 429 answers Discord's
-//! `{"message":"You are being rate limited.","retry_after":<secs>,"global":false}`
+//! `{"code":0,"message":"You are being rate limited.","retry_after":<secs>,"global":false}`
 //! with `Retry-After` and `X-RateLimit-*` (remaining 0); a failure answers
 //! its status with `{"message":"<status>: <reason>","code":0}`.
 
@@ -367,6 +367,7 @@ impl Discord {
             let mut response = super::json(
                 StatusCode::TOO_MANY_REQUESTS,
                 json!({
+                    "code": 0,
                     "message": "You are being rate limited.",
                     "retry_after": retry_after_secs as f64,
                     "global": false,
@@ -633,6 +634,18 @@ impl Discord {
     }
 }
 
+/// Embeds as Discord answers with them: each with its `type` (`rich` for
+/// the embeds a webhook sends).
+fn rendered_embeds(embeds: &[Value]) -> Vec<Value> {
+    let mut embeds = embeds.to_vec();
+    for embed in embeds.iter_mut().filter_map(Value::as_object_mut) {
+        embed
+            .entry("type")
+            .or_insert_with(|| Value::String("rich".to_owned()));
+    }
+    embeds
+}
+
 /// The message object, as Discord answers with it.
 fn render(webhook_id: &str, message: &Message) -> Value {
     json!({
@@ -649,9 +662,10 @@ fn render(webhook_id: &str, message: &Message) -> Value {
             "flags": 0,
             "bot": true,
             "global_name": null,
+            "primary_guild": null,
         },
         "attachments": [],
-        "embeds": message.embeds,
+        "embeds": rendered_embeds(&message.embeds),
         "mentions": [],
         "mention_roles": [],
         "pinned": false,
@@ -827,7 +841,7 @@ mod tests {
         assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(
             limited.body,
-            json!({"message": "You are being rate limited.", "retry_after": 3.0, "global": false})
+            json!({"code": 0, "message": "You are being rate limited.", "retry_after": 3.0, "global": false})
         );
         assert_eq!(limited.headers["retry-after"], "3");
         assert_eq!(limited.headers["x-ratelimit-remaining"], "0");

@@ -17,13 +17,13 @@
 //! acknowledge and resolve of a key with no open incident are accepted and
 //! change nothing (`ignored_events`).
 //!
-//! Faults: 429 answers `Retry-After` and PagerDuty's throttle JSON; a failure
-//! answers its status with `{"status","message"}`.
+//! Faults: 429 answers `Retry-After` and no body (the description gives its
+//! 429 none); a failure answers its status with `{"status","message"}`.
 
 use std::collections::BTreeMap;
 
 use axum::http::{HeaderValue, Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -162,13 +162,8 @@ impl PagerDuty {
     pub(crate) fn handle(&mut self, incoming: &Incoming, admission: &Admission) -> Response {
         match &admission.fault {
             Fault::RateLimit { retry_after_secs } => {
-                let mut response = super::json(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    json!({
-                        "status": "throttle event",
-                        "message": "Requests for this service are arriving too quickly. Please retry later.",
-                    }),
-                );
+                // Described without a body.
+                let mut response = StatusCode::TOO_MANY_REQUESTS.into_response();
                 response
                     .headers_mut()
                     .insert("retry-after", HeaderValue::from(*retry_after_secs));
@@ -400,7 +395,7 @@ mod tests {
         );
         let limited = enqueue(&mock, trigger(Some("k")));
         assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(limited.body["status"], "throttle event");
+        assert!(limited.text.is_empty(), "a 429 is described without a body");
         assert_eq!(limited.headers["retry-after"], "1");
         let failed = enqueue(&mock, trigger(Some("k")));
         assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);

@@ -412,7 +412,8 @@ impl Slack {
             metadata: content.metadata,
             edited_us: None,
         });
-        let message = channel.render(channel.messages.last().expect("pushed"), true);
+        // The description of chat.postMessage's `message` has no `metadata`.
+        let message = channel.render(channel.messages.last().expect("pushed"), false);
         Ok(ok(json!({
             "channel": channel.id,
             "ts": format_ts(ts_us),
@@ -471,12 +472,19 @@ impl Slack {
                 top_level.partition_point(|m| m.ts_us > cursor_us)
             }
         };
-        Ok(page(
+        let mut answer = page(
             channel,
             &top_level[start..],
             params.limit(HISTORY_LIMIT_DEFAULT),
             include_metadata,
-        ))
+        );
+        // Required by Slack's description of conversations.history (not of
+        // conversations.replies); a channel with no pins or channel actions
+        // answers `0`, `0` and `null`.
+        answer["pin_count"] = json!(0);
+        answer["channel_actions_count"] = json!(0);
+        answer["channel_actions_ts"] = Value::Null;
+        Ok(answer)
     }
 
     fn replies(&mut self, params: &Params) -> SlackResult {
@@ -608,7 +616,6 @@ fn page(channel: &Channel, messages: &[&Message], limit: usize, include_metadata
     ok(json!({
         "messages": rendered,
         "has_more": has_more,
-        "pin_count": 0,
         "response_metadata": {"next_cursor": next_cursor},
     }))
 }

@@ -11,6 +11,7 @@ mod first_hour;
 mod ingest_and_statuses;
 mod isolation;
 mod logging;
+mod mock_answers;
 mod multinode;
 mod operator;
 mod partial_failure;
