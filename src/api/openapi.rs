@@ -168,25 +168,25 @@ fn name_param() -> Value {
 /// anywhere (in the fields herald reads or in any other).
 fn alertmanager_schemas() -> Value {
     json!({
-                "JsonWithoutNul": {"description": "Any JSON value with no U+0000 in any string or key", "anyOf": [
-                    {"type": ["number", "boolean", "null"]}, text(),
-                    {"type": "array", "items": {"$ref": "#/components/schemas/JsonWithoutNul"}},
-                    {"type": "object", "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}}
-                ]},
-                "AlertmanagerNotification": {"type": "object", "description": "Alertmanager webhook payload, version 4. Other fields are ignored (none may hold U+0000). The receiver picks the destinations ([alertmanager] receivers), else the default ones", "required": ["version", "groupKey", "status", "receiver", "alerts"], "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}, "properties": {
-                    "version": {"type": "string", "enum": ["4"]},
-                    "groupKey": with(text(), json!({"description": "The thread (a long or blank one becomes a hash of it)"})),
-                    "status": {"type": "string", "enum": ["firing", "resolved"], "description": "resolved: the broadcast resolves the group's thread"},
-                    "receiver": text(),
-                    "groupLabels": text_map(), "commonLabels": text_map(), "commonAnnotations": text_map(),
-                    "externalURL": text(),
-                    "alerts": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/AlertmanagerAlert"}},
-                    "truncatedAlerts": {"type": "integer", "minimum": 0, "maximum": u64::MAX, "description": "Written without a fraction or exponent: 61, not 61.0"}
-                }},
-                "AlertmanagerAlert": {"type": "object", "required": ["status"], "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}, "properties": {
-                    "status": text(), "labels": text_map(), "annotations": text_map(),
-                    "startsAt": text(), "endsAt": text(), "fingerprint": text(), "generatorURL": text()
-                }}
+        "JsonWithoutNul": {"description": "Any JSON value with no U+0000 in any string or key", "anyOf": [
+            {"type": ["number", "boolean", "null"]}, text(),
+            {"type": "array", "items": {"$ref": "#/components/schemas/JsonWithoutNul"}},
+            {"type": "object", "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}}
+        ]},
+        "AlertmanagerNotification": {"type": "object", "description": "Alertmanager webhook payload, version 4. Other fields are ignored (none may hold U+0000). The receiver picks the destinations ([alertmanager] receivers), else the default ones", "required": ["version", "groupKey", "status", "receiver", "alerts"], "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}, "properties": {
+            "version": {"type": "string", "enum": ["4"]},
+            "groupKey": with(text(), json!({"description": "The thread (a long or blank one becomes a hash of it)"})),
+            "status": {"type": "string", "enum": ["firing", "resolved"], "description": "resolved: the broadcast resolves the group's thread"},
+            "receiver": text(),
+            "groupLabels": text_map(), "commonLabels": text_map(), "commonAnnotations": text_map(),
+            "externalURL": text(),
+            "alerts": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/AlertmanagerAlert"}},
+            "truncatedAlerts": {"type": "integer", "minimum": 0, "maximum": u64::MAX, "description": "Written without a fraction or exponent: 61, not 61.0"}
+        }},
+        "AlertmanagerAlert": {"type": "object", "required": ["status"], "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}, "properties": {
+            "status": text(), "labels": text_map(), "annotations": text_map(),
+            "startsAt": text(), "endsAt": text(), "fingerprint": text(), "generatorURL": text()
+        }}
     })
 }
 
