@@ -250,6 +250,28 @@ fn parse_json_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, A
     if let Some(field) = field_with_nul(bytes) {
         return Err(ApiError::invalid(field, crate::domain::NUL_REFUSED));
     }
+    // Every JSON body of the API is an object. serde would read a struct
+    // from an array of its fields in order (`[]` is an empty retry), which
+    // the OpenAPI document does not allow, so the server does not either.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(malformed)?;
+        let kind = match value {
+            serde_json::Value::Array(_) => "an array",
+            serde_json::Value::String(_) => "a string",
+            serde_json::Value::Number(_) => "a number",
+            serde_json::Value::Bool(_) => "a boolean",
+            serde_json::Value::Null => "null",
+            serde_json::Value::Object(_) => "an object",
+        };
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "body_not_object",
+            message: format!("the request body must be a JSON object ({{...}}), not {kind}"),
+            // "." is the root, as for a NUL in a top-level string.
+            field: Some(".".to_owned()),
+        });
+    }
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
     let request: T = serde_path_to_error::deserialize(&mut *deserializer).map_err(|e| {
         let path = e.path().to_string();

@@ -5,6 +5,112 @@
 
 use serde_json::{json, Value};
 
+use super::pause::PAUSE_REASON_CHARS_MAX;
+use crate::domain::{
+    BODY_BYTES_MAX, BROADCAST_ID_CHARS, BROADCAST_ID_PREFIX_CHARS_MIN,
+    DESTINATIONS_PER_BROADCAST_MAX, THREAD_CHARS_MAX, TITLE_CHARS_MAX,
+};
+
+/// What Rust's `str::trim` strips (Unicode White_Space), as a regex class
+/// body: the server trims titles, threads, reasons, ids and spans first.
+const TRIMMED: &str =
+    r"\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+/// Control characters (`char::is_control`, category Cc) as a class body.
+const CONTROL: &str = r"\u0000-\u001f\u007f-\u009f";
+
+/// A text the server trims, then requires to be 1 to `chars_max`
+/// characters without any of `refused` (a class body); with `may_be_blank`
+/// a text of only whitespace is taken too (it means "none").
+fn trimmed_text_pattern(chars_max: usize, refused: &str, may_be_blank: bool) -> String {
+    let core = format!(
+        "[^{TRIMMED}{refused}]([^{refused}]{{0,{}}}[^{TRIMMED}{refused}])?",
+        chars_max - 2
+    );
+    let core = if may_be_blank {
+        format!("({core})?")
+    } else {
+        core
+    };
+    format!("^[{TRIMMED}]*{core}[{TRIMMED}]*$")
+}
+
+/// Any text without U+0000, which no PostgreSQL text column can hold:
+/// the server refuses it in every string of every body and query.
+fn text() -> Value {
+    json!({"type": "string", "pattern": "^[^\\u0000]*$"})
+}
+
+/// A string map (labels, annotations) without U+0000 in keys or values.
+fn text_map() -> Value {
+    json!({"type": "object", "propertyNames": text(), "additionalProperties": text()})
+}
+
+/// `P1`..`P5` and the words the server takes for them, in any ASCII case,
+/// surrounding whitespace trimmed (see `Severity::parse`).
+pub const SEVERITY_WORDS: [&str; 12] = [
+    "p1", "critical", "p2", "high", "error", "p3", "medium", "warning", "p4", "low", "p5", "info",
+];
+
+fn severity_pattern() -> String {
+    let any_case = |word: &str| -> String {
+        word.chars()
+            .map(|c| {
+                if c.is_ascii_alphabetic() {
+                    format!("[{}{}]", c, c.to_ascii_uppercase())
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    };
+    let words: Vec<String> = SEVERITY_WORDS.iter().map(|w| any_case(w)).collect();
+    format!("^[{TRIMMED}]*({})[{TRIMMED}]*$", words.join("|"))
+}
+
+/// 1 to `max` in decimal, leading zeros allowed: `0*` then either fewer
+/// digits than `max` has, or as many and not above it, digit by digit.
+fn one_to_pattern(max: u64) -> String {
+    let digits: Vec<u32> = max
+        .to_string()
+        .chars()
+        .map(|c| c.to_digit(10).unwrap())
+        .collect();
+    let length = digits.len();
+    let mut alternatives = Vec::new();
+    if length >= 2 {
+        alternatives.push(format!("[1-9][0-9]{{0,{}}}", length - 2));
+    }
+    for (at, digit) in digits.iter().enumerate() {
+        let lowest = if at == 0 { 1 } else { 0 };
+        if *digit > lowest {
+            let prefix: String = digits[..at].iter().map(|d| d.to_string()).collect();
+            alternatives.push(format!(
+                "{prefix}[{lowest}-{}][0-9]{{{}}}",
+                digit - 1,
+                length - at - 1
+            ));
+        }
+    }
+    alternatives.push(max.to_string());
+    format!("0*({})", alternatives.join("|"))
+}
+
+/// A pause's `for`: `90s`, `15m`, `2h`, `1d`, more than zero and at most
+/// `PAUSE_FOR_MS_MAX` (see `pause::parse_span_ms`).
+fn pause_for_pattern() -> String {
+    let max = super::pause::PAUSE_FOR_MS_MAX as u64;
+    let spans: Vec<String> = [
+        ("s", 1_000u64),
+        ("m", 60_000),
+        ("h", 3_600_000),
+        ("d", 86_400_000),
+    ]
+    .iter()
+    .map(|(unit, unit_ms)| format!("{}{unit}", one_to_pattern(max / unit_ms)))
+    .collect();
+    format!("^[{TRIMMED}]*({})[{TRIMMED}]*$", spans.join("|"))
+}
+
 fn error_responses(codes: &[&str]) -> Value {
     let mut out = serde_json::Map::new();
     for code in codes {
@@ -38,12 +144,50 @@ fn json_body(schema: &str) -> Value {
     json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
 }
 
+/// Crockford base32 in either case: the letters of a ULID.
+const ULID_LETTERS: &str = "0-9A-HJKMNP-TV-Za-hjkmnp-tv-z";
+
 fn id_param() -> Value {
-    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "Broadcast id (ULID, any case), or its start when no other id starts so (at least 4 characters); an ambiguous start is a 400 `ambiguous_id` listing the candidates"})
+    let pattern = format!(
+        "^[{TRIMMED}]*[{ULID_LETTERS}]{{{BROADCAST_ID_PREFIX_CHARS_MIN},{BROADCAST_ID_CHARS}}}[{TRIMMED}]*$"
+    );
+    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": pattern}, "description": "Broadcast id (ULID, any case), or its start when no other id starts so (at least 4 characters); an ambiguous start is a 400 `ambiguous_id` listing the candidates, a start of 1 to 3 characters a 400, an id of other letters a 404"})
 }
 
+/// A destination name as the config allows it (`validate_destination_name`).
+fn destination_name() -> Value {
+    json!({"type": "string", "pattern": DESTINATION_NAME_PATTERN})
+}
+const DESTINATION_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
+
 fn name_param() -> Value {
-    json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}, "description": "Destination name"})
+    json!({"name": "name", "in": "path", "required": true, "schema": destination_name(), "description": "Destination name; one not configured is a 404"})
+}
+
+/// The Alertmanager payload's schemas: every field's type, and no U+0000
+/// anywhere (in the fields herald reads or in any other).
+fn alertmanager_schemas() -> Value {
+    json!({
+        "JsonWithoutNul": {"description": "Any JSON value with no U+0000 in any string or key", "anyOf": [
+            {"type": ["number", "boolean", "null"]}, text(),
+            {"type": "array", "items": {"$ref": "#/components/schemas/JsonWithoutNul"}},
+            {"type": "object", "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}}
+        ]},
+        "AlertmanagerNotification": {"type": "object", "description": "Alertmanager webhook payload, version 4. Other fields are ignored (none may hold U+0000). The receiver picks the destinations ([alertmanager] receivers), else the default ones", "required": ["version", "groupKey", "status", "receiver", "alerts"], "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}, "properties": {
+            "version": {"type": "string", "enum": ["4"]},
+            "groupKey": with(text(), json!({"description": "The thread (a long or blank one becomes a hash of it)"})),
+            "status": {"type": "string", "enum": ["firing", "resolved"], "description": "resolved: the broadcast resolves the group's thread"},
+            "receiver": text(),
+            "groupLabels": text_map(), "commonLabels": text_map(), "commonAnnotations": text_map(),
+            "externalURL": text(),
+            "alerts": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/AlertmanagerAlert"}},
+            "truncatedAlerts": {"type": "integer", "minimum": 0, "maximum": u64::MAX, "description": "Written without a fraction or exponent: 61, not 61.0"}
+        }},
+        "AlertmanagerAlert": {"type": "object", "required": ["status"], "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}, "properties": {
+            "status": text(), "labels": text_map(), "annotations": text_map(),
+            "startsAt": text(), "endsAt": text(), "fingerprint": text(), "generatorURL": text()
+        }}
+    })
 }
 
 pub fn document() -> Value {
@@ -51,7 +195,26 @@ pub fn document() -> Value {
     let send = json!([{"bearer": ["send"]}]);
     let operate = json!([{"bearer": ["operate"]}]);
     let nullable = |t: &str| json!({"type": [t, "null"]});
-    json!({
+    let since_pattern = {
+        let zero_or = |max: u64| format!("(0+|{})", one_to_pattern(max));
+        let max = i64::MAX as u64;
+        let spans: Vec<String> = [
+            ("s", 1_000u64),
+            ("m", 60_000),
+            ("h", 3_600_000),
+            ("d", 86_400_000),
+        ]
+        .iter()
+        .map(|(unit, unit_ms)| format!("(\\+?{}|-0+){unit}", zero_or(max / unit_ms)))
+        .collect();
+        format!(
+            "^(\\+?{}|-{}|{})$",
+            zero_or(max),
+            zero_or(max + 1),
+            spans.join("|")
+        )
+    };
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "herald",
@@ -62,13 +225,16 @@ pub fn document() -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Tokens from the config, with scopes send, read, operate."}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message", "field"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": nullable("string")}}}},
-                "SendRequest": {"type": "object", "required": ["title", "destinations"], "additionalProperties": false, "properties": {
-                    "title": {"type": "string", "maxLength": 300},
-                    "body": {"type": "string", "description": "At most 16 KiB"},
-                    "severity": {"type": "string", "description": "P1..P5 (or critical, high, warning, low, info); default P3"},
-                    "thread": {"type": "string", "maxLength": 128, "description": "Incident key: broadcasts of one thread land in order"},
-                    "resolved": {"type": "boolean", "description": "This broadcast resolves the thread's incident (needs thread)"},
-                    "destinations": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 64}
+                "SendRequest": {"type": "object", "required": ["title", "destinations"], "additionalProperties": false,
+                    "if": {"required": ["resolved"], "properties": {"resolved": {"const": true}}},
+                    "then": {"required": ["thread"], "properties": {"thread": {"pattern": trimmed_text_pattern(THREAD_CHARS_MAX, CONTROL, false)}}},
+                    "properties": {
+                    "title": {"type": "string", "minLength": 1, "pattern": trimmed_text_pattern(TITLE_CHARS_MAX, CONTROL, false), "description": format!("One line: surrounding whitespace is trimmed, then 1 to {TITLE_CHARS_MAX} characters without control characters")},
+                    "body": with(text(), json!({"maxLength": BODY_BYTES_MAX, "description": format!("At most {BODY_BYTES_MAX} bytes of UTF-8 (JSON Schema counts characters: a body within maxLength can still be over in bytes); newlines and tabs are kept")})),
+                    "severity": {"type": "string", "pattern": severity_pattern(), "examples": ["P1", "P2", "P3", "P4", "P5"], "description": "P1..P5, or a word for one: critical (P1), high or error (P2), medium or warning (P3), low (P4), info (P5); any ASCII case, surrounding whitespace trimmed; default P3"},
+                    "thread": {"type": "string", "pattern": trimmed_text_pattern(THREAD_CHARS_MAX, CONTROL, true), "description": format!("Incident key: broadcasts of one thread land in order. Trimmed, then at most {THREAD_CHARS_MAX} characters without control characters; blank means no thread")},
+                    "resolved": {"type": "boolean", "description": "This broadcast resolves the thread's incident: true needs a thread that is not blank (else 400 naming `resolved`)"},
+                    "destinations": {"type": "array", "items": destination_name(), "minItems": 1, "maxItems": DESTINATIONS_PER_BROADCAST_MAX, "uniqueItems": true, "examples": [["ops-webhook"]], "description": "Each one a configured destination (GET /v1/destinations); an unknown one is a 400 naming `destinations[i]`"}
                 }},
                 "Attempt": {"type": "object", "properties": {
                     "number": {"type": "integer"}, "kind": {"type": "string", "enum": ["send", "verify"]},
@@ -108,7 +274,7 @@ pub fn document() -> Value {
                     "deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/Delivery"}}
                 }},
                 "ActionRequest": {"type": "object", "additionalProperties": false, "properties": {
-                    "destinations": {"type": "array", "items": {"type": "string"}, "description": "Only these; all when empty or absent"}
+                    "destinations": {"type": "array", "items": destination_name(), "examples": [["ops-webhook"]], "description": "Only these; all when empty or absent. Each must be a destination of the broadcast, else 400 naming `destinations[i]`"}
                 }},
                 "DestinationHealth": {"type": "object", "properties": {
                     "name": {"type": "string"}, "kind": {"type": "string"}, "concurrency": {"type": "integer"},
@@ -127,8 +293,8 @@ pub fn document() -> Value {
                     "paused_at": {"type": "string", "format": "date-time"}
                 }},
                 "PauseRequest": {"type": "object", "required": ["reason"], "additionalProperties": false, "properties": {
-                    "for": {"type": "string", "description": "90s, 15m, 2h, 1d (at most 30d); absent: until resumed"},
-                    "reason": {"type": "string", "maxLength": 500, "description": "Why, for the other operators"}
+                    "for": {"type": "string", "pattern": pause_for_pattern(), "description": "90s, 15m, 2h, 1d: more than zero, at most 30d; absent: until resumed"},
+                    "reason": {"type": "string", "minLength": 1, "pattern": trimmed_text_pattern(PAUSE_REASON_CHARS_MAX, "\\u0000", false), "description": format!("Why, for the other operators: trimmed, then 1 to {PAUSE_REASON_CHARS_MAX} characters")}
                 }},
                 "ReloadAnswer": {"type": "object", "properties": {
                     "added": {"type": "array", "items": {"type": "string"}},
@@ -146,8 +312,7 @@ pub fn document() -> Value {
                 }},
                 "StatusEvent": {"type": "object", "description": "Server-sent event `status`, last of a broadcast's stream", "properties": {
                     "broadcast_id": {"type": "string"}, "status": {"type": "string"}
-                }},
-                "AlertmanagerNotification": {"type": "object", "description": "Alertmanager webhook payload, version 4", "required": ["version", "groupKey", "status", "receiver", "alerts"]}
+                }}
             }
         },
         "paths": {
@@ -161,13 +326,14 @@ pub fn document() -> Value {
                 },
                 "get": {
                     "summary": "List broadcasts, newest first",
+                    "description": "A query parameter not listed here is a 400 naming it",
                     "security": read,
                     "parameters": [
                         {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["delivering", "converged", "partial", "waiting", "pending", "sending", "retrying", "verifying", "confirmed", "failed", "dead", "cancelled"]}, "description": "A broadcast's status, or a delivery state: the broadcasts with at least one delivery in that state"},
-                        {"name": "destination", "in": "query", "schema": {"type": "string"}},
-                        {"name": "thread", "in": "query", "schema": {"type": "string"}},
-                        {"name": "since", "in": "query", "schema": {"type": "string"}, "description": "Milliseconds since the epoch, or a span back: 15m, 2h, 7d"},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {"name": "destination", "in": "query", "schema": text()},
+                        {"name": "thread", "in": "query", "schema": text()},
+                        {"name": "since", "in": "query", "schema": {"type": "string", "pattern": since_pattern}, "description": "Milliseconds since the epoch (a 64-bit integer), or a span back from now: 90s, 15m, 2h, 7d"},
+                        {"name": "cursor", "in": "query", "schema": text(), "description": "next_cursor of the page before"},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}
                     ],
                     "responses": with(json!({"200": with(json!({"description": "A page"}), json_body("BroadcastList"))}), error_responses(&["400", "401", "403", "503"]))
@@ -238,7 +404,14 @@ pub fn document() -> Value {
             "/metrics": {"get": {"summary": "Prometheus text format (with server.metrics_require_token, a token with the read scope)", "security": [], "responses": with(json!({"200": {"description": "Metrics", "content": {"text/plain": {}}}}), error_responses(&["401", "403", "503"]))}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}}
         }
-    })
+    });
+    if let (Some(schemas), Value::Object(more)) = (
+        document["components"]["schemas"].as_object_mut(),
+        alertmanager_schemas(),
+    ) {
+        schemas.extend(more);
+    }
+    document
 }
 
 #[cfg(test)]
@@ -268,6 +441,36 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn numbers_up_to_a_bound_are_spelled_digit_by_digit() {
+        assert_eq!(one_to_pattern(9), "0*([1-8][0-9]{0}|9)");
+        assert_eq!(one_to_pattern(30), "0*([1-9][0-9]{0,0}|[1-2][0-9]{1}|30)");
+        assert_eq!(
+            one_to_pattern(2_592_000),
+            "0*([1-9][0-9]{0,5}|[1-1][0-9]{6}|2[0-4][0-9]{5}|25[0-8][0-9]{4}|259[0-1][0-9]{3}|2592000)"
+        );
+        // 30 days, the longest pause, in each unit.
+        for bound in ["2592000)s", "43200)m", "720)h", "30)d"] {
+            assert!(pause_for_pattern().contains(bound), "{bound}");
+        }
+    }
+
+    #[test]
+    fn every_severity_word_of_the_document_is_one_the_server_takes() {
+        use crate::domain::Severity;
+        for word in SEVERITY_WORDS {
+            assert!(Severity::parse(word).is_ok(), "{word}");
+            assert!(
+                Severity::parse(&word.to_ascii_uppercase()).is_ok(),
+                "{word}"
+            );
+        }
+        for rank in Severity::RANKS {
+            assert!(SEVERITY_WORDS.contains(&format!("p{rank}").as_str()));
+        }
+        assert!(Severity::parse("p6").is_err() && !severity_pattern().contains("[pP]6"));
     }
 
     #[test]

@@ -1,0 +1,50 @@
+"""Schemathesis hooks for .ci/schemathesis: steer the valid (positive)
+cases toward the destinations the test config has, so they reach the
+broadcast routes instead of stopping at "unknown destination". Only
+positive cases are changed, and only into other valid values: the
+document is not weakened, and every negative case is sent as generated.
+
+The config's destination names come from HERALD_ST_DESTINATIONS
+(comma-separated), set by .ci/schemathesis.
+"""
+
+import os
+import uuid
+
+import schemathesis
+
+DESTINATIONS = [name for name in os.environ["HERALD_ST_DESTINATIONS"].split(",") if name]
+
+
+@schemathesis.hook
+def map_case(context, case):
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive:
+        return case
+    path = case.operation.path
+    method = case.method.upper()
+    if method == "POST" and path == "/v1/broadcasts":
+        if isinstance(case.body, dict) and isinstance(case.body.get("destinations"), list):
+            # Every configured destination, so that a later retry or cancel
+            # naming some of them names destinations of the broadcast.
+            case.body["destinations"] = list(DESTINATIONS)
+        if case.headers and "Idempotency-Key" in case.headers:
+            # A generated key is often reused with another body (a 422 by
+            # design); a fresh key per case is as valid.
+            case.headers["Idempotency-Key"] = uuid.uuid4().hex
+    elif method == "POST" and path in ("/v1/broadcasts/{id}/retry", "/v1/broadcasts/{id}/cancel"):
+        if isinstance(case.body, dict) and case.body.get("destinations"):
+            # The first configured destination is in every broadcast: the
+            # examples phase sends the document's example, ["ops-webhook"].
+            case.body["destinations"] = DESTINATIONS[:1]
+    elif method == "POST" and path == "/v1/ingest/alertmanager":
+        truncated = case.body.get("truncatedAlerts") if isinstance(case.body, dict) else None
+        if isinstance(truncated, float):
+            # 61.0 is the integer 61 to JSON Schema; serde reads a u64 only
+            # from 61, as the document's description says.
+            case.body["truncatedAlerts"] = int(truncated)
+    elif path in ("/v1/destinations/{name}/pause", "/v1/destinations/{name}/resume"):
+        if case.path_parameters and "name" in case.path_parameters:
+            name = str(case.path_parameters["name"])
+            case.path_parameters["name"] = DESTINATIONS[sum(map(ord, name)) % len(DESTINATIONS)]
+    return case
