@@ -54,6 +54,23 @@ fn seconds_to_ms(text: &str) -> Option<u64> {
     (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0).ceil() as u64)
 }
 
+/// Edits a thread's first message before its resolve is posted, in both
+/// Discord modes. An edit is idempotent, so a lost answer is retried rather
+/// than verified; a first message that is gone does not stop the resolve.
+pub(super) async fn edit_first_message(
+    request: reqwest::RequestBuilder,
+    classify: impl FnOnce(&Reply) -> Outcome,
+) -> Result<(), Outcome> {
+    match exchange(request).await {
+        Ok(reply) if (200..300).contains(&reply.status) || reply.status == 404 => Ok(()),
+        Ok(reply) => Err(classify(&reply)),
+        Err(mut outcome) => {
+            outcome.class = OutcomeClass::Retryable;
+            Err(outcome)
+        }
+    }
+}
+
 /// Discord's outcome classes. `remote_ref` is the message id, or the
 /// thread id when the message opened a forum post.
 pub fn classify_discord_response(
@@ -215,16 +232,10 @@ impl DiscordConnector {
                 .client
                 .patch(self.message_url(first, thread_id))
                 .json(&body);
-            match exchange(request).await {
-                Ok(reply) if (200..300).contains(&reply.status) => {}
-                // The first message is gone: the resolve is still posted.
-                Ok(reply) if reply.status == 404 => {}
-                Ok(reply) => return Self::classify(&reply, now_ms),
-                Err(mut outcome) => {
-                    // An edit is idempotent: try it again, not verify.
-                    outcome.class = OutcomeClass::Retryable;
-                    return outcome;
-                }
+            if let Err(outcome) =
+                edit_first_message(request, |reply| Self::classify(reply, now_ms)).await
+            {
+                return outcome;
             }
         }
         // A forum webhook must either open a post or name one.

@@ -27,11 +27,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::discord::{discord_execute_body, embed};
+use super::discord::{discord_execute_body, edit_first_message, embed};
 use super::http::{exchange, Reply};
 use super::{classify_discord_response, Role, VerifyReport};
 use crate::config::Secret;
-use crate::domain::{Outcome, OutcomeClass};
+use crate::domain::Outcome;
 use crate::store::ClaimedDelivery;
 
 /// Discord's `nonce` is at most 25 characters.
@@ -153,16 +153,10 @@ impl DiscordBotConnector {
             let request = self
                 .request(reqwest::Method::PATCH, self.url(Some(first)))
                 .json(&body);
-            match exchange(request).await {
-                Ok(reply) if (200..300).contains(&reply.status) => {}
-                // The first message is gone: the resolve is still posted.
-                Ok(reply) if reply.status == 404 => {}
-                Ok(reply) => return Self::classify(&reply, now_ms),
-                Err(mut outcome) => {
-                    // An edit is idempotent: try it again, not verify.
-                    outcome.class = OutcomeClass::Retryable;
-                    return outcome;
-                }
+            if let Err(outcome) =
+                edit_first_message(request, |reply| Self::classify(reply, now_ms)).await
+            {
+                return outcome;
             }
         }
         let request = self
@@ -255,6 +249,7 @@ impl DiscordBotConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::OutcomeClass;
 
     #[test]
     fn the_nonce_is_25_characters_and_the_same_for_a_key() {
