@@ -319,6 +319,31 @@ fn is_empty_message(content: &str, embeds: &[Value]) -> bool {
     content.trim().is_empty() && embeds.is_empty()
 }
 
+/// A message's `content` and `embeds`, as a webhook execute and the bot's
+/// Create Message read them; Discord refuses a message with neither.
+pub(super) fn message_parts(
+    body: &serde_json::Map<String, Value>,
+) -> Result<(String, Vec<Value>), Box<Response>> {
+    let content = body
+        .get("content")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let embeds = body
+        .get("embeds")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if is_empty_message(&content, &embeds) {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            50006,
+            "Cannot send an empty message",
+        )));
+    }
+    Ok((content, embeds))
+}
+
 pub(super) fn discord_time(ms: i64) -> String {
     let (y, mo, d, h, mi, s, milli) = super::civil_utc(ms);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}000+00:00")
@@ -478,23 +503,10 @@ impl Discord {
             Ok(body) => body,
             Err(refused) => return *refused,
         };
-        let content = body
-            .get("content")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let embeds = body
-            .get("embeds")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        if is_empty_message(&content, &embeds) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                50006,
-                "Cannot send an empty message",
-            );
-        }
+        let (content, embeds) = match message_parts(&body) {
+            Ok(parts) => parts,
+            Err(refused) => return *refused,
+        };
         let thread_name = body
             .get("thread_name")
             .and_then(Value::as_str)

@@ -31,7 +31,7 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::discord::{checked_body, discord_time};
+use super::discord::{checked_body, discord_time, message_parts};
 use super::{Admission, Fault, Incoming};
 
 pub const PREFIX: &str = "/discord/api/v10/channels/";
@@ -213,23 +213,10 @@ impl DiscordBot {
                 )
             }
         };
-        let content = body
-            .get("content")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let embeds = body
-            .get("embeds")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        if content.trim().is_empty() && embeds.is_empty() {
-            return error(
-                StatusCode::BAD_REQUEST,
-                50006,
-                "Cannot send an empty message",
-            );
-        }
+        let (content, embeds) = match message_parts(&body) {
+            Ok(parts) => parts,
+            Err(refused) => return *refused,
+        };
         let now_ms = incoming.now_ms;
         let channel = self
             .channels
