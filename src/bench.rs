@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
+use crate::clock::now_ms;
 use crate::connector::http_client_builder;
-use crate::dispatch::now_ms;
 use crate::mock::{Faults, PathFaults};
 
 /// The longest any phase may take before the bench gives up.

@@ -37,14 +37,11 @@ pub const DEFAULT_BROADCAST_RETENTION_SECS: u64 = 30 * 86_400;
 pub const DEFAULT_ALERTMANAGER_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// The longest retention the config takes (10 years).
 pub const BROADCAST_RETENTION_SECS_MAX: u64 = 3_650 * 86_400;
-/// Failed attempts in a row that open a destination's circuit breaker.
-pub const DEFAULT_BREAKER_FAILURES: u32 = 10;
-/// How long an open breaker waits before it lets one probe through.
-pub const DEFAULT_BREAKER_COOLDOWN_MS: u64 = 30_000;
+pub use crate::domain::{Isolation, DEFAULT_BREAKER_COOLDOWN_MS, DEFAULT_BREAKER_FAILURES};
 /// No destination gets more attempts in flight than this.
 pub const CONCURRENCY_MAX: u32 = 1_024;
 /// How long a node's lease on a delivery lasts (PostgreSQL only).
-pub const DEFAULT_LEASE_MS: u64 = crate::store::postgres::DEFAULT_LEASE_MS;
+pub use crate::domain::DEFAULT_LEASE_MS;
 /// A client must send a request's whole head within this long.
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// A connection with no request open for this long is closed.
@@ -166,30 +163,6 @@ pub struct Destination {
     pub concurrency: u32,
     pub policy: RetryPolicy,
     pub isolation: Isolation,
-}
-
-/// How herald protects a destination (and itself) from overload.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Isolation {
-    /// Requests per second at most (token bucket); unlimited when absent.
-    pub rate_per_sec: Option<f64>,
-    /// Requests the bucket allows at once after a quiet spell.
-    pub rate_burst: u32,
-    /// Failed attempts in a row that open the circuit breaker.
-    pub breaker_failures: u32,
-    /// How long an open breaker waits before one probe.
-    pub breaker_cooldown_ms: u64,
-}
-
-impl Default for Isolation {
-    fn default() -> Self {
-        Isolation {
-            rate_per_sec: None,
-            rate_burst: 1,
-            breaker_failures: DEFAULT_BREAKER_FAILURES,
-            breaker_cooldown_ms: DEFAULT_BREAKER_COOLDOWN_MS,
-        }
-    }
 }
 
 /// Where and how to deliver; one variant per destination kind.

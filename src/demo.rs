@@ -198,7 +198,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
     let workdir = std::env::temp_dir().join(format!(
         "herald-demo-{}-{}",
         std::process::id(),
-        crate::dispatch::now_ms()
+        crate::clock::now_ms()
     ));
     std::fs::create_dir_all(&workdir)?;
     let result = run_in(&workdir, out).await;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::clock::now_ms;
 use crate::config::Destination;
 use crate::connector::Connector;
 use crate::domain::{DeliveryState, Event, OutcomeClass, Severity, Verification};
@@ -41,13 +42,6 @@ const STORE_ERROR_PAUSE_MS: u64 = 500;
 /// (with the pause doubling up to `RECORD_PAUSE_MS_MAX`: about ten minutes).
 const RECORD_TRIES_MAX: u32 = 130;
 const RECORD_PAUSE_MS_MAX: u64 = 5_000;
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// An operator's pause of a destination (`until_ms`, 0 when none), in
 /// memory; the store holds it durably. Shared by the lanes a reload builds

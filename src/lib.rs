@@ -5,6 +5,7 @@
 pub mod api;
 pub mod bench;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod connector;

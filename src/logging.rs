@@ -165,7 +165,7 @@ impl<S: Subscriber> Layer<S> for LineLayer {
         let mut visitor = FieldVisitor::default();
         event.record(&mut visitor);
         let record = Record {
-            at_ms: crate::dispatch::now_ms(),
+            at_ms: crate::clock::now_ms(),
             level: *metadata.level(),
             target: metadata.target().to_owned(),
             message: visitor.message,
@@ -228,7 +228,7 @@ impl Repeats {
                 group_thousands(self.suppressed)
             );
             last.fields.push(("repeated", self.suppressed.into()));
-            last.at_ms = crate::dispatch::now_ms();
+            last.at_ms = crate::clock::now_ms();
             last
         });
         self.window_started = now;
@@ -283,7 +283,7 @@ fn write_lines(receiver: Receiver<Vec<u8>>, shared: &Shared, out: &mut dyn std::
                 let dropped = LOG_LINES_DROPPED.load(Ordering::Relaxed);
                 if dropped > reported_dropped {
                     let record = Record {
-                        at_ms: crate::dispatch::now_ms(),
+                        at_ms: crate::clock::now_ms(),
                         level: Level::WARN,
                         target: module_path!().to_owned(),
                         message: format!(

@@ -9,9 +9,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{router, AppState};
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::connections::ConnectionLimits;
-use crate::dispatch::{now_ms, Dispatcher, SHUTDOWN_DRAIN_MS};
+use crate::dispatch::{Dispatcher, SHUTDOWN_DRAIN_MS};
 use crate::store::{AnyStore, PostgresOptions, PostgresStore, SqliteStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]

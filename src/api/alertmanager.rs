@@ -18,8 +18,8 @@ use super::auth::authorize;
 use super::broadcasts::{accept, check_destinations, Intent};
 use super::wire::Broadcast;
 use super::{parse_json, ApiError, AppState};
+use crate::clock::now_ms;
 use crate::config::Scope;
-use crate::dispatch::now_ms;
 use crate::domain::{Message, Severity, BODY_BYTES_MAX, THREAD_CHARS_MAX, TITLE_CHARS_MAX};
 use crate::store::{IngestKey, Store};
 

@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 use super::auth::{authorize, Caller};
 use super::wire::{ActionRequest, ActionResult, Broadcast, BroadcastList, SendRequest};
 use super::{parse_json, parse_json_bytes, ApiError, AppState};
+use crate::clock::now_ms;
 use crate::config::Scope;
-use crate::dispatch::now_ms;
 use crate::domain::{
     new_broadcast_id, BroadcastIdQuery, BroadcastStatus, DeliveryState, Message, Severity,
     BROADCAST_ID_PREFIX_CHARS_MIN, DESTINATIONS_PER_BROADCAST_MAX,

@@ -17,8 +17,8 @@ use super::auth::{authorize, Caller};
 use super::ops::destination_views;
 use super::wire::{DestinationHealth, PauseRequest};
 use super::{parse_json, ApiError, AppState};
+use crate::clock::now_ms;
 use crate::config::Scope;
-use crate::dispatch::now_ms;
 use crate::store::{DestinationPause, Store, PAUSED_UNTIL_RESUMED_MS};
 
 /// The longest pause `for` may ask (an open-ended pause has no `for`).

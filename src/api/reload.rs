@@ -15,8 +15,8 @@ use axum::Json;
 use super::auth::authorize;
 use super::wire::ReloadAnswer;
 use super::{ApiError, AppState};
+use crate::clock::now_ms;
 use crate::config::{Config, Scope};
-use crate::dispatch::now_ms;
 use crate::store::Store;
 
 /// Where the configuration comes from: the file, and what the command line

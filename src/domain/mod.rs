@@ -4,6 +4,7 @@
 
 mod backoff;
 mod delivery;
+mod isolation;
 mod message;
 mod outcome;
 mod time;
@@ -12,6 +13,9 @@ pub use backoff::{retry_delay_ms, RetryPolicy};
 pub use delivery::{
     derive_status, BroadcastStatus, DeliveryProgress, DeliveryState, Event, Transition,
     TransitionError, Verification,
+};
+pub use isolation::{
+    Isolation, DEFAULT_BREAKER_COOLDOWN_MS, DEFAULT_BREAKER_FAILURES, DEFAULT_LEASE_MS,
 };
 pub use message::{
     broadcast_id_range, BroadcastIdQuery, BROADCAST_ID_CHARS, BROADCAST_ID_PREFIX_CHARS_MIN,

@@ -62,8 +62,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::clock::now_ms;
 use crate::config::WebhookSecret;
-use crate::dispatch::now_ms;
 
 pub use discord::{DiscordStats, DiscordWebhookStats};
 pub use discord_bot::{DiscordBotStats, DiscordChannelStats};

@@ -137,7 +137,7 @@ impl Store for AnyStore {
         delegate!(self, s => s.destination_pauses(now_ms))
     }
 
-    fn destinations_changed(&self, destinations: Vec<(String, crate::config::Isolation)>) {
+    fn destinations_changed(&self, destinations: Vec<(String, crate::domain::Isolation)>) {
         if let AnyStore::Postgres(s) = self {
             s.destinations_changed(destinations)
         }

@@ -470,7 +470,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// A reload changed the configured destinations (the PostgreSQL store
     /// keeps their limits for the shared guard).
-    fn destinations_changed(&self, _destinations: Vec<(String, crate::config::Isolation)>) {}
+    fn destinations_changed(&self, _destinations: Vec<(String, crate::domain::Isolation)>) {}
 }
 
 /// An operator's pause of a destination.

@@ -31,7 +31,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, GenericClient, NoTls, Row, Statement, Transaction};
 
 use super::*;
-use crate::config::Isolation;
+use crate::domain::Isolation;
 use crate::domain::{delivery_idempotency_key, Severity};
 
 /// Connections open at most per node (the LISTEN connection aside).
@@ -69,9 +69,7 @@ const TAKEOVER_ROUNDS_MAX: usize = 64;
 const LISTEN_RETRY_MS: u64 = 1_000;
 /// Wake-ups buffered for slow subscribers (they then wake everything).
 const WAKEUP_QUEUE_MAX: usize = 4_096;
-/// Default lease: comfortably longer than any attempt (the request timeout
-/// is at most half of it, enforced at start), so leases are not renewed.
-pub const DEFAULT_LEASE_MS: u64 = 60_000;
+pub use crate::domain::DEFAULT_LEASE_MS;
 /// The wake-up payload that means "every destination" (after a reconnect,
 /// notifications may have been missed).
 pub const WAKE_ALL: &str = "*";
@@ -561,7 +559,7 @@ async fn migrate_with(client: &mut Client) -> Result<usize, StoreError> {
         tx.batch_execute(sql).await?;
         tx.execute(
             "INSERT INTO herald_schema (version, applied_at_ms) VALUES ($1, $2)",
-            &[&(index as i32 + 1), &crate::dispatch::now_ms()],
+            &[&(index as i32 + 1), &crate::clock::now_ms()],
         )
         .await?;
         tracing::info!(migration = index + 1, "applied schema migration");
@@ -766,7 +764,7 @@ async fn run_takeover(store: std::sync::Weak<Inner>, lease_ms: i64) {
         tokio::time::sleep(Duration::from_millis(every_ms)).await;
         let Some(inner) = store.upgrade() else { return };
         let store = PostgresStore { inner };
-        match store.take_over(crate::dispatch::now_ms(), false).await {
+        match store.take_over(crate::clock::now_ms(), false).await {
             Ok(r) if r.interrupted + r.released > 0 => tracing::warn!(
                 interrupted = r.interrupted,
                 released = r.released,
