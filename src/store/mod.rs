@@ -332,6 +332,21 @@ pub struct Recovery {
     pub released: u64,
 }
 
+/// What herald keeps durably, and the contract both stores keep (SQLite in
+/// `sqlite/`, PostgreSQL in `postgres/`; `tests/it/store.rs` runs one
+/// suite on each):
+///
+/// - A write returns only once its transaction is committed and durable;
+///   a failed write changed nothing.
+/// - A claimed delivery is leased to its claimer: no other claim returns it
+///   until its outcome is recorded or recovery (on PostgreSQL also the
+///   takeover of an expired lease) releases it. An outcome for a delivery
+///   that has moved on since its claim changes only the attempt log
+///   (`UpdateResult::Stale`).
+/// - The store applies transitions the domain decided
+///   (`DeliveryProgress`); it decides none of its own, and it knows nothing
+///   of the dispatcher or the configuration file.
+/// - Each method below says what it commits and what it returns.
 pub trait Store: Send + Sync + 'static {
     /// Commits the broadcast and all its deliveries in one transaction;
     /// returns only after the commit is durable.

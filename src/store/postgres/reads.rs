@@ -1,0 +1,197 @@
+//! Reads: a broadcast with its deliveries and attempts, the list of
+//! broadcasts, and the rows they are decoded from.
+
+use super::*;
+
+pub(super) fn progress_from_row(row: &Row, first: usize) -> Result<DeliveryProgress, StoreError> {
+    let state: String = row.try_get(first)?;
+    let state = DeliveryState::parse(&state)
+        .ok_or_else(|| corrupt(format!("unknown delivery state {state:?}")))?;
+    Ok(DeliveryProgress {
+        state,
+        attempts_made: row.try_get::<_, i32>(first + 1)? as u32,
+        attempts_max: row.try_get::<_, i32>(first + 2)? as u32,
+        due_at_ms: row.try_get(first + 3)?,
+        deadline_at_ms: row.try_get(first + 4)?,
+        possible_duplicate: row.try_get(first + 5)?,
+    })
+}
+
+/// What later messages of a thread attach to: the reference of the first
+/// delivery of the same thread to the same destination that recorded one.
+/// `$1` destination, `$2` thread key, `$3` the asking delivery's id.
+pub(super) const THREAD_REF_SQL: &str = "SELECT remote_ref FROM deliveries
+     WHERE destination = $1 AND thread_key = $2 AND id < $3 AND remote_ref IS NOT NULL
+     ORDER BY id LIMIT 1";
+
+/// Reads title, body, severity and thread from `first` on, and the resolved
+/// flag from column `resolved`.
+pub(super) fn message_from_row(
+    row: &Row,
+    first: usize,
+    resolved: usize,
+) -> Result<Message, StoreError> {
+    let title: String = row.try_get(first)?;
+    let body: String = row.try_get(first + 1)?;
+    let severity: String = row.try_get(first + 2)?;
+    let thread: Option<String> = row.try_get(first + 3)?;
+    let resolved: bool = row.try_get(resolved)?;
+    Severity::parse(&severity)
+        .and_then(|severity| Message::new(&title, &body, severity, thread.as_deref()))
+        .and_then(|message| message.resolving(resolved))
+        .map_err(|e| corrupt(format!("stored message is invalid: {e}")))
+}
+
+pub(super) async fn list_broadcasts(
+    client: &impl GenericClient,
+    filter: &BroadcastFilter,
+) -> Result<Vec<BroadcastView>, StoreError> {
+    use crate::domain::BroadcastStatus;
+    let mut sql = String::from("SELECT b.id FROM broadcasts b WHERE TRUE");
+    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    if let Some(before) = &filter.before_id {
+        args.push(Box::new(before.clone()));
+        sql.push_str(&format!(" AND b.id < ${}", args.len()));
+    }
+    if let Some(since) = filter.created_since_ms {
+        args.push(Box::new(since));
+        sql.push_str(&format!(" AND b.created_at_ms >= ${}", args.len()));
+    }
+    if let Some(thread) = &filter.thread {
+        args.push(Box::new(thread.clone()));
+        sql.push_str(&format!(" AND b.thread_key = ${}", args.len()));
+    }
+    if let Some(destination) = &filter.destination {
+        args.push(Box::new(destination.clone()));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND d.destination = ${})",
+            args.len()
+        ));
+    }
+    if let Some(state) = filter.delivery_state {
+        args.push(Box::new(state.as_str().to_owned()));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND d.state = ${})",
+            args.len()
+        ));
+    }
+    let unfinished = concat!(
+        "EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND d.state NOT IN ",
+        final_states_sql!(),
+        ")"
+    );
+    match filter.status {
+        None => {}
+        Some(BroadcastStatus::Delivering) => sql.push_str(&format!(" AND {unfinished}")),
+        Some(BroadcastStatus::Converged) => sql.push_str(
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id AND d.state <> 'confirmed')",
+        ),
+        Some(BroadcastStatus::Partial) => sql.push_str(&format!(
+            " AND NOT {unfinished} AND EXISTS (SELECT 1 FROM deliveries d WHERE d.broadcast_id = b.id
+                AND d.state IN ('failed','dead','cancelled'))"
+        )),
+    }
+    args.push(Box::new(filter.limit as i64));
+    sql.push_str(&format!(" ORDER BY b.id DESC LIMIT ${}", args.len()));
+    let params: Vec<&(dyn ToSql + Sync)> = args
+        .iter()
+        .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let ids: Vec<String> = client
+        .query(&sql, &params)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let mut views = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(view) = read_broadcast(client, &id, false).await? {
+            views.push(view);
+        }
+    }
+    Ok(views)
+}
+
+pub(super) async fn read_broadcast(
+    client: &impl GenericClient,
+    id: &str,
+    with_attempts: bool,
+) -> Result<Option<BroadcastView>, StoreError> {
+    let Some(head) = client
+        .query_opt(
+            "SELECT title, body, severity, thread_key, created_at_ms, resolved
+             FROM broadcasts WHERE id = $1",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let message = message_from_row(&head, 0, 5)?;
+    let created_at_ms: i64 = head.try_get(4)?;
+    let rows = client
+        .query(
+            "SELECT id, destination, idempotency_key,
+                    state, attempts_made, attempts_max, due_at_ms, deadline_at_ms, possible_duplicate,
+                    last_error, last_http_status, updated_at_ms, remote_ref
+             FROM deliveries WHERE broadcast_id = $1 ORDER BY id",
+            &[&id],
+        )
+        .await?;
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut deliveries = Vec::with_capacity(rows.len());
+    for row in &rows {
+        ids.push(row.try_get::<_, i64>(0)?);
+        deliveries.push(DeliveryView {
+            destination: row.try_get(1)?,
+            idempotency_key: row.try_get(2)?,
+            progress: progress_from_row(row, 3)?,
+            last_error: row.try_get(9)?,
+            last_http_status: row
+                .try_get::<_, Option<i32>>(10)?
+                .map(|s| s.clamp(0, u16::MAX as i32) as u16),
+            updated_at_ms: row.try_get(11)?,
+            remote_ref: row.try_get(12)?,
+            attempts: Vec::new(),
+        });
+    }
+    if with_attempts && !ids.is_empty() {
+        let attempts = client
+            .query(
+                "SELECT delivery_id, number, kind, started_at_ms, finished_at_ms, outcome, http_status,
+                        excerpt, error
+                 FROM attempts WHERE delivery_id = ANY($1) ORDER BY id",
+                &[&ids],
+            )
+            .await?;
+        for row in &attempts {
+            let delivery_id: i64 = row.try_get(0)?;
+            let Some(index) = ids.iter().position(|id| *id == delivery_id) else {
+                continue;
+            };
+            let kind: String = row.try_get(2)?;
+            deliveries[index].attempts.push(AttemptRecord {
+                number: row.try_get::<_, i32>(1)? as u32,
+                kind: if kind == "verify" {
+                    AttemptKind::Verify
+                } else {
+                    AttemptKind::Send
+                },
+                started_at_ms: row.try_get(3)?,
+                finished_at_ms: row.try_get(4)?,
+                outcome: row.try_get(5)?,
+                http_status: row
+                    .try_get::<_, Option<i32>>(6)?
+                    .map(|s| s.clamp(0, u16::MAX as i32) as u16),
+                excerpt: row.try_get(7)?,
+                error: row.try_get(8)?,
+            });
+        }
+    }
+    Ok(Some(BroadcastView {
+        id: id.to_owned(),
+        message,
+        created_at_ms,
+        deliveries,
+    }))
+}
