@@ -4,8 +4,7 @@
 //! what only one of them has (SQLite's file lock, PostgreSQL's leases
 //! across nodes and shared destination state).
 
-use herald::config::Isolation;
-use herald::domain::{DeliveryState, Message, RetryPolicy, Severity};
+use herald::domain::{DeliveryState, Isolation, Message, RetryPolicy, Severity};
 use herald::store::{
     AnyStore, AttemptKind, AttemptRecord, DeliveryUpdate, NewBroadcast, NewDelivery,
     OperatorAction, PostgresOptions, PostgresStore, SqliteStore, Store, UpdateResult,
@@ -1139,4 +1138,49 @@ async fn retention_deletes_old_finished_broadcasts_with_their_rows_and_keeps_the
     if harness.pg.is_none() {
         assert_eq!(store.stored_broadcasts().await.unwrap(), 1);
     }
+}
+
+/// The store takes plain values (destinations with their isolation, the
+/// lease length, the clock's reading) and imports nothing of the
+/// dispatcher or the configuration file, so that neither can pull the store
+/// into an import cycle.
+#[test]
+fn the_store_imports_nothing_of_the_dispatcher_or_the_config() {
+    fn rust_files(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                found.push(path);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    assert!(
+        files.len() >= 20,
+        "expected the store's files under {}, found {files:?}",
+        root.display()
+    );
+    let mut offenders = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (number, line) in text.lines().enumerate() {
+            if line.contains("crate::dispatch") || line.contains("crate::config") {
+                offenders.push(format!(
+                    "{}:{}: {}",
+                    file.display(),
+                    number + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "the store imports the dispatcher or the config:\n{}",
+        offenders.join("\n")
+    );
 }
