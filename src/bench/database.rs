@@ -2,7 +2,14 @@
 //! schema): when every delivery is final, each delivery's times, and the
 //! database's size.
 
-use super::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::report::SizeSample;
+use super::{PHASE_TIMEOUT_SECS, POLL_COST_RATIO, POLL_MS, STALL_SECS};
 
 /// A read connection to a run's database: its SQLite file, or its
 /// PostgreSQL schema (the URL carries the search path).

@@ -2,7 +2,9 @@
 //! submitters, and the baseline that sends the same requests straight to
 //! the mock.
 
-use super::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub(super) fn payload(i: usize, destinations: &[String], severity: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({

@@ -6,20 +6,18 @@
 //! and concurrency and no store, so herald's rate can be read as a fraction
 //! of what the machine allows.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{bail, Context};
-use serde::Serialize;
+use anyhow::bail;
 
 use crate::clock::now_ms;
 use crate::connector::http_client_builder;
-use crate::mock::{Faults, PathFaults};
+use crate::mock::Faults;
+use processes::spawn_mock;
+use report::print_report;
+use scenarios::Bench;
 
 mod database;
 mod load;
@@ -27,12 +25,7 @@ mod processes;
 mod report;
 mod scenarios;
 
-use database::*;
-use load::*;
-use processes::*;
-use report::*;
 pub use report::{Percentiles, RunReport, SizeSample};
-use scenarios::*;
 
 /// The longest any phase may take before the bench gives up.
 const PHASE_TIMEOUT_SECS: u64 = 900;

@@ -1,7 +1,15 @@
 //! The processes a bench run starts (the mock and `herald serve`, each with
 //! its config and log), their health and their CPU and memory use.
 
-use super::*;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::mock::{Faults, PathFaults};
 
 pub(super) struct Process {
     pub(super) child: Child,

@@ -1,7 +1,12 @@
 //! What a run measured (`RunReport`), how it is summed up from the
 //! deliveries' times, and how it is printed.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use serde::Serialize;
+
+use super::database::DeliveryTimes;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Percentiles {

@@ -2,7 +2,24 @@
 //! and a soak under retention; each starts a fresh herald and returns its
 //! report.
 
-use super::*;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::database::{
+    bench_postgres, delivery_times, fresh_postgres_schema, wait_all_final, wal_size_mb, BenchDb,
+    DatabaseSize,
+};
+use super::load::{baseline, submit, Load};
+use super::processes::{
+    free_addr, process_usage, set_faults, spawn_server, wait_healthy, write_config, Process,
+};
+use super::report::{confirmed_rate, summarise, RunReport};
+use super::{BenchOptions, SOAK_SAMPLE_EVERY_SECS};
+use crate::clock::now_ms;
+use crate::mock::Faults;
 
 pub(super) struct Bench {
     pub(super) options: BenchOptions,
