@@ -10,6 +10,7 @@ mod discord_bot;
 mod first_hour;
 mod ingest_and_statuses;
 mod isolation;
+mod layering;
 mod logging;
 mod mock_answers;
 mod multinode;

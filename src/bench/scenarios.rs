@@ -1,0 +1,310 @@
+//! The scenarios: a burst, a steady rate, a backlog drained after an outage,
+//! and a soak under retention; each starts a fresh herald and returns its
+//! report.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::database::{
+    bench_postgres, delivery_times, fresh_postgres_schema, wait_all_final, wal_size_mb, BenchDb,
+    DatabaseSize,
+};
+use super::load::{baseline, submit, Load};
+use super::processes::{
+    free_addr, process_usage, set_faults, spawn_server, wait_healthy, write_config, Process,
+};
+use super::report::{confirmed_rate, summarise, RunReport};
+use super::{BenchOptions, SOAK_SAMPLE_EVERY_SECS};
+use crate::clock::now_ms;
+use crate::mock::Faults;
+
+pub(super) struct Bench {
+    pub(super) options: BenchOptions,
+    pub(super) workdir: PathBuf,
+    pub(super) http: reqwest::Client,
+    pub(super) mock: SocketAddr,
+    pub(super) _mock_process: Process,
+    pub(super) runs: usize,
+    /// The current run's PostgreSQL schema, to drop when the run is done.
+    pub(super) schema: Option<String>,
+    /// The next run's server deletes finished broadcasts after this long.
+    pub(super) retention_secs: Option<u64>,
+}
+
+impl Bench {
+    /// Starts a fresh herald for one run: its own database, config and port.
+    pub(super) async fn start_herald(
+        &mut self,
+        names: &[String],
+        concurrency: u32,
+    ) -> anyhow::Result<(Process, SocketAddr, PathBuf, String)> {
+        self.runs += 1;
+        let run = format!("run{}", self.runs);
+        let config = self.workdir.join(format!("{run}.toml"));
+        let database = match &self.options.postgres {
+            Some(url) => {
+                let (database, schema) = fresh_postgres_schema(url, &run).await?;
+                self.schema = Some(schema);
+                database
+            }
+            None => self.workdir.join(format!("{run}.db")),
+        };
+        // Each run starts from an empty database, even in a kept workdir.
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(self.workdir.join(format!("{run}.db{suffix}")));
+        }
+        write_config(
+            &config,
+            self.mock,
+            &run,
+            names,
+            concurrency,
+            self.retention_secs.take(),
+        )?;
+        let addr = free_addr()?;
+        let server = spawn_server(
+            &config,
+            &database,
+            addr,
+            &self.workdir.join(format!("{run}.log")),
+        )?;
+        wait_healthy(&self.http, addr).await?;
+        Ok((server, addr, database, run))
+    }
+
+    /// Drops the finished run's PostgreSQL schema, unless kept: a run leaves
+    /// up to a million rows behind, and their vacuum would load the next run.
+    pub(super) async fn drop_run_schema(&mut self) -> anyhow::Result<()> {
+        let (Some(url), Some(schema)) = (&self.options.postgres, self.schema.take()) else {
+            return Ok(());
+        };
+        // A given workdir keeps each run's database, a schema as a file.
+        if self.options.workdir.is_some() {
+            return Ok(());
+        }
+        bench_postgres(url)
+            .await?
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .with_context(|| format!("cannot drop the bench's schema {schema}"))?;
+        Ok(())
+    }
+
+    pub(super) fn names(&self, count: usize) -> Vec<String> {
+        (0..count).map(|i| format!("d{i}")).collect()
+    }
+
+    /// Runs `count` broadcasts to every destination and reports.
+    pub(super) async fn load_run(
+        &mut self,
+        scenario: &str,
+        count: usize,
+        per_sec: Option<f64>,
+        faults: &[(usize, Faults)],
+    ) -> anyhow::Result<RunReport> {
+        let names = self.names(self.options.destinations);
+        let (server, addr, database, run) =
+            self.start_herald(&names, self.options.concurrency).await?;
+        for (index, f) in faults {
+            set_faults(
+                &self.http,
+                self.mock,
+                &format!("/{run}/{}", names[*index]),
+                f.clone(),
+            )
+            .await?;
+        }
+        let started_ms = now_ms();
+        let submit_secs = submit(
+            &self.http,
+            addr,
+            Load {
+                count,
+                first_index: 0,
+                destinations: &names,
+                severity: "P3",
+                submitters: self.options.submitters,
+                per_sec,
+            },
+        )
+        .await?;
+        wait_all_final(
+            &database,
+            count * names.len(),
+            &self.workdir.join(format!("{run}.log")),
+        )
+        .await?;
+        let (peak_rss_mb, cpu_secs) = process_usage(server.pid())?;
+        let wal_mb = wal_size_mb(&database);
+        drop(server);
+        let times = delivery_times(&database, started_ms).await?;
+        self.drop_run_schema().await?;
+        let mut report = summarise(scenario, count, names.len(), &times, started_ms);
+        report.accepted_per_sec = count as f64 / submit_secs;
+        report.peak_rss_mb = peak_rss_mb;
+        report.wal_mb = wal_mb;
+        report.cpu_secs_per_1000_deliveries = cpu_secs / (times.len().max(1) as f64 / 1000.0);
+        let healthy: Vec<&str> = names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !faults.iter().any(|(f, _)| f == i))
+            .map(|(_, n)| n.as_str())
+            .collect();
+        report.healthy_confirmed_per_sec =
+            Some(confirmed_rate(&times, started_ms, |d| healthy.contains(&d)));
+        Ok(report)
+    }
+
+    pub(super) async fn baseline(&self, requests: usize) -> anyhow::Result<f64> {
+        let in_flight = self.options.destinations * self.options.concurrency as usize;
+        baseline(
+            &self.http,
+            self.mock,
+            requests,
+            self.options.destinations,
+            in_flight,
+        )
+        .await
+    }
+
+    pub(super) async fn backlog(&mut self) -> anyhow::Result<RunReport> {
+        // Slow destinations (50 ms each answer, 4 in flight) keep the backlog
+        // pending while the P1s are sent to one of them.
+        let names = self.names(16);
+        let (server, addr, database, run) = self.start_herald(&names, 4).await?;
+        for name in &names {
+            set_faults(
+                &self.http,
+                self.mock,
+                &format!("/{run}/{name}"),
+                Faults {
+                    latency_ms: 50,
+                    ..Faults::default()
+                },
+            )
+            .await?;
+        }
+        let broadcasts = self.options.backlog_deliveries.div_ceil(names.len());
+        let submit_secs = submit(
+            &self.http,
+            addr,
+            Load {
+                count: broadcasts,
+                first_index: 0,
+                destinations: &names,
+                severity: "P4",
+                submitters: self.options.submitters,
+                per_sec: None,
+            },
+        )
+        .await?;
+        let pending = BenchDb::open(&database).await?.unfinished().await?;
+        let p1_since_ms = now_ms();
+        const P1_COUNT: usize = 20;
+        for i in 0..P1_COUNT {
+            submit(
+                &self.http,
+                addr,
+                Load {
+                    count: 1,
+                    first_index: broadcasts + i,
+                    destinations: &names[..1],
+                    severity: "P1",
+                    submitters: 1,
+                    per_sec: None,
+                },
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (peak_rss_mb, cpu_secs) = process_usage(server.pid())?;
+        let wal_mb = wal_size_mb(&database);
+        drop(server);
+        let p1_times = delivery_times(&database, p1_since_ms).await?;
+        self.drop_run_schema().await?;
+        let mut report = summarise("backlog", P1_COUNT, 1, &p1_times, p1_since_ms);
+        report.accepted_per_sec = broadcasts as f64 / submit_secs;
+        report.pending_at_p1 = Some(pending);
+        report.peak_rss_mb = peak_rss_mb;
+        report.wal_mb = wal_mb;
+        report.cpu_secs_per_1000_deliveries =
+            cpu_secs / ((broadcasts * names.len()) as f64 / 1000.0);
+        report.deliveries = broadcasts * names.len();
+        Ok(report)
+    }
+}
+
+impl Bench {
+    /// A fixed rate for `soak_secs` against a server that keeps finished
+    /// broadcasts `soak_retention_secs`, measuring the database every
+    /// `SOAK_SAMPLE_EVERY_SECS`: once retention deletes as much as the load
+    /// adds, the size must level off (SQLite reuses freed pages; PostgreSQL
+    /// reuses what autovacuum reclaims).
+    pub(super) async fn soak(&mut self) -> anyhow::Result<RunReport> {
+        let names = self.names(self.options.destinations);
+        self.retention_secs = Some(self.options.soak_retention_secs);
+        let (server, addr, database, _run) =
+            self.start_herald(&names, self.options.concurrency).await?;
+        let rate = self.options.soak_rate.max(0.1);
+        let count = ((rate * self.options.soak_secs as f64) as usize).max(1);
+        let started = Instant::now();
+        let started_ms = now_ms();
+        let size = DatabaseSize::open(&database, self.schema.as_deref()).await?;
+        let soak_secs = self.options.soak_secs;
+        let http = self.http.clone();
+        let sampling = async {
+            let mut samples = Vec::new();
+            let mut at = 0;
+            while at + SOAK_SAMPLE_EVERY_SECS <= soak_secs {
+                at += SOAK_SAMPLE_EVERY_SECS;
+                tokio::time::sleep_until((started + Duration::from_secs(at)).into()).await;
+                samples.push(size.sample(&http, addr, at).await?);
+            }
+            Ok::<_, anyhow::Error>(samples)
+        };
+        let load = submit(
+            &self.http,
+            addr,
+            Load {
+                count,
+                first_index: 0,
+                destinations: &names,
+                severity: "P3",
+                submitters: self.options.submitters,
+                per_sec: Some(rate),
+            },
+        );
+        let (submitted, samples) = tokio::join!(load, sampling);
+        let submit_secs = submitted?;
+        let mut samples = samples?;
+        let end_secs = started.elapsed().as_secs();
+        if samples.last().is_none_or(|s| s.at_secs < end_secs) {
+            samples.push(size.sample(&self.http, addr, end_secs).await?);
+        }
+        let (peak_rss_mb, cpu_secs) = process_usage(server.pid())?;
+        let wal_mb = wal_size_mb(&database);
+        drop(server);
+        let times = delivery_times(&database, started_ms).await?;
+        self.drop_run_schema().await?;
+        // Retention deleted the older broadcasts: latencies, states and
+        // the confirmed rate are those of the ones still stored.
+        let stored_since_ms = times
+            .iter()
+            .map(|t| t.accepted_ms)
+            .min()
+            .unwrap_or(started_ms);
+        let mut report = summarise("soak", count, names.len(), &times, stored_since_ms);
+        report.deliveries = count * names.len();
+        report.accepted_per_sec = count as f64 / submit_secs;
+        report.peak_rss_mb = peak_rss_mb;
+        report.wal_mb = wal_mb;
+        report.cpu_secs_per_1000_deliveries = cpu_secs / ((count * names.len()) as f64 / 1000.0);
+        report.database_size = samples;
+        report.vacuumed_by_bench = matches!(size, DatabaseSize::Postgres { vacuum: true, .. });
+        Ok(report)
+    }
+}
