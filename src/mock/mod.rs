@@ -36,14 +36,6 @@
 //! Control API: `GET /_mock/stats` ([`MockStats`]), `PUT /_mock/faults` (a
 //! [`PathFaults`] with its `path`), `POST /_mock/reset`.
 
-pub mod discord;
-pub mod discord_bot;
-pub mod jira;
-pub mod pagerduty;
-pub mod slack;
-pub mod teams;
-pub mod webhook;
-
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -65,12 +57,14 @@ use tokio::task::JoinHandle;
 use crate::clock::now_ms;
 use crate::config::WebhookSecret;
 
-pub use discord::{DiscordStats, DiscordWebhookStats};
-pub use discord_bot::{DiscordBotStats, DiscordChannelStats};
-pub use jira::{JiraProjectStats, JiraStats};
-pub use pagerduty::{PagerDutyIncidentStats, PagerDutyStats};
-pub use slack::{SlackChannelStats, SlackStats};
-pub use teams::{TeamsPathStats, TeamsStats};
+// What each kind's emulation counts, where callers have always found it.
+pub use crate::kinds::discord::bot_mock::{DiscordBotStats, DiscordChannelStats};
+pub use crate::kinds::discord::mock::{DiscordStats, DiscordWebhookStats};
+pub use crate::kinds::jira::mock::{JiraProjectStats, JiraStats};
+pub use crate::kinds::pagerduty::mock::{PagerDutyIncidentStats, PagerDutyStats};
+pub use crate::kinds::slack::mock::{SlackChannelStats, SlackStats};
+pub use crate::kinds::teams::mock::{TeamsPathStats, TeamsStats};
+pub use crate::kinds::webhook::WebhookStats;
 
 /// Request arrival times kept per path (for checking pauses); older ones
 /// beyond this are not kept.
@@ -179,14 +173,14 @@ impl Faults {
     /// options are refused elsewhere rather than silently ignored.
     fn validate_for(&self, path: &str) -> Result<(), String> {
         self.validate()?;
-        let kind = Kind::of(path.trim_end_matches('*'));
-        if self.slack_error.is_some() && kind != Kind::Slack {
+        let accepts = |option: &str| serving_accepts(path.trim_end_matches('*'), option);
+        if self.slack_error.is_some() && !accepts("slack_error") {
             return Err("slack_error: applies only under /slack/".to_owned());
         }
-        if self.secret.is_some() && kind != Kind::Webhook {
+        if self.secret.is_some() && !accepts("secret") {
             return Err("secret: applies only to generic webhook paths".to_owned());
         }
-        if self.search_lag_ms > 0 && kind != Kind::Jira {
+        if self.search_lag_ms > 0 && !accepts("search_lag_ms") {
             return Err("search_lag_ms: applies only under /jira/".to_owned());
         }
         Ok(())
@@ -270,57 +264,144 @@ pub struct PathStats {
     pub arrivals_ms: Vec<i64>,
 }
 
-/// Everything the mock counted. `paths` has every route; the destination
-/// sections count effects (messages, issues, incidents) so tests can count
-/// duplicates.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct MockStats {
-    pub paths: BTreeMap<String, PathStats>,
-    pub slack: SlackStats,
-    pub teams: TeamsStats,
-    pub jira: JiraStats,
-    pub pagerduty: PagerDutyStats,
-    pub discord: DiscordStats,
-    pub discord_bot: DiscordBotStats,
-}
-
 impl MockStats {
     pub fn path(&self, path: &str) -> PathStats {
         self.paths.get(path).cloned().unwrap_or_default()
     }
 }
 
-/// Which emulation serves a path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Slack,
-    Teams,
-    Jira,
-    PagerDuty,
-    Discord,
-    DiscordBot,
-    Webhook,
+/// One destination kind's emulation: its state, the paths it serves, its
+/// answers and its counters. Each kind implements it in its folder
+/// (`crate::kinds::<kind>`); the mock calls it through the list of kinds.
+pub(crate) trait Emulation: Default {
+    /// True when this emulation answers `path`.
+    fn serves(path: &str) -> bool;
+
+    /// False when the request must be refused for its signature before any
+    /// fault phase (only the generic webhook checks one).
+    fn signature_ok(_faults: &Faults, _incoming: &Incoming) -> bool {
+        true
+    }
+
+    /// Answers one admitted request; `path_stats` are the counters of its
+    /// path.
+    fn answer(
+        &mut self,
+        incoming: &Incoming,
+        admission: &Admission,
+        path_stats: &mut PathStats,
+    ) -> Response;
+
+    /// True when the fault option `option` (a [`Faults`] field that only
+    /// some destinations understand) applies to this emulation's paths.
+    fn accepts_fault_option(_option: &str) -> bool {
+        false
+    }
+
+    type Stats;
+
+    /// What this emulation counted, for `GET /_mock/stats`.
+    fn counted(&self) -> Self::Stats;
 }
 
-impl Kind {
-    fn of(path: &str) -> Kind {
-        if path.starts_with(slack::PREFIX) || path == "/slack" {
-            Kind::Slack
-        } else if path.starts_with(teams::PREFIX) {
-            Kind::Teams
-        } else if path.starts_with(jira::PREFIX) {
-            Kind::Jira
-        } else if path.starts_with(pagerduty::PREFIX) {
-            Kind::PagerDuty
-        } else if path.starts_with(discord::PREFIX) {
-            Kind::Discord
-        } else if path.starts_with(discord_bot::PREFIX) {
-            Kind::DiscordBot
-        } else {
-            Kind::Webhook
+/// Generates, from the list of kinds, the mock's state (one emulation per
+/// kind), its statistics and the routing of a request to the first
+/// emulation that serves its path.
+macro_rules! mock_state {
+    ($($variant:ident {
+        field: $field:ident,
+        connector: $($connector:ident)::+,
+        emulation: $($emulation:ident)::+,
+        stats: $($stats:ident)::+,
+        demo: $demo:ident $(,)?
+    }),* $(,)?) => {
+        /// Everything the mock counted. `paths` has every route; the
+        /// destination sections count effects (messages, issues, incidents)
+        /// so tests can count duplicates.
+        #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+        #[serde(default)]
+        pub struct MockStats {
+            pub paths: BTreeMap<String, PathStats>,
+            $(pub $field: crate::kinds::$($stats)::+,)*
         }
+
+        /// True when the emulation serving `path` understands the fault
+        /// option `option`.
+        fn serving_accepts(path: &str, option: &str) -> bool {
+            $(
+                if <crate::kinds::$($emulation)::+ as Emulation>::serves(path) {
+                    return <crate::kinds::$($emulation)::+ as Emulation>::accepts_fault_option(
+                        option,
+                    );
+                }
+            )*
+            false
+        }
+
+        #[derive(Default)]
+        struct Inner {
+            faults: HashMap<String, FaultEntry>,
+            paths: HashMap<String, PathStats>,
+            $($field: crate::kinds::$($emulation)::+,)*
+        }
+
+        impl Inner {
+            /// Runs one request through its emulation; returns the answer
+            /// and, for a drop, how long to hang before it.
+            fn respond(&mut self, incoming: &Incoming) -> (Response, Option<u64>) {
+                $(
+                    if <crate::kinds::$($emulation)::+ as Emulation>::serves(&incoming.path) {
+                        let admission = self.admit(&incoming.path, incoming.now_ms, |faults| {
+                            <crate::kinds::$($emulation)::+ as Emulation>::signature_ok(
+                                faults, incoming,
+                            )
+                        });
+                        let (path_stats, hang_ms) =
+                            admitted(&mut self.paths, &incoming.path, &admission);
+                        let response = self.$field.answer(incoming, &admission, path_stats);
+                        return (response, hang_ms);
+                    }
+                )*
+                unreachable!("the generic webhook serves every path")
+            }
+
+            fn stats(&self) -> MockStats {
+                MockStats {
+                    paths: self
+                        .paths
+                        .iter()
+                        .filter(|(_, p)| p.requests > 0)
+                        .map(|(path, p)| (path.clone(), p.clone()))
+                        .collect(),
+                    $($field: self.$field.counted(),)*
+                }
+            }
+        }
+    };
+}
+
+crate::kinds::with_kinds!(mock_state);
+
+/// Counts an admitted request's receipt when it reaches the emulation;
+/// returns its path's counters and, for a drop, how long to hang.
+fn admitted<'p>(
+    paths: &'p mut HashMap<String, PathStats>,
+    path: &str,
+    admission: &Admission,
+) -> (&'p mut PathStats, Option<u64>) {
+    let hang_ms = match admission.fault {
+        Fault::Drop { hang_ms } => Some(hang_ms),
+        _ => None,
+    };
+    let reaches_emulation = matches!(
+        admission.fault,
+        Fault::None | Fault::Drop { .. } | Fault::SlackError { .. }
+    );
+    let stats = paths.get_mut(path).expect("admit counted the path");
+    if reaches_emulation {
+        stats.receipts += 1;
     }
+    (stats, hang_ms)
 }
 
 /// The fault chosen for one request.
@@ -380,19 +461,6 @@ struct FaultEntry {
     matched: u64,
     /// The clock second being counted for `rate_limit_per_sec`, and its count.
     window: (i64, u32),
-}
-
-#[derive(Default)]
-struct Inner {
-    faults: HashMap<String, FaultEntry>,
-    paths: HashMap<String, PathStats>,
-    webhook: webhook::Webhook,
-    slack: slack::Slack,
-    teams: teams::Teams,
-    jira: jira::Jira,
-    pagerduty: pagerduty::PagerDuty,
-    discord: discord::Discord,
-    discord_bot: discord_bot::DiscordBot,
 }
 
 #[derive(Default)]
@@ -499,50 +567,6 @@ impl Inner {
         }
         Admission { fault, faults }
     }
-
-    /// Runs one request through its emulation; returns the answer and, for a
-    /// drop, how long to hang before it.
-    fn respond(&mut self, incoming: &Incoming) -> (Response, Option<u64>) {
-        let kind = Kind::of(&incoming.path);
-        let admission = match kind {
-            Kind::Webhook => {
-                let (headers, body) = (&incoming.headers, &incoming.body);
-                self.admit(&incoming.path, incoming.now_ms, |f| {
-                    webhook::signature_ok(f, headers, body)
-                })
-            }
-            _ => self.admit(&incoming.path, incoming.now_ms, |_| true),
-        };
-        let hang_ms = match admission.fault {
-            Fault::Drop { hang_ms } => Some(hang_ms),
-            _ => None,
-        };
-        let reaches_emulation = matches!(
-            admission.fault,
-            Fault::None | Fault::Drop { .. } | Fault::SlackError { .. }
-        );
-        if reaches_emulation {
-            if let Some(stats) = self.paths.get_mut(&incoming.path) {
-                stats.receipts += 1;
-            }
-        }
-        let response = match kind {
-            Kind::Webhook => {
-                let stats = self
-                    .paths
-                    .get_mut(&incoming.path)
-                    .expect("admit counted the path");
-                self.webhook.handle(incoming, &admission, stats)
-            }
-            Kind::Slack => self.slack.handle(incoming, &admission),
-            Kind::Teams => self.teams.handle(incoming, &admission),
-            Kind::Jira => self.jira.handle(incoming, &admission),
-            Kind::PagerDuty => self.pagerduty.handle(incoming, &admission),
-            Kind::Discord => self.discord.handle(incoming, &admission),
-            Kind::DiscordBot => self.discord_bot.handle(incoming, &admission),
-        };
-        (response, hang_ms)
-    }
 }
 
 impl MockState {
@@ -561,21 +585,7 @@ impl MockState {
     }
 
     fn stats(&self) -> MockStats {
-        let inner = self.lock();
-        MockStats {
-            paths: inner
-                .paths
-                .iter()
-                .filter(|(_, p)| p.requests > 0)
-                .map(|(path, p)| (path.clone(), p.clone()))
-                .collect(),
-            slack: inner.slack.stats(),
-            teams: inner.teams.stats(),
-            jira: inner.jira.stats(),
-            pagerduty: inner.pagerduty.stats(),
-            discord: inner.discord.stats(),
-            discord_bot: inner.discord_bot.stats(),
-        }
+        self.lock().stats()
     }
 
     fn reset(&self) {

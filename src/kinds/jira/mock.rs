@@ -37,7 +37,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::{Admission, Fault, Incoming};
+use crate::mock::{Admission, Fault, Incoming};
 
 pub const PREFIX: &str = "/jira/";
 const API: &str = "/jira/rest/api/3/";
@@ -175,7 +175,7 @@ impl JiraError {
     }
 
     fn into_response(self) -> Response {
-        super::json(
+        crate::mock::json(
             self.status,
             json!({"errorMessages": self.messages, "errors": self.errors}),
         )
@@ -185,7 +185,7 @@ impl JiraError {
 type JiraResult = Result<Response, JiraError>;
 
 fn jira_time(ms: i64) -> String {
-    let (y, mo, d, h, mi, s, milli) = super::civil_utc(ms);
+    let (y, mo, d, h, mi, s, milli) = crate::mock::civil_utc(ms);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}+0000")
 }
 
@@ -268,7 +268,7 @@ impl Jira {
             (Method::POST, ["issue"]) => self.create(incoming, search_lag_ms),
             (Method::GET, ["issue", key]) => {
                 let issue = self.find(key)?;
-                Ok(super::json(
+                Ok(crate::mock::json(
                     StatusCode::OK,
                     render_issue(issue, &incoming.base_url(), None),
                 ))
@@ -277,7 +277,10 @@ impl Jira {
             (Method::GET, ["issue", key, "comment"]) => {
                 let issue = self.find(key)?;
                 let base = incoming.base_url();
-                Ok(super::json(StatusCode::OK, render_comments(issue, &base)))
+                Ok(crate::mock::json(
+                    StatusCode::OK,
+                    render_comments(issue, &base),
+                ))
             }
             (Method::GET, ["issue", key, "transitions"]) => {
                 self.find(key)?;
@@ -285,14 +288,14 @@ impl Jira {
                 let transitions: Vec<Value> = (0..WORKFLOW.len())
                     .map(|i| render_transition(i, &base))
                     .collect();
-                Ok(super::json(
+                Ok(crate::mock::json(
                     StatusCode::OK,
                     json!({"expand": "transitions", "transitions": transitions}),
                 ))
             }
             (Method::POST, ["issue", key, "transitions"]) => self.transition(incoming, key),
             (Method::GET | Method::POST, ["search", "jql"]) => self.search(incoming),
-            (Method::GET, ["myself"]) => Ok(super::json(
+            (Method::GET, ["myself"]) => Ok(crate::mock::json(
                 StatusCode::OK,
                 json!({
                     "accountId": "5b10ac8d82e05b22cc7d4ef5",
@@ -436,7 +439,7 @@ impl Jira {
             "self": issue_url(&incoming.base_url(), issue.id),
         });
         self.issues.push(issue);
-        Ok(super::json(StatusCode::CREATED, answer))
+        Ok(crate::mock::json(StatusCode::CREATED, answer))
     }
 
     fn comment(&mut self, incoming: &Incoming, key: &str) -> JiraResult {
@@ -461,7 +464,7 @@ impl Jira {
             created_ms: incoming.now_ms,
         });
         let comment = issue.comments.last().expect("pushed");
-        Ok(super::json(
+        Ok(crate::mock::json(
             StatusCode::CREATED,
             render_comment(issue.id, comment, &incoming.base_url()),
         ))
@@ -547,7 +550,7 @@ impl Jira {
         if !is_last {
             answer["nextPageToken"] = json!((offset + max_results).to_string());
         }
-        Ok(super::json(StatusCode::OK, answer))
+        Ok(crate::mock::json(StatusCode::OK, answer))
     }
 
     pub(crate) fn stats(&self) -> JiraStats {
@@ -806,9 +809,9 @@ fn render_issue(issue: &Issue, base: &str, fields: Option<&[String]>) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{Answer, TestMock};
-    use super::super::Faults;
     use super::*;
+    use crate::mock::testing::{Answer, TestMock};
+    use crate::mock::Faults;
 
     /// `base64("ops@example.com:token")`.
     const AUTH: (&str, &str) = ("authorization", "Basic b3BzQGV4YW1wbGUuY29tOnRva2Vu");
