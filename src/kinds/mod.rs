@@ -46,3 +46,77 @@ macro_rules! with_kinds {
     };
 }
 pub(crate) use with_kinds;
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    /// Every `.rs` file under `dir`, recursively.
+    fn sources(dir: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(sources(&path));
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+        files
+    }
+
+    /// The files (or folders) of each kind's folder whose name contains
+    /// `part` (`connector.rs`, `bot_connector.rs`), plus every file under
+    /// `central`.
+    fn files_of(part: &str, central: &str) -> Vec<PathBuf> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files: Vec<PathBuf> = sources(&src.join("kinds"))
+            .into_iter()
+            .filter(|path| {
+                let relative = path.strip_prefix(src.join("kinds")).unwrap();
+                relative
+                    .components()
+                    .nth(1)
+                    .and_then(|c| c.as_os_str().to_str())
+                    .is_some_and(|name| name.contains(part))
+            })
+            .collect();
+        files.extend(sources(&src.join(central)));
+        assert!(files.len() > 6, "found the {part} files: {files:?}");
+        files
+    }
+
+    fn assert_no_use(files: &[PathBuf], forbidden: &[&str]) {
+        for file in files {
+            let text = std::fs::read_to_string(file).unwrap();
+            for module in forbidden {
+                assert!(
+                    !text.contains(module),
+                    "{} uses {module}: dependencies run one way",
+                    file.display()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn connectors_know_nothing_of_the_store() {
+        let files = files_of("connector", "connector");
+        assert_no_use(&files, &["crate::store", "crate::dispatch", "crate::api"]);
+    }
+
+    #[test]
+    fn the_mock_knows_nothing_of_the_engine() {
+        let files = files_of("mock", "mock");
+        assert_no_use(
+            &files,
+            &[
+                "crate::store",
+                "crate::dispatch",
+                "crate::connector",
+                "crate::api",
+                "crate::server",
+            ],
+        );
+    }
+}
