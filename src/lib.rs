@@ -13,6 +13,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod domain;
 pub mod events;
+pub mod kinds;
 pub mod logging;
 pub mod metrics;
 pub mod mock;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::domain::{Outcome, OutcomeClass, EXCERPT_BYTES_MAX};
 
 /// The longest a connection may take to open, whatever the request timeout.
-pub(super) const CONNECT_TIMEOUT_MS_MAX: u64 = 5_000;
+pub(crate) const CONNECT_TIMEOUT_MS_MAX: u64 = 5_000;
 /// An API answer larger than this is not read to the end (it is not an
 /// answer herald asked for).
 const ANSWER_BYTES_MAX: usize = 1024 * 1024;
@@ -15,7 +15,7 @@ const ANSWER_BYTES_MAX: usize = 1024 * 1024;
 /// final one), a request timeout, a connect timeout strictly shorter than it
 /// (a stalled connect is "nothing sent", not "maybe sent"), and a pool the
 /// size of the destination's concurrency.
-pub(super) fn client(
+pub(crate) fn client(
     timeout: Duration,
     connections_max: usize,
 ) -> reqwest::Result<reqwest::Client> {
@@ -30,7 +30,7 @@ pub(super) fn client(
 
 /// A whole answer of an API: status, the headers that pace us, the body.
 #[derive(Clone, Debug)]
-pub(super) struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
     pub body: Vec<u8>,
@@ -52,7 +52,7 @@ impl Reply {
 
 /// Sends and reads the whole answer. A failure is already an outcome:
 /// nothing sent (retryable) or maybe processed (ambiguous).
-pub(super) async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, Outcome> {
+pub(crate) async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, Outcome> {
     let mut response = request
         .send()
         .await
@@ -90,7 +90,7 @@ pub(super) async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, 
 /// The plain HTTP reading of a status line (DESIGN.md's table): 2xx
 /// success, 429 rate limited, 408 and 5xx retryable, the rest permanent.
 /// Connectors start from it and decide the rest themselves.
-pub(super) fn status_class(status: u16) -> OutcomeClass {
+pub(crate) fn status_class(status: u16) -> OutcomeClass {
     match status {
         200..=299 => OutcomeClass::Success,
         429 => OutcomeClass::RateLimited,
@@ -100,7 +100,7 @@ pub(super) fn status_class(status: u16) -> OutcomeClass {
 }
 
 /// `text` cut to `chars_max` characters, ending with `…` when cut.
-pub(super) fn cut_chars(text: &str, chars_max: usize) -> String {
+pub(crate) fn cut_chars(text: &str, chars_max: usize) -> String {
     if text.chars().count() <= chars_max {
         return text.to_owned();
     }
@@ -110,7 +110,7 @@ pub(super) fn cut_chars(text: &str, chars_max: usize) -> String {
 }
 
 /// The first `EXCERPT_BYTES_MAX` bytes, cut at a character boundary.
-pub(super) fn excerpt_of(body: &[u8]) -> Option<String> {
+pub(crate) fn excerpt_of(body: &[u8]) -> Option<String> {
     if body.is_empty() {
         return None;
     }
@@ -121,7 +121,7 @@ pub(super) fn excerpt_of(body: &[u8]) -> Option<String> {
     Some(text)
 }
 
-pub(super) fn classify_transport_error(error: &reqwest::Error) -> Outcome {
+pub(crate) fn classify_transport_error(error: &reqwest::Error) -> Outcome {
     // A failed connect means the request never left: safe to retry. Anything
     // after that (timeout, reset mid-response) may have been processed.
     let (class, what) = if error.is_connect() {
@@ -165,7 +165,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Reads at most `EXCERPT_BYTES_MAX` bytes of the body, never past
 /// `deadline`; the status already decided the outcome.
-pub(super) async fn read_excerpt(
+pub(crate) async fn read_excerpt(
     mut response: reqwest::Response,
     deadline: Instant,
 ) -> Option<String> {

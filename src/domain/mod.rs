@@ -4,6 +4,7 @@
 
 mod backoff;
 mod delivery;
+mod in_flight;
 mod isolation;
 mod message;
 mod outcome;
@@ -14,6 +15,7 @@ pub use delivery::{
     derive_status, BroadcastStatus, DeliveryProgress, DeliveryState, Event, Transition,
     TransitionError, Verification,
 };
+pub use in_flight::ClaimedDelivery;
 pub use isolation::{
     Isolation, DEFAULT_BREAKER_COOLDOWN_MS, DEFAULT_BREAKER_FAILURES, DEFAULT_LEASE_MS,
 };

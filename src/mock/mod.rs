@@ -36,17 +36,8 @@
 //! Control API: `GET /_mock/stats` ([`MockStats`]), `PUT /_mock/faults` (a
 //! [`PathFaults`] with its `path`), `POST /_mock/reset`.
 
-pub mod discord;
-pub mod discord_bot;
-pub mod jira;
-pub mod pagerduty;
-pub mod slack;
-pub mod teams;
-pub mod webhook;
-
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,193 +54,24 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::now_ms;
-use crate::config::WebhookSecret;
 
-pub use discord::{DiscordStats, DiscordWebhookStats};
-pub use discord_bot::{DiscordBotStats, DiscordChannelStats};
-pub use jira::{JiraProjectStats, JiraStats};
-pub use pagerduty::{PagerDutyIncidentStats, PagerDutyStats};
-pub use slack::{SlackChannelStats, SlackStats};
-pub use teams::{TeamsPathStats, TeamsStats};
+// What each kind's emulation counts, where callers have always found it.
+mod faults;
+
+use faults::validate_path;
+pub use faults::{Faults, FaultsFile, PathFaults};
+
+pub use crate::kinds::discord::bot_mock::{DiscordBotStats, DiscordChannelStats};
+pub use crate::kinds::discord::mock::{DiscordStats, DiscordWebhookStats};
+pub use crate::kinds::jira::mock::{JiraProjectStats, JiraStats};
+pub use crate::kinds::pagerduty::mock::{PagerDutyIncidentStats, PagerDutyStats};
+pub use crate::kinds::slack::mock::{SlackChannelStats, SlackStats};
+pub use crate::kinds::teams::mock::{TeamsPathStats, TeamsStats};
+pub use crate::kinds::webhook::WebhookStats;
 
 /// Request arrival times kept per path (for checking pauses); older ones
 /// beyond this are not kept.
 const ARRIVALS_KEPT_MAX: usize = 1_000;
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct Faults {
-    /// The first N requests answer 429 with `Retry-After: retry_after_secs`.
-    pub rate_limit_first: u32,
-    pub retry_after_secs: u64,
-    /// The next N requests answer `fail_status`.
-    pub fail_first: u32,
-    pub fail_status: u16,
-    /// Slack only: the next N requests answer HTTP 200
-    /// `{"ok":false,"error":slack_error}`. For `internal_error` and
-    /// `fatal_error` the effect happens first (the message is stored), as it
-    /// may on Slack; for other codes nothing is stored.
-    pub slack_error_first: u32,
-    pub slack_error: Option<String>,
-    /// The next N requests are processed (recorded, message stored), then
-    /// left unanswered for `drop_hang_ms` (longer than the client's timeout).
-    pub drop_first: u32,
-    pub drop_hang_ms: u64,
-    /// After the phases above, each request fails with this probability.
-    pub failure_rate: f64,
-    /// After the phases above, each request gets 429 with this probability.
-    pub rate_limit_rate: f64,
-    /// When set, at most this many requests per clock second are accepted;
-    /// the rest get 429 with `Retry-After` until the next second.
-    pub rate_limit_per_sec: Option<u32>,
-    /// Every answer waits this long.
-    pub latency_ms: u64,
-    /// Generic webhook only: when set (`whsec_...`), requests must carry a
-    /// valid Standard Webhooks signature or get 401.
-    pub secret: Option<String>,
-    /// Jira only: an issue becomes visible to search this long after it was
-    /// created (the value in force for the path of the create request), as
-    /// Jira's search is not read-after-write.
-    pub search_lag_ms: u64,
-}
-
-impl Default for Faults {
-    fn default() -> Self {
-        Faults {
-            rate_limit_first: 0,
-            retry_after_secs: 1,
-            fail_first: 0,
-            fail_status: 503,
-            slack_error_first: 0,
-            slack_error: None,
-            drop_first: 0,
-            drop_hang_ms: 30_000,
-            failure_rate: 0.0,
-            rate_limit_rate: 0.0,
-            rate_limit_per_sec: None,
-            latency_ms: 0,
-            secret: None,
-            search_lag_ms: 0,
-        }
-    }
-}
-
-impl Faults {
-    /// Refuses scripts that would make the counters lie.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(400..=599).contains(&self.fail_status) || self.fail_status == 429 {
-            return Err(format!(
-                "fail_status: {} is not a failure status; use 400..599 (rate limits are rate_limit_first/rate_limit_rate)",
-                self.fail_status
-            ));
-        }
-        for (name, rate) in [
-            ("failure_rate", self.failure_rate),
-            ("rate_limit_rate", self.rate_limit_rate),
-        ] {
-            if !(0.0..=1.0).contains(&rate) {
-                return Err(format!(
-                    "{name}: {rate} is not a probability between 0 and 1"
-                ));
-            }
-        }
-        if let Some(secret) = &self.secret {
-            WebhookSecret::parse(secret).map_err(|reason| format!("secret: {reason}"))?;
-        }
-        match &self.slack_error {
-            Some(code)
-                if code.is_empty()
-                    || !code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') =>
-            {
-                return Err(format!(
-                    "slack_error: {code:?} is not a Slack error code (lowercase letters and _, e.g. \"internal_error\")"
-                ));
-            }
-            None if self.slack_error_first > 0 => {
-                return Err(
-                    "slack_error_first: needs slack_error, the code to answer with".to_owned(),
-                );
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// The checks that depend on where the faults apply: destination-only
-    /// options are refused elsewhere rather than silently ignored.
-    fn validate_for(&self, path: &str) -> Result<(), String> {
-        self.validate()?;
-        let kind = Kind::of(path.trim_end_matches('*'));
-        if self.slack_error.is_some() && kind != Kind::Slack {
-            return Err("slack_error: applies only under /slack/".to_owned());
-        }
-        if self.secret.is_some() && kind != Kind::Webhook {
-            return Err("secret: applies only to generic webhook paths".to_owned());
-        }
-        if self.search_lag_ms > 0 && kind != Kind::Jira {
-            return Err("search_lag_ms: applies only under /jira/".to_owned());
-        }
-        Ok(())
-    }
-}
-
-fn validate_path(path: &str) -> Result<(), String> {
-    if !path.starts_with('/') || path.starts_with("/_mock") {
-        return Err(format!(
-            "path: {path:?} must start with / and not with /_mock"
-        ));
-    }
-    let star_ok = match path.find('*') {
-        None => true,
-        Some(at) => at == path.len() - 1 && path.ends_with("/*"),
-    };
-    if !star_ok {
-        return Err(format!(
-            "path: {path:?}: a prefix ends in /* and has no other *"
-        ));
-    }
-    Ok(())
-}
-
-/// Faults for one path, as the control API takes them:
-/// `{"path": "/hooks/x", "faults": {...}}`. A path ending in `/*` is a
-/// prefix. Setting faults restarts that path's phases: "the first N" counts
-/// from this moment.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PathFaults {
-    pub path: String,
-    #[serde(default)]
-    pub faults: Faults,
-}
-
-/// The faults file: `[paths."/hooks/x"]` tables of [`Faults`].
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FaultsFile {
-    #[serde(default)]
-    pub paths: BTreeMap<String, Faults>,
-}
-
-impl FaultsFile {
-    pub fn load(path: &Path) -> Result<FaultsFile, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let file: FaultsFile =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        file.validate()
-            .map_err(|reason| format!("{}: {reason}", path.display()))?;
-        Ok(file)
-    }
-
-    fn validate(&self) -> Result<(), String> {
-        for (name, faults) in &self.paths {
-            validate_path(name)
-                .and_then(|()| faults.validate_for(name))
-                .map_err(|reason| format!("paths.{name:?}.{reason}"))?;
-        }
-        Ok(())
-    }
-}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct PathStats {
@@ -270,57 +92,144 @@ pub struct PathStats {
     pub arrivals_ms: Vec<i64>,
 }
 
-/// Everything the mock counted. `paths` has every route; the destination
-/// sections count effects (messages, issues, incidents) so tests can count
-/// duplicates.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct MockStats {
-    pub paths: BTreeMap<String, PathStats>,
-    pub slack: SlackStats,
-    pub teams: TeamsStats,
-    pub jira: JiraStats,
-    pub pagerduty: PagerDutyStats,
-    pub discord: DiscordStats,
-    pub discord_bot: DiscordBotStats,
-}
-
 impl MockStats {
     pub fn path(&self, path: &str) -> PathStats {
         self.paths.get(path).cloned().unwrap_or_default()
     }
 }
 
-/// Which emulation serves a path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Slack,
-    Teams,
-    Jira,
-    PagerDuty,
-    Discord,
-    DiscordBot,
-    Webhook,
+/// One destination kind's emulation: its state, the paths it serves, its
+/// answers and its counters. Each kind implements it in its folder
+/// (`crate::kinds::<kind>`); the mock calls it through the list of kinds.
+pub(crate) trait Emulation: Default {
+    /// True when this emulation answers `path`.
+    fn serves(path: &str) -> bool;
+
+    /// False when the request must be refused for its signature before any
+    /// fault phase (only the generic webhook checks one).
+    fn signature_ok(_faults: &Faults, _incoming: &Incoming) -> bool {
+        true
+    }
+
+    /// Answers one admitted request; `path_stats` are the counters of its
+    /// path.
+    fn answer(
+        &mut self,
+        incoming: &Incoming,
+        admission: &Admission,
+        path_stats: &mut PathStats,
+    ) -> Response;
+
+    /// True when the fault option `option` (a [`Faults`] field that only
+    /// some destinations understand) applies to this emulation's paths.
+    fn accepts_fault_option(_option: &str) -> bool {
+        false
+    }
+
+    type Stats;
+
+    /// What this emulation counted, for `GET /_mock/stats`.
+    fn counted(&self) -> Self::Stats;
 }
 
-impl Kind {
-    fn of(path: &str) -> Kind {
-        if path.starts_with(slack::PREFIX) || path == "/slack" {
-            Kind::Slack
-        } else if path.starts_with(teams::PREFIX) {
-            Kind::Teams
-        } else if path.starts_with(jira::PREFIX) {
-            Kind::Jira
-        } else if path.starts_with(pagerduty::PREFIX) {
-            Kind::PagerDuty
-        } else if path.starts_with(discord::PREFIX) {
-            Kind::Discord
-        } else if path.starts_with(discord_bot::PREFIX) {
-            Kind::DiscordBot
-        } else {
-            Kind::Webhook
+/// Generates, from the list of kinds, the mock's state (one emulation per
+/// kind), its statistics and the routing of a request to the first
+/// emulation that serves its path.
+macro_rules! mock_state {
+    ($($variant:ident {
+        field: $field:ident,
+        connector: $($connector:ident)::+,
+        emulation: $($emulation:ident)::+,
+        stats: $($stats:ident)::+,
+        demo: $demo:ident $(,)?
+    }),* $(,)?) => {
+        /// Everything the mock counted. `paths` has every route; the
+        /// destination sections count effects (messages, issues, incidents)
+        /// so tests can count duplicates.
+        #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+        #[serde(default)]
+        pub struct MockStats {
+            pub paths: BTreeMap<String, PathStats>,
+            $(pub $field: crate::kinds::$($stats)::+,)*
         }
+
+        /// True when the emulation serving `path` understands the fault
+        /// option `option`.
+        pub(super) fn serving_accepts(path: &str, option: &str) -> bool {
+            $(
+                if <crate::kinds::$($emulation)::+ as Emulation>::serves(path) {
+                    return <crate::kinds::$($emulation)::+ as Emulation>::accepts_fault_option(
+                        option,
+                    );
+                }
+            )*
+            false
+        }
+
+        #[derive(Default)]
+        struct Inner {
+            faults: HashMap<String, FaultEntry>,
+            paths: HashMap<String, PathStats>,
+            $($field: crate::kinds::$($emulation)::+,)*
+        }
+
+        impl Inner {
+            /// Runs one request through its emulation; returns the answer
+            /// and, for a drop, how long to hang before it.
+            fn respond(&mut self, incoming: &Incoming) -> (Response, Option<u64>) {
+                $(
+                    if <crate::kinds::$($emulation)::+ as Emulation>::serves(&incoming.path) {
+                        let admission = self.admit(&incoming.path, incoming.now_ms, |faults| {
+                            <crate::kinds::$($emulation)::+ as Emulation>::signature_ok(
+                                faults, incoming,
+                            )
+                        });
+                        let (path_stats, hang_ms) =
+                            admitted(&mut self.paths, &incoming.path, &admission);
+                        let response = self.$field.answer(incoming, &admission, path_stats);
+                        return (response, hang_ms);
+                    }
+                )*
+                unreachable!("the generic webhook serves every path")
+            }
+
+            fn stats(&self) -> MockStats {
+                MockStats {
+                    paths: self
+                        .paths
+                        .iter()
+                        .filter(|(_, p)| p.requests > 0)
+                        .map(|(path, p)| (path.clone(), p.clone()))
+                        .collect(),
+                    $($field: self.$field.counted(),)*
+                }
+            }
+        }
+    };
+}
+
+crate::kinds::with_kinds!(mock_state);
+
+/// Counts an admitted request's receipt when it reaches the emulation;
+/// returns its path's counters and, for a drop, how long to hang.
+fn admitted<'p>(
+    paths: &'p mut HashMap<String, PathStats>,
+    path: &str,
+    admission: &Admission,
+) -> (&'p mut PathStats, Option<u64>) {
+    let hang_ms = match admission.fault {
+        Fault::Drop { hang_ms } => Some(hang_ms),
+        _ => None,
+    };
+    let reaches_emulation = matches!(
+        admission.fault,
+        Fault::None | Fault::Drop { .. } | Fault::SlackError { .. }
+    );
+    let stats = paths.get_mut(path).expect("admit counted the path");
+    if reaches_emulation {
+        stats.receipts += 1;
     }
+    (stats, hang_ms)
 }
 
 /// The fault chosen for one request.
@@ -380,19 +289,6 @@ struct FaultEntry {
     matched: u64,
     /// The clock second being counted for `rate_limit_per_sec`, and its count.
     window: (i64, u32),
-}
-
-#[derive(Default)]
-struct Inner {
-    faults: HashMap<String, FaultEntry>,
-    paths: HashMap<String, PathStats>,
-    webhook: webhook::Webhook,
-    slack: slack::Slack,
-    teams: teams::Teams,
-    jira: jira::Jira,
-    pagerduty: pagerduty::PagerDuty,
-    discord: discord::Discord,
-    discord_bot: discord_bot::DiscordBot,
 }
 
 #[derive(Default)]
@@ -499,50 +395,6 @@ impl Inner {
         }
         Admission { fault, faults }
     }
-
-    /// Runs one request through its emulation; returns the answer and, for a
-    /// drop, how long to hang before it.
-    fn respond(&mut self, incoming: &Incoming) -> (Response, Option<u64>) {
-        let kind = Kind::of(&incoming.path);
-        let admission = match kind {
-            Kind::Webhook => {
-                let (headers, body) = (&incoming.headers, &incoming.body);
-                self.admit(&incoming.path, incoming.now_ms, |f| {
-                    webhook::signature_ok(f, headers, body)
-                })
-            }
-            _ => self.admit(&incoming.path, incoming.now_ms, |_| true),
-        };
-        let hang_ms = match admission.fault {
-            Fault::Drop { hang_ms } => Some(hang_ms),
-            _ => None,
-        };
-        let reaches_emulation = matches!(
-            admission.fault,
-            Fault::None | Fault::Drop { .. } | Fault::SlackError { .. }
-        );
-        if reaches_emulation {
-            if let Some(stats) = self.paths.get_mut(&incoming.path) {
-                stats.receipts += 1;
-            }
-        }
-        let response = match kind {
-            Kind::Webhook => {
-                let stats = self
-                    .paths
-                    .get_mut(&incoming.path)
-                    .expect("admit counted the path");
-                self.webhook.handle(incoming, &admission, stats)
-            }
-            Kind::Slack => self.slack.handle(incoming, &admission),
-            Kind::Teams => self.teams.handle(incoming, &admission),
-            Kind::Jira => self.jira.handle(incoming, &admission),
-            Kind::PagerDuty => self.pagerduty.handle(incoming, &admission),
-            Kind::Discord => self.discord.handle(incoming, &admission),
-            Kind::DiscordBot => self.discord_bot.handle(incoming, &admission),
-        };
-        (response, hang_ms)
-    }
 }
 
 impl MockState {
@@ -561,21 +413,7 @@ impl MockState {
     }
 
     fn stats(&self) -> MockStats {
-        let inner = self.lock();
-        MockStats {
-            paths: inner
-                .paths
-                .iter()
-                .filter(|(_, p)| p.requests > 0)
-                .map(|(path, p)| (path.clone(), p.clone()))
-                .collect(),
-            slack: inner.slack.stats(),
-            teams: inner.teams.stats(),
-            jira: inner.jira.stats(),
-            pagerduty: inner.pagerduty.stats(),
-            discord: inner.discord.stats(),
-            discord_bot: inner.discord_bot.stats(),
-        }
+        self.lock().stats()
     }
 
     fn reset(&self) {
@@ -771,285 +609,8 @@ pub fn start(listener: TcpListener, faults: FaultsFile) -> Result<RunningMock, s
     })
 }
 
-/// Helpers for the emulations' unit tests: requests straight into the
-/// state, no socket.
 #[cfg(test)]
-pub(crate) mod testing {
-    use super::*;
-
-    pub struct Answer {
-        pub status: StatusCode,
-        pub headers: HeaderMap,
-        pub body: serde_json::Value,
-        pub text: String,
-        pub hang_ms: Option<u64>,
-    }
-
-    pub struct TestMock {
-        state: MockState,
-        pub now_ms: i64,
-    }
-
-    impl TestMock {
-        pub fn new() -> TestMock {
-            TestMock {
-                state: MockState::default(),
-                now_ms: 1_790_000_000_000,
-            }
-        }
-
-        pub fn set_faults(&self, path: &str, faults: Faults) {
-            faults.validate_for(path).unwrap();
-            self.state.set_faults(path, faults);
-        }
-
-        pub fn stats(&self) -> MockStats {
-            self.state.stats()
-        }
-
-        pub fn send(
-            &self,
-            method: &str,
-            path_and_query: &str,
-            headers: &[(&str, &str)],
-            body: &str,
-        ) -> Answer {
-            let (path, query) = path_and_query
-                .split_once('?')
-                .unwrap_or((path_and_query, ""));
-            let mut map = HeaderMap::new();
-            map.insert("host", "mock.test".parse().unwrap());
-            for (name, value) in headers {
-                map.insert(
-                    axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                    value.parse().unwrap(),
-                );
-            }
-            let incoming = Incoming {
-                method: method.parse().unwrap(),
-                path: path.to_owned(),
-                query: query.to_owned(),
-                headers: map,
-                body: Bytes::copy_from_slice(body.as_bytes()),
-                now_ms: self.now_ms,
-            };
-            let (response, hang_ms) = self.state.lock().respond(&incoming);
-            let status = response.status();
-            let headers = response.headers().clone();
-            let bytes = futures_util::FutureExt::now_or_never(axum::body::to_bytes(
-                response.into_body(),
-                usize::MAX,
-            ))
-            .expect("bodies are in memory")
-            .unwrap();
-            let text = String::from_utf8_lossy(&bytes).into_owned();
-            Answer {
-                status,
-                headers,
-                body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-                text,
-                hang_ms,
-            }
-        }
-    }
-}
+pub(crate) mod testing;
 
 #[cfg(test)]
-mod tests {
-    use super::testing::TestMock;
-    use super::*;
-
-    #[test]
-    fn the_example_faults_file_is_valid() {
-        let file: FaultsFile =
-            toml::from_str(include_str!("../../mock-faults.example.toml")).unwrap();
-        file.validate().unwrap();
-        assert_eq!(file.paths["/hooks/flaky"].fail_first, 3);
-        assert_eq!(file.paths["/hooks/flaky"].fail_status, 503);
-        assert_eq!(file.paths["/hooks/ops"].retry_after_secs, 2);
-    }
-
-    #[test]
-    fn nonsense_faults_are_refused() {
-        assert!(Faults {
-            fail_status: 200,
-            ..Faults::default()
-        }
-        .validate()
-        .is_err());
-        assert!(Faults {
-            failure_rate: 1.5,
-            ..Faults::default()
-        }
-        .validate()
-        .is_err());
-        assert!(Faults {
-            slack_error_first: 1,
-            ..Faults::default()
-        }
-        .validate()
-        .is_err());
-        let slack_error = Faults {
-            slack_error: Some("internal_error".into()),
-            slack_error_first: 1,
-            ..Faults::default()
-        };
-        assert!(slack_error.validate_for("/slack/api/*").is_ok());
-        assert!(slack_error.validate_for("/hooks/a").is_err());
-        assert!(serde_json::from_str::<PathFaults>(r#"{"path": "/a", "fail_frist": 3}"#).is_err());
-        assert!(validate_path("/_mock/stats").is_err());
-        assert!(validate_path("/jira/*/comment").is_err());
-        assert!(validate_path("/jira*").is_err());
-        assert!(validate_path("/jira/*").is_ok());
-    }
-
-    #[test]
-    fn an_exact_path_wins_then_the_longest_prefix() {
-        let mock = TestMock::new();
-        let fail = |status| Faults {
-            fail_first: 100,
-            fail_status: status,
-            ..Faults::default()
-        };
-        mock.set_faults("/hooks/*", fail(500));
-        mock.set_faults("/hooks/ops/*", fail(502));
-        mock.set_faults("/hooks/ops/exact", fail(503));
-        let status = |path: &str| mock.send("POST", path, &[], "{}").status.as_u16();
-        assert_eq!(status("/hooks/ops/exact"), 503);
-        assert_eq!(status("/hooks/ops/other"), 502);
-        assert_eq!(status("/hooks/else"), 500);
-        assert_eq!(status("/hooksx"), 200);
-    }
-
-    #[test]
-    fn prefix_phases_count_every_path_under_the_prefix() {
-        let mock = TestMock::new();
-        mock.set_faults(
-            "/hooks/*",
-            Faults {
-                fail_first: 2,
-                ..Faults::default()
-            },
-        );
-        let statuses: Vec<u16> = ["/hooks/a", "/hooks/b", "/hooks/a"]
-            .iter()
-            .map(|p| mock.send("POST", p, &[], "{}").status.as_u16())
-            .collect();
-        assert_eq!(statuses, [503, 503, 200]);
-        let stats = mock.stats();
-        assert_eq!(stats.path("/hooks/a").requests, 2);
-        assert_eq!(stats.path("/hooks/a").failed, 1);
-        assert_eq!(stats.path("/hooks/b").failed, 1);
-    }
-
-    #[test]
-    fn faults_apply_in_phases_and_receipts_deduplicate_by_key() {
-        let mock = TestMock::new();
-        mock.set_faults(
-            "/h",
-            Faults {
-                rate_limit_first: 1,
-                fail_first: 1,
-                drop_first: 1,
-                ..Faults::default()
-            },
-        );
-        let key = [("idempotency-key", "k1")];
-        let kinds: Vec<String> = (0..5)
-            .map(|_| {
-                let answer = mock.send("POST", "/h", &key, "{}");
-                match (answer.status.as_u16(), answer.hang_ms) {
-                    (200, Some(_)) => "drop".to_owned(),
-                    (200, None) if answer.body["duplicate"] == true => "dup".to_owned(),
-                    (200, None) => "new".to_owned(),
-                    (status, _) => status.to_string(),
-                }
-            })
-            .collect();
-        assert_eq!(kinds, ["429", "503", "drop", "dup", "dup"]);
-        // Faults set later count from that moment.
-        mock.set_faults(
-            "/h",
-            Faults {
-                fail_first: 1,
-                ..Faults::default()
-            },
-        );
-        assert_eq!(mock.send("POST", "/h", &key, "{}").status.as_u16(), 503);
-        assert_eq!(mock.send("POST", "/h", &key, "{}").body["duplicate"], true);
-        let stats = mock.stats().path("/h");
-        assert_eq!(
-            (
-                stats.requests,
-                stats.receipts,
-                stats.distinct,
-                stats.duplicates
-            ),
-            (7, 4, 1, 3)
-        );
-    }
-
-    #[test]
-    fn forms_and_dates_decode() {
-        assert_eq!(
-            parse_form("a=1&b=x%20y+z&c"),
-            [("a", "1"), ("b", "x y z"), ("c", "")].map(|(k, v)| (k.to_owned(), v.to_owned()))
-        );
-        assert_eq!(parse_form("t=100%"), [("t".to_owned(), "100%".to_owned())]);
-        assert_eq!(civil_utc(0), (1970, 1, 1, 0, 0, 0, 0));
-        assert_eq!(civil_utc(1_709_210_096_789), (2024, 2, 29, 12, 34, 56, 789));
-    }
-
-    #[tokio::test]
-    async fn a_drop_stores_the_message_then_leaves_the_request_unanswered() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut file = FaultsFile::default();
-        file.paths.insert(
-            "/slack/api/*".to_owned(),
-            Faults {
-                drop_first: 1,
-                drop_hang_ms: 60_000,
-                ..Faults::default()
-            },
-        );
-        let mock = start(listener, file).unwrap();
-        let client = crate::connector::http_client_builder()
-            .timeout(Duration::from_millis(300))
-            .build()
-            .unwrap();
-        let post = || {
-            client
-                .post(mock.url("/slack/api/chat.postMessage"))
-                .bearer_auth("xoxb-test")
-                .header("content-type", "application/json")
-                .body(r##"{"channel": "#ops", "text": "P1"}"##)
-                .send()
-        };
-        let dropped = post().await;
-        assert!(dropped.unwrap_err().is_timeout());
-        let answered = post().await.unwrap().bytes().await.unwrap();
-        let answered: serde_json::Value = serde_json::from_slice(&answered).unwrap();
-        assert_eq!(answered["ok"], true);
-
-        let stats = client
-            .get(mock.url("/_mock/stats"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        let stats: MockStats = serde_json::from_slice(&stats).unwrap();
-        assert_eq!(stats.slack.channels["ops"].messages, 2);
-        let path = stats.path("/slack/api/chat.postMessage");
-        assert_eq!((path.requests, path.dropped), (2, 1));
-        let refused = client
-            .put(mock.url("/_mock/faults"))
-            .body(r#"{"path": "/hooks/a", "faults": {"slack_error": "internal_error"}}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
-        mock.stop().await;
-    }
-}
+mod tests;

@@ -28,7 +28,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{Admission, Fault, Incoming};
+use crate::mock::{Admission, Fault, Incoming};
 
 pub const PREFIX: &str = "/pagerduty/";
 const ENQUEUE_PATH: &str = "/pagerduty/v2/enqueue";
@@ -68,7 +68,7 @@ pub(crate) struct PagerDuty {
 }
 
 fn invalid(errors: Vec<String>) -> Response {
-    super::json(
+    crate::mock::json(
         StatusCode::BAD_REQUEST,
         json!({"status": "invalid event", "message": "Event object is invalid", "errors": errors}),
     )
@@ -172,18 +172,18 @@ impl PagerDuty {
             Fault::Fail { status } => {
                 let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
                 let reason = status.canonical_reason().unwrap_or("Error");
-                return super::json(status, json!({"status": "error", "message": reason}));
+                return crate::mock::json(status, json!({"status": "error", "message": reason}));
             }
             _ => {}
         }
         if incoming.path != ENQUEUE_PATH {
-            return super::json(
+            return crate::mock::json(
                 StatusCode::NOT_FOUND,
                 json!({"status": "Not found", "message": "Not found"}),
             );
         }
         if incoming.method != Method::POST {
-            return super::json(
+            return crate::mock::json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"status": "Method not allowed", "message": "Use POST"}),
             );
@@ -191,7 +191,7 @@ impl PagerDuty {
         let event: Value = match serde_json::from_slice(&incoming.body) {
             Ok(Value::Object(event)) => Value::Object(event),
             _ => {
-                return super::json(
+                return crate::mock::json(
                     StatusCode::BAD_REQUEST,
                     json!({
                         "status": "Unrecognized object",
@@ -214,7 +214,7 @@ impl PagerDuty {
             .map(str::to_owned)
             .unwrap_or_else(generated_dedup_key);
         self.apply(&dedup_key, &action, &event);
-        super::json(
+        crate::mock::json(
             StatusCode::ACCEPTED,
             json!({"status": "success", "message": "Event processed", "dedup_key": dedup_key}),
         )
@@ -263,9 +263,9 @@ impl PagerDuty {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{Answer, TestMock};
-    use super::super::Faults;
     use super::*;
+    use crate::mock::testing::{Answer, TestMock};
+    use crate::mock::Faults;
 
     const ROUTING_KEY: &str = "e93facc04764012d7bfb002500d5d1a6";
 

@@ -27,12 +27,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::discord::{discord_execute_body, edit_first_message, embed};
-use super::http::{exchange, Reply};
-use super::{classify_discord_response, Role, VerifyReport};
+use super::connector::{discord_execute_body, edit_first_message, embed};
 use crate::config::Secret;
+use crate::connector::http::{exchange, Reply};
+use crate::connector::{classify_discord_response, Role, VerifyReport};
+use crate::domain::ClaimedDelivery;
 use crate::domain::Outcome;
-use crate::store::ClaimedDelivery;
 
 /// Discord's `nonce` is at most 25 characters.
 pub const DISCORD_NONCE_CHARS_MAX: usize = 25;
@@ -98,7 +98,7 @@ impl DiscordBotConnector {
         connections_max: usize,
     ) -> reqwest::Result<DiscordBotConnector> {
         Ok(DiscordBotConnector {
-            client: super::http::client(timeout, connections_max)?,
+            client: crate::connector::http::client(timeout, connections_max)?,
             api_url,
             channel_id,
             token,

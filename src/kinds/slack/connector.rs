@@ -11,11 +11,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::{cut_chars as cut, exchange, Reply};
-use super::{headline, parse_retry_after_ms, Role, VerifyReport};
 use crate::config::Secret;
+use crate::connector::http::{cut_chars as cut, exchange, Reply};
+use crate::connector::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::domain::ClaimedDelivery;
 use crate::domain::{Outcome, OutcomeClass};
-use crate::store::ClaimedDelivery;
 
 /// `metadata.event_type` of every message herald posts.
 pub const EVENT_TYPE: &str = "herald_delivery";
@@ -207,7 +207,7 @@ impl SlackConnector {
         connections_max: usize,
     ) -> reqwest::Result<SlackConnector> {
         Ok(SlackConnector {
-            client: super::http::client(timeout, connections_max)?,
+            client: crate::connector::http::client(timeout, connections_max)?,
             api_url,
             channel,
             token,

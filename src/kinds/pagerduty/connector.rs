@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::http::{exchange, status_class};
-use super::{headline, parse_retry_after_ms, VerifyReport};
 use crate::config::Secret;
+use crate::connector::http::{exchange, status_class};
+use crate::connector::{headline, parse_retry_after_ms, VerifyReport};
+use crate::domain::ClaimedDelivery;
 use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Severity};
-use crate::store::ClaimedDelivery;
 
 /// PagerDuty cuts a summary at this many characters.
 const SUMMARY_CHARS_MAX: usize = 1_024;
@@ -142,7 +142,7 @@ impl PagerDutyConnector {
             .join("v2/enqueue")
             .expect("a relative path joins the base URL");
         Ok(PagerDutyConnector {
-            client: super::http::client(timeout, connections_max)?,
+            client: crate::connector::http::client(timeout, connections_max)?,
             enqueue_url,
             routing_key,
         })

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::http::{exchange, status_class};
-use super::{parse_retry_after_ms, Role, VerifyReport};
+use crate::connector::http::{exchange, status_class};
+use crate::connector::{parse_retry_after_ms, Role, VerifyReport};
+use crate::domain::ClaimedDelivery;
 use crate::domain::{Outcome, OutcomeClass, Severity};
-use crate::store::ClaimedDelivery;
 
 pub struct TeamsConnector {
     client: reqwest::Client,
@@ -104,7 +104,7 @@ impl TeamsConnector {
         connections_max: usize,
     ) -> reqwest::Result<TeamsConnector> {
         Ok(TeamsConnector {
-            client: super::http::client(timeout, connections_max)?,
+            client: crate::connector::http::client(timeout, connections_max)?,
             url,
         })
     }

@@ -3,17 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use serde::Serialize;
-use sha2::Sha256;
 
-use super::http::{classify_transport_error, read_excerpt, CONNECT_TIMEOUT_MS_MAX};
-use super::{parse_retry_after_ms, VerifyReport};
 use crate::config::WebhookSecret;
+use crate::connector::http::{classify_transport_error, read_excerpt, CONNECT_TIMEOUT_MS_MAX};
+use crate::connector::{parse_retry_after_ms, VerifyReport};
+
+pub use super::signature::sign_webhook;
+use crate::domain::ClaimedDelivery;
 use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass};
-use crate::store::ClaimedDelivery;
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
@@ -71,18 +70,6 @@ pub fn webhook_payload(delivery: &ClaimedDelivery) -> Vec<u8> {
     serde_json::to_vec(&payload).expect("payload serialises")
 }
 
-/// `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`.
-pub fn sign_webhook(secret: &WebhookSecret, id: &str, timestamp_secs: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.key()).expect("HMAC takes any key size");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp_secs.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    format!("v1,{signature}")
-}
-
 /// The webhook's outcome classes (DESIGN.md table), from the status line.
 pub fn classify_webhook_response(status: u16, retry_after: Option<&str>, now_ms: i64) -> Outcome {
     let class = match status {
@@ -124,7 +111,7 @@ impl WebhookConnector {
         timeout: Duration,
         connections_max: usize,
     ) -> Result<WebhookConnector, reqwest::Error> {
-        let client = super::http::client(timeout, connections_max)?;
+        let client = crate::connector::http::client(timeout, connections_max)?;
         Ok(WebhookConnector {
             client,
             url,

@@ -17,10 +17,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::{cut_chars as cut, exchange, status_class, Reply};
-use super::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::connector::http::{cut_chars as cut, exchange, status_class, Reply};
+use crate::connector::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::domain::ClaimedDelivery;
 use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Severity};
-use crate::store::ClaimedDelivery;
 
 const EMBED_TITLE_CHARS_MAX: usize = 256;
 const EMBED_DESCRIPTION_CHARS_MAX: usize = 4_096;
@@ -190,7 +190,7 @@ impl DiscordConnector {
         connections_max: usize,
     ) -> reqwest::Result<DiscordConnector> {
         Ok(DiscordConnector {
-            client: super::http::client(timeout, connections_max)?,
+            client: crate::connector::http::client(timeout, connections_max)?,
             url,
             forum,
         })

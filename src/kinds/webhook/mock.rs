@@ -10,9 +10,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{Admission, Fault, Faults, Incoming, PathStats};
+use super::signature::sign_webhook;
 use crate::config::WebhookSecret;
-use crate::connector::sign_webhook;
+use crate::mock::{Admission, Fault, Faults, Incoming, PathStats};
 
 /// Distinct keys remembered per path; enough for the benchmarks' bursts.
 const KEYS_PER_PATH_MAX: usize = 4_000_000;
@@ -40,13 +40,13 @@ impl Webhook {
                     .into_response();
             }
             Fault::Fail { status } => {
-                return super::json(
+                return crate::mock::json(
                     StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
                     json!({"error": "injected failure"}),
                 );
             }
             Fault::BadSignature => {
-                return super::json(
+                return crate::mock::json(
                     StatusCode::UNAUTHORIZED,
                     json!({"error": "invalid webhook-signature"}),
                 );
@@ -76,7 +76,7 @@ impl Webhook {
         } else {
             stats.distinct += 1;
         }
-        super::json(
+        crate::mock::json(
             StatusCode::OK,
             json!({"received": true, "duplicate": duplicate}),
         )

@@ -20,11 +20,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::{exchange, status_class, Reply};
-use super::{headline, parse_retry_after_ms, Role, VerifyReport};
 use crate::config::{Secret, Target};
+use crate::connector::http::{exchange, status_class, Reply};
+use crate::connector::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::domain::ClaimedDelivery;
 use crate::domain::{Outcome, OutcomeClass};
-use crate::store::ClaimedDelivery;
 
 /// Jira refuses longer summaries.
 const SUMMARY_CHARS_MAX: usize = 255;
@@ -192,7 +192,7 @@ impl JiraConnector {
             api.set_path(&format!("{}/", api.path()));
         }
         Ok(JiraConnector {
-            client: super::http::client(timeout, connections_max)?,
+            client: crate::connector::http::client(timeout, connections_max)?,
             api: api.join("rest/api/3/").expect("a relative path joins"),
             project: project.clone(),
             issue_type: issue_type.clone(),

@@ -31,8 +31,8 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::discord::{checked_body, discord_time, message_parts};
-use super::{Admission, Fault, Incoming};
+use super::mock::{checked_body, discord_time, message_parts};
+use crate::mock::{Admission, Fault, Incoming};
 
 pub const PREFIX: &str = "/discord/api/v10/channels/";
 
@@ -93,11 +93,11 @@ pub(crate) struct DiscordBot {
 }
 
 fn error(status: StatusCode, code: u32, message: &str) -> Response {
-    super::json(status, json!({"code": code, "message": message}))
+    crate::mock::json(status, json!({"code": code, "message": message}))
 }
 
 fn form_error(field: &str, code: &str, message: &str) -> Response {
-    super::json(
+    crate::mock::json(
         StatusCode::BAD_REQUEST,
         json!({
             "code": 50035,
@@ -116,7 +116,7 @@ impl DiscordBot {
 
     pub(crate) fn handle(&mut self, incoming: &Incoming, admission: &Admission) -> Response {
         if let Fault::RateLimit { retry_after_secs } = admission.fault {
-            let mut response = super::json(
+            let mut response = crate::mock::json(
                 StatusCode::TOO_MANY_REQUESTS,
                 json!({
                     "message": "You are being rate limited.",
@@ -249,7 +249,7 @@ impl DiscordBot {
             }) {
                 let answer = render(channel_id, first, true);
                 channel.nonce_replays += 1;
-                return super::json(StatusCode::OK, answer);
+                return crate::mock::json(StatusCode::OK, answer);
             }
         }
         let id = self.snowflake(now_ms);
@@ -267,7 +267,7 @@ impl DiscordBot {
             edited_ms: None,
         });
         let message = channel.messages.last().expect("pushed");
-        super::json(StatusCode::OK, render(channel_id, message, true))
+        crate::mock::json(StatusCode::OK, render(channel_id, message, true))
     }
 
     fn list(&self, incoming: &Incoming, channel_id: &str) -> Response {
@@ -314,7 +314,7 @@ impl DiscordBot {
             .into_iter()
             .map(|m| render(channel_id, m, false))
             .collect();
-        super::json(StatusCode::OK, Value::Array(answers))
+        crate::mock::json(StatusCode::OK, Value::Array(answers))
     }
 
     fn message(&mut self, incoming: &Incoming, channel_id: &str, message_id: &str) -> Response {
@@ -348,7 +348,7 @@ impl DiscordBot {
             message.edited_ms = Some(incoming.now_ms);
             channel.edits += 1;
         }
-        super::json(
+        crate::mock::json(
             StatusCode::OK,
             render(channel_id, &channel.messages[index], false),
         )
@@ -448,9 +448,9 @@ fn render(channel_id: &str, message: &Message, with_nonce: bool) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{Answer, TestMock};
-    use super::super::Faults;
     use super::*;
+    use crate::mock::testing::{Answer, TestMock};
+    use crate::mock::Faults;
 
     const MESSAGES: &str = "/discord/api/v10/channels/555/messages";
     const BOT: (&str, &str) = ("authorization", "Bot tok");
