@@ -22,3 +22,4 @@ mod serving;
 mod specs;
 mod store;
 mod support;
+mod tls;
