@@ -659,6 +659,22 @@ pub fn client_address(path: &Path) -> Result<SocketAddr, ConfigError> {
     Ok(address)
 }
 
+/// The API's scheme a client uses for a config file: `https` when its
+/// `[server]` names a TLS certificate, else `http`. Reads only that key.
+pub fn client_scheme(path: &Path) -> &'static str {
+    let has_tls = std::fs::read_to_string(path).ok().is_some_and(|source| {
+        let (document, _) = DeTable::parse_recoverable(&source);
+        entry(document.get_ref(), "server")
+            .and_then(|server| server.get_ref().as_table())
+            .is_some_and(|server| entry(server, "tls_cert_file").is_some())
+    });
+    if has_tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// A valid destination name close to `name`: lower case, other characters
 /// turned into `-`.
 fn suggested_destination_name(name: &str) -> String {

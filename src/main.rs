@@ -453,7 +453,11 @@ impl ClientArgs {
             None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|path| path.exists()),
         };
         Ok(match config {
-            Some(path) => format!("http://{}", herald::config::client_address(&path)?),
+            Some(path) => format!(
+                "{}://{}",
+                herald::config::client_scheme(&path),
+                herald::config::client_address(&path)?
+            ),
             None => default_server(),
         })
     }

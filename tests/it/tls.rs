@@ -271,6 +271,33 @@ async fn the_api_answers_over_tls_and_the_cli_trusts_the_ca_it_is_given() {
         String::from_utf8_lossy(&listed.stderr)
     );
 
+    // A client given the server's config file takes https from it.
+    let client_config = dir.path().join("client.toml");
+    std::fs::write(
+        &client_config,
+        format!(
+            "[server]\nlisten = \"{}\"\ntls_cert_file = \"{}\"\n",
+            served.addr,
+            cert.display()
+        ),
+    )
+    .unwrap();
+    let listed = herald_cli(
+        &[
+            "list",
+            "--config",
+            &client_config.display().to_string(),
+            "--cacert",
+            &ca,
+        ],
+        &[],
+    );
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+
     // Without it the certificate is not trusted: a clear error, at once.
     let started = Instant::now();
     let refused = herald_cli(&["list", "--server", &server], &[]);
