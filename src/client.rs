@@ -209,15 +209,21 @@ impl Client {
 
     /// `GET /readyz`: "ready", or why not (the server's 503 message).
     pub async fn ready(&self) -> Result<String, ClientError> {
-        let response = self.http.get(self.url("readyz")?).send().await;
-        match self.decode::<serde_json::Value>(response).await {
-            Ok(_) => Ok("ready".to_owned()),
-            Err(ClientError::Api {
-                status: 503,
-                message,
-                ..
-            }) => Ok(format!("not ready: {message}")),
-            Err(error) => Err(error),
+        let response = self
+            .http
+            .get(self.url("readyz")?)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        match (status, api_error(status, &bytes)) {
+            (200, _) => Ok("ready".to_owned()),
+            (503, ClientError::Api { message, .. }) => Ok(format!("not ready: {message}")),
+            (_, error) => Err(error),
         }
     }
 

@@ -271,6 +271,15 @@ async fn the_api_answers_over_tls_and_the_cli_trusts_the_ca_it_is_given() {
         String::from_utf8_lossy(&listed.stderr)
     );
 
+    // The container's health check: `herald ready` over TLS.
+    let ready = herald_cli(&["ready", "--server", &server, "--cacert", &ca], &[]);
+    assert!(
+        ready.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ready.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ready.stdout).trim(), "ready");
+
     // A client given the server's config file takes https from it.
     let client_config = dir.path().join("client.toml");
     std::fs::write(
