@@ -37,6 +37,12 @@ pub enum ClientError {
     },
     #[error("cannot reach herald at {server}: {reason} (is `herald serve` running? see --server)")]
     Unreachable { server: String, reason: String },
+    /// The TLS handshake failed: an untrusted or wrong certificate, or a
+    /// client certificate the server wants. Not tried again.
+    #[error("cannot reach herald at {server} over TLS: {reason}")]
+    Tls { server: String, reason: String },
+    #[error("cannot read the CA file {file} (--cacert, HERALD_CACERT): {reason}")]
+    CaFile { file: String, reason: String },
     #[error("herald answered something this client cannot read: {0}")]
     Decode(String),
     /// An error answer that is not herald's JSON error shape (a proxy's).
@@ -98,13 +104,35 @@ impl Client {
 
     /// `token`: a bearer token, for servers that require one.
     pub fn with_token(server: &str, token: Option<String>) -> Result<Client, ClientError> {
+        Client::with_trust(server, token, None)
+    }
+
+    /// `cacert`: a PEM file of CA certificates trusted for `https://`
+    /// servers besides the system's roots (read by the platform verifier
+    /// from the operating system's store, so it works offline and follows
+    /// the machine's own CA updates).
+    pub fn with_trust(
+        server: &str,
+        token: Option<String>,
+        cacert: Option<&std::path::Path>,
+    ) -> Result<Client, ClientError> {
         let server = reqwest::Url::parse(server)
             .map_err(|_| ClientError::BadServer(crate::redact::redact_url(server)))?;
-        let http = crate::connector::http_client_builder()
+        let extra_roots = match cacert {
+            None => Vec::new(),
+            Some(file) => read_ca_file(file)?,
+        };
+        let trusting = |builder: reqwest::ClientBuilder| {
+            extra_roots
+                .iter()
+                .cloned()
+                .fold(builder, |builder, root| builder.add_root_certificate(root))
+        };
+        let http = trusting(crate::connector::http_client_builder())
             .timeout(Duration::from_millis(API_TIMEOUT_MS))
             .build()
             .map_err(|e| ClientError::BadServer(e.to_string()))?;
-        let stream_http = crate::connector::http_client_builder()
+        let stream_http = trusting(crate::connector::http_client_builder())
             .connect_timeout(Duration::from_millis(API_TIMEOUT_MS))
             .read_timeout(Duration::from_millis(STREAM_READ_TIMEOUT_MS))
             .build()
@@ -176,6 +204,26 @@ impl Client {
             );
             on_retry(&error, tries, pause);
             tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// `GET /readyz`: "ready", or why not (the server's 503 message).
+    pub async fn ready(&self) -> Result<String, ClientError> {
+        let response = self
+            .http
+            .get(self.url("readyz")?)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        match (status, api_error(status, &bytes)) {
+            (200, _) => Ok("ready".to_owned()),
+            (503, ClientError::Api { message, .. }) => Ok(format!("not ready: {message}")),
+            (_, error) => Err(error),
         }
     }
 
@@ -394,10 +442,7 @@ impl Client {
             .header("accept", "text/event-stream")
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                server: crate::redact::redact_url(self.server.as_str()),
-                reason: e.without_url().to_string(),
-            })?;
+            .map_err(|e| self.transport_error(e))?;
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let bytes = response.bytes().await.unwrap_or_default();
@@ -466,14 +511,24 @@ impl Client {
             .map_err(|_| ClientError::BadServer(self.server.to_string()))
     }
 
+    /// A failed request as the user should see it: a TLS refusal says
+    /// why (with the hint to pass the CA), anything else is unreachable.
+    fn transport_error(&self, error: reqwest::Error) -> ClientError {
+        let server = crate::redact::redact_url(self.server.as_str());
+        match tls_failure(&error) {
+            Some(reason) => ClientError::Tls { server, reason },
+            None => ClientError::Unreachable {
+                server,
+                reason: error.without_url().to_string(),
+            },
+        }
+    }
+
     async fn decode<T: serde::de::DeserializeOwned>(
         &self,
         response: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<T, ClientError> {
-        let response = response.map_err(|e| ClientError::Unreachable {
-            server: crate::redact::redact_url(self.server.as_str()),
-            reason: e.without_url().to_string(),
-        })?;
+        let response = response.map_err(|e| self.transport_error(e))?;
         let status = response.status().as_u16();
         let bytes = response
             .bytes()
@@ -487,6 +542,56 @@ impl Client {
         }
         Err(api_error(status, &bytes))
     }
+}
+
+/// The CA certificates of a PEM file, for `--cacert`.
+fn read_ca_file(file: &std::path::Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let ca_error = |reason: String| ClientError::CaFile {
+        file: file.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read(file).map_err(|e| ca_error(e.to_string()))?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+    if roots.is_empty() {
+        return Err(ca_error(
+            "no PEM certificate (a \"BEGIN CERTIFICATE\" block) in it".to_owned(),
+        ));
+    }
+    Ok(roots)
+}
+
+/// The TLS error behind a failed request, with what to do about it.
+fn tls_failure(error: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(tls) = rustls_error_in(current) {
+            let hint = match tls {
+                rustls::Error::InvalidCertificate(_) => {
+                    "; if herald's certificate is signed by your own CA, pass it with --cacert FILE (or HERALD_CACERT)"
+                }
+                rustls::Error::AlertReceived(_) => {
+                    "; the server may require a client certificate (server.tls_client_ca_file)"
+                }
+                _ => "",
+            };
+            return Some(format!("{tls}{hint}"));
+        }
+        source = current.source();
+    }
+    None
+}
+
+/// The rustls error this is, or that an I/O error wraps (hyper wraps it
+/// in two), looking a few wrappers deep at most.
+fn rustls_error_in<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    let mut current = error;
+    for _ in 0..4 {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        current = current.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
+    None
 }
 
 fn api_error(status: u16, bytes: &[u8]) -> ClientError {

@@ -80,6 +80,9 @@ pub struct Config {
     /// Connections open at once; by default half the open-file limit
     /// (raised to its hard limit at start).
     pub connections_max: Option<usize>,
+    /// TLS on the API (`server.tls_cert_file`, `tls_key_file`,
+    /// `tls_client_ca_file`); None: plain HTTP.
+    pub tls: Option<crate::tls::TlsSettings>,
     pub destinations: Vec<Destination>,
     /// API bearer tokens. None configured: the API is open (with a warning).
     pub tokens: Vec<ApiToken>,
@@ -656,6 +659,22 @@ pub fn client_address(path: &Path) -> Result<SocketAddr, ConfigError> {
     Ok(address)
 }
 
+/// The API's scheme a client uses for a config file: `https` when its
+/// `[server]` names a TLS certificate, else `http`. Reads only that key.
+pub fn client_scheme(path: &Path) -> &'static str {
+    let has_tls = std::fs::read_to_string(path).ok().is_some_and(|source| {
+        let (document, _) = DeTable::parse_recoverable(&source);
+        entry(document.get_ref(), "server")
+            .and_then(|server| server.get_ref().as_table())
+            .is_some_and(|server| entry(server, "tls_cert_file").is_some())
+    });
+    if has_tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// A valid destination name close to `name`: lower case, other characters
 /// turned into `-`.
 fn suggested_destination_name(name: &str) -> String {
@@ -707,6 +726,68 @@ pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(invalid)
 }
 
+/// `[server]`'s TLS files, read now so that a bad certificate or key is
+/// a config problem (at start, in `check-config` and at a reload).
+fn tls_settings(server: &FileServer, problems: &Problems<'_>) -> Option<crate::tls::TlsSettings> {
+    let key_span = server.tls_key_file.as_ref().map(|k| k.span());
+    let (cert_file, key_file) = match (&server.tls_cert_file, &server.tls_key_file) {
+        (None, None) => {
+            if let Some(ca) = &server.tls_client_ca_file {
+                problems.add(
+                    Some(ca.span()),
+                    "server.tls_client_ca_file: client certificates need TLS; set server.tls_cert_file and server.tls_key_file too".to_owned(),
+                );
+            }
+            return None;
+        }
+        (Some(cert), None) => {
+            problems.add(
+                Some(cert.span()),
+                "server.tls_key_file: missing; TLS needs the certificate's private key too"
+                    .to_owned(),
+            );
+            return None;
+        }
+        (None, Some(key)) => {
+            problems.add(
+                Some(key.span()),
+                "server.tls_cert_file: missing; TLS needs the certificate for server.tls_key_file too".to_owned(),
+            );
+            return None;
+        }
+        (Some(cert), Some(key)) => (cert, key),
+    };
+    let loaded = crate::tls::TlsSettings::load(
+        cert_file.get_ref().clone(),
+        key_file.get_ref().clone(),
+        server
+            .tls_client_ca_file
+            .as_ref()
+            .map(|ca| ca.get_ref().clone()),
+    );
+    match loaded {
+        Ok(settings) => Some(settings),
+        Err(error) => {
+            let span = match &error {
+                crate::tls::TlsError::Read { key, .. }
+                | crate::tls::TlsError::NoCertificate { key, .. } => match *key {
+                    "tls_key_file" => key_span,
+                    "tls_client_ca_file" => server.tls_client_ca_file.as_ref().map(|c| c.span()),
+                    _ => Some(cert_file.span()),
+                },
+                crate::tls::TlsError::NoKey { .. } | crate::tls::TlsError::Mismatch { .. } => {
+                    key_span
+                }
+                crate::tls::TlsError::ClientCa { .. } => {
+                    server.tls_client_ca_file.as_ref().map(|c| c.span())
+                }
+            };
+            problems.add(span, error.to_string());
+            None
+        }
+    }
+}
+
 /// The file's top-level sections. Only their names are used: each section
 /// is read on its own (`Problems::read`).
 #[derive(Deserialize)]
@@ -748,6 +829,9 @@ struct FileServer {
     header_read_timeout_ms: Option<Spanned<u64>>,
     idle_timeout_ms: Option<Spanned<u64>>,
     connections_max: Option<Spanned<u64>>,
+    tls_cert_file: Option<Spanned<PathBuf>>,
+    tls_key_file: Option<Spanned<PathBuf>>,
+    tls_client_ca_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -862,6 +946,7 @@ impl Default for Config {
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             connections_max: None,
+            tls: None,
             destinations: Vec::new(),
             tokens: Vec::new(),
             alertmanager: None,
@@ -919,6 +1004,7 @@ impl Config {
                 }
             }
         }
+        config.tls = tls_settings(&server, &problems);
         if let Some(database) = server.database {
             config.database = database;
         }

@@ -14,6 +14,12 @@
 //! keep-alive connections); when every connection is busy it waits in the
 //! listen backlog until one finishes. So idle or slow clients can never
 //! use up the open files, and `/healthz` or a POST always gets through.
+//!
+//! With TLS the same holds: the handshake runs on the connection's own task
+//! and counts against the header-read timeout (a client that connects and
+//! never finishes its handshake is a slow client), it takes the TLS
+//! configuration in force at its accept, and the head detection watches the
+//! decrypted bytes.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -31,6 +37,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+
+use crate::tls::LiveTls;
 
 /// The limits of the API's connections (`[server]` in the config).
 #[derive(Clone, Copy, Debug)]
@@ -80,7 +88,9 @@ impl Registry {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn add(&self) -> (u64, Arc<Connection>) {
+    /// `accepted_ms`: when the connection was accepted (before a TLS
+    /// handshake), in ms since the registry's start.
+    fn add(&self, accepted_ms: u64) -> (u64, Arc<Connection>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
         let connection = Arc::new(Connection {
@@ -88,7 +98,7 @@ impl Registry {
             idle_since_ms: AtomicU64::new(now),
             // The first head is timed from the accept: a client that
             // connects and sends nothing is a slow client.
-            head_started_ms: AtomicU64::new(now),
+            head_started_ms: AtomicU64::new(accepted_ms),
             head_started: Notify::new(),
             evict: Notify::new(),
         });
@@ -173,15 +183,15 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-/// The client's socket, noting when a head starts arriving on an idle
-/// connection.
-struct WatchedStream {
-    inner: TcpStream,
+/// The client's socket (or its TLS session), noting when a head starts
+/// arriving on an idle connection.
+struct WatchedStream<S> {
+    inner: S,
     connection: Arc<Connection>,
     registry: Arc<Registry>,
 }
 
-impl AsyncRead for WatchedStream {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -208,7 +218,7 @@ impl AsyncRead for WatchedStream {
     }
 }
 
-impl AsyncWrite for WatchedStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -245,6 +255,18 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_with_tls(listener, app, limits, None, shutdown).await
+}
+
+/// [`serve`], with TLS on every connection when `tls` is given: each new
+/// connection is accepted with the configuration `tls` holds at its accept.
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    tls: Option<Arc<LiveTls>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.connections_max.max(1)));
@@ -291,14 +313,27 @@ pub async fn serve(
         };
         while connections.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve_connection(
-            stream,
-            app.clone(),
-            limits,
-            registry.clone(),
-            shutdown.clone(),
-            slot,
-        ));
+        let accepted_ms = registry.now_ms();
+        match &tls {
+            None => connections.spawn(serve_connection(
+                stream,
+                accepted_ms,
+                app.clone(),
+                limits,
+                registry.clone(),
+                shutdown.clone(),
+                slot,
+            )),
+            Some(tls) => connections.spawn(serve_tls_connection(
+                stream,
+                tls.acceptor(),
+                app.clone(),
+                limits,
+                registry.clone(),
+                shutdown.clone(),
+                slot,
+            )),
+        };
     }
     drop(listener);
     let drained = tokio::time::timeout(Duration::from_millis(limits.drain_ms), async {
@@ -315,15 +350,51 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(
+/// The TLS handshake, within the header-read timeout (counted from the
+/// accept) and abandoned at shutdown, then the connection as any other.
+async fn serve_tls_connection(
     stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    limits: ConnectionLimits,
+    registry: Arc<Registry>,
+    mut shutdown: watch::Receiver<bool>,
+    slot: OwnedSemaphorePermit,
+) {
+    let accepted_ms = registry.now_ms();
+    let handshake = tokio::time::timeout(
+        Duration::from_millis(limits.header_read_timeout_ms),
+        acceptor.accept(stream),
+    );
+    let stream = tokio::select! {
+        finished = handshake => match finished {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake not finished within server.header_read_timeout_ms");
+                return;
+            }
+        },
+        _ = shutdown.wait_for(|stop| *stop) => return,
+    };
+    serve_connection(stream, accepted_ms, app, limits, registry, shutdown, slot).await
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    accepted_ms: u64,
     app: Router,
     limits: ConnectionLimits,
     registry: Arc<Registry>,
     mut shutdown: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
-) {
-    let (id, connection) = registry.add();
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (id, connection) = registry.add(accepted_ms);
     let service = {
         let (connection, registry) = (connection.clone(), registry.clone());
         let app = TowerToHyperService::new(app);

@@ -20,3 +20,4 @@ pub mod mock;
 pub mod redact;
 pub mod server;
 pub mod store;
+pub mod tls;

@@ -215,9 +215,17 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
         "connection limits"
     );
     let lease_ms = config.lease_ms;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|tls| Arc::new(crate::tls::LiveTls::new(tls.server_config.clone())));
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let app_state = Arc::new(AppState::new(store.clone(), dispatcher, Arc::new(config)));
     if lease_hold_max_ms.is_some() {
         app_state.reloads.set_lease_ms(lease_ms);
+    }
+    if let Some(tls) = &tls {
+        app_state.reloads.set_tls(tls.clone());
     }
     let app = router(app_state.clone());
     let purge = tokio::spawn(purge_ingest_keys(store.clone(), shutdown_rx.clone()));
@@ -233,11 +241,11 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
             }
         };
         tokio::join!(
-            crate::connections::serve(listener, app, limits, http_shutdown),
+            crate::connections::serve_with_tls(listener, app, limits, tls, http_shutdown),
             end_streams
         );
     });
-    tracing::info!(%addr, database = %path, "herald serving");
+    tracing::info!(%addr, scheme, database = %path, "herald serving");
     Ok(RunningServer {
         addr,
         shutdown,

@@ -32,6 +32,9 @@ pub struct Reloads {
     one_at_a_time: tokio::sync::Mutex<()>,
     /// On PostgreSQL a lease must outlast twice the longest timeout.
     lease_ms: OnceLock<u64>,
+    /// The API's TLS configuration, when it serves TLS: new connections
+    /// take the reloaded certificate.
+    tls: OnceLock<Arc<crate::tls::LiveTls>>,
     last_success: AtomicBool,
     last_success_at_ms: AtomicI64,
 }
@@ -49,6 +52,7 @@ impl Reloads {
             source: OnceLock::new(),
             one_at_a_time: tokio::sync::Mutex::new(()),
             lease_ms: OnceLock::new(),
+            tls: OnceLock::new(),
             last_success: AtomicBool::new(true),
             last_success_at_ms: AtomicI64::new(now_ms()),
         }
@@ -63,6 +67,11 @@ impl Reloads {
     /// Checks reloaded timeouts against this lease (PostgreSQL).
     pub fn set_lease_ms(&self, lease_ms: u64) {
         let _ = self.lease_ms.set(lease_ms);
+    }
+
+    /// Lets a reload give new connections the files' new certificate.
+    pub fn set_tls(&self, tls: Arc<crate::tls::LiveTls>) {
+        let _ = self.tls.set(tls);
     }
 
     pub fn last_success(&self) -> bool {
@@ -126,6 +135,12 @@ fn keep_fixed_settings(old: &Config, new: &mut Config) -> Vec<String> {
         "server.connections_max",
     );
     fixed(old.log_format != new.log_format, "server.log_format");
+    // The certificate and key are read again at every reload; turning TLS
+    // on or off changes the API's scheme and takes a restart.
+    if old.tls.is_some() != new.tls.is_some() {
+        fixed(true, "server.tls_cert_file (TLS on or off)");
+        new.tls = old.tls.clone();
+    }
     // The ingest route's limit as the router applies it.
     let alertmanager_body_max = |config: &Config| {
         config.alertmanager.as_ref().map_or(
@@ -209,6 +224,9 @@ fn apply<S: Store>(app: &AppState<S>) -> Result<ReloadAnswer, ReloadError> {
         tokens: new.tokens.len(),
         not_applied,
     };
+    if let (Some(live), Some(tls)) = (app.reloads.tls.get(), &new.tls) {
+        live.replace(tls.server_config.clone());
+    }
     app.config.store(Arc::new(new));
     Ok(answer)
 }

@@ -228,6 +228,16 @@ pub(crate) enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Ask the server whether it is ready (`GET /readyz`: its database can
+    /// commit); exit 0 when it is, 1 when not. For container health checks
+    /// and scripts.
+    #[command(
+        after_help = "Example:\n  herald ready --server https://herald.internal:8443 --cacert ca.pem"
+    )]
+    Ready {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Make a new API token: prints the token (give it to the client) and
     /// the config lines (only its SHA-256 goes in the config).
     #[command(
@@ -396,12 +406,24 @@ pub(crate) struct ClientArgs {
     /// one) [env: HERALD_TOKEN]
     #[arg(long)]
     token: Option<String>,
+    /// A PEM file of CA certificates to trust for an https:// server,
+    /// besides the system's [env: HERALD_CACERT]
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
 }
 
 impl ClientArgs {
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let token = self.token.clone().or_else(|| non_empty_env("HERALD_TOKEN"));
-        Ok(Client::with_token(&self.server_url()?, token)?)
+        let cacert = self
+            .cacert
+            .clone()
+            .or_else(|| non_empty_env("HERALD_CACERT").map(PathBuf::from));
+        Ok(Client::with_trust(
+            &self.server_url()?,
+            token,
+            cacert.as_deref(),
+        )?)
     }
 
     /// --server, else HERALD_SERVER, else the config's server.listen, else
@@ -419,7 +441,11 @@ impl ClientArgs {
             None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|path| path.exists()),
         };
         Ok(match config {
-            Some(path) => format!("http://{}", herald::config::client_address(&path)?),
+            Some(path) => format!(
+                "{}://{}",
+                herald::config::client_scheme(&path),
+                herald::config::client_address(&path)?
+            ),
             None => default_server(),
         })
     }

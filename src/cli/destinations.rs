@@ -61,6 +61,16 @@ pub(crate) async fn run(
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ready { client } => {
+            init_logging("warn");
+            let ready = client.client()?.ready().await?;
+            println!("{ready}");
+            Ok(if ready == "ready" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Reload { json, client } => {
             init_logging("warn");
             let answer = client.client()?.reload_config().await?;

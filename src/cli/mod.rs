@@ -38,9 +38,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Retry { .. }
         | Command::Cancel { .. }
         | Command::List { .. }) => broadcasts::run(command, log_format).await,
-        command @ (Command::Destinations { .. } | Command::Reload { .. }) => {
-            destinations::run(command, log_format).await
-        }
+        command @ (Command::Destinations { .. }
+        | Command::Reload { .. }
+        | Command::Ready { .. }) => destinations::run(command, log_format).await,
         command => local::run(command, log_format).await,
     }
 }

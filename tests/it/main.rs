@@ -23,3 +23,4 @@ mod serving;
 mod specs;
 mod store;
 mod support;
+mod tls;
