@@ -257,8 +257,12 @@ enum Command {
     #[command(after_help = "Example:\n  herald openapi > openapi.json")]
     Openapi,
     /// Mock plus server plus a scripted P1 with faults, printed live.
-    #[command(after_help = "Example:\n  herald demo")]
-    Demo,
+    #[command(after_help = "Example:\n  herald demo --console")]
+    Demo {
+        /// Keep serving after the incident, so the console can be opened.
+        #[arg(long)]
+        console: bool,
+    },
     /// Measure throughput and latency: mock and server in their own
     /// processes, load through the real API, against a no-store baseline.
     #[command(
@@ -979,10 +983,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             current.print_long_help()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo => {
+        Command::Demo { console } => {
             init_logging("error");
             let mut stdout = std::io::stdout();
-            let ok = herald::demo::run(&mut stdout).await?;
+            let after = match console {
+                true => herald::demo::AfterIncident::ServeUntilInterrupted,
+                false => herald::demo::AfterIncident::Stop,
+            };
+            let ok = herald::demo::run(&mut stdout, after).await?;
             stdout.flush()?;
             Ok(if ok {
                 ExitCode::SUCCESS

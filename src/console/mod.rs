@@ -101,6 +101,19 @@ async fn asset(Path(file): Path<String>) -> Response {
     }
 }
 
+/// Resolves at Ctrl-C (SIGINT) or SIGTERM: how a person ends a demo that
+/// keeps its console open.
+pub async fn interrupted() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -396,3 +396,74 @@ fn in_chromium_the_board_converges_live_and_actions_follow_the_token_scopes() {
         assert!(bytes.starts_with(b"\x89PNG"), "{shot} is not a PNG");
     }
 }
+
+#[test]
+fn demo_with_console_says_where_the_board_is_and_keeps_serving_until_interrupted() {
+    let mut demo = KillOnDrop(
+        Command::new(HERALD)
+            .args(["demo", "--console"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(demo.0.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let board = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("the demo ended without serving on:\n{}", printed.join("\n")))
+            .unwrap();
+        printed.push(line.clone());
+        if let Some(rest) = line.strip_prefix("herald keeps serving: the console is at ") {
+            break rest.split(';').next().unwrap().to_owned();
+        }
+    };
+    let printed = printed.join("\n");
+    assert!(
+        printed.contains(&format!("console: {board} ")),
+        "the demo names the board before the incident:\n{printed}"
+    );
+    assert!(
+        printed.contains("nothing lost, nothing duplicated"),
+        "{printed}"
+    );
+    let base = board.split("/#").next().unwrap().to_owned();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (page, list) = runtime.block_on(async {
+        let page = http().get(format!("{base}/")).send().await.unwrap();
+        let list: Value = http()
+            .get(format!("{base}/v1/broadcasts?thread=INC-42"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (page, list)
+    });
+    assert_eq!(page.status(), 200);
+    assert!(page.headers().contains_key("content-security-policy"));
+    let statuses: Vec<&str> = list["broadcasts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["converged", "converged", "converged"]);
+    // Ctrl-C ends it, cleanly.
+    let interrupted = Command::new("kill")
+        .args(["-INT", &demo.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = demo.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the demo did not stop at Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}

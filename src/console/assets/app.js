@@ -1030,6 +1030,12 @@
   }
 
   async function start() {
+    // `#board?thread=INC-42` opens the board filtered on that thread.
+    const linked = location.hash.match(/^#board\?thread=(.+)$/);
+    if (linked) {
+      $('f-thread').value = decodeURIComponent(linked[1]);
+      currentFilters = null;
+    }
     let me;
     try {
       me = await api('GET', 'v1/whoami');
