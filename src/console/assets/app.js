@@ -10,7 +10,7 @@
   /** Broadcasts per page when loading the board (the API's largest page). */
   const PAGE_SIZE = 200;
   /** Groups rendered per animation frame when the board is built. */
-  const GROUPS_PER_FRAME = 60;
+  const GROUPS_PER_FRAME = 20;
   /** How often destination health is read again, on its page and elsewhere. */
   const DESTINATIONS_REFRESH_MS_ON_PAGE = 3000;
   const DESTINATIONS_REFRESH_MS = 10000;
@@ -308,7 +308,10 @@
     b.status = deriveStatus(b.deliveries);
     queueRender(b.id);
     if (b.thread) for (const id of state.groups.get(threadKey(b)).ids) if (id !== b.id) queueRender(id);
-    if (state.detailId === b.id || FINAL.has(d.state)) refetchSoon(b.id);
+    if (FINAL.has(d.state)) d.finalAt = Date.parse(e.at);
+    // Attempts and remote_ref come with a read of the broadcast: only for
+    // the one on screen, so a busy board costs no read per event.
+    if (state.detailId === b.id || state.sendWatchId === b.id) refetchSoon(b.id);
   }
 
   const refetchTimers = new Map();
@@ -367,6 +370,7 @@
     state.loading = true; // upsert without placing rows; they are built below
     for (const b of fresh) upsert(b);
     state.loading = false;
+    state.renderQueue.clear(); // the rows are built fresh from these states
     buildBoard();
     const dirty = Array.from(state.dirty);
     state.dirty.clear();
@@ -852,8 +856,9 @@
     for (const b of state.broadcasts.values()) {
       if (now - b.createdMs > buckets * bucketMs * 2) continue;
       const d = b.deliveries.find((x) => x.destination === name);
-      if (!d || !d.attempts || !d.attempts.length) continue;
-      const at = Date.parse(d.attempts[d.attempts.length - 1].finished_at);
+      if (!d) continue;
+      const at = d.finalAt || (d.attempts && d.attempts.length ? Date.parse(d.attempts[d.attempts.length - 1].finished_at) : 0);
+      if (!at) continue;
       const i = buckets - 1 - Math.floor((now - at) / bucketMs);
       if (i < 0 || i >= buckets) continue;
       if (d.state === 'confirmed') confirmed[i]++;
