@@ -192,21 +192,35 @@ pub fn random_secret_text() -> String {
     )
 }
 
+/// What the demo does once the incident has converged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterIncident {
+    /// Stop herald and the mock, and exit.
+    Stop,
+    /// Keep herald (and its console) serving until Ctrl-C or SIGTERM, so a
+    /// person can look at the incident in the browser.
+    ServeUntilInterrupted,
+}
+
 /// Runs the demo, printing to `out`. Returns whether every destination
 /// ended confirmed with exactly one message and no duplicated message.
-pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
+pub async fn run(out: &mut impl Write, after: AfterIncident) -> anyhow::Result<bool> {
     let workdir = std::env::temp_dir().join(format!(
         "herald-demo-{}-{}",
         std::process::id(),
         crate::clock::now_ms()
     ));
     std::fs::create_dir_all(&workdir)?;
-    let result = run_in(&workdir, out).await;
+    let result = run_in(&workdir, out, after).await;
     let _ = std::fs::remove_dir_all(&workdir);
     result
 }
 
-async fn run_in(workdir: &std::path::Path, out: &mut impl Write) -> anyhow::Result<bool> {
+async fn run_in(
+    workdir: &std::path::Path,
+    out: &mut impl Write,
+    after: AfterIncident,
+) -> anyhow::Result<bool> {
     let secret_text = random_secret_text();
     let secret = WebhookSecret::parse(&secret_text).expect("generated secret is valid");
     let mut faults_file = FaultsFile::default();
@@ -247,6 +261,11 @@ async fn run_in(workdir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
         out,
         "database: {} (temporary)",
         workdir.join("herald.db").display()
+    )?;
+    writeln!(
+        out,
+        "console: http://{}/#board?thread=INC-42 (the incident board, live, in a browser)",
+        server.addr
     )?;
     for (kind, name, what, _) in demo_destinations() {
         writeln!(out, "  {name:<16} {kind:<10} {what}")?;
@@ -342,6 +361,15 @@ async fn run_in(workdir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
             "NOT converged as expected: see above"
         }
     )?;
+    if after == AfterIncident::ServeUntilInterrupted {
+        writeln!(
+            out,
+            "\nherald keeps serving: the console is at http://{}/#board?thread=INC-42; Ctrl-C stops it",
+            server.addr
+        )?;
+        out.flush()?;
+        crate::console::interrupted().await?;
+    }
     server.stop().await;
     mock.stop().await;
     Ok(converged && as_expected)

@@ -312,6 +312,11 @@ pub fn document() -> Value {
                 }},
                 "StatusEvent": {"type": "object", "description": "Server-sent event `status`, last of a broadcast's stream", "properties": {
                     "broadcast_id": {"type": "string"}, "status": {"type": "string"}
+                }},
+                "WhoAmI": {"type": "object", "required": ["name", "scopes", "tokens_required"], "description": "The caller and what it may do", "properties": {
+                    "name": {"type": "string", "description": "The token's name; `anonymous` without a token"},
+                    "scopes": {"type": "array", "items": {"type": "string", "enum": ["send", "read", "operate"]}, "description": "Every scope without tokens configured; none without a token when they are"},
+                    "tokens_required": {"type": "boolean"}
                 }}
             }
         },
@@ -402,7 +407,19 @@ pub fn document() -> Value {
             "/healthz": {"get": {"summary": "The process answers", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "The database can commit (503 with the reason while it cannot: a full disk, a lost database)", "security": [], "responses": with(json!({"200": {"description": "ready"}}), error_responses(&["503"]))}},
             "/metrics": {"get": {"summary": "Prometheus text format (with server.metrics_require_token, a token with the read scope)", "security": [], "responses": with(json!({"200": {"description": "Metrics", "content": {"text/plain": {}}}}), error_responses(&["401", "403", "503"]))}},
-            "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}}
+            "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            "/v1/whoami": {"get": {
+                "summary": "The caller's token name and scopes, so a client offers only what it may do; no scope needed",
+                "security": [{}, {"bearer": []}],
+                "responses": with(json!({"200": with(json!({"description": "The caller"}), json_body("WhoAmI"))}), error_responses(&["401"]))
+            }},
+            "/": {"get": {"summary": "The console: a web page (assets under /console/), a client of this API", "security": [], "responses": {"200": {"description": "The page", "content": {"text/html": {}}}}}},
+            "/console/{file}": {"get": {
+                "summary": "The console's script, style sheet and icon, built into herald",
+                "security": [],
+                "parameters": [{"name": "file", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": with(json!({"200": {"description": "The file"}}), error_responses(&["404"]))
+            }}
         }
     });
     if let (Some(schemas), Value::Object(more)) = (

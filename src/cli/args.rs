@@ -255,8 +255,12 @@ pub(crate) enum Command {
     #[command(after_help = "Example:\n  herald openapi > openapi.json")]
     Openapi,
     /// Mock plus server plus a scripted P1 with faults, printed live.
-    #[command(after_help = "Example:\n  herald demo")]
-    Demo,
+    #[command(after_help = "Example:\n  herald demo --console")]
+    Demo {
+        /// Keep serving after the incident, so the console can be opened.
+        #[arg(long)]
+        console: bool,
+    },
     /// Measure throughput and latency: mock and server in their own
     /// processes, load through the real API, against a no-store baseline.
     #[command(

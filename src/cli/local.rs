@@ -137,10 +137,14 @@ pub(crate) async fn run(
             current.print_long_help()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo => {
+        Command::Demo { console } => {
             init_logging("error");
             let mut stdout = std::io::stdout();
-            let ok = herald::demo::run(&mut stdout).await?;
+            let after = match console {
+                true => herald::demo::AfterIncident::ServeUntilInterrupted,
+                false => herald::demo::AfterIncident::Stop,
+            };
+            let ok = herald::demo::run(&mut stdout, after).await?;
             stdout.flush()?;
             Ok(if ok {
                 ExitCode::SUCCESS

@@ -513,6 +513,16 @@ async fn every_status_a_route_answers_is_declared_in_the_openapi_document() {
     let r = "/openapi.json";
     ask(out, &main, "get", r, r, None, None, None).await;
 
+    // Who the caller is, and the console it is for.
+    let r = "/v1/whoami";
+    ask(out, &main, "get", r, r, Some(TOKEN_READ), None, None).await;
+    ask(out, &main, "get", r, r, None, None, None).await;
+    ask(out, &main, "get", r, r, Some("not-a-token"), None, None).await;
+    ask(out, &main, "get", "/", "/", None, None, None).await;
+    let r = "/console/{file}";
+    ask(out, &main, "get", r, "/console/app.js", None, None, None).await;
+    ask(out, &main, "get", r, "/console/nope.js", None, None, None).await;
+
     let document: Value = http()
         .get(format!("http://{}/openapi.json", main.addr))
         .send()

@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod cli_safety;
 mod connectors;
+mod console;
 mod crash;
 mod discord_bot;
 mod first_hour;
