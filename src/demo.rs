@@ -368,7 +368,7 @@ async fn run_in(
             server.addr
         )?;
         out.flush()?;
-        crate::console::interrupted().await?;
+        interrupted().await?;
     }
     server.stop().await;
     mock.stop().await;
@@ -469,4 +469,17 @@ fn landed(stats: &MockStats) -> (Vec<(&'static str, String)>, bool) {
         lines.push((name, line));
     }
     (lines, ok)
+}
+
+/// Resolves at Ctrl-C (SIGINT) or SIGTERM: how a person ends a demo that
+/// keeps its console open.
+pub async fn interrupted() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
 }

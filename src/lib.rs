@@ -9,7 +9,6 @@ pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod connector;
-pub mod console;
 pub mod demo;
 pub mod dispatch;
 pub mod domain;

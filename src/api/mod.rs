@@ -4,6 +4,7 @@
 mod alertmanager;
 pub mod auth;
 mod broadcasts;
+mod console;
 mod live;
 pub mod openapi;
 mod ops;
@@ -122,7 +123,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .route("/readyz", get(ops::readyz::<S>))
         .route("/metrics", get(ops::metrics::<S>))
         .route("/openapi.json", get(ops::openapi))
-        .merge(crate::console::router::<S>())
+        .merge(console::router::<S>())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -19,7 +19,8 @@ use axum::Router;
 use crate::api::{ApiError, AppState};
 use crate::store::Store;
 
-pub use whoami::WhoAmI;
+#[cfg(test)]
+use whoami::WhoAmI;
 
 /// The policy of every console response: only this origin's script, style,
 /// images and API; no inline script or style, no eval, no framing, no form
@@ -99,19 +100,6 @@ async fn asset(Path(file): Path<String>) -> Response {
         )
         .into_response(),
     }
-}
-
-/// Resolves at Ctrl-C (SIGINT) or SIGTERM: how a person ends a demo that
-/// keeps its console open.
-pub async fn interrupted() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
 }
 
 #[cfg(test)]
