@@ -19,7 +19,7 @@ pub(crate) fn client(
     timeout: Duration,
     connections_max: usize,
 ) -> reqwest::Result<reqwest::Client> {
-    super::http_client_builder()
+    super::shared::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout((timeout * 3 / 4).min(Duration::from_millis(CONNECT_TIMEOUT_MS_MAX)))

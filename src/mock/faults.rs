@@ -2,11 +2,9 @@
 //! (`PUT /_mock/faults`) and the faults file take, and their validation.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::serving_accepts;
 use crate::config::WebhookSecret;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -107,23 +105,6 @@ impl Faults {
         }
         Ok(())
     }
-
-    /// The checks that depend on where the faults apply: destination-only
-    /// options are refused elsewhere rather than silently ignored.
-    pub(crate) fn validate_for(&self, path: &str) -> Result<(), String> {
-        self.validate()?;
-        let accepts = |option: &str| serving_accepts(path.trim_end_matches('*'), option);
-        if self.slack_error.is_some() && !accepts("slack_error") {
-            return Err("slack_error: applies only under /slack/".to_owned());
-        }
-        if self.secret.is_some() && !accepts("secret") {
-            return Err("secret: applies only to generic webhook paths".to_owned());
-        }
-        if self.search_lag_ms > 0 && !accepts("search_lag_ms") {
-            return Err("search_lag_ms: applies only under /jira/".to_owned());
-        }
-        Ok(())
-    }
 }
 
 pub(super) fn validate_path(path: &str) -> Result<(), String> {
@@ -162,24 +143,4 @@ pub struct PathFaults {
 pub struct FaultsFile {
     #[serde(default)]
     pub paths: BTreeMap<String, Faults>,
-}
-
-impl FaultsFile {
-    pub fn load(path: &Path) -> Result<FaultsFile, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let file: FaultsFile =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        file.validate()
-            .map_err(|reason| format!("{}: {reason}", path.display()))?;
-        Ok(file)
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), String> {
-        for (name, faults) in &self.paths {
-            validate_path(name)
-                .and_then(|()| faults.validate_for(name))
-                .map_err(|reason| format!("paths.{name:?}.{reason}"))?;
-        }
-        Ok(())
-    }
 }

@@ -38,6 +38,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,10 +57,14 @@ use tokio::task::JoinHandle;
 use crate::clock::now_ms;
 
 // What each kind's emulation counts, where callers have always found it.
-mod faults;
+pub(crate) mod faults;
+
+pub(crate) mod shared;
 
 use faults::validate_path;
 pub use faults::{Faults, FaultsFile, PathFaults};
+pub use shared::PathStats;
+pub(crate) use shared::{json, Admission, Emulation, Fault, Incoming};
 
 pub use crate::kinds::discord::bot_mock::{DiscordBotStats, DiscordChannelStats};
 pub use crate::kinds::discord::mock::{DiscordStats, DiscordWebhookStats};
@@ -73,63 +78,10 @@ pub use crate::kinds::webhook::WebhookStats;
 /// beyond this are not kept.
 const ARRIVALS_KEPT_MAX: usize = 1_000;
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct PathStats {
-    /// Every request that reached the path, faulted or not.
-    pub requests: u64,
-    /// Requests recorded as delivered (accepted, duplicates and drops); on
-    /// destination routes, requests that reached the emulation.
-    pub receipts: u64,
-    /// Generic webhook: distinct idempotency keys recorded.
-    pub distinct: u64,
-    /// Generic webhook: receipts whose key had been recorded before.
-    pub duplicates: u64,
-    pub rate_limited: u64,
-    pub failed: u64,
-    pub dropped: u64,
-    pub bad_signature: u64,
-    /// Arrival times (ms since the epoch) of the first requests.
-    pub arrivals_ms: Vec<i64>,
-}
-
 impl MockStats {
     pub fn path(&self, path: &str) -> PathStats {
         self.paths.get(path).cloned().unwrap_or_default()
     }
-}
-
-/// One destination kind's emulation: its state, the paths it serves, its
-/// answers and its counters. Each kind implements it in its folder
-/// (`crate::kinds::<kind>`); the mock calls it through the list of kinds.
-pub(crate) trait Emulation: Default {
-    /// True when this emulation answers `path`.
-    fn serves(path: &str) -> bool;
-
-    /// False when the request must be refused for its signature before any
-    /// fault phase (only the generic webhook checks one).
-    fn signature_ok(_faults: &Faults, _incoming: &Incoming) -> bool {
-        true
-    }
-
-    /// Answers one admitted request; `path_stats` are the counters of its
-    /// path.
-    fn answer(
-        &mut self,
-        incoming: &Incoming,
-        admission: &Admission,
-        path_stats: &mut PathStats,
-    ) -> Response;
-
-    /// True when the fault option `option` (a [`Faults`] field that only
-    /// some destinations understand) applies to this emulation's paths.
-    fn accepts_fault_option(_option: &str) -> bool {
-        false
-    }
-
-    type Stats;
-
-    /// What this emulation counted, for `GET /_mock/stats`.
-    fn counted(&self) -> Self::Stats;
 }
 
 /// Generates, from the list of kinds, the mock's state (one emulation per
@@ -230,55 +182,6 @@ fn admitted<'p>(
         stats.receipts += 1;
     }
     (stats, hang_ms)
-}
-
-/// The fault chosen for one request.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Fault {
-    None,
-    RateLimit { retry_after_secs: u64 },
-    Fail { status: u16 },
-    SlackError { code: String },
-    Drop { hang_ms: u64 },
-    BadSignature,
-}
-
-/// What [`MockState::admit`] decided, with the faults in force.
-pub(crate) struct Admission {
-    pub fault: Fault,
-    pub faults: Faults,
-}
-
-/// One request as the emulations see it.
-pub(crate) struct Incoming {
-    pub method: Method,
-    pub path: String,
-    pub query: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub now_ms: i64,
-}
-
-impl Incoming {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// `http://host` as the client addressed us, for `self` links.
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.header("host").unwrap_or("localhost"))
-    }
-
-    pub fn query_pairs(&self) -> Vec<(String, String)> {
-        parse_form(&self.query)
-    }
-
-    pub fn query_param(&self, name: &str) -> Option<String> {
-        self.query_pairs()
-            .into_iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
-    }
 }
 
 /// Faults configured for a path (or prefix) and its phase counter.
@@ -421,62 +324,45 @@ impl MockState {
     }
 }
 
-/// A JSON answer.
-pub(crate) fn json(status: StatusCode, value: serde_json::Value) -> Response {
-    (status, Json(value)).into_response()
-}
-
-/// Decodes `a=1&b=x%20y` (query strings and form bodies).
-pub(crate) fn parse_form(text: &str) -> Vec<(String, String)> {
-    text.split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            byte => out.push(byte),
+// The checks that need the list of kinds live here, on top of the kinds,
+// so `faults.rs` stays a leaf the emulations can use.
+impl Faults {
+    /// The checks that depend on where the faults apply: destination-only
+    /// options are refused elsewhere rather than silently ignored.
+    pub(crate) fn validate_for(&self, path: &str) -> Result<(), String> {
+        self.validate()?;
+        let accepts = |option: &str| serving_accepts(path.trim_end_matches('*'), option);
+        if self.slack_error.is_some() && !accepts("slack_error") {
+            return Err("slack_error: applies only under /slack/".to_owned());
         }
-        i += 1;
+        if self.secret.is_some() && !accepts("secret") {
+            return Err("secret: applies only to generic webhook paths".to_owned());
+        }
+        if self.search_lag_ms > 0 && !accepts("search_lag_ms") {
+            return Err("search_lag_ms: applies only under /jira/".to_owned());
+        }
+        Ok(())
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `(year, month, day, hour, minute, second, millisecond)` in UTC.
-pub(crate) fn civil_utc(ms: i64) -> (i64, u32, u32, u32, u32, u32, u32) {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000) as u32;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400) as u32;
-    let (year, month, day) = crate::domain::civil_from_days(days);
-    (
-        year,
-        month,
-        day,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        millis,
-    )
+impl FaultsFile {
+    pub fn load(path: &Path) -> Result<FaultsFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file: FaultsFile =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        file.validate()
+            .map_err(|reason| format!("{}: {reason}", path.display()))?;
+        Ok(file)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        for (name, faults) in &self.paths {
+            validate_path(name)
+                .and_then(|()| faults.validate_for(name))
+                .map_err(|reason| format!("paths.{name:?}.{reason}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// The mock's routes; `state` is shared with [`RunningMock`].

@@ -1,3 +1,4 @@
+use super::shared::{civil_utc, parse_form};
 use super::testing::TestMock;
 use super::*;
 

@@ -27,10 +27,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::connector::{discord_execute_body, edit_first_message, embed};
+use super::connector::{
+    classify_discord_response, discord_execute_body, edit_first_message, embed,
+};
 use crate::config::Secret;
 use crate::connector::http::{exchange, Reply};
-use crate::connector::{classify_discord_response, Role, VerifyReport};
+use crate::connector::shared::{Role, VerifyReport};
 use crate::domain::ClaimedDelivery;
 use crate::domain::Outcome;
 

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::mock::{checked_body, discord_time, message_parts};
-use crate::mock::{Admission, Fault, Incoming};
+use crate::mock::shared::{Admission, Fault, Incoming};
 
 pub const PREFIX: &str = "/discord/api/v10/channels/";
 
@@ -93,11 +93,11 @@ pub(crate) struct DiscordBot {
 }
 
 fn error(status: StatusCode, code: u32, message: &str) -> Response {
-    crate::mock::json(status, json!({"code": code, "message": message}))
+    crate::mock::shared::json(status, json!({"code": code, "message": message}))
 }
 
 fn form_error(field: &str, code: &str, message: &str) -> Response {
-    crate::mock::json(
+    crate::mock::shared::json(
         StatusCode::BAD_REQUEST,
         json!({
             "code": 50035,
@@ -116,7 +116,7 @@ impl DiscordBot {
 
     pub(crate) fn handle(&mut self, incoming: &Incoming, admission: &Admission) -> Response {
         if let Fault::RateLimit { retry_after_secs } = admission.fault {
-            let mut response = crate::mock::json(
+            let mut response = crate::mock::shared::json(
                 StatusCode::TOO_MANY_REQUESTS,
                 json!({
                     "message": "You are being rate limited.",
@@ -249,7 +249,7 @@ impl DiscordBot {
             }) {
                 let answer = render(channel_id, first, true);
                 channel.nonce_replays += 1;
-                return crate::mock::json(StatusCode::OK, answer);
+                return crate::mock::shared::json(StatusCode::OK, answer);
             }
         }
         let id = self.snowflake(now_ms);
@@ -267,7 +267,7 @@ impl DiscordBot {
             edited_ms: None,
         });
         let message = channel.messages.last().expect("pushed");
-        crate::mock::json(StatusCode::OK, render(channel_id, message, true))
+        crate::mock::shared::json(StatusCode::OK, render(channel_id, message, true))
     }
 
     fn list(&self, incoming: &Incoming, channel_id: &str) -> Response {
@@ -314,7 +314,7 @@ impl DiscordBot {
             .into_iter()
             .map(|m| render(channel_id, m, false))
             .collect();
-        crate::mock::json(StatusCode::OK, Value::Array(answers))
+        crate::mock::shared::json(StatusCode::OK, Value::Array(answers))
     }
 
     fn message(&mut self, incoming: &Incoming, channel_id: &str, message_id: &str) -> Response {
@@ -348,7 +348,7 @@ impl DiscordBot {
             message.edited_ms = Some(incoming.now_ms);
             channel.edits += 1;
         }
-        crate::mock::json(
+        crate::mock::shared::json(
             StatusCode::OK,
             render(channel_id, &channel.messages[index], false),
         )
@@ -449,8 +449,8 @@ fn render(channel_id: &str, message: &Message, with_nonce: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mock::faults::Faults;
     use crate::mock::testing::{Answer, TestMock};
-    use crate::mock::Faults;
 
     const MESSAGES: &str = "/discord/api/v10/channels/555/messages";
     const BOT: (&str, &str) = ("authorization", "Bot tok");

@@ -40,7 +40,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::mock::{Admission, Fault, Incoming};
+use crate::mock::shared::{Admission, Fault, Incoming};
 
 pub const PREFIX: &str = "/discord/api/webhooks/";
 
@@ -120,7 +120,7 @@ pub(crate) struct Discord {
 }
 
 fn error(status: StatusCode, code: u32, message: &str) -> Response {
-    crate::mock::json(status, json!({"code": code, "message": message}))
+    crate::mock::shared::json(status, json!({"code": code, "message": message}))
 }
 
 /// Collects Discord's nested `errors` object.
@@ -194,7 +194,7 @@ pub(super) fn checked_body(
     };
     let errors = validate(&body);
     if !errors.0.is_empty() {
-        return Err(Box::new(crate::mock::json(
+        return Err(Box::new(crate::mock::shared::json(
             StatusCode::BAD_REQUEST,
             json!({"code": 50035, "message": "Invalid Form Body", "errors": errors.0}),
         )));
@@ -345,7 +345,7 @@ pub(super) fn message_parts(
 }
 
 pub(super) fn discord_time(ms: i64) -> String {
-    let (y, mo, d, h, mi, s, milli) = crate::mock::civil_utc(ms);
+    let (y, mo, d, h, mi, s, milli) = crate::mock::shared::civil_utc(ms);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}000+00:00")
 }
 
@@ -389,7 +389,7 @@ impl Discord {
         let webhook_id = segments.first().copied().unwrap_or("").to_owned();
         let now_ms = incoming.now_ms;
         if let Fault::RateLimit { retry_after_secs } = admission.fault {
-            let mut response = crate::mock::json(
+            let mut response = crate::mock::shared::json(
                 StatusCode::TOO_MANY_REQUESTS,
                 json!({
                     "code": 0,
@@ -435,7 +435,7 @@ impl Discord {
             _ => return error(StatusCode::NOT_FOUND, 0, "404: Not Found"),
         };
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
-            return crate::mock::json(
+            return crate::mock::shared::json(
                 StatusCode::BAD_REQUEST,
                 json!({
                     "code": 50035,
@@ -474,7 +474,7 @@ impl Discord {
             (&Method::POST, []) => self.execute(incoming, id, thread_id),
             (&Method::GET, []) => {
                 let hook = &self.hooks[id];
-                crate::mock::json(
+                crate::mock::shared::json(
                     StatusCode::OK,
                     json!({
                         "id": id,
@@ -552,7 +552,7 @@ impl Discord {
             .is_some_and(|w| w.eq_ignore_ascii_case("true") || w == "1");
         if wait {
             let message = hook.messages.last().expect("pushed");
-            crate::mock::json(StatusCode::OK, render(id, message))
+            crate::mock::shared::json(StatusCode::OK, render(id, message))
         } else {
             StatusCode::NO_CONTENT.into_response()
         }
@@ -608,7 +608,7 @@ impl Discord {
             message.edited_ms = Some(incoming.now_ms);
             hook.edits += 1;
         }
-        crate::mock::json(StatusCode::OK, render(id, &hook.messages[index]))
+        crate::mock::shared::json(StatusCode::OK, render(id, &hook.messages[index]))
     }
 
     pub(crate) fn stats(&self) -> DiscordStats {

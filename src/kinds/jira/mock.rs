@@ -37,7 +37,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::mock::{Admission, Fault, Incoming};
+use crate::mock::shared::{Admission, Fault, Incoming};
 
 pub const PREFIX: &str = "/jira/";
 const API: &str = "/jira/rest/api/3/";
@@ -175,7 +175,7 @@ impl JiraError {
     }
 
     fn into_response(self) -> Response {
-        crate::mock::json(
+        crate::mock::shared::json(
             self.status,
             json!({"errorMessages": self.messages, "errors": self.errors}),
         )
@@ -185,7 +185,7 @@ impl JiraError {
 type JiraResult = Result<Response, JiraError>;
 
 fn jira_time(ms: i64) -> String {
-    let (y, mo, d, h, mi, s, milli) = crate::mock::civil_utc(ms);
+    let (y, mo, d, h, mi, s, milli) = crate::mock::shared::civil_utc(ms);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}+0000")
 }
 
@@ -268,7 +268,7 @@ impl Jira {
             (Method::POST, ["issue"]) => self.create(incoming, search_lag_ms),
             (Method::GET, ["issue", key]) => {
                 let issue = self.find(key)?;
-                Ok(crate::mock::json(
+                Ok(crate::mock::shared::json(
                     StatusCode::OK,
                     render_issue(issue, &incoming.base_url(), None),
                 ))
@@ -277,7 +277,7 @@ impl Jira {
             (Method::GET, ["issue", key, "comment"]) => {
                 let issue = self.find(key)?;
                 let base = incoming.base_url();
-                Ok(crate::mock::json(
+                Ok(crate::mock::shared::json(
                     StatusCode::OK,
                     render_comments(issue, &base),
                 ))
@@ -288,14 +288,14 @@ impl Jira {
                 let transitions: Vec<Value> = (0..WORKFLOW.len())
                     .map(|i| render_transition(i, &base))
                     .collect();
-                Ok(crate::mock::json(
+                Ok(crate::mock::shared::json(
                     StatusCode::OK,
                     json!({"expand": "transitions", "transitions": transitions}),
                 ))
             }
             (Method::POST, ["issue", key, "transitions"]) => self.transition(incoming, key),
             (Method::GET | Method::POST, ["search", "jql"]) => self.search(incoming),
-            (Method::GET, ["myself"]) => Ok(crate::mock::json(
+            (Method::GET, ["myself"]) => Ok(crate::mock::shared::json(
                 StatusCode::OK,
                 json!({
                     "accountId": "5b10ac8d82e05b22cc7d4ef5",
@@ -439,7 +439,7 @@ impl Jira {
             "self": issue_url(&incoming.base_url(), issue.id),
         });
         self.issues.push(issue);
-        Ok(crate::mock::json(StatusCode::CREATED, answer))
+        Ok(crate::mock::shared::json(StatusCode::CREATED, answer))
     }
 
     fn comment(&mut self, incoming: &Incoming, key: &str) -> JiraResult {
@@ -464,7 +464,7 @@ impl Jira {
             created_ms: incoming.now_ms,
         });
         let comment = issue.comments.last().expect("pushed");
-        Ok(crate::mock::json(
+        Ok(crate::mock::shared::json(
             StatusCode::CREATED,
             render_comment(issue.id, comment, &incoming.base_url()),
         ))
@@ -550,7 +550,7 @@ impl Jira {
         if !is_last {
             answer["nextPageToken"] = json!((offset + max_results).to_string());
         }
-        Ok(crate::mock::json(StatusCode::OK, answer))
+        Ok(crate::mock::shared::json(StatusCode::OK, answer))
     }
 
     pub(crate) fn stats(&self) -> JiraStats {

@@ -28,7 +28,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::mock::{Admission, Fault, Incoming};
+use crate::mock::shared::{Admission, Fault, Incoming};
 
 pub const PREFIX: &str = "/pagerduty/";
 const ENQUEUE_PATH: &str = "/pagerduty/v2/enqueue";
@@ -68,7 +68,7 @@ pub(crate) struct PagerDuty {
 }
 
 fn invalid(errors: Vec<String>) -> Response {
-    crate::mock::json(
+    crate::mock::shared::json(
         StatusCode::BAD_REQUEST,
         json!({"status": "invalid event", "message": "Event object is invalid", "errors": errors}),
     )
@@ -172,18 +172,21 @@ impl PagerDuty {
             Fault::Fail { status } => {
                 let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
                 let reason = status.canonical_reason().unwrap_or("Error");
-                return crate::mock::json(status, json!({"status": "error", "message": reason}));
+                return crate::mock::shared::json(
+                    status,
+                    json!({"status": "error", "message": reason}),
+                );
             }
             _ => {}
         }
         if incoming.path != ENQUEUE_PATH {
-            return crate::mock::json(
+            return crate::mock::shared::json(
                 StatusCode::NOT_FOUND,
                 json!({"status": "Not found", "message": "Not found"}),
             );
         }
         if incoming.method != Method::POST {
-            return crate::mock::json(
+            return crate::mock::shared::json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"status": "Method not allowed", "message": "Use POST"}),
             );
@@ -191,7 +194,7 @@ impl PagerDuty {
         let event: Value = match serde_json::from_slice(&incoming.body) {
             Ok(Value::Object(event)) => Value::Object(event),
             _ => {
-                return crate::mock::json(
+                return crate::mock::shared::json(
                     StatusCode::BAD_REQUEST,
                     json!({
                         "status": "Unrecognized object",
@@ -214,7 +217,7 @@ impl PagerDuty {
             .map(str::to_owned)
             .unwrap_or_else(generated_dedup_key);
         self.apply(&dedup_key, &action, &event);
-        crate::mock::json(
+        crate::mock::shared::json(
             StatusCode::ACCEPTED,
             json!({"status": "success", "message": "Event processed", "dedup_key": dedup_key}),
         )
@@ -264,8 +267,8 @@ impl PagerDuty {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mock::faults::Faults;
     use crate::mock::testing::{Answer, TestMock};
-    use crate::mock::Faults;
 
     const ROUTING_KEY: &str = "e93facc04764012d7bfb002500d5d1a6";
 

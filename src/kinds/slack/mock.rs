@@ -42,7 +42,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::mock::{Admission, Fault, Incoming};
+use crate::mock::shared::{Admission, Fault, Incoming};
 
 pub const PREFIX: &str = "/slack/api/";
 
@@ -169,7 +169,7 @@ impl Params {
             {
                 let text = std::str::from_utf8(&incoming.body).map_err(|_| "invalid_charset")?;
                 map.extend(
-                    crate::mock::parse_form(text)
+                    crate::mock::shared::parse_form(text)
                         .into_iter()
                         .map(|(k, v)| (k, Value::String(v))),
                 );
@@ -276,20 +276,20 @@ fn ok(mut body: Value) -> Value {
 
 fn answer(result: SlackResult) -> Response {
     match result {
-        Ok(body) => crate::mock::json(StatusCode::OK, body),
+        Ok(body) => crate::mock::shared::json(StatusCode::OK, body),
         Err(code) => error(code),
     }
 }
 
 fn error(code: &str) -> Response {
-    crate::mock::json(StatusCode::OK, json!({"ok": false, "error": code}))
+    crate::mock::shared::json(StatusCode::OK, json!({"ok": false, "error": code}))
 }
 
 impl Slack {
     pub(crate) fn handle(&mut self, incoming: &Incoming, admission: &Admission) -> Response {
         match &admission.fault {
             Fault::RateLimit { retry_after_secs } => {
-                let mut response = crate::mock::json(
+                let mut response = crate::mock::shared::json(
                     StatusCode::TOO_MANY_REQUESTS,
                     json!({"ok": false, "error": "ratelimited"}),
                 );
@@ -305,7 +305,7 @@ impl Slack {
                 } else {
                     "fatal_error"
                 };
-                return crate::mock::json(status, json!({"ok": false, "error": code}));
+                return crate::mock::shared::json(status, json!({"ok": false, "error": code}));
             }
             Fault::SlackError { code }
                 if !matches!(code.as_str(), "internal_error" | "fatal_error") =>

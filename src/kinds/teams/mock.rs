@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::mock::{Admission, Fault, Incoming};
+use crate::mock::shared::{Admission, Fault, Incoming};
 
 pub const PREFIX: &str = "/teams/";
 
@@ -86,7 +86,7 @@ pub(crate) struct Teams {
 }
 
 fn service_error(status: StatusCode, code: &str, message: &str) -> Response {
-    crate::mock::json(status, json!({"error": {"code": code, "message": message}}))
+    crate::mock::shared::json(status, json!({"error": {"code": code, "message": message}}))
 }
 
 fn check_required(object: &Value, kind: &str, required: &[&str], at: &str) -> Result<(), String> {
@@ -313,8 +313,8 @@ impl Teams {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mock::faults::Faults;
     use crate::mock::testing::{Answer, TestMock};
-    use crate::mock::Faults;
 
     const WORKFLOW: &str = "/teams/workflows/ops";
 

@@ -12,7 +12,8 @@ use serde_json::json;
 
 use super::signature::sign_webhook;
 use crate::config::WebhookSecret;
-use crate::mock::{Admission, Fault, Faults, Incoming, PathStats};
+use crate::mock::faults::Faults;
+use crate::mock::shared::{Admission, Fault, Incoming, PathStats};
 
 /// Distinct keys remembered per path; enough for the benchmarks' bursts.
 const KEYS_PER_PATH_MAX: usize = 4_000_000;
@@ -40,13 +41,13 @@ impl Webhook {
                     .into_response();
             }
             Fault::Fail { status } => {
-                return crate::mock::json(
+                return crate::mock::shared::json(
                     StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
                     json!({"error": "injected failure"}),
                 );
             }
             Fault::BadSignature => {
-                return crate::mock::json(
+                return crate::mock::shared::json(
                     StatusCode::UNAUTHORIZED,
                     json!({"error": "invalid webhook-signature"}),
                 );
@@ -76,7 +77,7 @@ impl Webhook {
         } else {
             stats.distinct += 1;
         }
-        crate::mock::json(
+        crate::mock::shared::json(
             StatusCode::OK,
             json!({"received": true, "duplicate": duplicate}),
         )

@@ -17,7 +17,8 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Target;
-use crate::mock::{Admission, Emulation, Faults, Incoming, PathStats};
+use crate::mock::faults::Faults;
+use crate::mock::shared::{Admission, Emulation, Incoming, PathStats};
 
 impl connector::WebhookConnector {
     /// The connector of a webhook target; `None` for another kind's.

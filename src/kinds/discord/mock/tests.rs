@@ -1,6 +1,6 @@
 use super::*;
+use crate::mock::faults::Faults;
 use crate::mock::testing::{Answer, TestMock};
-use crate::mock::Faults;
 
 const HOOK: &str = "/discord/api/webhooks/123456/tok";
 const JSON: (&str, &str) = ("content-type", "application/json");

@@ -1,6 +1,6 @@
 use super::*;
+use crate::mock::faults::Faults;
 use crate::mock::testing::{Answer, TestMock};
-use crate::mock::Faults;
 
 /// `base64("ops@example.com:token")`.
 const AUTH: (&str, &str) = ("authorization", "Basic b3BzQGV4YW1wbGUuY29tOnRva2Vu");

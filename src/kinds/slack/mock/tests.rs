@@ -1,6 +1,6 @@
 use super::*;
+use crate::mock::faults::Faults;
 use crate::mock::testing::{Answer, TestMock};
-use crate::mock::Faults;
 
 const AUTH: (&str, &str) = ("authorization", "Bearer xoxb-test");
 const JSON: (&str, &str) = ("content-type", "application/json; charset=utf-8");
