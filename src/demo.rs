@@ -285,6 +285,7 @@ async fn run_in(workdir: &std::path::Path, out: &mut impl Write) -> anyhow::Resu
             thread: Some("INC-42".into()),
             resolved,
             destinations: names.clone(),
+            ..SendRequest::default()
         };
         let broadcast = client.send(&request).await?;
         writeln!(

@@ -1347,6 +1347,7 @@ mod tests {
                     id: id.clone(),
                     message,
                     created_at_ms,
+                    routes: Vec::new(),
                     deliveries: vec![crate::store::NewDelivery {
                         destination: "d".into(),
                         policy: destination.policy,
@@ -1446,6 +1447,7 @@ mod tests {
                         id: crate::domain::new_broadcast_id(created_at_ms, &mut rand::rng()),
                         message: crate::domain::Message::new("INC-1", "", severity, None).unwrap(),
                         created_at_ms,
+                        routes: Vec::new(),
                         deliveries: vec![crate::store::NewDelivery {
                             destination: "d".into(),
                             policy,

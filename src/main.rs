@@ -95,12 +95,28 @@ enum Command {
     },
     /// Send a message to destinations.
     #[command(
-        after_help = "Example:\n  herald send --to ops-webhook --to slack --severity P1 --thread INC-42 \\\n      --title \"INC-42: checkout database down\" --body \"Orders are failing\" --wait"
+        after_help = "Examples:\n  herald send --to ops-webhook --to slack --severity P1 --thread INC-42 \\\n      --title \"INC-42: checkout database down\" --body \"Orders are failing\" --wait\n  herald send --severity P1 --label team=payments --label environment=production \\\n      --field \"Region=eu-west-1\" --link \"Runbook=https://wiki.example/db\" \\\n      --source deploy-bot --summary \"checkout DB down\" --title \"Checkout database down\""
     )]
     Send {
-        /// A destination name; repeat for several.
-        #[arg(long = "to", required = true)]
+        /// A destination or group name; repeat for several. None: the
+        /// config's [[routes]] pick the destinations.
+        #[arg(long = "to")]
         to: Vec<String>,
+        /// A label NAME=VALUE (service, environment, team); repeat.
+        #[arg(long = "label", value_name = "NAME=VALUE", value_parser = herald::client::parse_label)]
+        labels: Vec<(String, String)>,
+        /// A link TEXT=URL (http or https: runbook, dashboard); repeat.
+        #[arg(long = "link", value_name = "TEXT=URL", value_parser = herald::client::parse_link)]
+        links: Vec<herald::domain::Link>,
+        /// A field NAME=VALUE shown as a fact, in order; repeat.
+        #[arg(long = "field", value_name = "NAME=VALUE", value_parser = herald::client::parse_field)]
+        fields: Vec<herald::domain::Field>,
+        /// Who sends it (routes can match on it).
+        #[arg(long)]
+        source: Option<String>,
+        /// Short text for SMS and push.
+        #[arg(long)]
+        summary: Option<String>,
         /// The message's title, one line.
         #[arg(long)]
         title: String,
@@ -596,6 +612,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Send {
             to,
+            labels,
+            links,
+            fields,
+            source,
+            summary,
             title,
             body,
             severity,
@@ -616,6 +637,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 thread,
                 resolved,
                 destinations: to,
+                labels: labels.into_iter().collect(),
+                links,
+                fields,
+                source,
+                summary,
             };
             let key = idempotency_key.unwrap_or_else(herald::client::new_idempotency_key);
             let accepted = client

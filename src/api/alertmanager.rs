@@ -318,6 +318,7 @@ pub(super) async fn ingest<S: Store>(
         Intent {
             message,
             destinations,
+            routes: Vec::new(),
         },
         Some(ingest),
     )

@@ -41,6 +41,8 @@ const PREFIX_CANDIDATES_MAX: usize = 10;
 pub(super) struct Intent {
     pub message: Message,
     pub destinations: Vec<String>,
+    /// The routes that picked `destinations`; empty when named.
+    pub routes: Vec<String>,
 }
 
 impl Intent {
@@ -55,11 +57,13 @@ impl Intent {
             severity,
             request.thread.as_deref(),
         )?
-        .resolving(request.resolved)?;
+        .resolving(request.resolved)?
+        .with_details(request.details())?;
         check_destinations(app, &request.destinations, "destinations")?;
         Ok(Intent {
             message,
             destinations: request.destinations.clone(),
+            routes: Vec::new(),
         })
     }
 }
@@ -348,6 +352,7 @@ async fn accept_now<S: Store>(
         id: new_broadcast_id(created_at_ms, &mut rand::rng()),
         message: intent.message,
         created_at_ms,
+        routes: intent.routes.clone(),
         deliveries,
         ingest_key,
     };
@@ -381,6 +386,7 @@ async fn accept_now<S: Store>(
         id: id.clone(),
         message,
         created_at_ms,
+        routes: intent.routes,
         deliveries: inserted
             .into_iter()
             .map(|d| DeliveryView {

@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 use super::pause::PAUSE_REASON_CHARS_MAX;
 use crate::domain::{
     BODY_BYTES_MAX, BROADCAST_ID_CHARS, BROADCAST_ID_PREFIX_CHARS_MIN,
-    DESTINATIONS_PER_BROADCAST_MAX, THREAD_CHARS_MAX, TITLE_CHARS_MAX,
+    DESTINATIONS_PER_BROADCAST_MAX, FIELDS_MAX, FIELD_NAME_CHARS_MAX, FIELD_VALUE_CHARS_MAX,
+    LABELS_MAX, LABEL_NAME_CHARS_MAX, LABEL_VALUE_CHARS_MAX, LINKS_MAX, LINK_TEXT_CHARS_MAX,
+    LINK_URL_CHARS_MAX, SOURCE_CHARS_MAX, SUMMARY_CHARS_MAX, THREAD_CHARS_MAX, TITLE_CHARS_MAX,
 };
 
 /// What Rust's `str::trim` strips (Unicode White_Space), as a regex class
@@ -43,6 +45,60 @@ fn text() -> Value {
 /// A string map (labels, annotations) without U+0000 in keys or values.
 fn text_map() -> Value {
     json!({"type": "object", "propertyNames": text(), "additionalProperties": text()})
+}
+
+/// A link's URL as `domain::check_url` takes it: http or https in any
+/// case, a host without whitespace, control characters or `/?#@\`, then
+/// optionally a path, query or fragment without whitespace or control
+/// characters.
+fn link_url_pattern() -> String {
+    let plain = format!("{CONTROL}{TRIMMED}");
+    format!("^[Hh][Tt][Tt][Pp][Ss]?://[^{plain}/?#@\\\\]+([/?#][^{plain}]*)?$")
+}
+
+/// The request's labels, links, fields, source and summary (see
+/// `domain/details.rs` for the limits).
+fn details_properties() -> Value {
+    json!({
+        "labels": {"type": "object", "maxProperties": LABELS_MAX,
+            "propertyNames": {"type": "string", "pattern": format!("^[A-Za-z_][A-Za-z0-9_.-]{{0,{}}}$", LABEL_NAME_CHARS_MAX - 1)},
+            "additionalProperties": {"type": "string", "maxLength": LABEL_VALUE_CHARS_MAX, "pattern": format!("^[^{CONTROL}]*$")},
+            "examples": [{"service": "checkout", "environment": "production"}],
+            "description": format!("String map matched by routes: at most {LABELS_MAX}; names of A-Z a-z 0-9 _ . - starting with a letter or _ (1 to {LABEL_NAME_CHARS_MAX}); values up to {LABEL_VALUE_CHARS_MAX} characters without control characters. A bad one is a 400 naming `labels` or `labels.NAME`")},
+        "links": {"type": "array", "maxItems": LINKS_MAX, "items": {"$ref": "#/components/schemas/Link"},
+            "description": format!("Runbook, dashboard, incident page: at most {LINKS_MAX}; a bad one is a 400 naming `links[i].text` or `links[i].url`")},
+        "fields": {"type": "array", "maxItems": FIELDS_MAX, "items": {"$ref": "#/components/schemas/Field"},
+            "description": format!("Ordered name/value facts: at most {FIELDS_MAX}; a bad one is a 400 naming `fields[i].name` or `fields[i].value`")},
+        "source": {"type": "string", "pattern": trimmed_text_pattern(SOURCE_CHARS_MAX, CONTROL, true), "description": format!("Who sends it (routes match on it). Trimmed, then at most {SOURCE_CHARS_MAX} characters without control characters; blank means none")},
+        "summary": {"type": "string", "pattern": trimmed_text_pattern(SUMMARY_CHARS_MAX, CONTROL, true), "description": format!("Short text for SMS and push. Trimmed, then at most {SUMMARY_CHARS_MAX} characters without control characters; blank means none")}
+    })
+}
+
+/// `Link` and `Field`, as requests give them (and broadcasts show them,
+/// trimmed).
+fn details_schemas() -> Value {
+    json!({
+        "Link": {"type": "object", "required": ["text", "url"], "additionalProperties": false, "properties": {
+            "text": {"type": "string", "minLength": 1, "pattern": trimmed_text_pattern(LINK_TEXT_CHARS_MAX, CONTROL, false), "description": format!("Trimmed, then 1 to {LINK_TEXT_CHARS_MAX} characters without control characters")},
+            "url": {"type": "string", "maxLength": LINK_URL_CHARS_MAX, "pattern": link_url_pattern(), "examples": ["https://runbooks.example/checkout-db"], "description": format!("http:// or https:// only, at most {LINK_URL_CHARS_MAX} characters, no whitespace (encode it), no credentials (user@host)")}
+        }},
+        "Field": {"type": "object", "required": ["name", "value"], "additionalProperties": false, "properties": {
+            "name": {"type": "string", "minLength": 1, "pattern": trimmed_text_pattern(FIELD_NAME_CHARS_MAX, CONTROL, false), "description": format!("Trimmed, then 1 to {FIELD_NAME_CHARS_MAX} characters without control characters")},
+            "value": {"type": "string", "minLength": 1, "pattern": trimmed_text_pattern(FIELD_VALUE_CHARS_MAX, CONTROL, false), "description": format!("Trimmed, then 1 to {FIELD_VALUE_CHARS_MAX} characters without control characters")}
+        }}
+    })
+}
+
+/// What a broadcast shows of its message details and routing.
+fn broadcast_details_properties() -> Value {
+    json!({
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "links": {"type": "array", "items": {"$ref": "#/components/schemas/Link"}},
+        "fields": {"type": "array", "items": {"$ref": "#/components/schemas/Field"}},
+        "source": {"type": ["string", "null"]},
+        "summary": {"type": ["string", "null"]},
+        "routes": {"type": "array", "items": {"type": "string"}, "description": "The routes that picked the destinations, in match order (`default`: the default route); empty when the request named them. Recorded at accept: a reload never changes them"}
+    })
 }
 
 /// `P1`..`P5` and the words the server takes for them, in any ASCII case,
@@ -411,6 +467,24 @@ pub fn document() -> Value {
     ) {
         schemas.extend(more);
     }
+    if let (Some(schemas), Value::Object(more)) = (
+        document["components"]["schemas"].as_object_mut(),
+        details_schemas(),
+    ) {
+        schemas.extend(more);
+    }
+    for (schema, extra) in [
+        ("SendRequest", details_properties()),
+        ("Broadcast", broadcast_details_properties()),
+        ("ActionResult", broadcast_details_properties()),
+    ] {
+        if let (Some(properties), Value::Object(more)) = (
+            document["components"]["schemas"][schema]["properties"].as_object_mut(),
+            extra,
+        ) {
+            properties.extend(more);
+        }
+    }
     document
 }
 
@@ -418,6 +492,7 @@ pub fn document() -> Value {
 mod tests {
     use super::*;
     use crate::api::wire::*;
+    use crate::domain::{Field, Link};
 
     fn properties(schema: &str) -> Vec<String> {
         let doc = document();
@@ -517,6 +592,12 @@ mod tests {
             severity: String::new(),
             thread: None,
             resolved: false,
+            labels: Default::default(),
+            links: vec![],
+            fields: vec![],
+            source: None,
+            summary: None,
+            routes: vec![],
             created_at: String::new(),
             status: String::new(),
             deliveries: vec![],
@@ -561,7 +642,18 @@ mod tests {
             severity: Some(String::new()),
             thread: Some(String::new()),
             resolved: true,
-            destinations: vec![],
+            destinations: vec!["x".into()],
+            labels: [("k".into(), "v".into())].into(),
+            links: vec![Link {
+                text: "t".into(),
+                url: "https://x".into(),
+            }],
+            fields: vec![Field {
+                name: "n".into(),
+                value: "v".into(),
+            }],
+            source: Some(String::new()),
+            summary: Some(String::new()),
         };
         assert_eq!(properties("SendRequest"), fields(&send));
         assert_eq!(

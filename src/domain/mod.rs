@@ -4,6 +4,7 @@
 
 mod backoff;
 mod delivery;
+mod details;
 mod isolation;
 mod message;
 mod outcome;
@@ -13,6 +14,11 @@ pub use backoff::{retry_delay_ms, RetryPolicy};
 pub use delivery::{
     derive_status, BroadcastStatus, DeliveryProgress, DeliveryState, Event, Transition,
     TransitionError, Verification,
+};
+pub use details::{
+    check_url, Field, Link, MessageDetails, FIELDS_MAX, FIELD_NAME_CHARS_MAX,
+    FIELD_VALUE_CHARS_MAX, LABELS_MAX, LABEL_NAME_CHARS_MAX, LABEL_VALUE_CHARS_MAX, LINKS_MAX,
+    LINK_TEXT_CHARS_MAX, LINK_URL_CHARS_MAX, SOURCE_CHARS_MAX, SUMMARY_CHARS_MAX,
 };
 pub use isolation::{
     Isolation, DEFAULT_BREAKER_COOLDOWN_MS, DEFAULT_BREAKER_FAILURES, DEFAULT_LEASE_MS,

@@ -204,6 +204,13 @@ ALTER TABLE destination_state
     r#"
 CREATE INDEX ingest_keys_broadcast ON ingest_keys (broadcast_id);
 "#,
+    // A message's labels, links, fields, source and summary (one JSON
+    // text, NULL when it has none) and the routes that picked its
+    // destinations (a JSON array, NULL when the caller named them): both
+    // written once with the broadcast, never changed.
+    r#"
+ALTER TABLE broadcasts ADD COLUMN details TEXT, ADD COLUMN routes TEXT;
+"#,
 ];
 
 /// The earliest due time among the deliveries of `$destination` (an SQL
@@ -965,16 +972,25 @@ const THREAD_REF_SQL: &str = "SELECT remote_ref FROM deliveries
      WHERE destination = $1 AND thread_key = $2 AND id < $3 AND remote_ref IS NOT NULL
      ORDER BY id LIMIT 1";
 
-fn message_from_row(row: &Row, first: usize, resolved: usize) -> Result<Message, StoreError> {
+/// Reads title, body, severity and thread from `first` on, the resolved
+/// flag from column `resolved` and the details (JSON) from `details`.
+fn message_from_row(
+    row: &Row,
+    first: usize,
+    resolved: usize,
+    details: usize,
+) -> Result<Message, StoreError> {
     let title: String = row.try_get(first)?;
     let body: String = row.try_get(first + 1)?;
     let severity: String = row.try_get(first + 2)?;
     let thread: Option<String> = row.try_get(first + 3)?;
     let resolved: bool = row.try_get(resolved)?;
-    Severity::parse(&severity)
+    let details: Option<String> = row.try_get(details)?;
+    let message = Severity::parse(&severity)
         .and_then(|severity| Message::new(&title, &body, severity, thread.as_deref()))
         .and_then(|message| message.resolving(resolved))
-        .map_err(|e| corrupt(format!("stored message is invalid: {e}")))
+        .map_err(|e| corrupt(format!("stored message is invalid: {e}")))?;
+    super::with_stored_details(message, details.as_deref())
 }
 
 /// Serializes, per thread, the decisions of thread order: whether a new
@@ -1227,7 +1243,10 @@ async fn insert_batch(
     let (mut ids, mut titles, mut bodies, mut severities, mut threads, mut created) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut resolved = Vec::with_capacity(batch.len());
+    let (mut details, mut routes) = (vec![], vec![]);
     for new in batch {
+        details.push(super::details_json(&new.message));
+        routes.push(super::routes_json(&new.routes));
         resolved.push(new.message.resolved());
         ids.push(new.id.as_str());
         titles.push(new.message.title());
@@ -1238,11 +1257,15 @@ async fn insert_batch(
     }
     let inserted = tx
         .execute(
-            "INSERT INTO broadcasts (id, title, body, severity, thread_key, created_at_ms, resolved)
+            "INSERT INTO broadcasts (id, title, body, severity, thread_key, created_at_ms, resolved,
+                 details, routes)
              SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
-                                  $6::BIGINT[], $7::BOOL[])
+                                  $6::BIGINT[], $7::BOOL[], $8::TEXT[], $9::TEXT[])
              ON CONFLICT (id) DO NOTHING",
-            &[&ids, &titles, &bodies, &severities, &threads, &created, &resolved],
+            &[
+                &ids, &titles, &bodies, &severities, &threads, &created, &resolved, &details,
+                &routes,
+            ],
         )
         .await?;
     if inserted as usize != batch.len() {
@@ -1548,7 +1571,8 @@ async fn claim_due(
                          WHERE r.destination = d.destination AND r.thread_key = d.thread_key
                            AND r.id < d.id AND r.remote_ref IS NOT NULL
                          ORDER BY r.id LIMIT 1)
-                    END
+                    END,
+                    b.details
              FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
              WHERE d.destination = $1 AND d.priority <= $2 AND d.due_at_ms IS NOT NULL
                AND d.lease_owner IS NULL AND d.due_at_ms <= $3
@@ -1567,7 +1591,7 @@ async fn claim_due(
             destination: destination.to_owned(),
             idempotency_key: row.try_get(2)?,
             progress: progress_from_row(row, 3)?,
-            message: message_from_row(row, 9, 15)?,
+            message: message_from_row(row, 9, 15, 18)?,
             broadcast_created_at_ms: row.try_get(13)?,
             last_error: row.try_get(14)?,
             lease_epoch: 0,
@@ -2184,7 +2208,7 @@ async fn read_broadcast(
 ) -> Result<Option<BroadcastView>, StoreError> {
     let Some(head) = client
         .query_opt(
-            "SELECT title, body, severity, thread_key, created_at_ms, resolved
+            "SELECT title, body, severity, thread_key, created_at_ms, resolved, details, routes
              FROM broadcasts WHERE id = $1",
             &[&id],
         )
@@ -2192,7 +2216,8 @@ async fn read_broadcast(
     else {
         return Ok(None);
     };
-    let message = message_from_row(&head, 0, 5)?;
+    let message = message_from_row(&head, 0, 5, 6)?;
+    let routes = super::routes_from_json(head.try_get::<_, Option<String>>(7)?.as_deref())?;
     let created_at_ms: i64 = head.try_get(4)?;
     let rows = client
         .query(
@@ -2257,6 +2282,7 @@ async fn read_broadcast(
         id: id.to_owned(),
         message,
         created_at_ms,
+        routes,
         deliveries,
     }))
 }

@@ -291,6 +291,14 @@ CREATE TABLE destination_pauses (
     r#"
 CREATE INDEX ingest_keys_broadcast ON ingest_keys (broadcast_id);
 "#,
+    // A message's labels, links, fields, source and summary (one JSON
+    // text, NULL when it has none) and the routes that picked its
+    // destinations (a JSON array, NULL when the caller named them): both
+    // written once with the broadcast, never changed.
+    r#"
+ALTER TABLE broadcasts ADD COLUMN details TEXT;
+ALTER TABLE broadcasts ADD COLUMN routes TEXT;
+"#,
 ];
 
 /// What later messages of a thread attach to: the reference of the first
@@ -919,8 +927,9 @@ fn insert_broadcast(
     let message = &new.message;
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO broadcasts (id, title, body, severity, thread_key, created_at_ms, resolved)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO broadcasts (id, title, body, severity, thread_key, created_at_ms, resolved,
+                 details, routes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
         )?
         .execute(params![
             new.id,
@@ -929,7 +938,9 @@ fn insert_broadcast(
             message.severity().as_str(),
             message.thread(),
             new.created_at_ms,
-            message.resolved()
+            message.resolved(),
+            super::details_json(message),
+            super::routes_json(&new.routes),
         ])?;
     if inserted == 0 {
         return Err(StoreError::DuplicateBroadcast(new.id.clone()));
@@ -1051,22 +1062,25 @@ fn progress_from_row(
     }))
 }
 
-/// Reads title, body, severity and thread from `first` on, and the resolved
-/// flag from column `resolved`.
+/// Reads title, body, severity and thread from `first` on, the resolved
+/// flag from column `resolved` and the details (JSON) from `details`.
 fn message_from_row(
     row: &Row,
     first: usize,
     resolved: usize,
+    details: usize,
 ) -> rusqlite::Result<Result<Message, StoreError>> {
     let title: String = row.get(first)?;
     let body: String = row.get(first + 1)?;
     let severity: String = row.get(first + 2)?;
     let thread: Option<String> = row.get(first + 3)?;
     let resolved: bool = row.get(resolved)?;
+    let details: Option<String> = row.get(details)?;
     Ok(Severity::parse(&severity)
         .and_then(|severity| Message::new(&title, &body, severity, thread.as_deref()))
         .and_then(|message| message.resolving(resolved))
-        .map_err(|e| StoreError::Corrupt(format!("stored message is invalid: {e}"))))
+        .map_err(|e| StoreError::Corrupt(format!("stored message is invalid: {e}")))
+        .and_then(|message| super::with_stored_details(message, details.as_deref())))
 }
 
 /// How many deliveries are unfinished, through their partial index (the
@@ -1111,7 +1125,7 @@ fn earliest_due(conn: &Connection, destination: &str) -> rusqlite::Result<Option
 const CLAIM_SQL: &str = "SELECT d.id, d.broadcast_id,
         d.state, d.attempts_made, d.attempts_max, d.due_at_ms, d.deadline_at_ms, d.possible_duplicate,
         b.title, b.body, b.severity, b.thread_key, b.created_at_ms, d.last_error,
-        b.resolved, d.remote_ref, d.lease_epoch
+        b.resolved, d.remote_ref, d.lease_epoch, b.details
      FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
      WHERE d.destination = ?1 AND d.priority = ?2 AND d.due_at_ms IS NOT NULL AND d.leased = 0
        AND d.due_at_ms <= ?3
@@ -1150,7 +1164,7 @@ fn claim_due(
                 broadcast_id,
                 destination: destination.to_owned(),
                 progress,
-                message: message_from_row(row, 8, 14)??,
+                message: message_from_row(row, 8, 14, 17)??,
                 broadcast_created_at_ms: row.get(12)?,
                 last_error: row.get(13)?,
                 // The current lease; leasing below takes the next.
@@ -1557,17 +1571,22 @@ fn read_broadcast_with(
 ) -> Result<Option<BroadcastView>, StoreError> {
     let head = conn
         .prepare_cached(
-            "SELECT title, body, severity, thread_key, created_at_ms, resolved
+            "SELECT title, body, severity, thread_key, created_at_ms, resolved, details, routes
              FROM broadcasts WHERE id = ?1",
         )?
         .query_row(params![id], |row| {
-            Ok((message_from_row(row, 0, 5)?, row.get::<_, i64>(4)?))
+            Ok((
+                message_from_row(row, 0, 5, 6)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, Option<String>>(7)?,
+            ))
         })
         .optional()?;
-    let Some((message, created_at_ms)) = head else {
+    let Some((message, created_at_ms, routes)) = head else {
         return Ok(None);
     };
     let message = message?;
+    let routes = super::routes_from_json(routes.as_deref())?;
     let mut deliveries = Vec::new();
     let mut ids = Vec::new();
     {
@@ -1627,6 +1646,7 @@ fn read_broadcast_with(
         id: id.to_owned(),
         message,
         created_at_ms,
+        routes,
         deliveries,
     }))
 }
@@ -1963,6 +1983,7 @@ mod tests {
             id: "B1".into(),
             message,
             created_at_ms: 0,
+            routes: Vec::new(),
             deliveries: vec![NewDelivery {
                 destination: "a".into(),
                 policy: RetryPolicy::default(),
