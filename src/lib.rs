@@ -17,5 +17,6 @@ pub mod logging;
 pub mod metrics;
 pub mod mock;
 pub mod redact;
+pub mod routing;
 pub mod server;
 pub mod store;

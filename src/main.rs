@@ -95,7 +95,7 @@ enum Command {
     },
     /// Send a message to destinations.
     #[command(
-        after_help = "Examples:\n  herald send --to ops-webhook --to slack --severity P1 --thread INC-42 \\\n      --title \"INC-42: checkout database down\" --body \"Orders are failing\" --wait\n  herald send --severity P1 --label team=payments --label environment=production \\\n      --field \"Region=eu-west-1\" --link \"Runbook=https://wiki.example/db\" \\\n      --source deploy-bot --summary \"checkout DB down\" --title \"Checkout database down\""
+        after_help = "Example:\n  herald send --to ops-webhook --to slack --severity P1 --thread INC-42 \\\n      --title \"INC-42: checkout database down\" --body \"Orders are failing\" --wait\n  herald send --severity P1 --label team=payments --label environment=production \\\n      --field \"Region=eu-west-1\" --link \"Runbook=https://wiki.example/db\" \\\n      --source deploy-bot --summary \"checkout DB down\" --title \"Checkout database down\""
     )]
     Send {
         /// A destination or group name; repeat for several. None: the

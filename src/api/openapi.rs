@@ -177,7 +177,7 @@ fn error_responses(codes: &[&str]) -> Value {
             "404" => "Not found",
             "409" => "A request with the same Idempotency-Key is in flight",
             "413" => "Body over the size limit",
-            "422" => "Idempotency-Key reused with a different body",
+            "422" => "`idempotency_key_reused`: Idempotency-Key reused with a different body; `no_route`: no destinations named, no route matched and no default route",
             "500" => "The database is damaged: the broadcast a key points at is missing",
             _ => "The database could not complete the request, or it timed out",
         };
@@ -229,7 +229,7 @@ fn alertmanager_schemas() -> Value {
             {"type": "array", "items": {"$ref": "#/components/schemas/JsonWithoutNul"}},
             {"type": "object", "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}}
         ]},
-        "AlertmanagerNotification": {"type": "object", "description": "Alertmanager webhook payload, version 4. Other fields are ignored (none may hold U+0000). The receiver picks the destinations ([alertmanager] receivers), else the default ones", "required": ["version", "groupKey", "status", "receiver", "alerts"], "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}, "properties": {
+        "AlertmanagerNotification": {"type": "object", "description": "Alertmanager webhook payload, version 4. Other fields are ignored (none may hold U+0000). The receiver picks the destinations and groups ([alertmanager] receivers), else the default ones, else the config's [[routes]] (source `alertmanager/RECEIVER`; no match and no default route: 422 `no_route`). commonLabels become the labels, commonAnnotations summary the summary and description the head of the body, runbook_url and dashboard_url links, and each alert's generatorURL a link", "required": ["version", "groupKey", "status", "receiver", "alerts"], "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}, "properties": {
             "version": {"type": "string", "enum": ["4"]},
             "groupKey": with(text(), json!({"description": "The thread (a long or blank one becomes a hash of it)"})),
             "status": {"type": "string", "enum": ["firing", "resolved"], "description": "resolved: the broadcast resolves the group's thread"},
@@ -281,7 +281,7 @@ pub fn document() -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Tokens from the config, with scopes send, read, operate."}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message", "field"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": nullable("string")}}}},
-                "SendRequest": {"type": "object", "required": ["title", "destinations"], "additionalProperties": false,
+                "SendRequest": {"type": "object", "required": ["title"], "additionalProperties": false,
                     "if": {"required": ["resolved"], "properties": {"resolved": {"const": true}}},
                     "then": {"required": ["thread"], "properties": {"thread": {"pattern": trimmed_text_pattern(THREAD_CHARS_MAX, CONTROL, false)}}},
                     "properties": {
@@ -290,7 +290,7 @@ pub fn document() -> Value {
                     "severity": {"type": "string", "pattern": severity_pattern(), "examples": ["P1", "P2", "P3", "P4", "P5"], "description": "P1..P5, or a word for one: critical (P1), high or error (P2), medium or warning (P3), low (P4), info (P5); any ASCII case, surrounding whitespace trimmed; default P3"},
                     "thread": {"type": "string", "pattern": trimmed_text_pattern(THREAD_CHARS_MAX, CONTROL, true), "description": format!("Incident key: broadcasts of one thread land in order. Trimmed, then at most {THREAD_CHARS_MAX} characters without control characters; blank means no thread")},
                     "resolved": {"type": "boolean", "description": "This broadcast resolves the thread's incident: true needs a thread that is not blank (else 400 naming `resolved`)"},
-                    "destinations": {"type": "array", "items": destination_name(), "minItems": 1, "maxItems": DESTINATIONS_PER_BROADCAST_MAX, "uniqueItems": true, "examples": [["ops-webhook"]], "description": "Each one a configured destination (GET /v1/destinations); an unknown one is a 400 naming `destinations[i]`"}
+                    "destinations": {"type": "array", "items": destination_name(), "maxItems": DESTINATIONS_PER_BROADCAST_MAX, "uniqueItems": true, "examples": [["ops-webhook"]], "description": format!("Each one a configured destination (GET /v1/destinations) or a [groups] name (expanded; a destination named twice through groups goes once); an unknown one is a 400 naming `destinations[i]`; more than {DESTINATIONS_PER_BROADCAST_MAX} after expansion, a 400. Absent or empty: the config's [[routes]] pick the destinations (the broadcast's `routes` says which matched); no match and no [default_route]: a 422 `no_route`")}
                 }},
                 "Attempt": {"type": "object", "properties": {
                     "number": {"type": "integer"}, "kind": {"type": "string", "enum": ["send", "verify"]},
@@ -453,7 +453,7 @@ pub fn document() -> Value {
                 "summary": "Alertmanager webhook: each notification becomes a broadcast on its group's thread; bodies up to alertmanager.request_body_bytes_max (default 2 MiB, a 1,000-alert group)",
                 "security": send,
                 "requestBody": with(json!({"required": true}), json_body("AlertmanagerNotification")),
-                "responses": with(json!({"202": with(json!({"description": "Accepted"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404", "413", "500", "503"]))
+                "responses": with(json!({"202": with(json!({"description": "Accepted"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404", "413", "422", "500", "503"]))
             }},
             "/healthz": {"get": {"summary": "The process answers", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "The database can commit (503 with the reason while it cannot: a full disk, a lost database)", "security": [], "responses": with(json!({"200": {"description": "ready"}}), error_responses(&["503"]))}},

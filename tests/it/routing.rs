@@ -142,3 +142,235 @@ async fn details_over_their_limits_are_refused_naming_the_field_and_nothing_is_s
     assert_eq!(count_rows(&database, "broadcasts"), 0);
     server.stop().await;
 }
+
+/// Three webhook destinations, a group, four routes and (optionally) a
+/// default route, as config text.
+fn routed_config(mock: &herald::mock::RunningMock, default_route: bool) -> String {
+    use crate::reload::destination_toml;
+    let mut text = String::new();
+    for name in ["slack", "pager", "jira", "catchall"] {
+        text.push_str(&destination_toml(mock, name, name));
+    }
+    text.push_str(
+        r#"[alertmanager]
+receivers = { team-db = ["oncall"] }
+
+[groups]
+oncall = ["slack", "pager"]
+
+[[routes]]
+name = "payments-p1"
+severity = ["P1", "critical"]
+labels = { team = "payments", environment = ["production", "staging"] }
+destinations = ["oncall"]
+continue = true
+
+[[routes]]
+name = "tickets"
+labels = { service = { regex = "check(out|in)" } }
+destinations = ["jira", "slack"]
+
+[[routes]]
+name = "bots"
+source = { regex = "bot-.*" }
+destinations = ["jira"]
+"#,
+    );
+    if default_route {
+        text.push_str("\n[default_route]\ndestinations = [\"catchall\"]\n");
+    }
+    text
+}
+
+fn message(severity: &str, labels: &[(&str, &str)], source: Option<&str>) -> SendRequest {
+    SendRequest {
+        title: format!("{severity} {labels:?}"),
+        severity: Some(severity.into()),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        source: source.map(str::to_owned),
+        ..SendRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn routes_match_in_order_fall_through_expand_groups_and_a_reload_leaves_accepted_broadcasts_alone(
+) {
+    let mock = start_mock(&[]).await;
+    let served = crate::reload::serve(&routed_config(&mock, false)).await;
+    let client = served.client(None);
+    let payments = [
+        ("team", "payments"),
+        ("environment", "production"),
+        ("service", "checkout"),
+    ];
+    // Matches payments-p1 (continue) then tickets (stops): the group
+    // expands, and slack, named twice, goes once.
+    let first = client.send(&message("P1", &payments, None)).await.unwrap();
+    assert_eq!(first.routes, ["payments-p1", "tickets"]);
+    assert_eq!(destinations(&first), ["slack", "pager", "jira"]);
+    // Not P1: payments-p1 does not match; the regex is anchored, so
+    // "checkout-api" is not "checkout".
+    let p3 = client
+        .send(&message("P3", &[("service", "checkin")], Some("bot-7")))
+        .await
+        .unwrap();
+    assert_eq!(p3.routes, ["tickets"]);
+    assert_eq!(destinations(&p3), ["jira", "slack"]);
+    let bot = client
+        .send(&message(
+            "P3",
+            &[("service", "checkout-api")],
+            Some("bot-7"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(bot.routes, ["bots"]);
+    // No route and no default route: 422, nothing stored.
+    match client.send(&message("P4", &[("team", "web")], None)).await {
+        Err(ClientError::Api {
+            status: 422,
+            code,
+            message,
+            ..
+        }) => {
+            assert_eq!(code, "no_route");
+            assert!(message.contains("team=web"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Named destinations may name groups, expanded in place.
+    let mut named = message("P2", &[], None);
+    named.destinations = vec!["jira".into(), "oncall".into()];
+    let named = client.send(&named).await.unwrap();
+    assert_eq!(destinations(&named), ["jira", "slack", "pager"]);
+    assert!(named.routes.is_empty());
+    let mut unknown = message("P2", &[], None);
+    unknown.destinations = vec!["jira".into(), "nope".into()];
+    match client.send(&unknown).await {
+        Err(ClientError::Api {
+            status: 400, field, ..
+        }) => {
+            assert_eq!(field.as_deref(), Some("destinations[1]"))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A reload that adds a default route and empties the group: the
+    // accepted broadcast keeps its routes and destinations.
+    let reloaded = routed_config(&mock, true)
+        .replace("oncall = [\"slack\", \"pager\"]", "oncall = [\"catchall\"]");
+    std::fs::write(&served.config, reloaded).unwrap();
+    client.reload_config().await.unwrap();
+    let again = client.status(&first.id).await.unwrap();
+    assert_eq!(again.routes, ["payments-p1", "tickets"]);
+    assert_eq!(destinations(&again), ["slack", "pager", "jira"]);
+    let now = client.send(&message("P1", &payments, None)).await.unwrap();
+    assert_eq!(destinations(&now), ["catchall", "jira", "slack"]);
+    let unmatched = client
+        .send(&message("P4", &[("team", "web")], None))
+        .await
+        .unwrap();
+    assert_eq!(unmatched.routes, ["default"]);
+    assert_eq!(destinations(&unmatched), ["catchall"]);
+    let first = wait_final(&client, &first.id, std::time::Duration::from_secs(20)).await;
+    assert_eq!(first.status, "converged");
+    assert_eq!(destinations(&first), ["slack", "pager", "jira"]);
+}
+
+#[test]
+fn route_problems_are_reported_with_the_route_index_and_key() {
+    let destinations =
+        "[destinations.slack]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/x\"\n\n";
+    let text = format!(
+        "{destinations}[groups]\noncall = [\"slak\"]\n\n[[routes]]\ndestinations = [\"oncal\"]\n\n[[routes]]\nlabels = {{ service = {{ regex = \"(unclosed\" }} }}\nseverity = \"P9\"\ndestinations = [\"slack\"]\nmatch = 1\n\n[default_route]\ndestinations = []\n"
+    );
+    let error = herald::config::Config::parse("herald.toml", &text, |_| None)
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "herald.toml:6: groups.oncall: unknown destination \"slak\"",
+        "did you mean slack?",
+        "herald.toml:9: routes[0].destinations: unknown destination or group \"oncal\"; did you mean oncall?",
+        "herald.toml:12: routes[1].labels.service: invalid regex \"(unclosed\"",
+        "routes[1].severity: unknown severity \"P9\"",
+        "routes[1].match: unknown key",
+        "default_route.destinations: name at least one destination or group",
+    ] {
+        assert!(error.contains(expected), "{expected:?} not in:\n{error}");
+    }
+}
+
+#[tokio::test]
+async fn alertmanager_labels_annotations_and_generator_urls_become_the_message_details() {
+    let mock = start_mock(&[]).await;
+    let served = crate::reload::serve(&routed_config(&mock, true)).await;
+    let notification = |receiver: &str, fingerprint: &str| {
+        format!(
+            r#"{{"version": "4", "groupKey": "{{}}:{{alertname=\"DiskFull\"}}", "status": "firing",
+  "receiver": "{receiver}", "groupLabels": {{"alertname": "DiskFull"}},
+  "commonLabels": {{"alertname": "DiskFull", "severity": "critical", "team": "payments", "environment": "production"}},
+  "commonAnnotations": {{"summary": "disk 95% full", "description": "The orders database is almost full.",
+    "runbook_url": "https://wiki.example/runbooks/disk", "dashboard_url": "https://grafana.example/d/db"}},
+  "externalURL": "http://alertmanager.example:9093",
+  "alerts": [
+    {{"status": "firing", "labels": {{"alertname": "DiskFull", "instance": "db-1"}}, "annotations": {{}},
+      "startsAt": "2026-11-27T23:00:00Z", "generatorURL": "http://prometheus.example:9090/graph?g0.expr=disk1", "fingerprint": "{fingerprint}1"}},
+    {{"status": "firing", "labels": {{"alertname": "DiskFull", "instance": "db-2"}}, "annotations": {{}},
+      "startsAt": "2026-11-27T23:00:00Z", "generatorURL": "http://prometheus.example:9090/graph?g0.expr=disk2", "fingerprint": "{fingerprint}2"}}
+  ]}}"#
+        )
+    };
+    let http = herald::connector::http_client_builder().build().unwrap();
+    let ingest = |body: String| {
+        let http = http.clone();
+        let url = format!("http://{}/v1/ingest/alertmanager", served.addr);
+        async move {
+            let response = http.post(url).body(body).send().await.unwrap();
+            assert_eq!(response.status(), 202);
+            response.json::<Broadcast>().await.unwrap()
+        }
+    };
+    // The receiver names a group.
+    let broadcast = ingest(notification("team-db", "a")).await;
+    let broadcast = served.client(None).status(&broadcast.id).await.unwrap();
+    assert_eq!(destinations(&broadcast), ["slack", "pager"]);
+    assert_eq!(broadcast.labels["team"], "payments");
+    assert_eq!(broadcast.labels["severity"], "critical");
+    assert_eq!(broadcast.summary.as_deref(), Some("disk 95% full"));
+    assert_eq!(broadcast.source.as_deref(), Some("alertmanager/team-db"));
+    assert!(
+        broadcast
+            .body
+            .starts_with("The orders database is almost full.\n"),
+        "{}",
+        broadcast.body
+    );
+    let links: Vec<(&str, &str)> = broadcast
+        .links
+        .iter()
+        .map(|l| (l.text.as_str(), l.url.as_str()))
+        .collect();
+    assert_eq!(
+        links,
+        [
+            ("Runbook", "https://wiki.example/runbooks/disk"),
+            ("Dashboard", "https://grafana.example/d/db"),
+            (
+                "Source: db-1",
+                "http://prometheus.example:9090/graph?g0.expr=disk1"
+            ),
+            (
+                "Source: db-2",
+                "http://prometheus.example:9090/graph?g0.expr=disk2"
+            ),
+        ]
+    );
+    // A receiver not listed, with no default destinations: the routes
+    // decide, on the common labels and severity.
+    let routed = ingest(notification("someone-else", "b")).await;
+    assert_eq!(routed.routes, ["payments-p1"]);
+    assert_eq!(destinations(&routed), ["slack", "pager"]);
+}
