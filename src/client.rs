@@ -288,6 +288,14 @@ impl Client {
     }
 
     /// Asks the server to read its config file again.
+    /// Where a message would go (routes, destinations), sending nothing.
+    pub async fn preview(
+        &self,
+        request: &SendRequest,
+    ) -> Result<crate::api::wire::Preview, ClientError> {
+        self.post_json("v1/preview", request).await
+    }
+
     pub async fn reload_config(&self) -> Result<crate::api::wire::ReloadAnswer, ClientError> {
         self.post_json("v1/config/reload", &serde_json::json!({}))
             .await

@@ -16,6 +16,7 @@ pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod mock;
+pub mod preview;
 pub mod redact;
 pub mod routing;
 pub mod server;

@@ -153,6 +153,17 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show where a message would go (the routes matched, the
+    /// destinations expanded), without storing or sending anything.
+    #[command(
+        after_help = "Examples:\n  herald preview --severity P1 --label team=payments --label environment=production --title \"Checkout down\"\n  herald preview --file message.json --json"
+    )]
+    Preview {
+        #[command(flatten)]
+        message: herald::preview::PreviewArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show a broadcast: each destination's state and attempts.
     #[command(after_help = "Example:\n  herald status 01JD7Z3Q4S5T6V7W8X9Y0Z1A2B --json")]
     Status {
@@ -665,6 +676,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             wait_until_final(&client, &accepted.id, json, timeout).await
+        }
+        Command::Preview { message, client } => {
+            init_logging("warn");
+            let request = message.request().map_err(anyhow::Error::msg)?;
+            let preview = client.client()?.preview(&request).await?;
+            if message.json {
+                println!("{}", serde_json::to_string_pretty(&preview)?);
+            } else {
+                print!("{}", herald::preview::render(&preview));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { id, json, client } => {
             init_logging("warn");

@@ -366,6 +366,10 @@ pub fn document() -> Value {
                     "last_http_status": nullable("integer"), "possible_duplicate": {"type": "boolean"},
                     "at": {"type": "string", "format": "date-time"}
                 }},
+                "Preview": {"type": "object", "properties": {
+                    "routes": {"type": "array", "items": {"type": "string"}, "description": "The routes that matched, in order; empty when destinations were named"},
+                    "destinations": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "kind": {"type": "string"}}}, "description": "Groups expanded, in the order a send would use"}
+                }},
                 "StatusEvent": {"type": "object", "description": "Server-sent event `status`, last of a broadcast's stream", "properties": {
                     "broadcast_id": {"type": "string"}, "status": {"type": "string"}
                 }}
@@ -454,6 +458,12 @@ pub fn document() -> Value {
                 "security": send,
                 "requestBody": with(json!({"required": true}), json_body("AlertmanagerNotification")),
                 "responses": with(json!({"202": with(json!({"description": "Accepted"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404", "413", "422", "500", "503"]))
+            }},
+            "/v1/preview": {"post": {
+                "summary": "Where a message would go: the routes it matches and the destinations it expands to, decided as a send decides; nothing is stored or sent",
+                "security": send,
+                "requestBody": with(json!({"required": true}), json_body("SendRequest")),
+                "responses": with(json!({"200": with(json!({"description": "The routes and destinations"}), json_body("Preview"))}), error_responses(&["400", "401", "403", "413", "422"]))
             }},
             "/healthz": {"get": {"summary": "The process answers", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "The database can commit (503 with the reason while it cannot: a full disk, a lost database)", "security": [], "responses": with(json!({"200": {"description": "ready"}}), error_responses(&["503"]))}},

@@ -54,6 +54,23 @@ impl SendRequest {
     }
 }
 
+/// Answer of `POST /v1/preview`: where the message would go.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Preview {
+    /// The routes that matched, in order; empty when destinations were named.
+    pub routes: Vec<String>,
+    /// The destinations, groups expanded, in the order a send would use.
+    pub destinations: Vec<PreviewDestination>,
+}
+
+/// One destination of a preview (a later step adds the request body).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreviewDestination {
+    pub name: String,
+    /// `slack`, `teams`, `jira`, `pagerduty`, `discord`, `webhook`.
+    pub kind: String,
+}
+
 /// A broadcast: the intent, its derived status and each delivery.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Broadcast {

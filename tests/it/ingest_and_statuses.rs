@@ -413,6 +413,26 @@ async fn every_status_a_route_answers_is_declared_in_the_openapi_document() {
         }
     }
 
+    // Preview: the send body, nothing stored.
+    let r = "/v1/preview";
+    ask(out, &main, "post", r, r, all, Some(send("p")), None).await;
+    ask(out, &main, "post", r, r, all, Some("{}".into()), None).await;
+    ask(out, &main, "post", r, r, None, Some(send("p")), None).await;
+    ask(
+        out,
+        &main,
+        "post",
+        r,
+        r,
+        Some(TOKEN_READ),
+        Some(send("p")),
+        None,
+    )
+    .await;
+    ask(out, &main, "post", r, r, all, Some(huge()), None).await;
+    let unnamed = Some(r#"{"title":"where to?"}"#.to_owned());
+    ask(out, &main, "post", r, r, all, unnamed, None).await;
+
     // Event stream of everything, destinations.
     let r = "/v1/events";
     ask(out, &main, "get", r, r, all, None, None).await;

@@ -206,6 +206,44 @@ async fn routes_match_in_order_fall_through_expand_groups_and_a_reload_leaves_ac
         ("environment", "production"),
         ("service", "checkout"),
     ];
+    // Preview answers what a send then does, and stores nothing.
+    let mut previews = Vec::new();
+    for request in [
+        message("P1", &payments, None),
+        message("P3", &[("service", "checkin")], Some("bot-7")),
+        message("P3", &[("service", "checkout-api")], Some("bot-7")),
+    ] {
+        previews.push((client.preview(&request).await.unwrap(), request));
+    }
+    assert_eq!(
+        client
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .broadcasts
+            .len(),
+        0
+    );
+    for (preview, request) in previews {
+        let sent = client.send(&request).await.unwrap();
+        assert_eq!(preview.routes, sent.routes);
+        let names: Vec<&str> = preview
+            .destinations
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(names, destinations(&sent));
+        assert!(preview.destinations.iter().all(|d| d.kind == "webhook"));
+    }
+    match client
+        .preview(&message("P4", &[("team", "web")], None))
+        .await
+    {
+        Err(ClientError::Api {
+            status: 422, code, ..
+        }) => assert_eq!(code, "no_route"),
+        other => panic!("{other:?}"),
+    }
     // Matches payments-p1 (continue) then tickets (stops): the group
     // expands, and slack, named twice, goes once.
     let first = client.send(&message("P1", &payments, None)).await.unwrap();
