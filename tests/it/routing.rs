@@ -83,7 +83,8 @@ async fn details_over_their_limits_are_refused_naming_the_field_and_nothing_is_s
     let database = dir.path().join("herald.db");
     let server = start_server(&database, vec![webhook(&mock, "ops")]).await;
     let client = client(&server);
-    let cases: Vec<(&str, Box<dyn Fn(&mut SendRequest)>)> = vec![
+    type Spoil = Box<dyn Fn(&mut SendRequest)>;
+    let cases: Vec<(&str, Spoil)> = vec![
         (
             "labels",
             Box::new(|r| {
