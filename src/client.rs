@@ -336,6 +336,14 @@ impl Client {
     }
 
     /// Asks the server to read its config file again.
+    /// Where a message would go (routes, destinations), sending nothing.
+    pub async fn preview(
+        &self,
+        request: &SendRequest,
+    ) -> Result<crate::api::wire::Preview, ClientError> {
+        self.post_json("v1/preview", request).await
+    }
+
     pub async fn reload_config(&self) -> Result<crate::api::wire::ReloadAnswer, ClientError> {
         self.post_json("v1/config/reload", &serde_json::json!({}))
             .await
@@ -652,6 +660,39 @@ pub fn parse_idempotency_key(text: &str) -> Result<String, String> {
     }
 }
 
+/// `--label service=checkout`: a label's name and value, split at the
+/// first `=` (the server checks both).
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err("write NAME=VALUE, such as service=checkout".into()),
+    }
+}
+
+/// `--field "Region=eu-west-1"`: a field's name and value, split at the
+/// first `=`.
+pub fn parse_field(text: &str) -> Result<crate::domain::Field, String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => Ok(crate::domain::Field {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        }),
+        _ => Err("write NAME=VALUE, such as \"Region=eu-west-1\"".into()),
+    }
+}
+
+/// `--link "Runbook=https://wiki.example/db"`: a link's text and URL, split
+/// at the first `=` (a URL may hold more).
+pub fn parse_link(text: &str) -> Result<crate::domain::Link, String> {
+    match text.split_once('=') {
+        Some((text, url)) if !text.trim().is_empty() => Ok(crate::domain::Link {
+            text: text.to_owned(),
+            url: url.to_owned(),
+        }),
+        _ => Err("write TEXT=URL, such as \"Runbook=https://wiki.example/db\"".into()),
+    }
+}
+
 /// A new `Idempotency-Key` for one `herald send`: 128 random bits.
 pub fn new_idempotency_key() -> String {
     format!("herald-cli-{:032x}", rand::random::<u128>())
@@ -716,6 +757,7 @@ pub fn render_broadcast(broadcast: &Broadcast) -> String {
             .map(|t| format!("  (thread {t})"))
             .unwrap_or_default()
     );
+    out.push_str(&render_details(broadcast));
     let width = broadcast
         .deliveries
         .iter()
@@ -755,6 +797,36 @@ pub fn render_broadcast(broadcast: &Broadcast) -> String {
                     .unwrap_or_default()
             ));
         }
+    }
+    out
+}
+
+/// The summary, source, labels, fields, links and routes of a broadcast,
+/// one line each (nothing for a plain message).
+fn render_details(broadcast: &Broadcast) -> String {
+    let mut out = String::new();
+    if let Some(summary) = &broadcast.summary {
+        out.push_str(&format!("summary: {summary}\n"));
+    }
+    if let Some(source) = &broadcast.source {
+        out.push_str(&format!("source: {source}\n"));
+    }
+    if !broadcast.labels.is_empty() {
+        let labels: Vec<String> = broadcast
+            .labels
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        out.push_str(&format!("labels: {}\n", labels.join(", ")));
+    }
+    for field in &broadcast.fields {
+        out.push_str(&format!("{}: {}\n", field.name, field.value));
+    }
+    for link in &broadcast.links {
+        out.push_str(&format!("link {}: {}\n", link.text, link.url));
+    }
+    if !broadcast.routes.is_empty() {
+        out.push_str(&format!("routed by: {}\n", broadcast.routes.join(", ")));
     }
     out
 }

@@ -16,6 +16,9 @@ use toml::Spanned;
 
 use crate::domain::{validate_destination_name, RetryPolicy};
 
+#[path = "config_routes.rs"]
+mod routes;
+
 /// Default address of `herald serve`, and so of the CLI clients.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default database file, in the working directory.
@@ -88,6 +91,8 @@ pub struct Config {
     pub tokens: Vec<ApiToken>,
     /// Where Alertmanager notifications go; ingest is refused without it.
     pub alertmanager: Option<AlertmanagerRoutes>,
+    /// `[groups]`, `[[routes]]`, `[default_route]`.
+    pub routing: crate::routing::Routing,
 }
 
 /// What a token may do.
@@ -140,7 +145,8 @@ impl fmt::Debug for ApiToken {
 /// Alertmanager receivers to herald destinations.
 #[derive(Clone, Debug)]
 pub struct AlertmanagerRoutes {
-    /// For receivers not listed in `receivers`.
+    /// For receivers not listed in `receivers` (destinations and groups);
+    /// empty: such a notification is routed by `[[routes]]`.
     pub destinations: Vec<String>,
     pub receivers: BTreeMap<String, Vec<String>>,
     /// The ingest route's own body limit (other routes keep
@@ -797,6 +803,9 @@ struct FileConfig {
     destinations: serde::de::IgnoredAny,
     tokens: serde::de::IgnoredAny,
     alertmanager: serde::de::IgnoredAny,
+    groups: serde::de::IgnoredAny,
+    routes: serde::de::IgnoredAny,
+    default_route: serde::de::IgnoredAny,
 }
 
 #[derive(Deserialize)]
@@ -808,7 +817,7 @@ struct FileToken {
 
 #[derive(Deserialize)]
 struct FileAlertmanager {
-    destinations: Spanned<Vec<String>>,
+    destinations: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     receivers: BTreeMap<String, Spanned<Vec<String>>>,
     request_body_bytes_max: Option<Spanned<u64>>,
@@ -950,6 +959,7 @@ impl Default for Config {
             destinations: Vec::new(),
             tokens: Vec::new(),
             alertmanager: None,
+            routing: Default::default(),
         }
     }
 }
@@ -1143,6 +1153,12 @@ impl Config {
             }
         }
 
+        config.routing = routes::parse(&document, &declared, &problems);
+        // Alertmanager receivers may name groups as well as destinations.
+        let declared: Vec<String> = declared
+            .into_iter()
+            .chain(config.routing.groups.keys().cloned())
+            .collect();
         let alertmanager: Option<FileAlertmanager> =
             entry(&document, "alertmanager").and_then(|value| problems.read("alertmanager", value));
         if let Some(am) = alertmanager {
@@ -1165,7 +1181,11 @@ impl Config {
                 names.get_ref().clone()
             };
             let mut routes = AlertmanagerRoutes {
-                destinations: known(&am.destinations, "alertmanager.destinations"),
+                destinations: am
+                    .destinations
+                    .as_ref()
+                    .map(|names| known(names, "alertmanager.destinations"))
+                    .unwrap_or_default(),
                 receivers: BTreeMap::new(),
                 request_body_bytes_max: problems.in_range(
                     "alertmanager.request_body_bytes_max",

@@ -304,6 +304,7 @@ async fn run_in(
             thread: Some("INC-42".into()),
             resolved,
             destinations: names.clone(),
+            ..SendRequest::default()
         };
         let broadcast = client.send(&request).await?;
         writeln!(

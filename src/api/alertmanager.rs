@@ -15,12 +15,16 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::auth::authorize;
-use super::broadcasts::{accept, check_destinations, Intent};
+use super::broadcasts::{accept, targets, Intent};
 use super::wire::Broadcast;
 use super::{parse_json, ApiError, AppState};
 use crate::clock::now_ms;
 use crate::config::Scope;
-use crate::domain::{Message, Severity, BODY_BYTES_MAX, THREAD_CHARS_MAX, TITLE_CHARS_MAX};
+use crate::domain::{
+    check_url, Link, Message, MessageDetails, Severity, BODY_BYTES_MAX, LABELS_MAX,
+    LABEL_VALUE_CHARS_MAX, LINKS_MAX, SOURCE_CHARS_MAX, SUMMARY_CHARS_MAX, THREAD_CHARS_MAX,
+    TITLE_CHARS_MAX,
+};
 use crate::store::{IngestKey, Store};
 
 #[derive(Debug, Deserialize)]
@@ -130,7 +134,86 @@ pub fn message(n: &Notification) -> Result<Message, ApiError> {
         severity_of(n),
         Some(&thread_of(&n.group_key)),
     )?
-    .resolving(resolved)?)
+    .resolving(resolved)?
+    .with_details(details(n))?)
+}
+
+/// The common annotation `description` at the head of the body at most.
+const DESCRIPTION_BYTES_MAX: usize = 2 * 1024;
+
+/// One line of at most `chars_max` characters, control characters left
+/// out: Alertmanager never re-sends after a 4xx, so what does not fit is
+/// cut, not refused.
+fn line(text: &str, chars_max: usize) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(chars_max)
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+/// The group's common labels (those a label may be named, as many as
+/// fit), the runbook and dashboard annotations and each alert's
+/// generatorURL as links, the summary annotation as the summary, and
+/// `alertmanager/<receiver>` as the source (routes can match on it).
+pub fn details(n: &Notification) -> MessageDetails {
+    let labels = n
+        .common_labels
+        .iter()
+        .filter(|(name, _)| {
+            MessageDetails {
+                labels: [((*name).clone(), String::new())].into(),
+                ..MessageDetails::default()
+            }
+            .validated()
+            .is_ok()
+        })
+        .take(LABELS_MAX)
+        .map(|(name, value)| (name.clone(), line(value, LABEL_VALUE_CHARS_MAX)))
+        .collect();
+    let mut links: Vec<Link> = Vec::new();
+    let mut add_link = |text: String, url: &str| {
+        if links.len() < LINKS_MAX
+            && check_url("url", url).is_ok()
+            && !links.iter().any(|l| l.url == url)
+        {
+            links.push(Link {
+                text,
+                url: url.to_owned(),
+            });
+        }
+    };
+    for (annotation, text) in [("runbook_url", "Runbook"), ("dashboard_url", "Dashboard")] {
+        if let Some(url) = n.common_annotations.get(annotation) {
+            add_link(text.to_owned(), url);
+        }
+    }
+    for alert in &n.alerts {
+        let what = alert
+            .labels
+            .get("instance")
+            .or_else(|| alert.labels.get("alertname"))
+            .map(|name| line(name, 60))
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "alert".into());
+        add_link(format!("Source: {what}"), &alert.generator_url);
+    }
+    let summary = n
+        .common_annotations
+        .get("summary")
+        .map(|s| line(s, SUMMARY_CHARS_MAX))
+        .filter(|s| !s.is_empty());
+    MessageDetails {
+        labels,
+        links,
+        fields: Vec::new(),
+        source: Some(line(
+            &format!("alertmanager/{}", n.receiver),
+            SOURCE_CHARS_MAX,
+        )),
+        summary,
+    }
 }
 
 /// One alert's lines in the body at most (a long label set is cut).
@@ -152,10 +235,15 @@ fn body(n: &Notification) -> String {
             EXTERNAL_URL_BYTES_MAX,
         ) + "\n"
     };
+    let mut body = match n.common_annotations.get("description") {
+        Some(text) if !text.trim().is_empty() => {
+            cut(&text.replace('\0', ""), DESCRIPTION_BYTES_MAX) + "\n\n"
+        }
+        _ => String::new(),
+    };
     let budget = BODY_BYTES_MAX - footer.len() - NOTE_BYTES_MAX;
     let mut alerts: Vec<&Alert> = n.alerts.iter().collect();
     alerts.sort_by_key(|a| a.status != "firing");
-    let mut body = String::new();
     let mut shown = 0;
     for alert in alerts {
         let entry = alert_entry(alert);
@@ -275,12 +363,23 @@ pub(super) async fn ingest<S: Store>(
     }
     let notification: Notification = parse_json(body)?;
     let message = message(&notification)?;
-    let destinations = routes
+    // The receiver's destinations and groups, else the default ones,
+    // else the config's routes (on labels, severity and the source
+    // `alertmanager/<receiver>`).
+    let named = routes
         .receivers
         .get(&notification.receiver)
-        .unwrap_or(&routes.destinations)
-        .clone();
-    check_destinations(&app, &destinations, "receiver")?;
+        .unwrap_or(&routes.destinations);
+    let (destinations, matched_routes) = targets(&app, &message, named).map_err(|mut error| {
+        if error
+            .field
+            .as_deref()
+            .is_some_and(|f| f.starts_with("destinations"))
+        {
+            error.field = Some("receiver".into());
+        }
+        error
+    })?;
     // Alertmanager re-sends a notification it thinks failed (a timeout
     // after herald committed, say): the same notification is the same
     // ingest key, so a re-send gets the first answer instead of a second page.
@@ -318,6 +417,7 @@ pub(super) async fn ingest<S: Store>(
         Intent {
             message,
             destinations,
+            routes: matched_routes,
         },
         Some(ingest),
     )

@@ -41,6 +41,8 @@ const PREFIX_CANDIDATES_MAX: usize = 10;
 pub(super) struct Intent {
     pub message: Message,
     pub destinations: Vec<String>,
+    /// The routes that picked `destinations`; empty when named.
+    pub routes: Vec<String>,
 }
 
 impl Intent {
@@ -55,12 +57,83 @@ impl Intent {
             severity,
             request.thread.as_deref(),
         )?
-        .resolving(request.resolved)?;
-        check_destinations(app, &request.destinations, "destinations")?;
+        .resolving(request.resolved)?
+        .with_details(request.details())?;
+        let (destinations, routes) = targets(app, &message, &request.destinations)?;
         Ok(Intent {
             message,
-            destinations: request.destinations.clone(),
+            destinations,
+            routes,
         })
+    }
+}
+
+/// The destinations a message goes to and the routes that picked them:
+/// the named destinations and groups (expanded), or when none are named,
+/// what the config's routes say. No route and no default route: 422.
+pub(super) fn targets<S>(
+    app: &AppState<S>,
+    message: &Message,
+    named: &[String],
+) -> Result<(Vec<String>, Vec<String>), ApiError> {
+    let config = app.config.load();
+    if named.is_empty() {
+        let Some(routed) = config.routing.route(message) else {
+            return Err(no_route(message));
+        };
+        check_destinations(app, &routed.destinations, "destinations")?;
+        return Ok((routed.destinations, routed.routes));
+    }
+    for (index, name) in named.iter().enumerate() {
+        if config.routing.is_group(name) {
+            if named[..index].contains(name) {
+                return Err(ApiError::invalid(
+                    format!("destinations[{index}]"),
+                    format!("group {name:?} is named twice"),
+                ));
+            }
+            continue;
+        }
+        check_destinations(app, std::slice::from_ref(name), "destinations")
+            .map_err(|e| at_index(e, index))?;
+        if named[..index].contains(name) {
+            return Err(ApiError::invalid(
+                format!("destinations[{index}]"),
+                format!("destination {name:?} is named twice"),
+            ));
+        }
+    }
+    let destinations = config.routing.expand(named.iter().map(String::as_str));
+    check_destinations(app, &destinations, "destinations")?;
+    Ok((destinations, Vec::new()))
+}
+
+/// An error about `destinations[0]` of a one-name check, moved to the
+/// index the name has in the request.
+fn at_index(mut error: ApiError, index: usize) -> ApiError {
+    if error.field.as_deref() == Some("destinations[0]") {
+        error.field = Some(format!("destinations[{index}]"));
+    }
+    error
+}
+
+fn no_route(message: &Message) -> ApiError {
+    let details = message.details();
+    let labels: Vec<String> = details
+        .labels
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "no_route",
+        message: format!(
+            "no route matches this message (severity {}, labels {{{}}}, source {}) and the config has no [default_route]: name destinations, or add a route",
+            message.severity().as_str(),
+            labels.join(", "),
+            details.source.as_deref().unwrap_or("none"),
+        ),
+        field: Some("destinations".into()),
     }
 }
 
@@ -88,10 +161,16 @@ pub(super) fn check_destinations<S>(
                 .iter()
                 .map(|d| d.name.as_str())
                 .collect();
+            let groups: Vec<&str> = config.routing.groups.keys().map(String::as_str).collect();
+            let groups = if groups.is_empty() {
+                String::new()
+            } else {
+                format!("; groups: {}", groups.join(", "))
+            };
             return Err(ApiError::invalid(
                 field,
                 format!(
-                    "unknown destination {name:?}; configured: {}",
+                    "unknown destination {name:?}; configured: {}{groups}",
                     known.join(", ")
                 ),
             ));
@@ -348,6 +427,7 @@ async fn accept_now<S: Store>(
         id: new_broadcast_id(created_at_ms, &mut rand::rng()),
         message: intent.message,
         created_at_ms,
+        routes: intent.routes.clone(),
         deliveries,
         ingest_key,
     };
@@ -381,6 +461,7 @@ async fn accept_now<S: Store>(
         id: id.clone(),
         message,
         created_at_ms,
+        routes: intent.routes,
         deliveries: inserted
             .into_iter()
             .map(|d| DeliveryView {

@@ -9,6 +9,7 @@ mod live;
 pub mod openapi;
 mod ops;
 mod pause;
+mod preview;
 pub mod reload;
 pub mod wire;
 
@@ -113,6 +114,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
             post(pause::resume::<S>),
         )
         .route("/v1/config/reload", post(reload::reload_route::<S>))
+        .route("/v1/preview", post(preview::preview::<S>))
         .route(
             "/v1/ingest/alertmanager",
             // Its own limit: Alertmanager sends whole groups (a 1,000-alert

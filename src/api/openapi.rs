@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 use super::pause::PAUSE_REASON_CHARS_MAX;
 use crate::domain::{
     BODY_BYTES_MAX, BROADCAST_ID_CHARS, BROADCAST_ID_PREFIX_CHARS_MIN,
-    DESTINATIONS_PER_BROADCAST_MAX, THREAD_CHARS_MAX, TITLE_CHARS_MAX,
+    DESTINATIONS_PER_BROADCAST_MAX, FIELDS_MAX, FIELD_NAME_CHARS_MAX, FIELD_VALUE_CHARS_MAX,
+    LABELS_MAX, LABEL_NAME_CHARS_MAX, LABEL_VALUE_CHARS_MAX, LINKS_MAX, LINK_TEXT_CHARS_MAX,
+    LINK_URL_CHARS_MAX, SOURCE_CHARS_MAX, SUMMARY_CHARS_MAX, THREAD_CHARS_MAX, TITLE_CHARS_MAX,
 };
 
 /// What Rust's `str::trim` strips (Unicode White_Space), as a regex class
@@ -43,6 +45,60 @@ fn text() -> Value {
 /// A string map (labels, annotations) without U+0000 in keys or values.
 fn text_map() -> Value {
     json!({"type": "object", "propertyNames": text(), "additionalProperties": text()})
+}
+
+/// A link's URL as `domain::check_url` takes it: http or https in any
+/// case, a host without whitespace, control characters or `/?#@\`, then
+/// optionally a path, query or fragment without whitespace or control
+/// characters.
+fn link_url_pattern() -> String {
+    let plain = format!("{CONTROL}{TRIMMED}");
+    format!("^[Hh][Tt][Tt][Pp][Ss]?://[^{plain}/?#@\\\\]+([/?#][^{plain}]*)?$")
+}
+
+/// The request's labels, links, fields, source and summary (see
+/// `domain/details.rs` for the limits).
+fn details_properties() -> Value {
+    json!({
+        "labels": {"type": "object", "maxProperties": LABELS_MAX,
+            "propertyNames": {"type": "string", "pattern": format!("^[A-Za-z_][A-Za-z0-9_.-]{{0,{}}}$", LABEL_NAME_CHARS_MAX - 1)},
+            "additionalProperties": {"type": "string", "maxLength": LABEL_VALUE_CHARS_MAX, "pattern": format!("^[^{CONTROL}]*$")},
+            "examples": [{"service": "checkout", "environment": "production"}],
+            "description": format!("String map matched by routes: at most {LABELS_MAX}; names of A-Z a-z 0-9 _ . - starting with a letter or _ (1 to {LABEL_NAME_CHARS_MAX}); values up to {LABEL_VALUE_CHARS_MAX} characters without control characters. A bad one is a 400 naming `labels` or `labels.NAME`")},
+        "links": {"type": "array", "maxItems": LINKS_MAX, "items": {"$ref": "#/components/schemas/Link"},
+            "description": format!("Runbook, dashboard, incident page: at most {LINKS_MAX}; a bad one is a 400 naming `links[i].text` or `links[i].url`")},
+        "fields": {"type": "array", "maxItems": FIELDS_MAX, "items": {"$ref": "#/components/schemas/Field"},
+            "description": format!("Ordered name/value facts: at most {FIELDS_MAX}; a bad one is a 400 naming `fields[i].name` or `fields[i].value`")},
+        "source": {"type": "string", "pattern": trimmed_text_pattern(SOURCE_CHARS_MAX, CONTROL, true), "description": format!("Who sends it (routes match on it). Trimmed, then at most {SOURCE_CHARS_MAX} characters without control characters; blank means none")},
+        "summary": {"type": "string", "pattern": trimmed_text_pattern(SUMMARY_CHARS_MAX, CONTROL, true), "description": format!("Short text for SMS and push. Trimmed, then at most {SUMMARY_CHARS_MAX} characters without control characters; blank means none")}
+    })
+}
+
+/// `Link` and `Field`, as requests give them (and broadcasts show them,
+/// trimmed).
+fn details_schemas() -> Value {
+    json!({
+        "Link": {"type": "object", "required": ["text", "url"], "additionalProperties": false, "properties": {
+            "text": {"type": "string", "minLength": 1, "pattern": trimmed_text_pattern(LINK_TEXT_CHARS_MAX, CONTROL, false), "description": format!("Trimmed, then 1 to {LINK_TEXT_CHARS_MAX} characters without control characters")},
+            "url": {"type": "string", "maxLength": LINK_URL_CHARS_MAX, "pattern": link_url_pattern(), "examples": ["https://runbooks.example/checkout-db"], "description": format!("http:// or https:// only, at most {LINK_URL_CHARS_MAX} characters, no whitespace (encode it), no credentials (user@host)")}
+        }},
+        "Field": {"type": "object", "required": ["name", "value"], "additionalProperties": false, "properties": {
+            "name": {"type": "string", "minLength": 1, "pattern": trimmed_text_pattern(FIELD_NAME_CHARS_MAX, CONTROL, false), "description": format!("Trimmed, then 1 to {FIELD_NAME_CHARS_MAX} characters without control characters")},
+            "value": {"type": "string", "minLength": 1, "pattern": trimmed_text_pattern(FIELD_VALUE_CHARS_MAX, CONTROL, false), "description": format!("Trimmed, then 1 to {FIELD_VALUE_CHARS_MAX} characters without control characters")}
+        }}
+    })
+}
+
+/// What a broadcast shows of its message details and routing.
+fn broadcast_details_properties() -> Value {
+    json!({
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "links": {"type": "array", "items": {"$ref": "#/components/schemas/Link"}},
+        "fields": {"type": "array", "items": {"$ref": "#/components/schemas/Field"}},
+        "source": {"type": ["string", "null"]},
+        "summary": {"type": ["string", "null"]},
+        "routes": {"type": "array", "items": {"type": "string"}, "description": "The routes that picked the destinations, in match order (`default`: the default route); empty when the request named them. Recorded at accept: a reload never changes them"}
+    })
 }
 
 /// `P1`..`P5` and the words the server takes for them, in any ASCII case,
@@ -121,7 +177,7 @@ fn error_responses(codes: &[&str]) -> Value {
             "404" => "Not found",
             "409" => "A request with the same Idempotency-Key is in flight",
             "413" => "Body over the size limit",
-            "422" => "Idempotency-Key reused with a different body",
+            "422" => "`idempotency_key_reused`: Idempotency-Key reused with a different body; `no_route`: no destinations named, no route matched and no default route",
             "500" => "The database is damaged: the broadcast a key points at is missing",
             _ => "The database could not complete the request, or it timed out",
         };
@@ -173,7 +229,7 @@ fn alertmanager_schemas() -> Value {
             {"type": "array", "items": {"$ref": "#/components/schemas/JsonWithoutNul"}},
             {"type": "object", "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}}
         ]},
-        "AlertmanagerNotification": {"type": "object", "description": "Alertmanager webhook payload, version 4. Other fields are ignored (none may hold U+0000). The receiver picks the destinations ([alertmanager] receivers), else the default ones", "required": ["version", "groupKey", "status", "receiver", "alerts"], "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}, "properties": {
+        "AlertmanagerNotification": {"type": "object", "description": "Alertmanager webhook payload, version 4. Other fields are ignored (none may hold U+0000). The receiver picks the destinations and groups ([alertmanager] receivers), else the default ones, else the config's [[routes]] (source `alertmanager/RECEIVER`; no match and no default route: 422 `no_route`). commonLabels become the labels, commonAnnotations summary the summary and description the head of the body, runbook_url and dashboard_url links, and each alert's generatorURL a link", "required": ["version", "groupKey", "status", "receiver", "alerts"], "propertyNames": text(), "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}, "properties": {
             "version": {"type": "string", "enum": ["4"]},
             "groupKey": with(text(), json!({"description": "The thread (a long or blank one becomes a hash of it)"})),
             "status": {"type": "string", "enum": ["firing", "resolved"], "description": "resolved: the broadcast resolves the group's thread"},
@@ -225,7 +281,7 @@ pub fn document() -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Tokens from the config, with scopes send, read, operate."}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message", "field"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": nullable("string")}}}},
-                "SendRequest": {"type": "object", "required": ["title", "destinations"], "additionalProperties": false,
+                "SendRequest": {"type": "object", "required": ["title"], "additionalProperties": false,
                     "if": {"required": ["resolved"], "properties": {"resolved": {"const": true}}},
                     "then": {"required": ["thread"], "properties": {"thread": {"pattern": trimmed_text_pattern(THREAD_CHARS_MAX, CONTROL, false)}}},
                     "properties": {
@@ -234,7 +290,7 @@ pub fn document() -> Value {
                     "severity": {"type": "string", "pattern": severity_pattern(), "examples": ["P1", "P2", "P3", "P4", "P5"], "description": "P1..P5, or a word for one: critical (P1), high or error (P2), medium or warning (P3), low (P4), info (P5); any ASCII case, surrounding whitespace trimmed; default P3"},
                     "thread": {"type": "string", "pattern": trimmed_text_pattern(THREAD_CHARS_MAX, CONTROL, true), "description": format!("Incident key: broadcasts of one thread land in order. Trimmed, then at most {THREAD_CHARS_MAX} characters without control characters; blank means no thread")},
                     "resolved": {"type": "boolean", "description": "This broadcast resolves the thread's incident: true needs a thread that is not blank (else 400 naming `resolved`)"},
-                    "destinations": {"type": "array", "items": destination_name(), "minItems": 1, "maxItems": DESTINATIONS_PER_BROADCAST_MAX, "uniqueItems": true, "examples": [["ops-webhook"]], "description": "Each one a configured destination (GET /v1/destinations); an unknown one is a 400 naming `destinations[i]`"}
+                    "destinations": {"type": "array", "items": destination_name(), "maxItems": DESTINATIONS_PER_BROADCAST_MAX, "uniqueItems": true, "examples": [["ops-webhook"]], "description": format!("Each one a configured destination (GET /v1/destinations) or a [groups] name (expanded; a destination named twice through groups goes once); an unknown one is a 400 naming `destinations[i]`; more than {DESTINATIONS_PER_BROADCAST_MAX} after expansion, a 400. Absent or empty: the config's [[routes]] pick the destinations (the broadcast's `routes` says which matched); no match and no [default_route]: a 422 `no_route`")}
                 }},
                 "Attempt": {"type": "object", "properties": {
                     "number": {"type": "integer"}, "kind": {"type": "string", "enum": ["send", "verify"]},
@@ -309,6 +365,10 @@ pub fn document() -> Value {
                     "next_attempt_in_ms": nullable("integer"), "last_error": nullable("string"),
                     "last_http_status": nullable("integer"), "possible_duplicate": {"type": "boolean"},
                     "at": {"type": "string", "format": "date-time"}
+                }},
+                "Preview": {"type": "object", "properties": {
+                    "routes": {"type": "array", "items": {"type": "string"}, "description": "The routes that matched, in order; empty when destinations were named"},
+                    "destinations": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "kind": {"type": "string"}}}, "description": "Groups expanded, in the order a send would use"}
                 }},
                 "StatusEvent": {"type": "object", "description": "Server-sent event `status`, last of a broadcast's stream", "properties": {
                     "broadcast_id": {"type": "string"}, "status": {"type": "string"}
@@ -402,7 +462,13 @@ pub fn document() -> Value {
                 "summary": "Alertmanager webhook: each notification becomes a broadcast on its group's thread; bodies up to alertmanager.request_body_bytes_max (default 2 MiB, a 1,000-alert group)",
                 "security": send,
                 "requestBody": with(json!({"required": true}), json_body("AlertmanagerNotification")),
-                "responses": with(json!({"202": with(json!({"description": "Accepted"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404", "413", "500", "503"]))
+                "responses": with(json!({"202": with(json!({"description": "Accepted"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404", "413", "422", "500", "503"]))
+            }},
+            "/v1/preview": {"post": {
+                "summary": "Where a message would go: the routes it matches and the destinations it expands to, decided as a send decides; nothing is stored or sent",
+                "security": send,
+                "requestBody": with(json!({"required": true}), json_body("SendRequest")),
+                "responses": with(json!({"200": with(json!({"description": "The routes and destinations"}), json_body("Preview"))}), error_responses(&["400", "401", "403", "413", "422"]))
             }},
             "/healthz": {"get": {"summary": "The process answers", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "The database can commit (503 with the reason while it cannot: a full disk, a lost database)", "security": [], "responses": with(json!({"200": {"description": "ready"}}), error_responses(&["503"]))}},
@@ -428,6 +494,24 @@ pub fn document() -> Value {
     ) {
         schemas.extend(more);
     }
+    if let (Some(schemas), Value::Object(more)) = (
+        document["components"]["schemas"].as_object_mut(),
+        details_schemas(),
+    ) {
+        schemas.extend(more);
+    }
+    for (schema, extra) in [
+        ("SendRequest", details_properties()),
+        ("Broadcast", broadcast_details_properties()),
+        ("ActionResult", broadcast_details_properties()),
+    ] {
+        if let (Some(properties), Value::Object(more)) = (
+            document["components"]["schemas"][schema]["properties"].as_object_mut(),
+            extra,
+        ) {
+            properties.extend(more);
+        }
+    }
     document
 }
 
@@ -435,6 +519,7 @@ pub fn document() -> Value {
 mod tests {
     use super::*;
     use crate::api::wire::*;
+    use crate::domain::{Field, Link};
 
     fn properties(schema: &str) -> Vec<String> {
         let doc = document();
@@ -534,6 +619,12 @@ mod tests {
             severity: String::new(),
             thread: None,
             resolved: false,
+            labels: Default::default(),
+            links: vec![],
+            fields: vec![],
+            source: None,
+            summary: None,
+            routes: vec![],
             created_at: String::new(),
             status: String::new(),
             deliveries: vec![],
@@ -578,7 +669,18 @@ mod tests {
             severity: Some(String::new()),
             thread: Some(String::new()),
             resolved: true,
-            destinations: vec![],
+            destinations: vec!["x".into()],
+            labels: [("k".into(), "v".into())].into(),
+            links: vec![Link {
+                text: "t".into(),
+                url: "https://x".into(),
+            }],
+            fields: vec![Field {
+                name: "n".into(),
+                value: "v".into(),
+            }],
+            source: Some(String::new()),
+            summary: Some(String::new()),
         };
         assert_eq!(properties("SendRequest"), fields(&send));
         assert_eq!(

@@ -2,11 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{derive_status, format_rfc3339_ms, DeliveryState};
+use std::collections::BTreeMap;
+
+use crate::domain::{derive_status, format_rfc3339_ms, DeliveryState, Field, Link, MessageDetails};
 use crate::store::{BroadcastView, DeliveryView};
 
 /// `POST /v1/broadcasts`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     pub title: String,
@@ -19,7 +21,54 @@ pub struct SendRequest {
     /// This broadcast resolves its thread's incident (needs `thread`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resolved: bool,
+    /// Destinations and groups; none: the config's routes pick them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<String>,
+    /// String map: service, environment, team, ...
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Runbook, dashboard, incident page: http or https only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Link>,
+    /// Ordered name/value facts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<Field>,
+    /// Who sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Short text for channels that show little (SMS, push).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+impl SendRequest {
+    /// The labels, links, fields, source and summary, not yet checked.
+    pub fn details(&self) -> MessageDetails {
+        MessageDetails {
+            labels: self.labels.clone(),
+            links: self.links.clone(),
+            fields: self.fields.clone(),
+            source: self.source.clone(),
+            summary: self.summary.clone(),
+        }
+    }
+}
+
+/// Answer of `POST /v1/preview`: where the message would go.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Preview {
+    /// The routes that matched, in order; empty when destinations were named.
+    pub routes: Vec<String>,
+    /// The destinations, groups expanded, in the order a send would use.
+    pub destinations: Vec<PreviewDestination>,
+}
+
+/// One destination of a preview (a later step adds the request body).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreviewDestination {
+    pub name: String,
+    /// `slack`, `teams`, `jira`, `pagerduty`, `discord`, `webhook`.
+    pub kind: String,
 }
 
 /// A broadcast: the intent, its derived status and each delivery.
@@ -31,6 +80,20 @@ pub struct Broadcast {
     pub severity: String,
     pub thread: Option<String>,
     pub resolved: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub links: Vec<Link>,
+    #[serde(default)]
+    pub fields: Vec<Field>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub summary: Option<String>,
+    /// The routes that picked the destinations, in match order (`default`
+    /// for the default route); empty when the caller named them.
+    #[serde(default)]
+    pub routes: Vec<String>,
     pub created_at: String,
     /// `delivering`, `converged` or `partial`; derived from the deliveries.
     pub status: String,
@@ -87,6 +150,7 @@ pub struct ErrorDetail {
 
 impl Broadcast {
     pub fn from_view(view: &BroadcastView, now_ms: i64) -> Broadcast {
+        let details = view.message.details();
         Broadcast {
             id: view.id.clone(),
             title: view.message.title().to_owned(),
@@ -94,6 +158,12 @@ impl Broadcast {
             severity: view.message.severity().as_str().to_owned(),
             thread: view.message.thread().map(str::to_owned),
             resolved: view.message.resolved(),
+            labels: details.labels.clone(),
+            links: details.links.clone(),
+            fields: details.fields.clone(),
+            source: details.source.clone(),
+            summary: details.summary.clone(),
+            routes: view.routes.clone(),
             created_at: format_rfc3339_ms(view.created_at_ms),
             status: derive_status(view.deliveries.iter().map(|d| d.progress.state))
                 .as_str()

@@ -83,12 +83,28 @@ pub(crate) enum Command {
     },
     /// Send a message to destinations.
     #[command(
-        after_help = "Example:\n  herald send --to ops-webhook --to slack --severity P1 --thread INC-42 \\\n      --title \"INC-42: checkout database down\" --body \"Orders are failing\" --wait"
+        after_help = "Example:\n  herald send --to ops-webhook --to slack --severity P1 --thread INC-42 \\\n      --title \"INC-42: checkout database down\" --body \"Orders are failing\" --wait\n  herald send --severity P1 --label team=payments --label environment=production \\\n      --field \"Region=eu-west-1\" --link \"Runbook=https://wiki.example/db\" \\\n      --source deploy-bot --summary \"checkout DB down\" --title \"Checkout database down\""
     )]
     Send {
-        /// A destination name; repeat for several.
-        #[arg(long = "to", required = true)]
+        /// A destination or group name; repeat for several. None: the
+        /// config's [[routes]] pick the destinations.
+        #[arg(long = "to")]
         to: Vec<String>,
+        /// A label NAME=VALUE (service, environment, team); repeat.
+        #[arg(long = "label", value_name = "NAME=VALUE", value_parser = herald::client::parse_label)]
+        labels: Vec<(String, String)>,
+        /// A link TEXT=URL (http or https: runbook, dashboard); repeat.
+        #[arg(long = "link", value_name = "TEXT=URL", value_parser = herald::client::parse_link)]
+        links: Vec<herald::domain::Link>,
+        /// A field NAME=VALUE shown as a fact, in order; repeat.
+        #[arg(long = "field", value_name = "NAME=VALUE", value_parser = herald::client::parse_field)]
+        fields: Vec<herald::domain::Field>,
+        /// Who sends it (routes can match on it).
+        #[arg(long)]
+        source: Option<String>,
+        /// Short text for SMS and push.
+        #[arg(long)]
+        summary: Option<String>,
         /// The message's title, one line.
         #[arg(long)]
         title: String,
@@ -122,6 +138,17 @@ pub(crate) enum Command {
         /// send safely from a script.
         #[arg(long, value_name = "KEY", value_parser = herald::client::parse_idempotency_key)]
         idempotency_key: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show where a message would go (the routes matched, the
+    /// destinations expanded), without storing or sending anything.
+    #[command(
+        after_help = "Examples:\n  herald preview --severity P1 --label team=payments --label environment=production --title \"Checkout down\"\n  herald preview --file message.json --json"
+    )]
+    Preview {
+        #[command(flatten)]
+        message: herald::preview::PreviewArgs,
         #[command(flatten)]
         client: ClientArgs,
     },

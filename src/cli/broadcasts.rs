@@ -20,6 +20,11 @@ pub(crate) async fn run(
     match command {
         Command::Send {
             to,
+            labels,
+            links,
+            fields,
+            source,
+            summary,
             title,
             body,
             severity,
@@ -40,6 +45,11 @@ pub(crate) async fn run(
                 thread,
                 resolved,
                 destinations: to,
+                labels: labels.into_iter().collect(),
+                links,
+                fields,
+                source,
+                summary,
             };
             let key = idempotency_key.unwrap_or_else(herald::client::new_idempotency_key);
             let accepted = client
@@ -63,6 +73,17 @@ pub(crate) async fn run(
                 );
             }
             wait_until_final(&client, &accepted.id, json, timeout).await
+        }
+        Command::Preview { message, client } => {
+            init_logging("warn");
+            let request = message.request().map_err(anyhow::Error::msg)?;
+            let preview = client.client()?.preview(&request).await?;
+            if message.json {
+                println!("{}", serde_json::to_string_pretty(&preview)?);
+            } else {
+                print!("{}", herald::preview::render(&preview));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { id, json, client } => {
             init_logging("warn");

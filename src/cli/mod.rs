@@ -34,6 +34,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::run(command, log_format).await
         }
         command @ (Command::Send { .. }
+        | Command::Preview { .. }
         | Command::Status { .. }
         | Command::Retry { .. }
         | Command::Cancel { .. }

@@ -250,6 +250,7 @@ async fn a_request_slot_serves_the_next_delivery_while_the_outcome_is_committed(
                 id: id.clone(),
                 message,
                 created_at_ms,
+                routes: Vec::new(),
                 deliveries: vec![crate::store::NewDelivery {
                     destination: "d".into(),
                     policy: destination.policy,
@@ -349,6 +350,7 @@ async fn a_p1_does_not_wait_behind_leased_routine_deliveries() {
                     id: crate::domain::new_broadcast_id(created_at_ms, &mut rand::rng()),
                     message: crate::domain::Message::new("INC-1", "", severity, None).unwrap(),
                     created_at_ms,
+                    routes: Vec::new(),
                     deliveries: vec![crate::store::NewDelivery {
                         destination: "d".into(),
                         policy,

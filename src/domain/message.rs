@@ -2,6 +2,17 @@ use std::sync::Arc;
 
 use rand::Rng;
 
+use super::details::MessageDetails;
+
+/// What a message without details shows: no labels, links or fields.
+static NO_DETAILS: MessageDetails = MessageDetails {
+    labels: std::collections::BTreeMap::new(),
+    links: Vec::new(),
+    fields: Vec::new(),
+    source: None,
+    summary: None,
+};
+
 /// A title longer than this many characters is refused.
 pub const TITLE_CHARS_MAX: usize = 300;
 /// A body longer than this many bytes is refused.
@@ -102,6 +113,9 @@ pub struct Message {
     thread: Option<Arc<str>>,
     /// This broadcast resolves the incident its thread opened.
     resolved: bool,
+    /// Labels, links, fields, source, summary; `None` when all are empty
+    /// (no allocation for the plain messages most deliveries carry).
+    details: Option<Arc<MessageDetails>>,
 }
 
 impl Message {
@@ -163,6 +177,7 @@ impl Message {
             severity,
             thread,
             resolved: false,
+            details: None,
         })
     }
 
@@ -177,6 +192,18 @@ impl Message {
         }
         self.resolved = resolved;
         Ok(self)
+    }
+
+    /// Adds labels, links, fields, source and summary, checked against
+    /// their limits (see `details.rs`).
+    pub fn with_details(mut self, details: MessageDetails) -> Result<Message, InvalidInput> {
+        let details = details.validated()?;
+        self.details = (!details.is_empty()).then(|| Arc::new(details));
+        Ok(self)
+    }
+
+    pub fn details(&self) -> &MessageDetails {
+        self.details.as_deref().unwrap_or(&NO_DETAILS)
     }
 
     pub fn title(&self) -> &str {

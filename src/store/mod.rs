@@ -90,6 +90,9 @@ pub struct NewBroadcast {
     pub id: String,
     pub message: Message,
     pub created_at_ms: i64,
+    /// The routes that picked the destinations (in match order); empty
+    /// when the caller named the destinations.
+    pub routes: Vec<String>,
     pub deliveries: Vec<NewDelivery>,
     /// The caller's `Idempotency-Key`, recorded in the same transaction.
     pub ingest_key: Option<IngestKey>,
@@ -286,6 +289,8 @@ pub struct BroadcastView {
     pub id: String,
     pub message: Message,
     pub created_at_ms: i64,
+    /// As recorded at insert (`NewBroadcast::routes`).
+    pub routes: Vec<String>,
     pub deliveries: Vec<DeliveryView>,
 }
 
@@ -480,3 +485,34 @@ pub struct DestinationPause {
 
 /// The `until_ms` of a pause that lasts until an operator resumes it.
 pub const PAUSED_UNTIL_RESUMED_MS: i64 = i64::MAX;
+
+/// A message's details as the stores keep them: JSON, `None` when empty.
+fn details_json(message: &Message) -> Option<String> {
+    let details = message.details();
+    (!details.is_empty()).then(|| serde_json::to_string(details).expect("details serialise"))
+}
+
+/// The stored details (JSON) added to a message read back; checked again,
+/// as the message's other texts are.
+fn with_stored_details(message: Message, details: Option<&str>) -> Result<Message, StoreError> {
+    let Some(json) = details else {
+        return Ok(message);
+    };
+    serde_json::from_str::<crate::domain::MessageDetails>(json)
+        .map_err(|e| e.to_string())
+        .and_then(|details| message.with_details(details).map_err(|e| e.to_string()))
+        .map_err(|e| StoreError::Corrupt(format!("stored message details are invalid: {e}")))
+}
+
+/// Matched routes as the stores keep them: a JSON array, `None` when empty.
+fn routes_json(routes: &[String]) -> Option<String> {
+    (!routes.is_empty()).then(|| serde_json::to_string(routes).expect("names serialise"))
+}
+
+fn routes_from_json(routes: Option<&str>) -> Result<Vec<String>, StoreError> {
+    routes
+        .map(serde_json::from_str)
+        .transpose()
+        .map(Option::unwrap_or_default)
+        .map_err(|e| StoreError::Corrupt(format!("stored routes are invalid: {e}")))
+}

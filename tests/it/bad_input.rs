@@ -37,10 +37,12 @@ async fn bad_requests_name_the_field_and_write_nothing() {
             Some("destinations[1]"),
         ),
         (
-            "no destination",
+            // No destination named is a routed broadcast; this server has
+            // no routes and no default route.
+            "no destination and no route",
             r#"{"title": "x", "destinations": []}"#.into(),
-            400,
-            "invalid_field",
+            422,
+            "no_route",
             Some("destinations"),
         ),
         (

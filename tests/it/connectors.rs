@@ -186,6 +186,7 @@ fn thread_request(title: &str, resolved: bool) -> SendRequest {
         thread: Some("INC-7".into()),
         resolved,
         destinations: names().into_iter().map(str::to_owned).collect(),
+        ..SendRequest::default()
     }
 }
 

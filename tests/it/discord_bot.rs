@@ -96,6 +96,7 @@ async fn a_thread_with_a_bot_token_is_replies_to_its_first_message_and_the_resol
             thread: Some("INC-12".into()),
             resolved,
             destinations: vec![NAME.to_owned()],
+            ..SendRequest::default()
         };
         ids.push(client.send(&request).await.unwrap().id);
     }

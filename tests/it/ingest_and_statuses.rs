@@ -249,6 +249,11 @@ async fn every_status_a_route_answers_is_declared_in_the_openapi_document() {
     proxy.cut();
     let (no_alertmanager, _mock_too) =
         server(&dir.path().join("plain.db"), |c| c.alertmanager = None).await;
+    // Alertmanager on, but no destinations for its receivers and no routes.
+    let (unrouted, _mock_three) = server(&dir.path().join("unrouted.db"), |c| {
+        c.alertmanager = Some(AlertmanagerRoutes::default())
+    })
+    .await;
     let out = &mut Vec::new();
     let send = |title: &str| format!(r#"{{"title":"{title}","destinations":["a"]}}"#);
     let huge = || format!(r#"{{"title":"t","body":"{}"}}"#, "x".repeat(70_000));
@@ -258,6 +263,9 @@ async fn every_status_a_route_answers_is_declared_in_the_openapi_document() {
     let r = "/v1/broadcasts";
     ask(out, &main, "post", r, r, all, Some(send("one")), None).await;
     ask(out, &main, "post", r, r, all, Some("{}".into()), None).await;
+    // No destinations named, no route, no default route: 422 no_route.
+    let unnamed = Some(r#"{"title":"where to?"}"#.to_owned());
+    ask(out, &main, "post", r, r, all, unnamed, None).await;
     ask(out, &main, "post", r, r, None, Some(send("x")), None).await;
     ask(
         out,
@@ -405,6 +413,26 @@ async fn every_status_a_route_answers_is_declared_in_the_openapi_document() {
         }
     }
 
+    // Preview: the send body, nothing stored.
+    let r = "/v1/preview";
+    ask(out, &main, "post", r, r, all, Some(send("p")), None).await;
+    ask(out, &main, "post", r, r, all, Some("{}".into()), None).await;
+    ask(out, &main, "post", r, r, None, Some(send("p")), None).await;
+    ask(
+        out,
+        &main,
+        "post",
+        r,
+        r,
+        Some(TOKEN_READ),
+        Some(send("p")),
+        None,
+    )
+    .await;
+    ask(out, &main, "post", r, r, all, Some(huge()), None).await;
+    let unnamed = Some(r#"{"title":"where to?"}"#.to_owned());
+    ask(out, &main, "post", r, r, all, unnamed, None).await;
+
     // Event stream of everything, destinations.
     let r = "/v1/events";
     ask(out, &main, "get", r, r, all, None, None).await;
@@ -424,6 +452,7 @@ async fn every_status_a_route_answers_is_declared_in_the_openapi_document() {
     ask(out, &main, "post", r, r, None, small(), None).await;
     ask(out, &main, "post", r, r, Some(TOKEN_READ), small(), None).await;
     ask(out, &no_alertmanager, "post", r, r, all, small(), None).await;
+    ask(out, &unrouted, "post", r, r, all, small(), None).await;
     ask(
         out,
         &main,

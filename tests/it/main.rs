@@ -20,6 +20,7 @@ mod partial_failure;
 mod pause;
 mod reload;
 mod retention;
+mod routing;
 mod serving;
 mod specs;
 mod store;

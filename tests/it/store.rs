@@ -120,6 +120,7 @@ store_suite!(
     the_backlog_names_each_destinations_oldest_waiting_and_earliest_due,
     broadcasts_are_found_by_delivery_state_and_by_the_start_of_their_id,
     retention_deletes_old_finished_broadcasts_with_their_rows_and_keeps_the_rest,
+    a_broadcasts_details_and_routes_are_stored_and_claimed_with_it,
 );
 
 fn new_broadcast(
@@ -132,6 +133,7 @@ fn new_broadcast(
         id: id.to_owned(),
         message: Message::new("disk full", "", Severity::P2, thread).unwrap(),
         created_at_ms: now_ms,
+        routes: Vec::new(),
         deliveries: destinations
             .iter()
             .map(|d| NewDelivery {
@@ -1183,4 +1185,52 @@ fn the_store_imports_nothing_of_the_dispatcher_or_the_config() {
         "the store imports the dispatcher or the config:\n{}",
         offenders.join("\n")
     );
+}
+
+async fn a_broadcasts_details_and_routes_are_stored_and_claimed_with_it(harness: Harness) {
+    let store = harness.open().await;
+    let details = herald::domain::MessageDetails {
+        labels: [("team".to_owned(), "payments".to_owned())].into(),
+        links: vec![herald::domain::Link {
+            text: "Runbook".into(),
+            url: "https://wiki.example/run".into(),
+        }],
+        fields: vec![herald::domain::Field {
+            name: "Region".into(),
+            value: "eu-west-1".into(),
+        }],
+        source: Some("deploy-bot".into()),
+        summary: Some("short".into()),
+    };
+    let mut new = new_broadcast("B1", None, &["a"], 1_000);
+    new.message = new.message.with_details(details.clone()).unwrap();
+    new.routes = vec!["payments".into(), "default".into()];
+    store.insert_broadcast(new).await.unwrap();
+    store
+        .insert_broadcast(new_broadcast("B2", None, &["a"], 1_000))
+        .await
+        .unwrap();
+    let view = store.broadcast("B1").await.unwrap().unwrap();
+    assert_eq!(view.message.details(), &details);
+    assert_eq!(view.routes, ["payments", "default"]);
+    let plain = store.broadcast("B2").await.unwrap().unwrap();
+    assert!(plain.message.details().is_empty() && plain.routes.is_empty());
+    let claim = store.claim_due("a", 10, 2_000).await.unwrap();
+    assert_eq!(claim.deliveries.len(), 2);
+    let claimed = |id: &str| {
+        claim
+            .deliveries
+            .iter()
+            .find(|d| d.broadcast_id == id)
+            .unwrap()
+            .message
+            .details()
+            .clone()
+    };
+    assert_eq!(
+        claimed("B1"),
+        details,
+        "a claimed delivery carries the details"
+    );
+    assert!(claimed("B2").is_empty());
 }

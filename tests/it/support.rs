@@ -62,6 +62,7 @@ pub fn request(title: &str, destinations: &[&str]) -> SendRequest {
         thread: None,
         resolved: false,
         destinations: destinations.iter().map(|d| (*d).to_owned()).collect(),
+        ..SendRequest::default()
     }
 }
 

@@ -47,7 +47,8 @@ pub(super) async fn claim_due(
                          WHERE r.destination = d.destination AND r.thread_key = d.thread_key
                            AND r.id < d.id AND r.remote_ref IS NOT NULL
                          ORDER BY r.id LIMIT 1)
-                    END
+                    END,
+                    b.details
              FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
              WHERE d.destination = $1 AND d.priority <= $2 AND d.due_at_ms IS NOT NULL
                AND d.lease_owner IS NULL AND d.due_at_ms <= $3
@@ -66,7 +67,7 @@ pub(super) async fn claim_due(
             destination: destination.to_owned(),
             idempotency_key: row.try_get(2)?,
             progress: progress_from_row(row, 3)?,
-            message: message_from_row(row, 9, 15)?,
+            message: message_from_row(row, 9, 15, 18)?,
             broadcast_created_at_ms: row.try_get(13)?,
             last_error: row.try_get(14)?,
             lease_epoch: 0,

@@ -24,7 +24,10 @@ pub(super) async fn insert_batch(
     let (mut ids, mut titles, mut bodies, mut severities, mut threads, mut created) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut resolved = Vec::with_capacity(batch.len());
+    let (mut details, mut routes) = (vec![], vec![]);
     for new in batch {
+        details.push(crate::store::details_json(&new.message));
+        routes.push(crate::store::routes_json(&new.routes));
         resolved.push(new.message.resolved());
         ids.push(new.id.as_str());
         titles.push(new.message.title());
@@ -35,11 +38,15 @@ pub(super) async fn insert_batch(
     }
     let inserted = tx
         .execute(
-            "INSERT INTO broadcasts (id, title, body, severity, thread_key, created_at_ms, resolved)
+            "INSERT INTO broadcasts (id, title, body, severity, thread_key, created_at_ms, resolved,
+                 details, routes)
              SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
-                                  $6::BIGINT[], $7::BOOL[])
+                                  $6::BIGINT[], $7::BOOL[], $8::TEXT[], $9::TEXT[])
              ON CONFLICT (id) DO NOTHING",
-            &[&ids, &titles, &bodies, &severities, &threads, &created, &resolved],
+            &[
+                &ids, &titles, &bodies, &severities, &threads, &created, &resolved, &details,
+                &routes,
+            ],
         )
         .await?;
     if inserted as usize != batch.len() {

@@ -24,22 +24,25 @@ pub(super) const THREAD_REF_SQL: &str = "SELECT remote_ref FROM deliveries
      WHERE destination = $1 AND thread_key = $2 AND id < $3 AND remote_ref IS NOT NULL
      ORDER BY id LIMIT 1";
 
-/// Reads title, body, severity and thread from `first` on, and the resolved
-/// flag from column `resolved`.
+/// Reads title, body, severity and thread from `first` on, the resolved
+/// flag from column `resolved` and the details (JSON) from `details`.
 pub(super) fn message_from_row(
     row: &Row,
     first: usize,
     resolved: usize,
+    details: usize,
 ) -> Result<Message, StoreError> {
     let title: String = row.try_get(first)?;
     let body: String = row.try_get(first + 1)?;
     let severity: String = row.try_get(first + 2)?;
     let thread: Option<String> = row.try_get(first + 3)?;
     let resolved: bool = row.try_get(resolved)?;
-    Severity::parse(&severity)
+    let details: Option<String> = row.try_get(details)?;
+    let message = Severity::parse(&severity)
         .and_then(|severity| Message::new(&title, &body, severity, thread.as_deref()))
         .and_then(|message| message.resolving(resolved))
-        .map_err(|e| corrupt(format!("stored message is invalid: {e}")))
+        .map_err(|e| corrupt(format!("stored message is invalid: {e}")))?;
+    crate::store::with_stored_details(message, details.as_deref())
 }
 
 pub(super) async fn list_broadcasts(
@@ -119,7 +122,7 @@ pub(super) async fn read_broadcast(
 ) -> Result<Option<BroadcastView>, StoreError> {
     let Some(head) = client
         .query_opt(
-            "SELECT title, body, severity, thread_key, created_at_ms, resolved
+            "SELECT title, body, severity, thread_key, created_at_ms, resolved, details, routes
              FROM broadcasts WHERE id = $1",
             &[&id],
         )
@@ -127,7 +130,8 @@ pub(super) async fn read_broadcast(
     else {
         return Ok(None);
     };
-    let message = message_from_row(&head, 0, 5)?;
+    let message = message_from_row(&head, 0, 5, 6)?;
+    let routes = crate::store::routes_from_json(head.try_get::<_, Option<String>>(7)?.as_deref())?;
     let created_at_ms: i64 = head.try_get(4)?;
     let rows = client
         .query(
@@ -192,6 +196,7 @@ pub(super) async fn read_broadcast(
         id: id.to_owned(),
         message,
         created_at_ms,
+        routes,
         deliveries,
     }))
 }

@@ -125,6 +125,13 @@ ALTER TABLE destination_state
     r#"
 CREATE INDEX ingest_keys_broadcast ON ingest_keys (broadcast_id);
 "#,
+    // A message's labels, links, fields, source and summary (one JSON
+    // text, NULL when it has none) and the routes that picked its
+    // destinations (a JSON array, NULL when the caller named them): both
+    // written once with the broadcast, never changed.
+    r#"
+ALTER TABLE broadcasts ADD COLUMN details TEXT, ADD COLUMN routes TEXT;
+"#,
 ];
 
 /// Runs migrations on the database at `url`; returns how many were applied.

@@ -29,7 +29,7 @@ pub(super) fn earliest_due(conn: &Connection, destination: &str) -> rusqlite::Re
 pub(super) const CLAIM_SQL: &str = "SELECT d.id, d.broadcast_id,
         d.state, d.attempts_made, d.attempts_max, d.due_at_ms, d.deadline_at_ms, d.possible_duplicate,
         b.title, b.body, b.severity, b.thread_key, b.created_at_ms, d.last_error,
-        b.resolved, d.remote_ref, d.lease_epoch
+        b.resolved, d.remote_ref, d.lease_epoch, b.details
      FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id
      WHERE d.destination = ?1 AND d.priority = ?2 AND d.due_at_ms IS NOT NULL AND d.leased = 0
        AND d.due_at_ms <= ?3
@@ -69,7 +69,7 @@ pub(super) fn claim_due(
                 broadcast_id,
                 destination: destination.to_owned(),
                 progress,
-                message: message_from_row(row, 8, 14)??,
+                message: message_from_row(row, 8, 14, 17)??,
                 broadcast_created_at_ms: row.get(12)?,
                 last_error: row.get(13)?,
                 // The current lease; leasing below takes the next.

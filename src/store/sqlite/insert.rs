@@ -10,8 +10,9 @@ pub(super) fn insert_broadcast(
     let message = &new.message;
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO broadcasts (id, title, body, severity, thread_key, created_at_ms, resolved)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO broadcasts (id, title, body, severity, thread_key, created_at_ms, resolved,
+                 details, routes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
         )?
         .execute(params![
             new.id,
@@ -20,7 +21,9 @@ pub(super) fn insert_broadcast(
             message.severity().as_str(),
             message.thread(),
             new.created_at_ms,
-            message.resolved()
+            message.resolved(),
+            crate::store::details_json(message),
+            crate::store::routes_json(&new.routes),
         ])?;
     if inserted == 0 {
         return Err(StoreError::DuplicateBroadcast(new.id.clone()));

@@ -23,22 +23,25 @@ pub(super) fn progress_from_row(
     }))
 }
 
-/// Reads title, body, severity and thread from `first` on, and the resolved
-/// flag from column `resolved`.
+/// Reads title, body, severity and thread from `first` on, the resolved
+/// flag from column `resolved` and the details (JSON) from `details`.
 pub(super) fn message_from_row(
     row: &Row,
     first: usize,
     resolved: usize,
+    details: usize,
 ) -> rusqlite::Result<Result<Message, StoreError>> {
     let title: String = row.get(first)?;
     let body: String = row.get(first + 1)?;
     let severity: String = row.get(first + 2)?;
     let thread: Option<String> = row.get(first + 3)?;
     let resolved: bool = row.get(resolved)?;
+    let details: Option<String> = row.get(details)?;
     Ok(Severity::parse(&severity)
         .and_then(|severity| Message::new(&title, &body, severity, thread.as_deref()))
         .and_then(|message| message.resolving(resolved))
-        .map_err(|e| StoreError::Corrupt(format!("stored message is invalid: {e}"))))
+        .map_err(|e| StoreError::Corrupt(format!("stored message is invalid: {e}")))
+        .and_then(|message| crate::store::with_stored_details(message, details.as_deref())))
 }
 
 /// How many deliveries are unfinished, through their partial index (the
@@ -135,17 +138,22 @@ pub(super) fn read_broadcast_with(
 ) -> Result<Option<BroadcastView>, StoreError> {
     let head = conn
         .prepare_cached(
-            "SELECT title, body, severity, thread_key, created_at_ms, resolved
+            "SELECT title, body, severity, thread_key, created_at_ms, resolved, details, routes
              FROM broadcasts WHERE id = ?1",
         )?
         .query_row(params![id], |row| {
-            Ok((message_from_row(row, 0, 5)?, row.get::<_, i64>(4)?))
+            Ok((
+                message_from_row(row, 0, 5, 6)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, Option<String>>(7)?,
+            ))
         })
         .optional()?;
-    let Some((message, created_at_ms)) = head else {
+    let Some((message, created_at_ms, routes)) = head else {
         return Ok(None);
     };
     let message = message?;
+    let routes = crate::store::routes_from_json(routes.as_deref())?;
     let mut deliveries = Vec::new();
     let mut ids = Vec::new();
     {
@@ -205,6 +213,7 @@ pub(super) fn read_broadcast_with(
         id: id.to_owned(),
         message,
         created_at_ms,
+        routes,
         deliveries,
     }))
 }

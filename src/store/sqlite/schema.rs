@@ -255,6 +255,14 @@ CREATE TABLE destination_pauses (
     r#"
 CREATE INDEX ingest_keys_broadcast ON ingest_keys (broadcast_id);
 "#,
+    // A message's labels, links, fields, source and summary (one JSON
+    // text, NULL when it has none) and the routes that picked its
+    // destinations (a JSON array, NULL when the caller named them): both
+    // written once with the broadcast, never changed.
+    r#"
+ALTER TABLE broadcasts ADD COLUMN details TEXT;
+ALTER TABLE broadcasts ADD COLUMN routes TEXT;
+"#,
 ];
 
 pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {

@@ -48,6 +48,7 @@ async fn a_database_from_an_older_schema_is_migrated_at_open() {
         id: "B1".into(),
         message,
         created_at_ms: 0,
+        routes: Vec::new(),
         deliveries: vec![NewDelivery {
             destination: "a".into(),
             policy: RetryPolicy::default(),

@@ -1,0 +1,102 @@
+//! `herald preview`: the message of flags or of a JSON file, asked of the
+//! server's `POST /v1/preview`, and the answer printed: the routes matched
+//! and the destinations it would go to. Nothing is stored or sent.
+
+use std::path::PathBuf;
+
+use crate::api::wire::{Preview, SendRequest};
+use crate::domain::{Field, Link};
+
+/// The message to preview: a JSON file (the body `POST /v1/broadcasts`
+/// takes), flags, or both (flags add to the file's lists and replace its
+/// other values).
+#[derive(clap::Args, Debug)]
+pub struct PreviewArgs {
+    /// A JSON file holding the message, as POST /v1/broadcasts takes it.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// The message's title, one line (required without --file).
+    #[arg(long, required_unless_present = "file")]
+    pub title: Option<String>,
+    /// The message's text.
+    #[arg(long)]
+    pub body: Option<String>,
+    /// P1..P5 (or critical, high, warning, low, info). Default P3.
+    #[arg(long)]
+    pub severity: Option<String>,
+    /// Incident key.
+    #[arg(long)]
+    pub thread: Option<String>,
+    /// A destination or group name; repeat. None: the routes decide.
+    #[arg(long = "to")]
+    pub to: Vec<String>,
+    /// A label NAME=VALUE; repeat.
+    #[arg(long = "label", value_name = "NAME=VALUE", value_parser = crate::client::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// A link TEXT=URL; repeat.
+    #[arg(long = "link", value_name = "TEXT=URL", value_parser = crate::client::parse_link)]
+    pub links: Vec<Link>,
+    /// A field NAME=VALUE; repeat.
+    #[arg(long = "field", value_name = "NAME=VALUE", value_parser = crate::client::parse_field)]
+    pub fields: Vec<Field>,
+    /// Who sends it.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Short text for SMS and push.
+    #[arg(long)]
+    pub summary: Option<String>,
+    /// Print the answer as JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl PreviewArgs {
+    /// The request these arguments describe.
+    pub fn request(&self) -> Result<SendRequest, String> {
+        let mut request = match &self.file {
+            None => SendRequest::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                serde_json::from_str(&text).map_err(|e| {
+                    format!(
+                        "{}: not a message as POST /v1/broadcasts takes it: {e}",
+                        path.display()
+                    )
+                })?
+            }
+        };
+        let replace = |field: &mut Option<String>, value: &Option<String>| {
+            if value.is_some() {
+                field.clone_from(value);
+            }
+        };
+        if let Some(title) = &self.title {
+            request.title.clone_from(title);
+        }
+        replace(&mut request.body, &self.body);
+        replace(&mut request.severity, &self.severity);
+        replace(&mut request.thread, &self.thread);
+        replace(&mut request.source, &self.source);
+        replace(&mut request.summary, &self.summary);
+        request.destinations.extend(self.to.iter().cloned());
+        request.labels.extend(self.labels.iter().cloned());
+        request.links.extend(self.links.iter().cloned());
+        request.fields.extend(self.fields.iter().cloned());
+        Ok(request)
+    }
+}
+
+/// The answer, for people.
+pub fn render(preview: &Preview) -> String {
+    let mut out = if preview.routes.is_empty() {
+        "routes: none (destinations named)\n".to_owned()
+    } else {
+        format!("routes: {}\n", preview.routes.join(" -> "))
+    };
+    out.push_str(&format!("destinations ({}):\n", preview.destinations.len()));
+    for destination in &preview.destinations {
+        out.push_str(&format!("  {} ({})\n", destination.name, destination.kind));
+    }
+    out
+}
