@@ -4,8 +4,8 @@
 
 mod backoff;
 mod delivery;
-mod in_flight;
 mod details;
+mod in_flight;
 mod isolation;
 mod message;
 mod outcome;
@@ -16,12 +16,12 @@ pub use delivery::{
     derive_status, BroadcastStatus, DeliveryProgress, DeliveryState, Event, Transition,
     TransitionError, Verification,
 };
-pub use in_flight::ClaimedDelivery;
 pub use details::{
     check_url, Field, Link, MessageDetails, FIELDS_MAX, FIELD_NAME_CHARS_MAX,
     FIELD_VALUE_CHARS_MAX, LABELS_MAX, LABEL_NAME_CHARS_MAX, LABEL_VALUE_CHARS_MAX, LINKS_MAX,
     LINK_TEXT_CHARS_MAX, LINK_URL_CHARS_MAX, SOURCE_CHARS_MAX, SUMMARY_CHARS_MAX,
 };
+pub use in_flight::ClaimedDelivery;
 pub use isolation::{
     Isolation, DEFAULT_BREAKER_COOLDOWN_MS, DEFAULT_BREAKER_FAILURES, DEFAULT_LEASE_MS,
 };
