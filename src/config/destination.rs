@@ -76,82 +76,93 @@ impl Target {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum FileKind {
-    Webhook,
-    Slack,
-    Teams,
-    Jira,
-    PagerDuty,
-    Discord,
-}
-
-impl FileKind {
-    pub(super) const ALL: [FileKind; 6] = [
-        FileKind::Webhook,
-        FileKind::Slack,
-        FileKind::Teams,
-        FileKind::Jira,
-        FileKind::PagerDuty,
-        FileKind::Discord,
-    ];
-
-    pub(super) fn parse(text: &str) -> Option<FileKind> {
-        FileKind::ALL.into_iter().find(|kind| kind.as_str() == text)
-    }
-
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            FileKind::Webhook => "webhook",
-            FileKind::Slack => "slack",
-            FileKind::Teams => "teams",
-            FileKind::Jira => "jira",
-            FileKind::PagerDuty => "pagerduty",
-            FileKind::Discord => "discord",
-        }
-    }
-
+/// What the config knows of one destination kind, read from the
+/// `config` module in its folder (`crate::kinds::<kind>::config::KIND`).
+pub struct KindConfig {
+    /// The `kind = "..."` that selects it.
+    pub name: &'static str,
     /// The destination's own published pace, used when the file sets none:
     /// (requests per second, burst).
-    pub(super) fn default_rate(self) -> Option<(f64, u32)> {
-        match self {
-            // One message per second per channel.
-            FileKind::Slack => Some((1.0, 1)),
-            // Workflows throttle bursts; a few a second is safe.
-            FileKind::Teams => Some((4.0, 4)),
-            FileKind::Jira => Some((10.0, 10)),
-            // 120 events a minute per routing key.
-            FileKind::PagerDuty => Some((2.0, 4)),
-            // 5 requests per 2 seconds per webhook.
-            FileKind::Discord => Some((2.5, 5)),
-            FileKind::Webhook => None,
+    pub default_rate: Option<(f64, u32)>,
+    /// The keys of a destination table that only this kind takes.
+    pub keys: &'static [&'static str],
+    /// Named among the kinds that take a credential (`secret_env`,
+    /// `secret`) when another kind's table has one.
+    pub takes_secret: bool,
+    /// Whether this table may have a credential (a kind may take one in
+    /// one mode only).
+    pub secret_allowed: fn(&FileDestination) -> bool,
+    /// Its target from its table; notes every problem, `None` when there
+    /// was one.
+    pub parse: fn(&TargetKeys<'_, '_>) -> Option<Target>,
+}
+
+/// A kind a destination's table names.
+pub(super) type FileKind = &'static KindConfig;
+
+macro_rules! listed_kinds {
+    (@push $kinds:ident, none) => {};
+    (@push $kinds:ident, $config:ident) => {
+        $kinds.push(&crate::kinds::$config::config::KIND);
+    };
+    ($($variant:ident {
+        field: $field:ident,
+        connector: $($connector:ident)::+,
+        emulation: $($emulation:ident)::+,
+        stats: $($stats:ident)::+,
+        demo: $demo:ident,
+        config: $config:ident $(,)?
+    }),* $(,)?) => {
+        /// The kinds with a `config` module, in the list's order.
+        fn listed_kinds() -> Vec<FileKind> {
+            let mut kinds: Vec<FileKind> = Vec::new();
+            $(listed_kinds!(@push kinds, $config);)*
+            kinds
         }
-    }
+    };
+}
+crate::kinds::with_kinds!(listed_kinds);
+
+/// The kinds a destination's table may name. The list names the generic
+/// webhook last (the mock tries it last); the file's messages name it
+/// first.
+pub(super) fn file_kinds() -> &'static [FileKind] {
+    static KINDS: std::sync::LazyLock<Vec<FileKind>> = std::sync::LazyLock::new(|| {
+        let mut kinds = listed_kinds();
+        kinds.rotate_right(1);
+        kinds
+    });
+    &KINDS
+}
+
+/// The kind named `text`, if there is one.
+pub(super) fn file_kind(text: &str) -> Option<FileKind> {
+    file_kinds().iter().copied().find(|kind| kind.name == text)
 }
 
 #[derive(Deserialize)]
-pub(super) struct FileDestination {
-    pub(super) kind: Option<Spanned<String>>,
-    pub(super) url: Option<Spanned<String>>,
+pub struct FileDestination {
+    pub kind: Option<Spanned<String>>,
+    pub url: Option<Spanned<String>>,
     /// The URL itself is a credential (Discord, Teams): read it from here.
-    pub(super) url_env: Option<Spanned<String>>,
-    pub(super) secret_env: Option<Spanned<String>>,
+    pub url_env: Option<Spanned<String>>,
+    pub secret_env: Option<Spanned<String>>,
     /// The credential written in the file itself: for the mock and tests;
     /// real credentials belong in the environment (`secret_env`).
-    pub(super) secret: Option<Spanned<String>>,
-    pub(super) channel: Option<Spanned<String>>,
-    pub(super) project: Option<Spanned<String>>,
-    pub(super) issue_type: Option<Spanned<String>>,
-    pub(super) email: Option<Spanned<String>>,
-    pub(super) resolve_transition: Option<Spanned<String>>,
-    pub(super) search_recheck_ms: Option<Spanned<u64>>,
-    pub(super) forum: Option<Spanned<bool>>,
+    pub secret: Option<Spanned<String>>,
+    pub channel: Option<Spanned<String>>,
+    pub project: Option<Spanned<String>>,
+    pub issue_type: Option<Spanned<String>>,
+    pub email: Option<Spanned<String>>,
+    pub resolve_transition: Option<Spanned<String>>,
+    pub search_recheck_ms: Option<Spanned<u64>>,
+    pub forum: Option<Spanned<bool>>,
     /// Discord's bot mode: the channel the bot posts to (a snowflake).
-    pub(super) channel_id: Option<Spanned<String>>,
-    pub(super) timeout_ms: Option<Spanned<u64>>,
-    pub(super) concurrency: Option<Spanned<u32>>,
-    pub(super) rate_limit_per_sec: Option<Spanned<f64>>,
-    pub(super) rate_limit_burst: Option<Spanned<u32>>,
+    pub channel_id: Option<Spanned<String>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub concurrency: Option<Spanned<u32>>,
+    pub rate_limit_per_sec: Option<Spanned<f64>>,
+    pub rate_limit_burst: Option<Spanned<u32>>,
     #[serde(default)]
     pub(super) retry: FileRetry,
     #[serde(default)]
@@ -160,16 +171,16 @@ pub(super) struct FileDestination {
 
 #[derive(Deserialize, Default)]
 pub(super) struct FileBreaker {
-    pub(super) failures: Option<Spanned<u32>>,
-    pub(super) cooldown_ms: Option<Spanned<u64>>,
+    pub failures: Option<Spanned<u32>>,
+    pub cooldown_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
 pub(super) struct FileRetry {
-    pub(super) attempts_max: Option<Spanned<u32>>,
-    pub(super) base_ms: Option<Spanned<u64>>,
-    pub(super) cap_ms: Option<Spanned<u64>>,
-    pub(super) deadline_secs: Option<Spanned<u64>>,
+    pub attempts_max: Option<Spanned<u32>>,
+    pub base_ms: Option<Spanned<u64>>,
+    pub cap_ms: Option<Spanned<u64>>,
+    pub deadline_secs: Option<Spanned<u64>>,
 }
 
 /// A valid destination name close to `name`: lower case, other characters
@@ -204,7 +215,7 @@ pub(super) fn parse_destination(
     skip_missing_kind: bool,
 ) -> Option<Destination> {
     let key = format!("destinations.{name}");
-    let kinds = FileKind::ALL.map(FileKind::as_str);
+    let kinds: Vec<&str> = file_kinds().iter().map(|k| k.name).collect();
     let kind = match &d.kind {
         None => {
             if !skip_missing_kind {
@@ -218,7 +229,7 @@ pub(super) fn parse_destination(
             }
             return None;
         }
-        Some(kind) => match FileKind::parse(kind.get_ref()) {
+        Some(kind) => match file_kind(kind.get_ref()) {
             Some(parsed) => parsed,
             None => {
                 let fix = match closest_word(kind.get_ref(), &kinds) {
@@ -285,7 +296,7 @@ pub(super) fn parse_destination(
         ) * 1000
     });
     let rate_per_sec = match &d.rate_limit_per_sec {
-        None => kind.default_rate().map(|(rate, _)| rate),
+        None => kind.default_rate.map(|(rate, _)| rate),
         Some(rate) if (0.01..=100_000.0).contains(rate.get_ref()) => Some(*rate.get_ref()),
         Some(rate) => {
             problems.add(
@@ -295,7 +306,7 @@ pub(super) fn parse_destination(
             None
         }
     };
-    let default_burst = kind.default_rate().map_or(1, |(_, burst)| burst);
+    let default_burst = kind.default_rate.map_or(1, |(_, burst)| burst);
     let rate_burst = problems.in_range(
         &format!("{key}.rate_limit_burst"),
         &d.rate_limit_burst,
@@ -334,6 +345,21 @@ pub(super) fn parse_destination(
     })
 }
 
+/// The span of a kind's own key in a destination's table, when written.
+fn span_of(d: &FileDestination, field: &str) -> Span {
+    match field {
+        "channel" => d.channel.as_ref().map(|v| v.span()),
+        "project" => d.project.as_ref().map(|v| v.span()),
+        "issue_type" => d.issue_type.as_ref().map(|v| v.span()),
+        "email" => d.email.as_ref().map(|v| v.span()),
+        "resolve_transition" => d.resolve_transition.as_ref().map(|v| v.span()),
+        "search_recheck_ms" => d.search_recheck_ms.as_ref().map(|v| v.span()),
+        "forum" => d.forum.as_ref().map(|v| v.span()),
+        "channel_id" => d.channel_id.as_ref().map(|v| v.span()),
+        _ => unreachable!("{field} is not a key of a destination table"),
+    }
+}
+
 /// The kind's own settings: which keys it needs, which it refuses. Notes
 /// every problem; `None` when there was one.
 pub(super) fn parse_target(
@@ -343,96 +369,63 @@ pub(super) fn parse_target(
     env: &impl Fn(&str) -> Option<String>,
     problems: &Problems<'_>,
 ) -> Option<Target> {
-    let kind_name = kind.as_str();
-    let kind_span = d.kind.as_ref().map(|k| k.span());
+    let kind_name = kind.name;
     // Keys that belong to other kinds are refused, so a typo'd table is
     // not silently half-used.
     let only_for = |field: &str, present: Span, kinds: &[FileKind]| {
         if let Some(span) = present {
-            if !kinds.contains(&kind) {
+            if !kinds.iter().any(|k| std::ptr::eq(*k, kind)) {
                 problems.add(
                     Some(span),
                     format!(
-                        "{key}.{field}: not a setting of kind {kind_name} (only of {}); remove it",
-                        kinds
-                            .iter()
-                            .map(|k| k.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
+                        "{key}.{field}: not a setting of kind {kind_name} (only of {})",
+                        kinds.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+                    ) + "; remove it",
                 );
             }
         }
     };
-    only_for(
-        "channel",
-        d.channel.as_ref().map(|v| v.span()),
-        &[FileKind::Slack],
-    );
-    for (field, value) in [
-        ("project", &d.project),
-        ("issue_type", &d.issue_type),
-        ("email", &d.email),
-        ("resolve_transition", &d.resolve_transition),
-    ] {
-        only_for(field, value.as_ref().map(|v| v.span()), &[FileKind::Jira]);
+    for owner in file_kinds() {
+        for field in owner.keys {
+            let owners: Vec<FileKind> = file_kinds()
+                .iter()
+                .copied()
+                .filter(|k| k.keys.contains(field))
+                .collect();
+            if std::ptr::eq(owners[0], *owner) {
+                only_for(field, span_of(d, field), &owners);
+            }
+        }
     }
-    only_for(
-        "search_recheck_ms",
-        d.search_recheck_ms.as_ref().map(|v| v.span()),
-        &[FileKind::Jira],
-    );
-    only_for(
-        "forum",
-        d.forum.as_ref().map(|v| v.span()),
-        &[FileKind::Discord],
-    );
-    only_for(
-        "channel_id",
-        d.channel_id.as_ref().map(|v| v.span()),
-        &[FileKind::Discord],
-    );
-    // Discord takes a credential in its bot mode (`channel_id` set) only.
-    let discord_bot = kind == FileKind::Discord && d.channel_id.is_some();
-    let secret_kinds: &[FileKind] = if discord_bot {
-        &[FileKind::Discord]
+    // A kind may take a credential in one mode only (Discord's bot mode).
+    let secret_kinds: Vec<FileKind> = if kind.takes_secret || !(kind.secret_allowed)(d) {
+        file_kinds()
+            .iter()
+            .copied()
+            .filter(|k| k.takes_secret)
+            .collect()
     } else {
-        &[
-            FileKind::Webhook,
-            FileKind::Slack,
-            FileKind::Jira,
-            FileKind::PagerDuty,
-        ]
+        vec![kind]
     };
     only_for(
         "secret_env",
         d.secret_env.as_ref().map(|v| v.span()),
-        secret_kinds,
+        &secret_kinds,
     );
-    only_for("secret", d.secret.as_ref().map(|v| v.span()), secret_kinds);
+    only_for("secret", d.secret.as_ref().map(|v| v.span()), &secret_kinds);
 
-    let env_value = |field: &str, var: &Spanned<String>| -> Option<String> {
-        let value = env(var.get_ref())
-            .map(|value| value.trim().to_owned())
-            .filter(|value| !value.is_empty());
-        if value.is_none() {
-            problems
-                .missing_env
-                .borrow_mut()
-                .push(var.get_ref().clone());
-            problems.add(
-                Some(var.span()),
-                format!(
-                    "{key}.{field}: environment variable {} is not set; export {}=... before starting herald",
-                    var.get_ref(),
-                    var.get_ref()
-                ),
-            );
-        }
-        value
-    };
     let url_given = d.url.is_some() || d.url_env.is_some();
-    let url = match (&d.url, &d.url_env) {
+    let mut keys = TargetKeys {
+        key,
+        kind_name,
+        kind_span: d.kind.as_ref().map(|k| k.span()),
+        d,
+        problems,
+        env,
+        url_given,
+        url: None,
+    };
+    keys.url = match (&d.url, &d.url_env) {
         (Some(_), Some(var)) => {
             problems.add(
                 Some(var.span()),
@@ -444,7 +437,7 @@ pub(super) fn parse_target(
             .map_err(|reason| problems.add(Some(url.span()), format!("{key}.url: {reason}")))
             .ok(),
         // The value is a credential: the error never repeats it.
-        (None, Some(var)) => env_value("url_env", var).and_then(|value| {
+        (None, Some(var)) => keys.env_value("url_env", var).and_then(|value| {
             parse_destination_url(&value)
                 .map_err(|_| {
                     problems.add(
@@ -459,47 +452,113 @@ pub(super) fn parse_target(
         }),
         (None, None) => None,
     };
-    let required_url = || {
-        if !url_given {
-            problems.add(
-                kind_span.clone(),
+    (kind.parse)(&keys)
+}
+
+/// What a kind's `parse` reads its target from: the destination's table,
+/// its key path, and checks that note each problem with the key and a fix.
+pub struct TargetKeys<'a, 's> {
+    /// `destinations.<name>`.
+    pub key: &'a str,
+    pub kind_name: &'static str,
+    kind_span: Span,
+    pub d: &'a FileDestination,
+    problems: &'a Problems<'s>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    url_given: bool,
+    url: Option<reqwest::Url>,
+}
+
+impl TargetKeys<'_, '_> {
+    /// Notes a problem at `span`.
+    pub fn add(&self, span: Span, message: String) {
+        self.problems.add(span, message);
+    }
+
+    /// The integer at `field`, or `default`, checked against `range`.
+    pub fn in_range<T: Copy + PartialOrd + fmt::Display>(
+        &self,
+        field: &str,
+        value: &Option<Spanned<T>>,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> T {
+        self.problems
+            .in_range(&format!("{}.{field}", self.key), value, default, range)
+    }
+
+    fn env_value(&self, field: &str, var: &Spanned<String>) -> Option<String> {
+        let key = self.key;
+        let value = (self.env)(var.get_ref())
+            .map(|value| value.trim().to_owned())
+            .filter(|value| !value.is_empty());
+        if value.is_none() {
+            self.problems
+                .missing_env
+                .borrow_mut()
+                .push(var.get_ref().clone());
+            self.problems.add(
+                Some(var.span()),
+                format!(
+                    "{key}.{field}: environment variable {} is not set; export {}=... before starting herald",
+                    var.get_ref(),
+                    var.get_ref()
+                ),
+            );
+        }
+        value
+    }
+
+    /// The `url` (or `url_env`) the kind needs.
+    pub fn required_url(&self) -> Option<reqwest::Url> {
+        let (key, kind_name) = (self.key, self.kind_name);
+        if !self.url_given {
+            self.problems.add(
+                self.kind_span.clone(),
                 format!(
                     "{key}.url: kind {kind_name} needs url (or url_env); add url = \"https://...\""
                 ),
             );
         }
-        url.clone()
-    };
-    // An optional URL with a default: None only when the given one is bad.
-    let url_or = |default: &str| {
-        if url_given {
-            url.clone()
+        self.url.clone()
+    }
+
+    /// An optional URL with a default: None only when the given one is bad.
+    pub fn url_or(&self, default: &str) -> Option<reqwest::Url> {
+        if self.url_given {
+            self.url.clone()
         } else {
             Some(reqwest::Url::parse(default).expect("built-in URL"))
         }
-    };
-    let required = |field: &str, value: &Option<Spanned<String>>| match value
-        .as_ref()
-        .map(|v| (v.get_ref().trim(), v.span()))
-    {
-        Some((text, _)) if !text.is_empty() => Some(text.to_owned()),
-        Some((_, span)) => {
-            problems.add(Some(span), format!("{key}.{field}: must not be empty"));
-            None
+    }
+
+    /// A text key the kind needs, not empty.
+    pub fn required(&self, field: &str, value: &Option<Spanned<String>>) -> Option<String> {
+        let (key, kind_name) = (self.key, self.kind_name);
+        match value.as_ref().map(|v| (v.get_ref().trim(), v.span())) {
+            Some((text, _)) if !text.is_empty() => Some(text.to_owned()),
+            Some((_, span)) => {
+                self.problems
+                    .add(Some(span), format!("{key}.{field}: must not be empty"));
+                None
+            }
+            None => {
+                self.problems.add(
+                    self.kind_span.clone(),
+                    format!("{key}.{field}: kind {kind_name} needs {field}; add {field} = \"...\""),
+                );
+                None
+            }
         }
-        None => {
-            problems.add(
-                kind_span.clone(),
-                format!("{key}.{field}: kind {kind_name} needs {field}; add {field} = \"...\""),
-            );
-            None
-        }
-    };
-    // The credential: from the environment (`secret_env`), or written in
-    // the file (`secret`, for the mock and tests).
-    let secret_text = |what: &str| -> Option<(String, Span, String)> {
+    }
+
+    /// The credential: from the environment (`secret_env`), or written in
+    /// the file (`secret`, for the mock and tests). With it, the span it
+    /// came from and how to name it in a message ("the value of VAR").
+    pub fn secret_text(&self, what: &str) -> Option<(String, Span, String)> {
+        let (key, kind_name, d) = (self.key, self.kind_name, self.d);
         match (&d.secret_env, &d.secret) {
-            (Some(var), None) => env_value("secret_env", var).map(|value| {
+            (Some(var), None) => self.env_value("secret_env", var).map(|value| {
                 (
                     value,
                     Some(var.span()),
@@ -512,181 +571,29 @@ pub(super) fn parse_target(
                 "the value".to_owned(),
             )),
             (Some(var), Some(_)) => {
-                problems.add(
+                self.problems.add(
                     Some(var.span()),
                     format!("{key}.secret_env: set secret_env or secret, not both; remove one"),
                 );
                 None
             }
             (None, None) => {
-                problems.add(
-                    kind_span.clone(),
+                self.problems.add(
+                    self.kind_span.clone(),
                     format!("{key}.secret_env: kind {kind_name} needs secret_env, naming the environment variable that holds {what}"),
                 );
                 None
             }
         }
-    };
-    let field_of = |span: &Span| {
-        if span.as_ref() == d.secret.as_ref().map(|s| s.span()).as_ref() {
+    }
+
+    /// The key a credential's span is at: `secret` or `secret_env`.
+    pub fn field_of(&self, span: &Span) -> &'static str {
+        if span.as_ref() == self.d.secret.as_ref().map(|s| s.span()).as_ref() {
             "secret"
         } else {
             "secret_env"
         }
-    };
-    match kind {
-        FileKind::Webhook => {
-            let secret = if d.secret_env.is_none() && d.secret.is_none() {
-                Some(None)
-            } else {
-                secret_text("").and_then(|(value, span, what)| {
-                    WebhookSecret::parse(&value)
-                        .map_err(|reason| {
-                            problems.add(
-                                span.clone(),
-                                format!(
-                                    "{key}.{}: {what} is not a webhook secret: {reason}; a valid one is whsec_ then the base64 of 24 to 64 random bytes: run `herald secret` to make one",
-                                    field_of(&span)
-                                ),
-                            )
-                        })
-                        .ok()
-                        .map(Some)
-                })
-            };
-            let url = required_url();
-            Some(Target::Webhook {
-                url: url?,
-                secret: secret?,
-            })
-        }
-        FileKind::Slack => {
-            let token = secret_text("the bot token (xoxb-...)").and_then(|(value, span, what)| {
-                if value.starts_with("xox") {
-                    Some(Secret::new(value))
-                } else {
-                    problems.add(
-                        span.clone(),
-                        format!(
-                            "{key}.{}: {what} is not a Slack token; a bot token starts with xoxb-",
-                            field_of(&span)
-                        ),
-                    );
-                    None
-                }
-            });
-            let channel = required("channel", &d.channel);
-            let mut api_url = url_or("https://slack.com/api/")?;
-            if !api_url.path().ends_with('/') {
-                api_url.set_path(&format!("{}/", api_url.path()));
-            }
-            Some(Target::Slack {
-                api_url,
-                channel: channel?,
-                token: token?,
-            })
-        }
-        FileKind::Teams => Some(Target::Teams {
-            url: required_url()?,
-        }),
-        FileKind::Jira => {
-            let search_recheck_ms = problems.in_range(
-                &format!("{key}.search_recheck_ms"),
-                &d.search_recheck_ms,
-                2_000,
-                0..=60_000,
-            );
-            let project = required("project", &d.project).filter(|project| {
-                let valid = project
-                    .chars()
-                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-                if !valid {
-                    problems.add(
-                        d.project.as_ref().map(|v| v.span()),
-                        format!(
-                            "{key}.project: {project:?} is not a Jira project key; write it in capitals, like {:?}",
-                            project.to_ascii_uppercase()
-                        ),
-                    );
-                }
-                valid
-            });
-            let site_url = required_url();
-            let issue_type = match &d.issue_type {
-                None => Some("Task".to_owned()),
-                Some(_) => required("issue_type", &d.issue_type),
-            };
-            let email = required("email", &d.email);
-            let token = secret_text("the API token").map(|(value, _, _)| Secret::new(value));
-            let resolve_transition = match &d.resolve_transition {
-                None => Some("Done".to_owned()),
-                Some(_) => required("resolve_transition", &d.resolve_transition),
-            };
-            Some(Target::Jira {
-                site_url: site_url?,
-                project: project?,
-                issue_type: issue_type?,
-                email: email?,
-                token: token?,
-                resolve_transition: resolve_transition?,
-                search_recheck_ms,
-            })
-        }
-        FileKind::PagerDuty => {
-            let routing_key = secret_text("the integration's routing key").and_then(
-                |(value, span, what)| {
-                    if value.len() == 32 {
-                        Some(Secret::new(value))
-                    } else {
-                        problems.add(
-                            span.clone(),
-                            format!(
-                                "{key}.{}: {what} is not a routing key: a PagerDuty routing key is 32 characters",
-                                field_of(&span)
-                            ),
-                        );
-                        None
-                    }
-                },
-            );
-            let events_url = url_or("https://events.pagerduty.com/");
-            Some(Target::PagerDuty {
-                events_url: events_url?,
-                routing_key: routing_key?,
-            })
-        }
-        FileKind::Discord if discord_bot => {
-            if let Some(forum) = &d.forum {
-                problems.add(
-                    Some(forum.span()),
-                    format!("{key}.forum: the bot mode (channel_id) posts replies in a channel, not forum posts; remove forum, or remove channel_id for the webhook mode"),
-                );
-            }
-            let channel_id = required("channel_id", &d.channel_id).filter(|id| {
-                let valid = id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit());
-                if !valid {
-                    problems.add(
-                        d.channel_id.as_ref().map(|v| v.span()),
-                        format!("{key}.channel_id: {id:?} is not a Discord channel id; copy the channel's id (digits) with Developer Mode on"),
-                    );
-                }
-                valid
-            });
-            // Accepted with or without the `Bot ` of the header.
-            let token = secret_text("the bot token").map(|(value, _, _)| {
-                Secret::new(value.strip_prefix("Bot ").unwrap_or(&value).trim())
-            });
-            let api_url = url_or("https://discord.com/api/v10/");
-            Some(Target::DiscordBot {
-                api_url: api_url?,
-                channel_id: channel_id?,
-                token: token?,
-            })
-        }
-        FileKind::Discord => Some(Target::Discord {
-            url: required_url()?,
-            forum: d.forum.as_ref().is_some_and(|f| *f.get_ref()),
-        }),
     }
 }
 

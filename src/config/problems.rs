@@ -295,7 +295,7 @@ pub(super) fn check_keys(document: &DeTable<'_>, problems: &Problems<'_>) -> Vec
         let mut known = fields_of::<FileDestination>().to_vec();
         for (key, value) in table.iter() {
             let kind = key.get_ref().to_ascii_lowercase();
-            if value.get_ref().is_table() && FileKind::parse(&kind).is_some() {
+            if value.get_ref().is_table() && file_kind(&kind).is_some() {
                 problems.add(
                     Some(key.span()),
                     format!(
@@ -322,7 +322,7 @@ pub(super) fn check_keys(document: &DeTable<'_>, problems: &Problems<'_>) -> Vec
 }
 
 /// A span in the config file's text.
-pub(super) type Span = Option<std::ops::Range<usize>>;
+pub type Span = Option<std::ops::Range<usize>>;
 
 /// Returns the value (or the default) if it lies in `range`; otherwise the
 /// value's span and the range in words.

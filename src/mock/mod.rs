@@ -141,7 +141,8 @@ macro_rules! mock_state {
         connector: $($connector:ident)::+,
         emulation: $($emulation:ident)::+,
         stats: $($stats:ident)::+,
-        demo: $demo:ident $(,)?
+        demo: $demo:ident,
+        config: $config:ident $(,)?
     }),* $(,)?) => {
         /// Everything the mock counted. `paths` has every route; the
         /// destination sections count effects (messages, issues, incidents)

@@ -7,6 +7,7 @@
 
 pub mod bot_connector;
 pub mod bot_mock;
+pub mod config;
 pub mod connector;
 pub mod mock;
 

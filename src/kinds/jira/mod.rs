@@ -4,6 +4,7 @@
 //! - [`connector`]: requests, classification, send, verify.
 //! - [`mock`]: the REST v3 emulation for `herald mock`.
 
+pub mod config;
 pub mod connector;
 pub mod mock;
 

@@ -3,6 +3,7 @@
 //! - [`connector`]: requests, classification, send, verify.
 //! - [`mock`]: the Events v2 emulation for `herald mock`.
 
+pub mod config;
 pub mod connector;
 pub mod mock;
 

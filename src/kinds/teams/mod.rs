@@ -4,6 +4,7 @@
 //! - [`connector`]: requests, classification, send, verify.
 //! - [`mock`]: the workflow webhook emulation for `herald mock`.
 
+pub mod config;
 pub mod connector;
 pub mod mock;
 
