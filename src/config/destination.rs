@@ -114,6 +114,8 @@ macro_rules! listed_kinds {
         config: $config:ident $(,)?
     }),* $(,)?) => {
         /// The kinds with a `config` module, in the list's order.
+        // Entries with `none` push nothing, so this cannot be a `vec![]`.
+        #[allow(clippy::vec_init_then_push)]
         fn listed_kinds() -> Vec<FileKind> {
             let mut kinds: Vec<FileKind> = Vec::new();
             $(listed_kinds!(@push kinds, $config);)*

@@ -3,7 +3,8 @@
 //! emulation for `herald mock`: routes and state; the glue that builds its
 //! connector from its configured target and its demo destination). The
 //! central code (the connector dispatch in `crate::connector`, the mock's
-//! router in `crate::mock`, the demo's table in `crate::demo`) reads the one
+//! router in `crate::mock`, the demo's table in `crate::demo`, the kinds a
+//! destination's table may name in `crate::config`) reads the one
 //! list in [`with_kinds!`] and names no kind itself.
 //!
 //! Discord has two modes (a webhook, or a bot posting to a channel); each is
@@ -27,8 +28,8 @@ pub mod webhook;
 /// - `emulation`: its state in the mock, implementing
 ///   `crate::mock::Emulation`;
 /// - `stats`: what its emulation counts;
-/// - `demo`: the module with its `demo_kind()` for `herald demo` and the
-///   spec tests, or `none` when the demo does not play this entry on its
+/// - `demo`: the folder whose `demo::demo_kind()` (`crate::demo::DemoKind`)
+///   is its part in `herald demo` and in the tests at the mock, or `none` when the demo does not play this entry on its
 ///   own (the bot mode of Discord is a variant of `discord`);
 /// - `config`: the module whose `config::KIND` reads its keys of a
 ///   destination's table (`crate::config::KindConfig`), or `none` when

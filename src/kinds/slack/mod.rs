@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod connector;
+pub mod demo;
 pub mod mock;
 
 use std::time::Duration;

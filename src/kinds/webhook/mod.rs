@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod connector;
+pub mod demo;
 pub mod mock;
 pub mod signature;
 
