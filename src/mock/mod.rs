@@ -61,14 +61,6 @@ mod faults;
 use faults::validate_path;
 pub use faults::{Faults, FaultsFile, PathFaults};
 
-pub use crate::kinds::discord::bot_mock::{DiscordBotStats, DiscordChannelStats};
-pub use crate::kinds::discord::mock::{DiscordStats, DiscordWebhookStats};
-pub use crate::kinds::jira::mock::{JiraProjectStats, JiraStats};
-pub use crate::kinds::pagerduty::mock::{PagerDutyIncidentStats, PagerDutyStats};
-pub use crate::kinds::slack::mock::{SlackChannelStats, SlackStats};
-pub use crate::kinds::teams::mock::{TeamsPathStats, TeamsStats};
-pub use crate::kinds::webhook::WebhookStats;
-
 /// Request arrival times kept per path (for checking pauses); older ones
 /// beyond this are not kept.
 const ARRIVALS_KEPT_MAX: usize = 1_000;

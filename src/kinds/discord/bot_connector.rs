@@ -30,9 +30,10 @@ use sha2::{Digest, Sha256};
 use super::connector::{discord_execute_body, edit_first_message, embed};
 use crate::config::Secret;
 use crate::connector::http::{exchange, Reply};
-use crate::connector::{classify_discord_response, Role, VerifyReport};
+use crate::connector::shared::{Role, VerifyReport};
 use crate::domain::ClaimedDelivery;
 use crate::domain::Outcome;
+use crate::kinds::discord::connector::classify_discord_response;
 
 /// Discord's `nonce` is at most 25 characters.
 pub const DISCORD_NONCE_CHARS_MAX: usize = 25;

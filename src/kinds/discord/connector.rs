@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::connector::http::{cut_chars as cut, exchange, status_class, Reply};
-use crate::connector::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::connector::shared::{headline, parse_retry_after_ms, Role, VerifyReport};
 use crate::domain::ClaimedDelivery;
 use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Severity};
 

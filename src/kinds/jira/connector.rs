@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Secret, Target};
 use crate::connector::http::{exchange, status_class, Reply};
-use crate::connector::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::connector::shared::{headline, parse_retry_after_ms, Role, VerifyReport};
 use crate::domain::ClaimedDelivery;
 use crate::domain::{Outcome, OutcomeClass};
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::config::Secret;
 use crate::connector::http::{exchange, status_class};
-use crate::connector::{headline, parse_retry_after_ms, VerifyReport};
+use crate::connector::shared::{headline, parse_retry_after_ms, VerifyReport};
 use crate::domain::ClaimedDelivery;
 use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Severity};
 

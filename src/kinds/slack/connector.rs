@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::config::Secret;
 use crate::connector::http::{cut_chars as cut, exchange, Reply};
-use crate::connector::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::connector::shared::{headline, parse_retry_after_ms, Role, VerifyReport};
 use crate::domain::ClaimedDelivery;
 use crate::domain::{Outcome, OutcomeClass};
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::WebhookSecret;
 use crate::connector::http::{classify_transport_error, read_excerpt, CONNECT_TIMEOUT_MS_MAX};
-use crate::connector::{parse_retry_after_ms, VerifyReport};
+use crate::connector::shared::{parse_retry_after_ms, VerifyReport};
 
 pub use super::signature::sign_webhook;
 use crate::domain::ClaimedDelivery;
