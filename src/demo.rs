@@ -16,8 +16,70 @@ use crate::config::{Config, Destination, Secret, Target, WebhookSecret};
 use crate::domain::RetryPolicy;
 use crate::mock::{Faults, FaultsFile, MockStats};
 
+/// One destination kind's part in the demo and in tests at the mock, from
+/// the `demo` module in its folder (`crate::kinds::<kind>::demo`).
+pub struct DemoKind {
+    /// Its `kind = "..."`.
+    pub kind: &'static str,
+    /// Where a destination of this kind named `name` sends at the mock.
+    pub send_path: fn(&str) -> String,
+    /// Its target at the mock at `mock_base`, for a destination named `name`.
+    pub target: fn(&str, &str) -> Target,
+    /// The demo's destination of this kind: its name, what goes wrong, and
+    /// the faults at its send path.
+    pub name: &'static str,
+    pub what: &'static str,
+    pub faults: Faults,
+    /// What the destination named `name` holds at the mock, in words, and
+    /// whether it is exactly the thread once (open, update, resolve).
+    pub landed: fn(&MockStats, &str) -> (String, bool),
+}
+
+macro_rules! demo_kinds {
+    (@push $kinds:ident, none) => {};
+    (@push $kinds:ident, $demo:ident) => {
+        $kinds.push(crate::kinds::$demo::demo::demo_kind());
+    };
+    ($($variant:ident {
+        field: $field:ident,
+        connector: $($connector:ident)::+,
+        emulation: $($emulation:ident)::+,
+        stats: $($stats:ident)::+,
+        demo: $demo:ident,
+        config: $config:ident $(,)?
+    }),* $(,)?) => {
+        /// The kinds the demo plays, in the list's order (the generic
+        /// webhook last).
+        // Entries with `none` push nothing, so this cannot be a `vec![]`.
+        #[allow(clippy::vec_init_then_push)]
+        pub fn demo_kinds() -> Vec<DemoKind> {
+            let mut kinds = Vec::new();
+            $(demo_kinds!(@push kinds, $demo);)*
+            kinds
+        }
+    };
+}
+crate::kinds::with_kinds!(demo_kinds);
+
 /// The destination kinds `herald mock` plays.
-pub const MOCK_KINDS: [&str; 6] = ["slack", "teams", "jira", "pagerduty", "discord", "webhook"];
+pub fn mock_kinds() -> Vec<&'static str> {
+    demo_kinds().iter().map(|k| k.kind).collect()
+}
+
+/// The demo's part of `kind`; the generic webhook's (last in the list) for
+/// a kind it does not know.
+fn demo_kind(kind: &str) -> DemoKind {
+    let mut kinds = demo_kinds();
+    match kinds.iter().position(|k| k.kind == kind) {
+        Some(i) => kinds.swap_remove(i),
+        None => kinds.pop().expect("the list has kinds"),
+    }
+}
+
+/// `path` at the mock at `mock_base`.
+pub fn mock_url(mock_base: &str, path: &str) -> reqwest::Url {
+    reqwest::Url::parse(&format!("{mock_base}{path}")).expect("valid URL")
+}
 
 /// The Jira project of a mock Jira destination: the last word of its name
 /// in capitals (`jira-ops` files into `OPS`).
@@ -68,17 +130,7 @@ pub fn mock_discord_bot_destination(mock_base: &str, name: &str) -> Destination 
 /// scripting its faults: Slack's `chat.postMessage`, Jira's issue create,
 /// the Teams workflow, PagerDuty's enqueue, the Discord webhook, the hook.
 pub fn mock_send_path(kind: &str, name: &str) -> String {
-    match kind {
-        "slack" => "/slack/api/chat.postMessage".to_owned(),
-        "teams" => format!("/teams/{name}"),
-        "jira" => "/jira/rest/api/3/issue".to_owned(),
-        "pagerduty" => "/pagerduty/v2/enqueue".to_owned(),
-        "discord" => format!(
-            "/discord/api/webhooks/{}/token-{name}",
-            mock_discord_webhook_id(name)
-        ),
-        _ => format!("/hooks/{name}"),
-    }
+    (demo_kind(kind).send_path)(name)
 }
 
 /// A destination of `kind` at the mock at `mock_base`, with short timeouts
@@ -86,38 +138,7 @@ pub fn mock_send_path(kind: &str, name: &str) -> String {
 /// channel named `name`; a Jira one to project [`mock_jira_project`]; a
 /// Discord one is a forum webhook.
 pub fn mock_destination(mock_base: &str, kind: &str, name: &str) -> Destination {
-    let url = |path: &str| reqwest::Url::parse(&format!("{mock_base}{path}")).expect("valid URL");
-    let target = match kind {
-        "slack" => Target::Slack {
-            api_url: url("/slack/api/"),
-            channel: name.to_owned(),
-            token: Secret::new("xoxb-herald-mock"),
-        },
-        "teams" => Target::Teams {
-            url: url(&mock_send_path(kind, name)),
-        },
-        "jira" => Target::Jira {
-            site_url: url("/jira/"),
-            project: mock_jira_project(name),
-            issue_type: "Incident".into(),
-            email: "herald@example.com".into(),
-            token: Secret::new("jira-mock-token"),
-            resolve_transition: "Done".into(),
-            search_recheck_ms: 500,
-        },
-        "pagerduty" => Target::PagerDuty {
-            events_url: url("/pagerduty/"),
-            routing_key: Secret::new("0123456789abcdef0123456789abcdef"),
-        },
-        "discord" => Target::Discord {
-            url: url(&mock_send_path(kind, name)),
-            forum: true,
-        },
-        _ => Target::Webhook {
-            url: url(&mock_send_path(kind, name)),
-            secret: None,
-        },
-    };
+    let target = (demo_kind(kind).target)(mock_base, name);
     Destination {
         name: name.to_owned(),
         target,
@@ -136,51 +157,10 @@ pub fn mock_destination(mock_base: &str, kind: &str, name: &str) -> Destination 
 /// The demo's destinations: (kind, name, what goes wrong, faults at its
 /// send path).
 pub fn demo_destinations() -> Vec<(&'static str, &'static str, &'static str, Faults)> {
-    vec![
-        (
-            "slack",
-            "slack-incidents",
-            "takes the first post, then drops the answer: read back, not re-posted",
-            Faults {
-                drop_first: 1,
-                drop_hang_ms: 10_000,
-                ..Faults::default()
-            },
-        ),
-        (
-            "teams",
-            "teams-ops",
-            "rate limited once (429, Retry-After: 2)",
-            Faults {
-                rate_limit_first: 1,
-                retry_after_secs: 2,
-                ..Faults::default()
-            },
-        ),
-        (
-            "jira",
-            "jira-ops",
-            "fails the first three creates (503); the update and resolve wait",
-            Faults {
-                fail_first: 3,
-                fail_status: 503,
-                ..Faults::default()
-            },
-        ),
-        ("pagerduty", "pagerduty", "healthy", Faults::default()),
-        (
-            "discord",
-            "discord-ops",
-            "healthy (forum channel)",
-            Faults::default(),
-        ),
-        (
-            "webhook",
-            "status-hook",
-            "healthy, signed",
-            Faults::default(),
-        ),
-    ]
+    demo_kinds()
+        .into_iter()
+        .map(|k| (k.kind, k.name, k.what, k.faults))
+        .collect()
 }
 
 /// A fresh random Standard Webhooks secret, as text (`whsec_...`).
@@ -381,93 +361,10 @@ async fn run_in(
 fn landed(stats: &MockStats) -> (Vec<(&'static str, String)>, bool) {
     let mut lines = Vec::new();
     let mut ok = true;
-    for (kind, name, _, _) in demo_destinations() {
-        let (line, good) = match kind {
-            "slack" => {
-                let c = stats.slack.channels.get(name).cloned().unwrap_or_default();
-                (
-                    format!(
-                        "{} message, {} replies in its thread, {} edit (marked resolved), {} keys duplicated",
-                        c.messages, c.replies, c.updates, c.duplicated_keys.len()
-                    ),
-                    c.messages == 1 && c.replies == 2 && c.updates == 1 && c.duplicated_keys.is_empty(),
-                )
-            }
-            "teams" => {
-                let t = stats
-                    .teams
-                    .paths
-                    .get(&mock_send_path(kind, name))
-                    .cloned()
-                    .unwrap_or_default();
-                (format!("{} cards", t.cards), t.cards == 3)
-            }
-            "jira" => {
-                let p = stats
-                    .jira
-                    .projects
-                    .get(&mock_jira_project(name))
-                    .cloned()
-                    .unwrap_or_default();
-                let issue = p.comments.keys().next().cloned().unwrap_or_default();
-                let status = p.statuses.get(&issue).cloned().unwrap_or_default();
-                let comments = p.comments.get(&issue).copied().unwrap_or(0);
-                (
-                    format!(
-                        "{} issue ({issue}) with {comments} comments, status {status}",
-                        p.issues
-                    ),
-                    p.issues == 1 && comments == 2 && status == "Done",
-                )
-            }
-            "pagerduty" => {
-                let incidents = &stats.pagerduty.incidents;
-                let actions: Vec<String> = incidents
-                    .values()
-                    .flat_map(|i| i.actions.iter().cloned())
-                    .collect();
-                let status = incidents
-                    .values()
-                    .map(|i| i.status.clone())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                (
-                    format!(
-                        "{} incident: {} → {status}",
-                        incidents.len(),
-                        actions.join(", ")
-                    ),
-                    incidents.len() == 1 && status == "resolved",
-                )
-            }
-            "discord" => {
-                let w = stats
-                    .discord
-                    .webhooks
-                    .get(&mock_discord_webhook_id(name))
-                    .cloned()
-                    .unwrap_or_default();
-                (
-                    format!(
-                        "{} forum post with {} messages, {} edit",
-                        w.threads, w.messages, w.edits
-                    ),
-                    w.threads == 1 && w.messages == 3,
-                )
-            }
-            _ => {
-                let p = stats.path(&mock_send_path(kind, name));
-                (
-                    format!(
-                        "{} messages ({} requests, {} bad signatures)",
-                        p.distinct, p.requests, p.bad_signature
-                    ),
-                    p.distinct == 3 && p.bad_signature == 0,
-                )
-            }
-        };
+    for kind in demo_kinds() {
+        let (line, good) = (kind.landed)(stats, kind.name);
         ok &= good;
-        lines.push((name, line));
+        lines.push((kind.name, line));
     }
     (lines, ok)
 }

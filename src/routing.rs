@@ -1,6 +1,6 @@
 //! Routes and groups: which destinations a message goes to when the caller
 //! does not name them, and what a group name stands for. Built from the
-//! config (`config_routes.rs` parses and checks it); no IO, no clock.
+//! config (`config/routes.rs` parses and checks it); no IO, no clock.
 //!
 //! Routes are tried in order. A route matches when every condition it has
 //! holds (severity, each label, source); the first match wins unless it

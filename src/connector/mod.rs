@@ -46,7 +46,8 @@ macro_rules! connector_enum {
         connector: $($connector:ident)::+,
         emulation: $($emulation:ident)::+,
         stats: $($stats:ident)::+,
-        demo: $demo:ident $(,)?
+        demo: $demo:ident,
+        config: $config:ident $(,)?
     }),* $(,)?) => {
         /// One configured destination's connector.
         pub enum Connector {

@@ -3,7 +3,8 @@
 //! emulation for `herald mock`: routes and state; the glue that builds its
 //! connector from its configured target and its demo destination). The
 //! central code (the connector dispatch in `crate::connector`, the mock's
-//! router in `crate::mock`, the demo's table in `crate::demo`) reads the one
+//! router in `crate::mock`, the demo's table in `crate::demo`, the kinds a
+//! destination's table may name in `crate::config`) reads the one
 //! list in [`with_kinds!`] and names no kind itself.
 //!
 //! Discord has two modes (a webhook, or a bot posting to a channel); each is
@@ -27,21 +28,25 @@ pub mod webhook;
 /// - `emulation`: its state in the mock, implementing
 ///   `crate::mock::Emulation`;
 /// - `stats`: what its emulation counts;
-/// - `demo`: the module with its `demo_kind()` for `herald demo` and the
-///   spec tests, or `none` when the demo does not play this entry on its
-///   own (the bot mode of Discord is a variant of `discord`).
+/// - `demo`: the folder whose `demo::demo_kind()` (`crate::demo::DemoKind`)
+///   is its part in `herald demo` and in the tests at the mock, or `none` when the demo does not play this entry on its
+///   own (the bot mode of Discord is a variant of `discord`);
+/// - `config`: the module whose `config::KIND` reads its keys of a
+///   destination's table (`crate::config::KindConfig`), or `none` when
+///   another entry's reads them (Discord's one `kind = "discord"` takes
+///   both modes).
 ///
 /// Adding a kind means adding its folder and one line here.
 macro_rules! with_kinds {
     ($callback:ident) => {
         $callback! {
-            Slack { field: slack, connector: slack::connector::SlackConnector, emulation: slack::mock::Slack, stats: slack::mock::SlackStats, demo: slack },
-            Teams { field: teams, connector: teams::connector::TeamsConnector, emulation: teams::mock::Teams, stats: teams::mock::TeamsStats, demo: teams },
-            Jira { field: jira, connector: jira::connector::JiraConnector, emulation: jira::mock::Jira, stats: jira::mock::JiraStats, demo: jira },
-            PagerDuty { field: pagerduty, connector: pagerduty::connector::PagerDutyConnector, emulation: pagerduty::mock::PagerDuty, stats: pagerduty::mock::PagerDutyStats, demo: pagerduty },
-            Discord { field: discord, connector: discord::connector::DiscordConnector, emulation: discord::mock::Discord, stats: discord::mock::DiscordStats, demo: discord },
-            DiscordBot { field: discord_bot, connector: discord::bot_connector::DiscordBotConnector, emulation: discord::bot_mock::DiscordBot, stats: discord::bot_mock::DiscordBotStats, demo: none },
-            Webhook { field: webhook, connector: webhook::connector::WebhookConnector, emulation: webhook::mock::Webhook, stats: webhook::WebhookStats, demo: webhook },
+            Slack { field: slack, connector: slack::connector::SlackConnector, emulation: slack::mock::Slack, stats: slack::mock::SlackStats, demo: slack, config: slack },
+            Teams { field: teams, connector: teams::connector::TeamsConnector, emulation: teams::mock::Teams, stats: teams::mock::TeamsStats, demo: teams, config: teams },
+            Jira { field: jira, connector: jira::connector::JiraConnector, emulation: jira::mock::Jira, stats: jira::mock::JiraStats, demo: jira, config: jira },
+            PagerDuty { field: pagerduty, connector: pagerduty::connector::PagerDutyConnector, emulation: pagerduty::mock::PagerDuty, stats: pagerduty::mock::PagerDutyStats, demo: pagerduty, config: pagerduty },
+            Discord { field: discord, connector: discord::connector::DiscordConnector, emulation: discord::mock::Discord, stats: discord::mock::DiscordStats, demo: discord, config: discord },
+            DiscordBot { field: discord_bot, connector: discord::bot_connector::DiscordBotConnector, emulation: discord::bot_mock::DiscordBot, stats: discord::bot_mock::DiscordBotStats, demo: none, config: none },
+            Webhook { field: webhook, connector: webhook::connector::WebhookConnector, emulation: webhook::mock::Webhook, stats: webhook::WebhookStats, demo: webhook, config: webhook },
         }
     };
 }

@@ -66,14 +66,6 @@ pub use faults::{Faults, FaultsFile, PathFaults};
 pub use shared::PathStats;
 pub(crate) use shared::{json, Admission, Emulation, Fault, Incoming};
 
-pub use crate::kinds::discord::bot_mock::{DiscordBotStats, DiscordChannelStats};
-pub use crate::kinds::discord::mock::{DiscordStats, DiscordWebhookStats};
-pub use crate::kinds::jira::mock::{JiraProjectStats, JiraStats};
-pub use crate::kinds::pagerduty::mock::{PagerDutyIncidentStats, PagerDutyStats};
-pub use crate::kinds::slack::mock::{SlackChannelStats, SlackStats};
-pub use crate::kinds::teams::mock::{TeamsPathStats, TeamsStats};
-pub use crate::kinds::webhook::WebhookStats;
-
 /// Request arrival times kept per path (for checking pauses); older ones
 /// beyond this are not kept.
 const ARRIVALS_KEPT_MAX: usize = 1_000;
@@ -93,7 +85,8 @@ macro_rules! mock_state {
         connector: $($connector:ident)::+,
         emulation: $($emulation:ident)::+,
         stats: $($stats:ident)::+,
-        demo: $demo:ident $(,)?
+        demo: $demo:ident,
+        config: $config:ident $(,)?
     }),* $(,)?) => {
         /// Everything the mock counted. `paths` has every route; the
         /// destination sections count effects (messages, issues, incidents)

@@ -7,7 +7,9 @@
 
 pub mod bot_connector;
 pub mod bot_mock;
+pub mod config;
 pub mod connector;
+pub mod demo;
 pub mod mock;
 
 use std::time::Duration;

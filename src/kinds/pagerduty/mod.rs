@@ -3,7 +3,9 @@
 //! - [`connector`]: requests, classification, send, verify.
 //! - [`mock`]: the Events v2 emulation for `herald mock`.
 
+pub mod config;
 pub mod connector;
+pub mod demo;
 pub mod mock;
 
 use std::time::Duration;

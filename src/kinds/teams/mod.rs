@@ -4,7 +4,9 @@
 //! - [`connector`]: requests, classification, send, verify.
 //! - [`mock`]: the workflow webhook emulation for `herald mock`.
 
+pub mod config;
 pub mod connector;
+pub mod demo;
 pub mod mock;
 
 use std::time::Duration;

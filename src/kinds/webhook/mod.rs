@@ -7,7 +7,9 @@
 //! - [`mock`]: the receiver that deduplicates by key, for `herald mock`;
 //!   it serves every path no other kind serves.
 
+pub mod config;
 pub mod connector;
+pub mod demo;
 pub mod mock;
 pub mod signature;
 
