@@ -23,7 +23,7 @@ def map_case(context, case):
         return case
     path = case.operation.path
     method = case.method.upper()
-    if method == "POST" and path == "/v1/broadcasts":
+    if method == "POST" and path in ("/v1/broadcasts", "/v1/preview"):
         if isinstance(case.body, dict) and isinstance(case.body.get("destinations"), list):
             # Every configured destination, so that a later retry or cancel
             # naming some of them names destinations of the broadcast.
