@@ -84,6 +84,12 @@ pub(super) fn targets<S>(
         check_destinations(app, &routed.destinations, "destinations")?;
         return Ok((routed.destinations, routed.routes));
     }
+    if !named.iter().any(|name| config.routing.is_group(name)) {
+        // Destinations only (the usual send): they are the deliveries as
+        // named, checked once.
+        check_destinations(app, named, "destinations")?;
+        return Ok((named.to_vec(), Vec::new()));
+    }
     for (index, name) in named.iter().enumerate() {
         if config.routing.is_group(name) {
             if named[..index].contains(name) {
