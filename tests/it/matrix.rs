@@ -68,7 +68,10 @@ fn thread_request(title: &str, resolved: bool, destinations: &[&str]) -> SendReq
 }
 
 /// Sends open, update and resolve of one thread; returns them once final.
-async fn send_thread(server: &herald::server::RunningServer, destinations: &[&str]) -> [Broadcast; 3] {
+async fn send_thread(
+    server: &herald::server::RunningServer,
+    destinations: &[&str],
+) -> [Broadcast; 3] {
     let client = client(server);
     let mut ids = Vec::new();
     for (title, resolved) in [
@@ -118,12 +121,24 @@ async fn at_the_mock_a_lost_first_answer_still_makes_one_thread_in_order() {
     let opener = delivery(&open, NAME);
     assert_eq!(
         outcomes(opener),
-        [("send", "ambiguous"), ("verify", "unknown"), ("send", "success")]
+        [
+            ("send", "ambiguous"),
+            ("verify", "unknown"),
+            ("send", "success")
+        ]
     );
-    assert!(!opener.possible_duplicate, "the txnId makes the re-send safe");
+    assert!(
+        !opener.possible_duplicate,
+        "the txnId makes the re-send safe"
+    );
     let room = &mock.stats().matrix.rooms[&mock_room_id(NAME)];
     assert_eq!(
-        (room.messages, room.thread_events, room.edits, room.ignored_edits),
+        (
+            room.messages,
+            room.thread_events,
+            room.edits,
+            room.ignored_edits
+        ),
         (1, 2, 1, 0),
         "{room:#?}"
     );
@@ -131,7 +146,10 @@ async fn at_the_mock_a_lost_first_answer_still_makes_one_thread_in_order() {
     assert_eq!(room.txn_replays, 1, "the re-send was answered by its txnId");
     // Later messages attach to the event the opener made.
     assert_eq!(
-        delivery(&update, NAME).remote_ref.as_deref().map(|r| r.starts_with('$')),
+        delivery(&update, NAME)
+            .remote_ref
+            .as_deref()
+            .map(|r| r.starts_with('$')),
         Some(true)
     );
     server.stop().await;
@@ -294,11 +312,13 @@ impl Synapse {
     async fn start() -> Option<Synapse> {
         let python = match synapse_python() {
             Ok(python) => python,
-            Err(reason) if std::env::var("CI").as_deref() == Ok("true") => panic!(
-                "Synapse {SYNAPSE_VERSION} is required on CI: {reason}; .ci/run installs it"
-            ),
+            Err(reason) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("Synapse {SYNAPSE_VERSION} is required on CI: {reason}; .ci/run installs it")
+            }
             Err(reason) => {
-                eprintln!("skipped: {reason}; .ci/run installs Synapse, and CI=true makes this a failure");
+                eprintln!(
+                    "skipped: {reason}; .ci/run installs Synapse, and CI=true makes this a failure"
+                );
                 return None;
             }
         };
@@ -351,13 +371,12 @@ impl Synapse {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("Synapse exited ({status}) while starting:\n{}", self.log_tail());
+                panic!(
+                    "Synapse exited ({status}) while starting:\n{}",
+                    self.log_tail()
+                );
             }
-            if let Ok(answer) = http
-                .get(self.url("/_matrix/client/versions"))
-                .send()
-                .await
-            {
+            if let Ok(answer) = http.get(self.url("/_matrix/client/versions")).send().await {
                 if answer.status().is_success() {
                     eprintln!("Synapse ready after {} ms", started.elapsed().as_millis());
                     return;
@@ -377,7 +396,8 @@ impl Synapse {
     async fn register(&self, user: &str) -> String {
         let http = reqwest::Client::new();
         let url = self.url("/_matrix/client/v3/register");
-        let mut body = json!({"username": user, "password": "herald-test-password-1", "inhibit_login": false});
+        let mut body =
+            json!({"username": user, "password": "herald-test-password-1", "inhibit_login": false});
         let first = http.post(&url).json(&body).send().await.unwrap();
         let status = first.status();
         let first: Value = first.json().await.unwrap();
@@ -401,7 +421,13 @@ impl Synapse {
             .to_owned()
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Value {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Value {
         let mut request = reqwest::Client::new()
             .request(method, self.url(path))
             .bearer_auth(token);
@@ -502,7 +528,12 @@ async fn proxy_losing_the_first_answer(target: SocketAddr) -> (SocketAddr, Arc<A
     (addr, connections)
 }
 
-fn matrix_destination(name: &str, homeserver: SocketAddr, room_id: &str, token: &str) -> Destination {
+fn matrix_destination(
+    name: &str,
+    homeserver: SocketAddr,
+    room_id: &str,
+    token: &str,
+) -> Destination {
     Destination {
         name: name.to_owned(),
         target: Target::Matrix {
@@ -562,7 +593,11 @@ async fn against_synapse_a_thread_lands_in_order_and_a_lost_answer_makes_one_eve
     let lossy = delivery(&lost, "matrix-lossy");
     assert_eq!(
         outcomes(lossy),
-        [("send", "ambiguous"), ("verify", "unknown"), ("send", "success")],
+        [
+            ("send", "ambiguous"),
+            ("verify", "unknown"),
+            ("send", "success")
+        ],
         "{lossy:#?}"
     );
     assert!(!lossy.possible_duplicate);
@@ -587,10 +622,17 @@ async fn against_synapse_a_thread_lands_in_order_and_a_lost_answer_makes_one_eve
     let events = synapse.messages(&token, &room).await;
     assert_eq!(events.len(), 4, "{events:#?}");
     let root = events[0]["event_id"].as_str().unwrap();
-    assert_eq!(delivery(&open, "matrix-ops").remote_ref.as_deref(), Some(root));
+    assert_eq!(
+        delivery(&open, "matrix-ops").remote_ref.as_deref(),
+        Some(root)
+    );
     assert_eq!(relation(&events[0]), ("", ""));
     let body = |e: &Value| e["content"]["body"].as_str().unwrap_or("").to_owned();
-    assert!(body(&events[0]).starts_with("[P1] Checkout is down"), "{}", body(&events[0]));
+    assert!(
+        body(&events[0]).starts_with("[P1] Checkout is down"),
+        "{}",
+        body(&events[0])
+    );
     assert!(
         events[0]["content"]["formatted_body"]
             .as_str()

@@ -468,7 +468,8 @@ mod tests {
 
     #[test]
     fn matrix_answers_map_to_outcome_classes() {
-        let sent = classify_matrix_response(200, None, br#"{"event_id":"$YUwRidLecu:example.com"}"#, 0);
+        let sent =
+            classify_matrix_response(200, None, br#"{"event_id":"$YUwRidLecu:example.com"}"#, 0);
         assert_eq!(sent.class, OutcomeClass::Success);
         assert_eq!(sent.remote_ref.as_deref(), Some("$YUwRidLecu:example.com"));
 
@@ -491,8 +492,18 @@ mod tests {
         assert_eq!(header_wins.retry_after_ms, Some(3_000));
 
         for (status, errcode, class, says) in [
-            (401, "M_UNKNOWN_TOKEN", OutcomeClass::Permanent, "access token"),
-            (401, "M_MISSING_TOKEN", OutcomeClass::Permanent, "access token"),
+            (
+                401,
+                "M_UNKNOWN_TOKEN",
+                OutcomeClass::Permanent,
+                "access token",
+            ),
+            (
+                401,
+                "M_MISSING_TOKEN",
+                OutcomeClass::Permanent,
+                "access token",
+            ),
             (403, "M_FORBIDDEN", OutcomeClass::Permanent, "may not post"),
             (404, "M_NOT_FOUND", OutcomeClass::Permanent, "room_id"),
             (400, "M_BAD_JSON", OutcomeClass::Permanent, "content"),

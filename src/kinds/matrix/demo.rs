@@ -12,11 +12,7 @@ pub fn mock_room_id(name: &str) -> String {
 
 /// Every send into the room (each txnId is its own path): a prefix.
 fn send_path(name: &str) -> String {
-    format!(
-        "{}{}/send/*",
-        super::mock::ROOMS,
-        mock_room_id(name)
-    )
+    format!("{}{}/send/*", super::mock::ROOMS, mock_room_id(name))
 }
 
 pub fn demo_kind() -> DemoKind {
@@ -29,7 +25,8 @@ pub fn demo_kind() -> DemoKind {
             token: Secret::new("herald-mock-matrix-token"),
         },
         name: "matrix-ops",
-        what: "takes the first event, then drops the answer: re-sent with the same txnId, not doubled",
+        what:
+            "takes the first event, then drops the answer: re-sent with the same txnId, not doubled",
         faults: Faults {
             drop_first: 1,
             drop_hang_ms: 10_000,

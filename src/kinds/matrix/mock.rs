@@ -167,7 +167,11 @@ impl Matrix {
             return error(status, "M_UNKNOWN", reason);
         }
         let Some(rest) = incoming.path.strip_prefix(ROOMS) else {
-            return error(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "Unrecognized request");
+            return error(
+                StatusCode::NOT_FOUND,
+                "M_UNRECOGNIZED",
+                "Unrecognized request",
+            );
         };
         let token = match incoming
             .header("authorization")
@@ -184,7 +188,11 @@ impl Matrix {
         };
         let segments: Vec<String> = rest.split('/').map(decode_segment).collect();
         let Some(room_id) = segments.first().cloned() else {
-            return error(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "Unrecognized request");
+            return error(
+                StatusCode::NOT_FOUND,
+                "M_UNRECOGNIZED",
+                "Unrecognized request",
+            );
         };
         if !room_id.starts_with('!') {
             return error(
@@ -214,10 +222,9 @@ impl Matrix {
             (&Method::GET, ["event", event_id]) => {
                 let room = &self.rooms[&room_id];
                 match room.events.iter().find(|e| e.event_id == *event_id) {
-                    Some(event) => crate::mock::shared::json(
-                        StatusCode::OK,
-                        render(&room_id, event, &token),
-                    ),
+                    Some(event) => {
+                        crate::mock::shared::json(StatusCode::OK, render(&room_id, event, &token))
+                    }
                     None => error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "Event not found."),
                 }
             }
@@ -227,7 +234,11 @@ impl Matrix {
                 "M_UNRECOGNIZED",
                 "Unrecognized request",
             ),
-            _ => error(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "Unrecognized request"),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "M_UNRECOGNIZED",
+                "Unrecognized request",
+            ),
         }
     }
 
@@ -248,7 +259,11 @@ impl Matrix {
             return crate::mock::shared::json(StatusCode::OK, answer);
         }
         if incoming.body.len() > CONTENT_BYTES_MAX {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", "event too large");
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "M_TOO_LARGE",
+                "event too large",
+            );
         }
         let content: Value = match serde_json::from_slice(&incoming.body) {
             Ok(Value::Object(map)) => Value::Object(map),
@@ -368,10 +383,7 @@ impl Matrix {
                         }
                         Some(_) => {}
                     }
-                    let body = event
-                        .content
-                        .get("m.new_content")
-                        .unwrap_or(&event.content)["body"]
+                    let body = event.content.get("m.new_content").unwrap_or(&event.content)["body"]
                         .as_str();
                     if let Some(body) = body {
                         *bodies.entry(body).or_insert(0) += 1;
@@ -395,7 +407,9 @@ fn message_problem(content: &Value) -> Result<(), String> {
     }
     match (content.get("format"), content.get("formatted_body")) {
         (None, None) => Ok(()),
-        (Some(Value::String(format)), Some(Value::String(_))) if format == "org.matrix.custom.html" => {
+        (Some(Value::String(format)), Some(Value::String(_)))
+            if format == "org.matrix.custom.html" =>
+        {
             Ok(())
         }
         (Some(Value::String(format)), Some(Value::String(_))) => Err(format!(
@@ -413,8 +427,13 @@ fn edit_is_valid(room: &Room, edit: &Event, target: &str) -> bool {
     };
     original.token == edit.token
         && original.event_type == edit.event_type
-        && original.relation().is_none_or(|(rel, _)| rel != "m.replace")
-        && edit.content.get("m.new_content").is_some_and(Value::is_object)
+        && original
+            .relation()
+            .is_none_or(|(rel, _)| rel != "m.replace")
+        && edit
+            .content
+            .get("m.new_content")
+            .is_some_and(Value::is_object)
 }
 
 /// A client event as the homeserver serves it; `unsigned.transaction_id`
@@ -519,19 +538,34 @@ mod tests {
         assert_eq!(no_new_content.status, StatusCode::OK, "stored, but ignored");
         let stats = room(&mock);
         assert_eq!(
-            (stats.messages, stats.thread_events, stats.edits, stats.ignored_edits),
+            (
+                stats.messages,
+                stats.thread_events,
+                stats.edits,
+                stats.ignored_edits
+            ),
             (1, 1, 1, 1)
         );
         let read = mock.send("GET", &format!("{ROOM}/event/{root}"), &[AUTH], "");
         assert_eq!(read.body["content"]["body"], "open");
-        let listed = mock.send("GET", &format!("{ROOM}/messages?dir=b&limit=2"), &[AUTH], "");
+        let listed = mock.send(
+            "GET",
+            &format!("{ROOM}/messages?dir=b&limit=2"),
+            &[AUTH],
+            "",
+        );
         assert_eq!(listed.body["chunk"][0]["unsigned"]["transaction_id"], "e2");
     }
 
     #[test]
     fn requests_are_checked_as_the_description_says() {
         let mock = TestMock::new();
-        let anonymous = mock.send("PUT", &format!("{ROOM}/send/m.room.message/a"), &[JSON], "{}");
+        let anonymous = mock.send(
+            "PUT",
+            &format!("{ROOM}/send/m.room.message/a"),
+            &[JSON],
+            "{}",
+        );
         assert_eq!(
             (anonymous.status, &anonymous.body["errcode"]),
             (StatusCode::UNAUTHORIZED, &json!("M_MISSING_TOKEN"))
@@ -544,7 +578,12 @@ mod tests {
             &text("x").to_string(),
         );
         assert_eq!(stranger.body["errcode"], "M_FORBIDDEN");
-        let not_json = mock.send("PUT", &format!("{ROOM}/send/m.room.message/b"), &[AUTH], "{");
+        let not_json = mock.send(
+            "PUT",
+            &format!("{ROOM}/send/m.room.message/b"),
+            &[AUTH],
+            "{",
+        );
         assert_eq!(not_json.body["errcode"], "M_NOT_JSON");
         let no_body = put(&mock, "c", json!({"msgtype": "m.text"}));
         assert_eq!(no_body.body["errcode"], "M_BAD_JSON");
