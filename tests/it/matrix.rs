@@ -1,16 +1,18 @@
 //! The Matrix kind end to end: against `herald mock`'s emulation (a lost
 //! answer, a thread, a 429 pausing Matrix alone), and against a real
 //! Synapse homeserver from PyPI, started here on loopback with a throwaway
-//! config (SQLite, no federation listener, open registration for the test's
-//! user, message rate limits raised): a thread lands as the description
-//! says (`m.thread` relations to the first event, the resolve's `m.replace`
-//! edit), and a send whose answer a proxy loses ends as exactly one event
-//! for its txnId.
+//! config (SQLite, no federation listener, open registration for the
+//! tests' users, message rate limits raised): a thread lands as the
+//! description says (`m.thread` relations to the first event, the
+//! resolve's `m.replace` edit), a send whose answer a proxy loses ends as
+//! exactly one event for its txnId, and Synapse's own `M_LIMIT_EXCEEDED`
+//! (one user limited through its admin API) pauses that destination alone.
+//! The Synapse tests share one homeserver while they run together.
 //!
 //! Synapse is the one `.ci/run` installs into a virtual environment
 //! ([`SYNAPSE_PYTHON_DEFAULT`], or `HERALD_SYNAPSE_PYTHON`). Without it the
-//! Synapse test is skipped with the reason printed, except under `CI=true`,
-//! where it fails.
+//! Synapse tests are skipped with the reason printed, except under
+//! `CI=true`, where they fail.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +38,8 @@ use crate::support::*;
 pub const SYNAPSE_VERSION: &str = "1.163.2";
 /// Where `.ci/run` installs it, under `$HOME`.
 const SYNAPSE_PYTHON_DEFAULT: &str = ".cache/herald/synapse-1.163.2/bin/python";
+/// The throwaway homeserver's registration secret (for its admin).
+const SHARED_SECRET: &str = "herald-test-shared-secret";
 /// Synapse takes seconds to start (more on a busy machine).
 const SYNAPSE_START_MS_MAX: u64 = 90_000;
 
@@ -220,6 +224,7 @@ async fn at_the_mock_a_429_pauses_matrix_alone() {
 /// dropped (a failing test too).
 struct Synapse {
     child: Child,
+    python: PathBuf,
     addr: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -283,6 +288,7 @@ trusted_key_servers: []
 suppress_key_server_warning: true
 enable_registration: true
 enable_registration_without_verification: true
+registration_shared_secret: "{shared_secret}"
 macaroon_secret_key: "herald-test-macaroon"
 form_secret: "herald-test-form"
 presence:
@@ -303,7 +309,24 @@ rc_login:
         db = path("homeserver.db"),
         media = path("media_store"),
         key = path("signing.key"),
+        shared_secret = SHARED_SECRET,
     )
+}
+
+/// The Synapse the module's tests share while any of them runs: the first
+/// starts it, the last one's drop stops it (tests that run apart each start
+/// their own).
+static SHARED_SYNAPSE: std::sync::LazyLock<tokio::sync::Mutex<std::sync::Weak<Synapse>>> =
+    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(std::sync::Weak::new()));
+
+async fn shared_synapse() -> Option<Arc<Synapse>> {
+    let mut shared = SHARED_SYNAPSE.lock().await;
+    if let Some(running) = shared.upgrade() {
+        return Some(running);
+    }
+    let started = Arc::new(Synapse::start().await?);
+    *shared = Arc::downgrade(&started);
+    Some(started)
 }
 
 impl Synapse {
@@ -348,6 +371,7 @@ impl Synapse {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
         let mut synapse = Synapse {
             child,
+            python,
             addr,
             log,
             _dir: dir,
@@ -419,6 +443,49 @@ impl Synapse {
             .as_str()
             .unwrap_or_else(|| panic!("no access token: {second}"))
             .to_owned()
+    }
+
+    /// Registers an admin with Synapse's own script (the shared secret);
+    /// returns its access token.
+    async fn register_admin(&self, user: &str) -> String {
+        let password = "herald-test-admin-password-1";
+        let script = self.python.with_file_name("register_new_matrix_user");
+        let made = Command::new(&script)
+            .args(["-u", user, "-p", password, "--admin", "-k", SHARED_SECRET])
+            .arg(self.url(""))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(made.status.success(), "{made:?}");
+        let login: Value = reqwest::Client::new()
+            .post(self.url("/_matrix/client/v3/login"))
+            .json(&json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": user},
+                "password": password,
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        login["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access token: {login}"))
+            .to_owned()
+    }
+
+    /// The user id of an access token.
+    async fn whoami(&self, token: &str) -> String {
+        let me = self
+            .call(
+                reqwest::Method::GET,
+                "/_matrix/client/v3/account/whoami",
+                token,
+                None,
+            )
+            .await;
+        me["user_id"].as_str().unwrap().to_owned()
     }
 
     async fn call(
@@ -563,10 +630,10 @@ fn relation(event: &Value) -> (&str, &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn against_synapse_a_thread_lands_in_order_and_a_lost_answer_makes_one_event() {
-    let Some(synapse) = Synapse::start().await else {
+    let Some(synapse) = shared_synapse().await else {
         return;
     };
-    let token = synapse.register("herald").await;
+    let token = synapse.register("herald-thread").await;
     let room = synapse.create_room(&token, "ops").await;
     let lossy_room = synapse.create_room(&token, "lossy").await;
     let (proxy, connections) = proxy_losing_the_first_answer(synapse.addr).await;
@@ -672,6 +739,116 @@ async fn against_synapse_a_thread_lands_in_order_and_a_lost_answer_makes_one_eve
         relations["m.replace"]["event_id"], events[2]["event_id"],
         "{opener:#}"
     );
+    server.stop().await;
+    drop(synapse);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_synapse_its_429_pauses_that_destination_alone() {
+    let Some(synapse) = shared_synapse().await else {
+        return;
+    };
+    let admin = synapse.register_admin("admin").await;
+    let token = synapse.register("herald-limits").await;
+    let limited_token = synapse.register("limited").await;
+    let room = synapse.create_room(&token, "ops").await;
+    let limited_room = synapse.create_room(&limited_token, "limited").await;
+    // The limited user may send one message a second, one at a time
+    // (Synapse's own rate limiter, set through its admin API).
+    let limited_user = synapse.whoami(&limited_token).await;
+    synapse
+        .call(
+            reqwest::Method::POST,
+            &format!(
+                "/_synapse/admin/v1/users/{}/override_ratelimit",
+                encode(&limited_user)
+            ),
+            &admin,
+            Some(json!({"messages_per_second": 1, "burst_count": 1})),
+        )
+        .await;
+    let dir = temp_dir();
+    let server = start_server(
+        &dir.path().join("herald.db"),
+        vec![
+            matrix_destination("matrix-ops", synapse.addr, &room, &token),
+            matrix_destination(
+                "matrix-limited",
+                synapse.addr,
+                &limited_room,
+                &limited_token,
+            ),
+        ],
+    )
+    .await;
+    let client = client(&server);
+    let mut ids = Vec::new();
+    for title in [
+        "Disk full on db-1",
+        "Disk full on db-2",
+        "Disk full on db-3",
+    ] {
+        let accepted = client
+            .send(&request(title, &["matrix-ops", "matrix-limited"]))
+            .await
+            .unwrap();
+        ids.push(accepted.id);
+    }
+    let mut done = Vec::new();
+    for id in &ids {
+        done.push(wait_final(&client, id, Duration::from_secs(60)).await);
+    }
+    let limited: Vec<&Delivery> = done.iter().map(|b| delivery(b, "matrix-limited")).collect();
+    let rate_limited = limited
+        .iter()
+        .flat_map(|d| d.attempts.iter())
+        .filter(|a| a.outcome == "rate_limited")
+        .count();
+    assert!(
+        rate_limited >= 1,
+        "Synapse answered M_LIMIT_EXCEEDED: {limited:#?}"
+    );
+    assert!(limited
+        .iter()
+        .flat_map(|d| d.attempts.iter())
+        .filter(|a| a.outcome == "rate_limited")
+        .all(|a| a
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("M_LIMIT_EXCEEDED"))));
+    // The limited destination's pause held only it: every message to the
+    // other one was in before the limited one's last send started.
+    let last_limited_start = limited
+        .iter()
+        .flat_map(|d| d.attempts.iter())
+        .map(|a| a.started_at.clone())
+        .max()
+        .unwrap();
+    let last_ops_finish = done
+        .iter()
+        .flat_map(|b| delivery(b, "matrix-ops").attempts.iter())
+        .map(|a| a.finished_at.clone())
+        .max()
+        .unwrap();
+    assert!(
+        last_ops_finish < last_limited_start,
+        "matrix-ops finished at {last_ops_finish}, after the limited one's last send at {last_limited_start}"
+    );
+    for broadcast in &done {
+        assert_eq!(broadcast.status, "converged", "{broadcast:#?}");
+        let ops = delivery(broadcast, "matrix-ops");
+        assert_eq!(
+            outcomes(ops),
+            [("send", "success")],
+            "the other destination was not limited: {ops:#?}"
+        );
+    }
+    // Each message once in each room, whatever the retries.
+    assert_eq!(
+        synapse.messages(&limited_token, &limited_room).await.len(),
+        3
+    );
+    assert_eq!(synapse.messages(&token, &room).await.len(), 3);
     server.stop().await;
     drop(synapse);
 }
