@@ -147,6 +147,7 @@ async fn at_the_mock_a_lost_first_answer_still_makes_one_thread_in_order() {
         "{room:#?}"
     );
     assert_eq!(room.duplicated_bodies, 0, "{room:#?}");
+    assert!(room.duplicated_txn_ids.is_empty(), "{room:#?}");
     assert_eq!(room.txn_replays, 1, "the re-send was answered by its txnId");
     // Later messages attach to the event the opener made.
     assert_eq!(

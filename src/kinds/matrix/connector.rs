@@ -532,6 +532,40 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_re_send_is_flagged_only_once_the_homeserver_may_have_forgotten_the_txn_id() {
+        use crate::domain::{DeliveryProgress, Message, RetryPolicy, Severity};
+        let connector = MatrixConnector::new(
+            reqwest::Url::parse("http://127.0.0.1:9/").unwrap(),
+            "!ops:example.org".into(),
+            Secret::new("tok"),
+            Duration::from_secs(1),
+            1,
+        )
+        .unwrap();
+        let now_ms = crate::clock::now_ms();
+        let delivery = |created_at_ms: i64| ClaimedDelivery {
+            delivery_id: 1,
+            broadcast_id: "01JD7Q3ZK8W5V2N4XG6T9RBH1C".into(),
+            destination: "ops".into(),
+            idempotency_key: "01JD7Q3ZK8W5V2N4XG6T9RBH1C-ops".into(),
+            progress: DeliveryProgress::new(&RetryPolicy::default(), false, 0),
+            message: Message::new("Disk full", "", Severity::P2, None).unwrap(),
+            broadcast_created_at_ms: created_at_ms,
+            last_error: None,
+            lease_epoch: 1,
+            thread_ref: None,
+            remote_ref: None,
+        };
+        let fresh = connector.verify(&delivery(now_ms - 60_000)).await;
+        assert!(!fresh.resend_may_duplicate, "{fresh:?}");
+        assert!(fresh.error.unwrap().contains("same txnId"));
+        let old = connector
+            .verify(&delivery(now_ms - TXN_ID_REMEMBERED_MS - 60_000))
+            .await;
+        assert!(old.resend_may_duplicate, "{old:?}");
+    }
+
     #[test]
     fn the_send_url_keeps_the_homeservers_path_and_encodes_the_parts() {
         let base = reqwest::Url::parse("https://example.org/matrix/").unwrap();

@@ -52,6 +52,7 @@ fn landed(stats: &MockStats, name: &str) -> (String, bool) {
             && r.thread_events == 2
             && r.edits == 1
             && r.ignored_edits == 0
-            && r.duplicated_bodies == 0,
+            && r.duplicated_bodies == 0
+            && r.duplicated_txn_ids.is_empty(),
     )
 }

@@ -9,7 +9,8 @@
 //!   `body`, and `format` (only `org.matrix.custom.html`) goes with
 //!   `formatted_body`. A content over [`CONTENT_BYTES_MAX`] is 413
 //!   `M_TOO_LARGE`. The same access token, path and txnId again answers the
-//!   first event's id and stores nothing (a "retransmission"). An
+//!   first event's id and stores nothing (a "retransmission"), for
+//!   [`TXN_REMEMBERED_MS`] (24 hours, as Synapse keeps them). An
 //!   `m.relates_to` needs `rel_type` and an `event_id` of this room (400
 //!   `M_UNKNOWN` for an unknown one); an `m.thread` may not start from an
 //!   event that itself has a relation (400 `M_UNKNOWN`, as the description
@@ -49,6 +50,9 @@ pub const SERVER_NAME: &str = "herald.mock";
 /// A content larger than this is refused (Matrix caps an event at 65,536
 /// bytes; the envelope takes the rest).
 pub const CONTENT_BYTES_MAX: usize = 65_000;
+/// How long a txnId is remembered, as Synapse does (the description names
+/// no window): a retransmission later than this makes a new event.
+pub const TXN_REMEMBERED_MS: i64 = 24 * 3_600_000;
 const MESSAGES_LIMIT_DEFAULT: usize = 10;
 const MESSAGES_LIMIT_MAX: usize = 1_000;
 
@@ -75,6 +79,9 @@ pub struct MatrixRoomStats {
     pub ignored_edits: u64,
     /// Sends answered with an earlier event because of their txnId.
     pub txn_replays: u64,
+    /// txnIds (of one access token) that made more than one event: sends
+    /// repeated after the homeserver forgot them ([`TXN_REMEMBERED_MS`]).
+    pub duplicated_txn_ids: Vec<String>,
     /// Message bodies (`body`, or `m.new_content.body` for an edit) stored
     /// more than once by sends with different txnIds: what a reader would
     /// see twice.
@@ -100,8 +107,8 @@ impl Event {
 struct Room {
     member_token: String,
     events: Vec<Event>,
-    /// (token, event type, txnId) to the event it made.
-    txns: HashMap<(String, String, String), String>,
+    /// (token, event type, txnId) to the event it made and when.
+    txns: HashMap<(String, String, String), (String, i64)>,
     txn_replays: u64,
 }
 
@@ -253,7 +260,11 @@ impl Matrix {
         let room = self.rooms.get_mut(room_id).expect("made in handle");
         let key = (token.to_owned(), event_type.to_owned(), txn_id.to_owned());
         // A retransmission: the first answer again, whatever the body.
-        if let Some(event_id) = room.txns.get(&key) {
+        if let Some((event_id, _)) = room
+            .txns
+            .get(&key)
+            .filter(|(_, at_ms)| incoming.now_ms - at_ms <= TXN_REMEMBERED_MS)
+        {
             let answer = json!({"event_id": event_id});
             room.txn_replays += 1;
             return crate::mock::shared::json(StatusCode::OK, answer);
@@ -317,7 +328,7 @@ impl Matrix {
             content,
             origin_server_ts: incoming.now_ms,
         });
-        room.txns.insert(key, event_id.clone());
+        room.txns.insert(key, (event_id.clone(), incoming.now_ms));
         crate::mock::shared::json(StatusCode::OK, json!({"event_id": event_id}))
     }
 
@@ -370,7 +381,9 @@ impl Matrix {
                     ..MatrixRoomStats::default()
                 };
                 let mut bodies: BTreeMap<&str, u64> = BTreeMap::new();
+                let mut txns: BTreeMap<(&str, &str), u64> = BTreeMap::new();
                 for event in &room.events {
+                    *txns.entry((&event.token, &event.txn_id)).or_insert(0) += 1;
                     match event.relation() {
                         None => stats.messages += 1,
                         Some(("m.thread", _)) => stats.thread_events += 1,
@@ -390,6 +403,11 @@ impl Matrix {
                     }
                 }
                 stats.duplicated_bodies = bodies.values().filter(|n| **n > 1).count() as u64;
+                stats.duplicated_txn_ids = txns
+                    .into_iter()
+                    .filter(|(_, n)| *n > 1)
+                    .map(|((_, txn_id), _)| txn_id.to_owned())
+                    .collect();
                 (id.clone(), stats)
             })
             .collect();
@@ -493,6 +511,19 @@ mod tests {
         let other = put(&mock, "t2", text("P1 down"));
         assert_ne!(other.body["event_id"], first.body["event_id"]);
         assert_eq!(room(&mock).duplicated_bodies, 1);
+        assert!(room(&mock).duplicated_txn_ids.is_empty());
+    }
+
+    #[test]
+    fn a_txn_id_is_forgotten_after_a_day_as_synapse_does() {
+        let mut mock = TestMock::new();
+        let first = put(&mock, "t1", text("P1 down"));
+        mock.now_ms += TXN_REMEMBERED_MS;
+        assert_eq!(put(&mock, "t1", text("P1 down")).body, first.body);
+        mock.now_ms += 1;
+        let late = put(&mock, "t1", text("P1 down"));
+        assert_ne!(late.body["event_id"], first.body["event_id"]);
+        assert_eq!(room(&mock).duplicated_txn_ids, ["t1"]);
     }
 
     #[test]
