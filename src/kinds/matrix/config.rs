@@ -66,10 +66,90 @@ fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
                 Some(Secret::new(value))
             }
         });
-    let homeserver_url = t.required_url();
+    let homeserver_url = t.required_url().filter(|url| {
+        let api_path = url.path().contains("/_matrix");
+        if api_path {
+            t.add(
+                d.url.as_ref().map(|v| v.span()),
+                format!("{key}.url: give the homeserver's base (like https://matrix.example.org), without /_matrix/...; herald adds the API's path"),
+            );
+        }
+        !api_path
+    });
     Some(Target::Matrix {
         homeserver_url: homeserver_url?,
         room_id: room_id?,
         token: token?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Target};
+
+    fn parse(table: &str) -> Result<Config, String> {
+        let env = |k: &str| (k == "MATRIX_ACCESS_TOKEN").then(|| "syt_aGVyYWxk_abc".to_owned());
+        Config::parse(
+            "herald.toml",
+            &format!("[destinations.m]\nkind = \"matrix\"\n{table}"),
+            env,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_matrix_destination_takes_a_homeserver_a_room_id_and_a_token() {
+        let config = parse(
+            "url = \"https://matrix.example.org\"\nroom_id = \"!abc123:example.org\"\nsecret_env = \"MATRIX_ACCESS_TOKEN\"\n",
+        )
+        .unwrap();
+        let d = config.destination("m").unwrap();
+        let Target::Matrix {
+            homeserver_url,
+            room_id,
+            token,
+        } = &d.target
+        else {
+            panic!("a Matrix target: {d:?}");
+        };
+        assert_eq!(homeserver_url.as_str(), "https://matrix.example.org/");
+        assert_eq!(room_id, "!abc123:example.org");
+        assert_eq!(token.expose(), "syt_aGVyYWxk_abc");
+        assert!(
+            !format!("{d:?}").contains("syt_"),
+            "the token is never printed"
+        );
+        assert_eq!(d.target.kind(), "matrix");
+        assert_eq!(d.isolation.rate_per_sec, Some(0.2));
+    }
+
+    #[test]
+    fn bad_matrix_keys_are_named_with_a_fix() {
+        let err = parse(
+            "url = \"https://matrix.example.org/_matrix/client/v3\"\nroom_id = \"#ops:example.org\"\n",
+        )
+        .unwrap_err();
+        for expected in [
+            "destinations.m.url: give the homeserver's base",
+            "destinations.m.room_id: \"#ops:example.org\" is a room alias",
+            "destinations.m.secret_env: kind matrix needs secret_env",
+        ] {
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        let err = parse("secret = \"tok\"\nroom_id = \"ops\"\n").unwrap_err();
+        for expected in [
+            "destinations.m.url: kind matrix needs url",
+            "destinations.m.room_id: \"ops\" is not a Matrix room id",
+        ] {
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        let err = parse(
+            "url = \"https://matrix.example.org\"\nroom_id = \"!a:b\"\nsecret = \"tok\"\nchannel = \"x\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("destinations.m.channel: not a setting of kind matrix"),
+            "{err}"
+        );
+    }
 }
