@@ -61,6 +61,16 @@ pub enum Target {
         channel_id: String,
         token: Secret,
     },
+    /// A Matrix room through the client-server API with an access token:
+    /// `PUT .../send/m.room.message/{txnId}`, the txnId derived from the
+    /// delivery's key, so the homeserver deduplicates a re-send.
+    Matrix {
+        /// The homeserver's base, `https://matrix.example.org/`.
+        homeserver_url: reqwest::Url,
+        /// The room's id (`!...`), not an alias.
+        room_id: String,
+        token: Secret,
+    },
 }
 
 impl Target {
@@ -72,6 +82,7 @@ impl Target {
             Target::Jira { .. } => "jira",
             Target::PagerDuty { .. } => "pagerduty",
             Target::Discord { .. } | Target::DiscordBot { .. } => "discord",
+            Target::Matrix { .. } => "matrix",
         }
     }
 }
@@ -161,6 +172,8 @@ pub struct FileDestination {
     pub forum: Option<Spanned<bool>>,
     /// Discord's bot mode: the channel the bot posts to (a snowflake).
     pub channel_id: Option<Spanned<String>>,
+    /// Matrix: the room's id (`!...`).
+    pub room_id: Option<Spanned<String>>,
     pub timeout_ms: Option<Spanned<u64>>,
     pub concurrency: Option<Spanned<u32>>,
     pub rate_limit_per_sec: Option<Spanned<f64>>,
@@ -358,6 +371,7 @@ fn span_of(d: &FileDestination, field: &str) -> Span {
         "search_recheck_ms" => d.search_recheck_ms.as_ref().map(|v| v.span()),
         "forum" => d.forum.as_ref().map(|v| v.span()),
         "channel_id" => d.channel_id.as_ref().map(|v| v.span()),
+        "room_id" => d.room_id.as_ref().map(|v| v.span()),
         _ => unreachable!("{field} is not a key of a destination table"),
     }
 }

@@ -24,6 +24,10 @@ pub use crate::kinds::jira::connector::{
     adf_document, classify_jira_response, jira_comment_body, jira_create_body, jira_label,
     JiraConnector,
 };
+pub use crate::kinds::matrix::connector::{
+    classify_matrix_response, matrix_edit_txn_id, matrix_message_content,
+    matrix_resolve_edit_content, matrix_send_url, matrix_txn_id, MatrixConnector,
+};
 pub use crate::kinds::pagerduty::connector::{
     classify_pagerduty_response, pagerduty_event, PagerDutyConnector,
 };

@@ -410,7 +410,8 @@ fn secrets(target: &crate::config::Target) -> Vec<&[u8]> {
         Target::Webhook { secret, .. } => secret.iter().map(|s| s.key()).collect(),
         Target::Slack { token, .. }
         | Target::Jira { token, .. }
-        | Target::DiscordBot { token, .. } => vec![token.expose().as_bytes()],
+        | Target::DiscordBot { token, .. }
+        | Target::Matrix { token, .. } => vec![token.expose().as_bytes()],
         Target::PagerDuty { routing_key, .. } => vec![routing_key.expose().as_bytes()],
         Target::Teams { .. } | Target::Discord { .. } => Vec::new(),
     }

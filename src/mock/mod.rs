@@ -15,6 +15,9 @@
 //! - `/discord/api/webhooks/<id>/<token>...`: Discord webhooks ([`discord`]).
 //! - `/discord/api/v10/channels/<id>/messages...`: Discord's bot API for
 //!   channel messages, with `nonce` and `enforce_nonce` ([`discord_bot`]).
+//! - `/matrix/_matrix/client/v3/rooms/<id>/...`: a Matrix homeserver's
+//!   client-server API, sends deduplicated by token and txnId
+//!   (`crate::kinds::matrix::mock`).
 //! - every other path outside `/_mock/`: a generic webhook receiver that
 //!   deduplicates by `Idempotency-Key` (falling back to `webhook-id`) the way
 //!   a well-behaved receiver would ([`webhook`]).

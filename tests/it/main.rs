@@ -13,6 +13,7 @@ mod ingest_and_statuses;
 mod isolation;
 mod layering;
 mod logging;
+mod matrix;
 mod mock_answers;
 mod multinode;
 mod operator;

@@ -14,8 +14,9 @@ use std::collections::BTreeSet;
 
 use herald::connector::{
     discord_create_message_body, discord_execute_body, discord_nonce, jira_comment_body,
-    jira_create_body, pagerduty_event, post_message_body, resolve_update_body, teams_card_message,
-    webhook_payload,
+    jira_create_body, matrix_edit_txn_id, matrix_message_content, matrix_resolve_edit_content,
+    matrix_send_url, matrix_txn_id, pagerduty_event, post_message_body, resolve_update_body,
+    teams_card_message, webhook_payload,
 };
 use herald::domain::{DeliveryProgress, Message, RetryPolicy, Severity};
 use herald::store::ClaimedDelivery;
@@ -2123,4 +2124,339 @@ fn date_times_are_rfc_3339() {
     assert!(!is_rfc3339("2015-07-17 08:42:58Z"));
     assert!(!is_rfc3339("2015-07-17T08:42:58.315+0000"));
     assert!(!is_rfc3339("yesterday"));
+}
+
+// ---------------------------------------------------------------------------
+// Matrix: the client-server description (YAML, files that `$ref` each
+// other by relative path), read into one JSON value per file with every
+// relative reference inlined, so the validator above needs only local ones.
+
+const MATRIX_DIR: &str = "matrix-client-server";
+/// How deep relative `$ref`s may chain while inlining.
+const MATRIX_REF_DEPTH_MAX: usize = 16;
+
+/// `file` (under `tests/specs/matrix-client-server/`) as JSON, its relative
+/// `$ref`s (`other.yaml` or `other.yaml#/pointer`) replaced by what they
+/// name; the copy must not drift from the original beside the checkout.
+fn load_matrix_spec(file: &str) -> Value {
+    fn inline(value: &mut Value, dir: &std::path::Path, depth: usize) {
+        assert!(
+            depth < MATRIX_REF_DEPTH_MAX,
+            "$refs nest too deep in {}",
+            dir.display()
+        );
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(reference)) = map.get("$ref").cloned() {
+                    if !reference.starts_with('#') {
+                        let (file, fragment) =
+                            reference.split_once('#').unwrap_or((&reference, ""));
+                        let path = dir.join(file);
+                        let mut target = read_yaml(&path);
+                        if !fragment.is_empty() {
+                            target = target
+                                .pointer(fragment)
+                                .cloned()
+                                .unwrap_or_else(|| panic!("{} has no {fragment}", path.display()));
+                        }
+                        inline(&mut target, path.parent().unwrap(), depth + 1);
+                        map.remove("$ref");
+                        // Keep the referring schema's other keywords beside it.
+                        *value = if map.is_empty() {
+                            target
+                        } else {
+                            json!({"allOf": [target, Value::Object(map.clone())]})
+                        };
+                        return;
+                    }
+                }
+                for child in map.values_mut() {
+                    inline(child, dir, depth);
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|child| inline(child, dir, depth)),
+            _ => {}
+        }
+    }
+    fn read_yaml(path: &std::path::Path) -> Value {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|error| {
+            panic!(
+                "cannot read the API description {}: {error}; it belongs to the repository",
+                path.display()
+            )
+        });
+        let relative = path
+            .strip_prefix(SPECS_DIR)
+            .expect("under tests/specs")
+            .to_path_buf();
+        if let Ok(original) =
+            std::fs::read_to_string(std::path::Path::new(ORIGINALS_DIR).join(&relative))
+        {
+            assert!(
+                original == text,
+                "{} differs from the original in {ORIGINALS_DIR}: copy the published description again",
+                path.display()
+            );
+        }
+        serde_norway::from_str(&text)
+            .unwrap_or_else(|error| panic!("{} is not YAML: {error}", path.display()))
+    }
+    let path = std::path::Path::new(SPECS_DIR).join(MATRIX_DIR).join(file);
+    let mut value = read_yaml(&path);
+    inline(&mut value, path.parent().unwrap(), 0);
+    value
+}
+
+/// The thread's first event, as the later messages of the cases name it.
+const MATRIX_ROOT_EVENT: &str = "$YUwRidLecu:example.com";
+const MATRIX_ROOM: &str = "!636q39766251:example.com";
+
+/// The path parameters of `url` against the send operation's template,
+/// after the servers' `basePath`, decoded.
+fn matrix_path_parameters(url: &reqwest::Url) -> Vec<(String, String)> {
+    let path = url
+        .path()
+        .strip_prefix("/_matrix/client/v3/")
+        .unwrap_or_else(|| panic!("{url} is not under the basePath /_matrix/client/v3"));
+    let decode = |segment: &str| {
+        let bytes = segment.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+            match (bytes[i], hex) {
+                (b'%', Some(byte)) => {
+                    out.push(byte);
+                    i += 3;
+                }
+                (byte, _) => {
+                    out.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    let segments: Vec<String> = path.split('/').map(decode).collect();
+    match segments.as_slice() {
+        [rooms, room_id, send, event_type, txn_id] if rooms == "rooms" && send == "send" => vec![
+            ("roomId".to_owned(), room_id.clone()),
+            ("eventType".to_owned(), event_type.clone()),
+            ("txnId".to_owned(), txn_id.clone()),
+        ],
+        _ => panic!("{url} is not /rooms/{{roomId}}/send/{{eventType}}/{{txnId}}"),
+    }
+}
+
+/// Every request the Matrix connector makes, for every case: the send
+/// path's parameters against their schemas, the body against the
+/// operation's, the content against `m.text` (and `m.relates_to`,
+/// `m.new_content`), within the event size limit.
+#[test]
+fn matrix_sends_match_the_client_server_description() {
+    let send = load_matrix_spec("api/client-server/room_send.yaml");
+    let operation = &send["paths"]["/rooms/{roomId}/send/{eventType}/{txnId}"]["put"];
+    assert_eq!(
+        send["servers"][0]["variables"]["basePath"]["default"],
+        "/_matrix/client/v3"
+    );
+    assert_eq!(
+        operation["security"][0]["accessTokenBearer"],
+        json!([]),
+        "the access token goes as a bearer token"
+    );
+    let body_schema = &operation["requestBody"]["content"]["application/json"]["schema"];
+    let parameter = |name: &str| {
+        operation["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name && p["in"] == "path")
+            .unwrap_or_else(|| panic!("the send operation has no path parameter {name}"))["schema"]
+            .clone()
+    };
+    let text = load_matrix_spec("event-schemas/schema/m.room.message$m.text.yaml");
+    let content_schema = &text["properties"]["content"];
+    let relates_to = load_matrix_spec("api/client-server/definitions/m.relates_to.yaml");
+    let homeserver = reqwest::Url::parse("https://matrix.example.com").unwrap();
+
+    let check_send = |delivery: &ClaimedDelivery, txn_id: &str, content: &Value, what: &str| {
+        let url = matrix_send_url(&homeserver, MATRIX_ROOM, txn_id);
+        for (name, value) in matrix_path_parameters(&url) {
+            assert_valid(
+                &send,
+                &parameter(&name),
+                &json!(value),
+                &format!("{what}: {name}"),
+            );
+        }
+        assert_eq!(
+            matrix_path_parameters(&url)[1].1,
+            "m.room.message",
+            "{what}"
+        );
+        assert_valid(&send, body_schema, content, what);
+        assert_valid(&text, content_schema, content, what);
+        assert_eq!(
+            content["format"], "org.matrix.custom.html",
+            "{what}: the only format defined"
+        );
+        if let Some(relation) = content.get("m.relates_to") {
+            assert_valid(
+                &relates_to,
+                &relates_to,
+                relation,
+                &format!("{what}: m.relates_to"),
+            );
+        }
+        if let Some(new_content) = content.get("m.new_content") {
+            assert_valid(
+                &text,
+                content_schema,
+                new_content,
+                &format!("{what}: m.new_content"),
+            );
+        }
+        let bytes = serde_json::to_vec(content).unwrap().len();
+        assert!(
+            bytes <= herald::kinds::matrix::connector::CONTENT_BYTES_MAX,
+            "{what}: {bytes} bytes of content is over an event's 65,536 with its envelope"
+        );
+        assert!(!delivery.idempotency_key.is_empty());
+    };
+
+    for case in cases() {
+        let mut delivery = case.delivery.clone();
+        if delivery.thread_ref.is_some() {
+            delivery.thread_ref = Some(MATRIX_ROOT_EVENT.to_owned());
+        }
+        let root = delivery.thread_ref.as_deref();
+        let what = format!("Matrix message ({})", case.name);
+        let content = matrix_message_content(&delivery, root);
+        check_send(
+            &delivery,
+            &matrix_txn_id(&delivery.idempotency_key),
+            &content,
+            &what,
+        );
+        // The threading module: later messages relate to the thread root
+        // with rel_type m.thread (and the reply fallback points at it too).
+        match root {
+            Some(root) => {
+                assert_eq!(content["m.relates_to"]["rel_type"], "m.thread", "{what}");
+                assert_eq!(content["m.relates_to"]["event_id"], root, "{what}");
+                assert_eq!(content["m.relates_to"]["is_falling_back"], true, "{what}");
+                assert_eq!(
+                    content["m.relates_to"]["m.in_reply_to"]["event_id"], root,
+                    "{what}"
+                );
+            }
+            None => assert!(content.get("m.relates_to").is_none(), "{what}"),
+        }
+        if delivery.message.resolved() {
+            if let Some(root) = root {
+                // The event replacements module: m.replace of the root,
+                // with m.new_content, under its own txnId.
+                let edit = matrix_resolve_edit_content(&delivery, root);
+                let what = format!("Matrix resolve edit ({})", case.name);
+                let edit_txn = matrix_edit_txn_id(&delivery.idempotency_key);
+                assert_ne!(edit_txn, matrix_txn_id(&delivery.idempotency_key), "{what}");
+                check_send(&delivery, &edit_txn, &edit, &what);
+                assert_eq!(
+                    edit["m.relates_to"],
+                    json!({"rel_type": "m.replace", "event_id": root}),
+                    "{what}"
+                );
+                assert!(
+                    edit["m.new_content"].get("m.relates_to").is_none(),
+                    "{what}"
+                );
+            }
+        }
+    }
+
+    // The checks can fail: a content without a body, an msgtype that is not
+    // m.text, a relation to something that is not an event id, a room id
+    // that is an alias.
+    let delivery = &cases()[0].delivery;
+    let content = matrix_message_content(delivery, None);
+    let mut broken = content.clone();
+    broken.as_object_mut().unwrap().remove("body");
+    assert_rejected(&text, content_schema, &broken, "body");
+    let mut broken = content;
+    broken["msgtype"] = json!("m.notice");
+    assert_rejected(&text, content_schema, &broken, "/msgtype");
+    assert_rejected(
+        &relates_to,
+        &relates_to,
+        &json!({"rel_type": "m.thread", "event_id": "herald-thread-INC-42"}),
+        "/event_id",
+    );
+    assert_rejected(
+        &send,
+        &parameter("roomId"),
+        &json!("#ops:example.com"),
+        "does not match",
+    );
+}
+
+/// The mock's Matrix answers as the description says: the event id, the
+/// same one for a retransmission, a standard error, a rate limit.
+#[tokio::test]
+async fn the_mock_matrix_answers_match_the_client_server_description() {
+    let send = load_matrix_spec("api/client-server/room_send.yaml");
+    let operation = &send["paths"]["/rooms/{roomId}/send/{eventType}/{txnId}"]["put"];
+    let sent_schema = &operation["responses"]["200"]["content"]["application/json"]["schema"];
+    let error = load_matrix_spec("api/client-server/definitions/errors/error.yaml");
+    let rate_limited = load_matrix_spec("api/client-server/definitions/errors/rate_limited.yaml");
+    let room = format!("{}!ops:herald.mock", herald::kinds::matrix::mock::ROOMS);
+    let mock = crate::support::start_mock(&[(
+        format!("{room}/send/*").as_str(),
+        herald::mock::Faults {
+            rate_limit_first: 1,
+            ..herald::mock::Faults::default()
+        },
+    )])
+    .await;
+    let http = herald::connector::http_client_builder().build().unwrap();
+    let put = |txn: &str, body: Value| {
+        let request = http
+            .put(format!(
+                "http://{}{room}/send/m.room.message/{txn}",
+                mock.addr
+            ))
+            .bearer_auth("tok")
+            .json(&body);
+        async move {
+            let answer = request.send().await.unwrap();
+            (
+                answer.status().as_u16(),
+                answer.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let delivery = &cases()[0].delivery;
+    let content = matrix_message_content(delivery, None);
+    let (status, limited) = put("t1", content.clone()).await;
+    assert_eq!(status, 429, "{limited}");
+    assert_valid(
+        &rate_limited,
+        &rate_limited,
+        &limited,
+        "the mock's rate limit",
+    );
+    assert_eq!(limited["errcode"], "M_LIMIT_EXCEEDED");
+    let (status, first) = put("t1", content.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    assert_valid(&send, sent_schema, &first, "the mock's send answer");
+    let (_, again) = put("t1", content).await;
+    assert_eq!(again, first, "a retransmission answers the first event");
+    let (status, refused) = put("t2", json!({"msgtype": "m.text"})).await;
+    assert_eq!(status, 400, "{refused}");
+    let refused_schema = &operation["responses"]["400"]["content"]["application/json"]["schema"];
+    assert_valid(&send, refused_schema, &refused, "the mock's 400");
+    assert_valid(&error, &error, &refused, "the mock's 400");
+    mock.stop().await;
 }
