@@ -61,6 +61,20 @@ pub enum Target {
         channel_id: String,
         token: Secret,
     },
+    /// Email through an SMTP server: one message per delivery to every
+    /// recipient, its `Message-ID` derived from the idempotency key.
+    Email {
+        host: String,
+        port: u16,
+        security: crate::kinds::email::config::SmtpSecurity,
+        /// The login, when the server wants one (AUTH PLAIN or LOGIN).
+        username: Option<String>,
+        password: Option<Secret>,
+        /// Addresses as checked at load (`Name <user@example.com>`).
+        from: String,
+        to: Vec<String>,
+        cc: Vec<String>,
+    },
 }
 
 impl Target {
@@ -72,6 +86,7 @@ impl Target {
             Target::Jira { .. } => "jira",
             Target::PagerDuty { .. } => "pagerduty",
             Target::Discord { .. } | Target::DiscordBot { .. } => "discord",
+            Target::Email { .. } => "email",
         }
     }
 }
@@ -161,6 +176,15 @@ pub struct FileDestination {
     pub forum: Option<Spanned<bool>>,
     /// Discord's bot mode: the channel the bot posts to (a snowflake).
     pub channel_id: Option<Spanned<String>>,
+    /// Email: the SMTP server, its port and protection, the login.
+    pub smtp_host: Option<Spanned<String>>,
+    pub smtp_port: Option<Spanned<u64>>,
+    pub smtp_security: Option<Spanned<String>>,
+    pub smtp_username: Option<Spanned<String>>,
+    /// Email: the sender and the recipients.
+    pub mail_from: Option<Spanned<String>>,
+    pub mail_to: Option<Spanned<Vec<String>>>,
+    pub mail_cc: Option<Spanned<Vec<String>>>,
     pub timeout_ms: Option<Spanned<u64>>,
     pub concurrency: Option<Spanned<u32>>,
     pub rate_limit_per_sec: Option<Spanned<f64>>,
@@ -358,6 +382,13 @@ fn span_of(d: &FileDestination, field: &str) -> Span {
         "search_recheck_ms" => d.search_recheck_ms.as_ref().map(|v| v.span()),
         "forum" => d.forum.as_ref().map(|v| v.span()),
         "channel_id" => d.channel_id.as_ref().map(|v| v.span()),
+        "smtp_host" => d.smtp_host.as_ref().map(|v| v.span()),
+        "smtp_port" => d.smtp_port.as_ref().map(|v| v.span()),
+        "smtp_security" => d.smtp_security.as_ref().map(|v| v.span()),
+        "smtp_username" => d.smtp_username.as_ref().map(|v| v.span()),
+        "mail_from" => d.mail_from.as_ref().map(|v| v.span()),
+        "mail_to" => d.mail_to.as_ref().map(|v| v.span()),
+        "mail_cc" => d.mail_cc.as_ref().map(|v| v.span()),
         _ => unreachable!("{field} is not a key of a destination table"),
     }
 }
