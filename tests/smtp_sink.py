@@ -7,7 +7,7 @@ and writes every message it keeps to a folder, so the tests read what a
 mailbox holds:
 
     python3 tests/smtp_sink.py --dir DIR [--script accept,tempfail,...]
-        [--auth USER:PASSWORD]
+        [--auth USER:PASSWORD] [--tls starttls|implicit --cert PEM --key PEM]
 
 It listens on a free port of 127.0.0.1 and prints "listening on PORT" once
 it accepts connections. It stops when its standard input closes (the test
@@ -26,6 +26,9 @@ DIR/NNNN.json beside it ({"mail_from", "rcpt_tos", "login"}), written
 under a temporary name first, so a reader never sees half a message.
 --auth requires AUTH (PLAIN or LOGIN) with that login before MAIL; on
 loopback without TLS (aiosmtpd refuses AUTH without TLS unless told).
+--tls starttls offers STARTTLS and requires it before MAIL; --tls implicit
+speaks TLS from the first byte; both with the certificate --cert and its
+key --key.
 """
 
 import argparse
@@ -33,6 +36,7 @@ import asyncio
 import json
 import logging
 import os
+import ssl
 import sys
 import warnings
 
@@ -102,10 +106,18 @@ async def serve(args):
         login, _, password = args.auth.partition(":")
         options = dict(authenticator=Authenticator(login, password),
                        auth_required=True, auth_require_tls=False)
+    implicit = None
+    if args.tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
+        if args.tls == "starttls":
+            options.update(tls_context=context, require_starttls=True)
+        else:
+            implicit = context
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(handler, hostname="sink.test", **options),
-        host="127.0.0.1", port=0)
+        host="127.0.0.1", port=0, ssl=implicit)
     port = server.sockets[0].getsockname()[1]
     print(f"listening on {port}", flush=True)
     await loop.run_in_executor(None, sys.stdin.read)
@@ -117,6 +129,9 @@ def main():
     parser.add_argument("--dir", required=True)
     parser.add_argument("--script", default="")
     parser.add_argument("--auth")
+    parser.add_argument("--tls", choices=("starttls", "implicit"))
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
     asyncio.run(serve(parser.parse_args()))
 
 

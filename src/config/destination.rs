@@ -70,6 +70,9 @@ pub enum Target {
         /// The login, when the server wants one (AUTH PLAIN or LOGIN).
         username: Option<String>,
         password: Option<Secret>,
+        /// `smtp_ca_file`'s certificates (PEM), trusted for this server
+        /// besides the system's: a private relay's CA.
+        ca_pem: Option<String>,
         /// Addresses as checked at load (`Name <user@example.com>`).
         from: String,
         to: Vec<String>,
@@ -181,6 +184,7 @@ pub struct FileDestination {
     pub smtp_port: Option<Spanned<u64>>,
     pub smtp_security: Option<Spanned<String>>,
     pub smtp_username: Option<Spanned<String>>,
+    pub smtp_ca_file: Option<Spanned<String>>,
     /// Email: the sender and the recipients.
     pub mail_from: Option<Spanned<String>>,
     pub mail_to: Option<Spanned<Vec<String>>>,
@@ -386,6 +390,7 @@ fn span_of(d: &FileDestination, field: &str) -> Span {
         "smtp_port" => d.smtp_port.as_ref().map(|v| v.span()),
         "smtp_security" => d.smtp_security.as_ref().map(|v| v.span()),
         "smtp_username" => d.smtp_username.as_ref().map(|v| v.span()),
+        "smtp_ca_file" => d.smtp_ca_file.as_ref().map(|v| v.span()),
         "mail_from" => d.mail_from.as_ref().map(|v| v.span()),
         "mail_to" => d.mail_to.as_ref().map(|v| v.span()),
         "mail_cc" => d.mail_cc.as_ref().map(|v| v.span()),

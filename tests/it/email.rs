@@ -6,7 +6,9 @@
 //! part, to every recipient, after AUTH; a 4xx is retried, a 5xx fails; a
 //! connection lost after the message was sent is sent again with the same
 //! Message-ID and flagged `possible_duplicate`, and the mailbox folds by
-//! Message-ID into one message. Without python3 and aiosmtpd these tests
+//! Message-ID into one message; STARTTLS and implicit TLS reach a relay
+//! whose CA is given in `smtp_ca_file` (made with `openssl`), and not one
+//! whose CA is not. Without python3 and aiosmtpd these tests
 //! skip, except on CI (`CI=true`), where that fails them (`.ci/run`
 //! installs aiosmtpd first).
 
@@ -82,6 +84,11 @@ impl SmtpSink {
     /// Starts the sink with its script (see `tests/smtp_sink.py`); `None`
     /// when python3 or aiosmtpd is missing and this is not CI.
     fn start(script: &[&str], auth: Option<&str>) -> Option<SmtpSink> {
+        SmtpSink::start_with(script, auth, &[])
+    }
+
+    /// As `start`, with more of the sink's arguments (`--tls`, ...).
+    fn start_with(script: &[&str], auth: Option<&str>, more: &[&str]) -> Option<SmtpSink> {
         let dir = temp_dir();
         let mailbox = dir.path().join("mailbox");
         let mut command = Command::new("python3");
@@ -94,6 +101,7 @@ impl SmtpSink {
         if let Some(auth) = auth {
             command.arg("--auth").arg(auth);
         }
+        command.args(more);
         let started = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -176,6 +184,7 @@ fn destination(port: u16, login: Option<(&str, &str)>, cc: &[&str]) -> Destinati
             security: SmtpSecurity::None,
             username: login.map(|(user, _)| user.to_owned()),
             password: login.map(|(_, password)| herald::config::Secret::new(password)),
+            ca_pem: None,
             from: "Herald <herald@alerts.example.com>".to_owned(),
             to: vec![
                 "oncall@example.com".to_owned(),
@@ -422,4 +431,140 @@ async fn an_unreachable_server_is_retried_and_nothing_is_ambiguous() {
     );
     assert!(!delivery.possible_duplicate);
     server.stop().await;
+}
+
+/// `openssl` in `dir`, which must succeed.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command line is needed for the TLS tests (apt-get install openssl)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A private CA and a server certificate it signed for 127.0.0.1, in
+/// `dir`: `ca.pem`, `server.pem`, `server.key`.
+fn private_ca(dir: &std::path::Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-days",
+        "2",
+        "-subj",
+        "/CN=herald test relay CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(dir, &ca);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let mut request = vec!["req"];
+    request.extend(ec);
+    request.extend([
+        "-subj",
+        "/CN=relay",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    openssl(dir, &request);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_and_implicit_tls_to_a_relay_with_a_private_ca() {
+    let pki = temp_dir();
+    private_ca(pki.path());
+    let cert = pki.path().join("server.pem").display().to_string();
+    let key = pki.path().join("server.key").display().to_string();
+    let ca_pem = std::fs::read_to_string(pki.path().join("ca.pem")).unwrap();
+    for (mode, security) in [
+        ("starttls", SmtpSecurity::StartTls),
+        ("implicit", SmtpSecurity::Tls),
+    ] {
+        let more = ["--tls", mode, "--cert", &cert, "--key", &key];
+        // The sink refuses MAIL before STARTTLS (530), so a message that
+        // lands went over TLS; a login too.
+        let Some(sink) = SmtpSink::start_with(&[], Some("herald:s3cret"), &more) else {
+            return;
+        };
+        let dir = temp_dir();
+        let mut trusted = destination(sink.port, Some(("herald", "s3cret")), &[]);
+        if let Target::Email {
+            security: s,
+            ca_pem: ca,
+            ..
+        } = &mut trusted.target
+        {
+            *s = security;
+            *ca = Some(ca_pem.clone());
+        }
+        let mut untrusted = destination(sink.port, Some(("herald", "s3cret")), &[]);
+        untrusted.name = "email-untrusted".to_owned();
+        untrusted.policy.attempts_max = 1;
+        if let Target::Email { security: s, .. } = &mut untrusted.target {
+            *s = security;
+        }
+        let server = start_server(&dir.path().join("herald.db"), vec![trusted, untrusted]).await;
+        let client = client(&server);
+
+        let done = send_and_wait(&client, &request("Relay over TLS", &[NAME])).await;
+        assert_eq!(done.status, "converged", "{mode}: {done:#?}");
+        let messages = sink.messages();
+        assert_eq!(messages.len(), 1, "{mode}");
+        assert_eq!(messages[0].login.as_deref(), Some("herald"));
+
+        // Without the CA the server's certificate is not trusted: nothing
+        // is sent.
+        let refused =
+            send_and_wait(&client, &request("Untrusted relay", &["email-untrusted"])).await;
+        let delivery = &refused.deliveries[0];
+        assert_eq!(delivery.state, "dead", "{mode}: {refused:#?}");
+        let error = delivery.last_error.as_deref().unwrap();
+        assert!(error.contains("SMTP while connecting"), "{mode}: {error}");
+        assert_eq!(sink.messages().len(), 1, "{mode}");
+        server.stop().await;
+    }
 }

@@ -1,5 +1,5 @@
 //! An email destination's keys: the SMTP server (`smtp_host`, `smtp_port`,
-//! `smtp_security`), the optional login (`smtp_username` with the password
+//! `smtp_security`, `smtp_ca_file` for a private CA), the optional login (`smtp_username` with the password
 //! in `secret_env`, or `secret`), and the message's addresses (`mail_from`,
 //! `mail_to`, `mail_cc`).
 
@@ -20,6 +20,7 @@ pub const KIND: KindConfig = KindConfig {
         "smtp_port",
         "smtp_security",
         "smtp_username",
+        "smtp_ca_file",
         "mail_from",
         "mail_to",
         "mail_cc",
@@ -159,6 +160,20 @@ fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
             ok = false;
         }
     }
+    let ca_pem = match &d.smtp_ca_file {
+        None => Some(None),
+        Some(path) => ca_certificates(path.get_ref())
+            .map(Some)
+            .map_err(|reason| t.add(Some(path.span()), format!("{key}.smtp_ca_file: {reason}")))
+            .ok(),
+    };
+    if let (Some(Some(_)), Some(SmtpSecurity::None)) = (&ca_pem, security) {
+        t.add(
+            d.smtp_ca_file.as_ref().map(|v| v.span()),
+            format!("{key}.smtp_ca_file: smtp_security = \"none\" uses no TLS; remove it or use starttls or tls"),
+        );
+        ok = false;
+    }
     let from = mailbox(
         t,
         "mail_from",
@@ -190,10 +205,27 @@ fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
         security: security?,
         username,
         password,
+        ca_pem: ca_pem?,
         from: from?,
         to: to?,
         cc: cc?,
     })
+}
+
+/// The PEM text of `path`, holding at least one certificate.
+fn ca_certificates(path: &str) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let certificates = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{path} is not PEM certificates: {e}"))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "{path} holds no certificate; give the CA's certificate in PEM (-----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(text)
 }
 
 /// One address (`Name <user@example.com>` or `user@example.com`).
@@ -302,6 +334,7 @@ mail_cc = ["lead@example.net"]
             from,
             to,
             cc,
+            ..
         } = &d.target
         else {
             panic!("{:?}", d.target);
@@ -373,6 +406,14 @@ mail_cc = ["lead@example.net"]
             (
                 format!("url = \"https://smtp.example.com\"\nsmtp_host = \"smtp.example.com\"\n{base}"),
                 "destinations.mail.url: not a setting of kind email",
+            ),
+            (
+                format!("smtp_host = \"smtp.example.com\"\nsmtp_ca_file = \"/nonexistent/ca.pem\"\n{base}"),
+                "destinations.mail.smtp_ca_file: cannot read /nonexistent/ca.pem",
+            ),
+            (
+                format!("smtp_host = \"smtp.example.com\"\nsmtp_ca_file = \"Cargo.toml\"\n{base}"),
+                "destinations.mail.smtp_ca_file: Cargo.toml holds no certificate",
             ),
         ];
         for (table, expected) in cases {

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::Address;
@@ -381,9 +381,24 @@ pub struct EmailSettings<'a> {
     pub port: u16,
     pub security: SmtpSecurity,
     pub login: Option<(&'a str, &'a str)>,
+    /// Certificates (PEM) trusted besides the system's.
+    pub ca_pem: Option<&'a str>,
     pub from: &'a str,
     pub to: &'a [String],
     pub cc: &'a [String],
+}
+
+/// The TLS settings for `host`: the platform's verifier, with `ca_pem`'s
+/// certificates as extra roots.
+fn tls_parameters(
+    host: &str,
+    ca_pem: Option<&str>,
+) -> Result<TlsParameters, lettre::transport::smtp::Error> {
+    let mut builder = TlsParameters::builder(host.to_owned());
+    if let Some(pem) = ca_pem {
+        builder = builder.add_root_certificate(Certificate::from_pem(pem.as_bytes())?);
+    }
+    builder.build()
 }
 
 fn parse_mailbox(text: &str) -> Mailbox {
@@ -403,7 +418,7 @@ impl EmailConnector {
             SmtpSecurity::StartTls | SmtpSecurity::Tls => {
                 // The provider herald uses everywhere (ring).
                 let _ = rustls::crypto::ring::default_provider().install_default();
-                TlsParameters::new(settings.host.to_owned())
+                tls_parameters(settings.host, settings.ca_pem)
                     .map(Some)
                     .map_err(|e| format!("TLS settings for {}: {e}", settings.host))
             }
@@ -782,6 +797,7 @@ mod tests {
                 port: 1,
                 security: SmtpSecurity::None,
                 login: Some(("herald", "PASSWORD-NEVER-SHOWN")),
+                ca_pem: None,
                 from: "herald@example.com",
                 to: &["oncall@example.com".to_owned()],
                 cc: &[],
