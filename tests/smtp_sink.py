@@ -17,6 +17,7 @@ that started it ended).
 DATA (then "accept" for the rest):
   accept    keep it, answer 250
   tempfail  answer 451 (not kept)
+  busy      answer 421, the server busy or limiting (not kept)
   reject    answer 554 (not kept)
   drop      keep it, then close the connection without answering: a lost
             final reply, after which the client cannot know it was kept
@@ -42,7 +43,7 @@ import warnings
 
 from aiosmtpd.smtp import SMTP, AuthResult
 
-ACTIONS = ("accept", "tempfail", "reject", "drop")
+ACTIONS = ("accept", "tempfail", "busy", "reject", "drop")
 
 
 class Recorder:
@@ -70,6 +71,8 @@ class Recorder:
         action = self.script.pop(0) if self.script else "accept"
         if action == "tempfail":
             return "451 4.3.0 Try again later"
+        if action == "busy":
+            return "421 4.7.0 Too many messages, slow down"
         if action == "reject":
             return "554 5.6.0 Message refused"
         self.keep(session, envelope)

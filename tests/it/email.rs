@@ -3,7 +3,8 @@
 //! message it keeps to a folder (the mailbox) and refuses or drops messages
 //! on a script. A thread lands as one conversation (Message-ID from the
 //! key, In-Reply-To and References of the first), with a text and an HTML
-//! part, to every recipient, after AUTH; a 4xx is retried, a 5xx fails; a
+//! part, to every recipient, after AUTH; a 4xx is retried, a 421 pauses
+//! the destination, a 5xx fails; a
 //! connection lost after the message was sent is sent again with the same
 //! Message-ID and flagged `possible_duplicate`, and the mailbox folds by
 //! Message-ID into one message; STARTTLS and implicit TLS reach a relay
@@ -322,8 +323,9 @@ async fn a_thread_lands_as_one_conversation_at_every_recipient() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_temporary_refusal_is_retried_and_a_permanent_one_fails() {
-    let Some(sink) = SmtpSink::start(&["tempfail", "accept", "reject"], None) else {
+async fn a_temporary_refusal_is_retried_a_busy_server_pauses_and_a_permanent_refusal_fails() {
+    let script = ["tempfail", "accept", "busy", "accept", "reject"];
+    let Some(sink) = SmtpSink::start(&script, None) else {
         return;
     };
     let dir = temp_dir();
@@ -345,13 +347,24 @@ async fn a_temporary_refusal_is_retried_and_a_permanent_one_fails() {
     assert!(error.contains("SMTP 451"), "{error}");
     assert_eq!(sink.messages().len(), 1);
 
+    // 421: the server closes the channel; the destination pauses as for a
+    // 429, then the message goes.
+    let paused = send_and_wait(&client, &request("Disk still filling", &[NAME])).await;
+    let delivery = &paused.deliveries[0];
+    assert_eq!(paused.status, "converged", "{paused:#?}");
+    assert_eq!(
+        attempts(delivery),
+        [("send", "rate_limited"), ("send", "success")]
+    );
+    assert_eq!(sink.messages().len(), 2);
+
     let refused = send_and_wait(&client, &request("Disk full", &[NAME])).await;
     let delivery = &refused.deliveries[0];
     assert_eq!(delivery.state, "failed", "{refused:#?}");
     assert_eq!(attempts(delivery), [("send", "permanent")]);
     let error = delivery.last_error.as_deref().unwrap();
     assert!(error.contains("SMTP 554"), "{error}");
-    assert_eq!(sink.messages().len(), 1, "the refused message was not kept");
+    assert_eq!(sink.messages().len(), 2, "the refused message was not kept");
     server.stop().await;
 }
 

@@ -13,7 +13,9 @@
 //! - Classification by the stage the exchange reached: a 4xx reply is
 //!   retryable and a 5xx permanent wherever it comes; a connection that
 //!   fails or times out before the message's content was sent leaves
-//!   nothing at the server (retryable); one lost while the content was sent
+//!   nothing at the server (retryable); 421 (the server closing the
+//!   channel: busy, or limiting the sender) pauses the destination as a
+//!   429 does; one lost while the content was sent
 //!   or before the reply to its end (`.`) is ambiguous, since the server may
 //!   have queued it (RFC 5321 6.1 and 4.5.4.1's "lost final reply").
 //! - SMTP has no read-back: after an ambiguous outcome the message is sent
@@ -110,7 +112,8 @@ impl SmtpStage {
     }
 }
 
-/// The email outcome classes: 4xx retryable, 5xx permanent; a failure
+/// The email outcome classes: 4xx retryable (421, the server closing the
+/// channel, pauses the destination like a 429), 5xx permanent; a failure
 /// without a reply retryable before the content, ambiguous from then on.
 pub fn classify_email_failure(failure: &SmtpFailure) -> Outcome {
     let SmtpFailure {
@@ -121,6 +124,16 @@ pub fn classify_email_failure(failure: &SmtpFailure) -> Outcome {
         misconfigured,
     } = failure;
     let (class, error) = match code {
+        // "Service not available, closing transmission channel": the
+        // server is busy or limiting this sender; every other message
+        // would meet the same, so the destination pauses.
+        Some(421) => (
+            OutcomeClass::RateLimited,
+            format!(
+                "SMTP 421 {}: {text}; the server is busy or limiting, pausing this destination",
+                stage.describe()
+            ),
+        ),
         Some(code @ 400..=499) => (
             OutcomeClass::Retryable,
             format!("SMTP {code} {}: {text}", stage.describe()),
@@ -688,7 +701,8 @@ mod tests {
             |stage, code, timed_out| classify_email_failure(&failure(stage, code, timed_out)).class;
         // 4xx retryable, 5xx permanent, wherever they come.
         for stage in [Connect, Envelope, Content] {
-            assert_eq!(class(stage, Some(421), false), Retryable);
+            assert_eq!(class(stage, Some(421), false), RateLimited);
+            assert_eq!(class(stage, Some(450), false), Retryable);
             assert_eq!(class(stage, Some(451), false), Retryable);
             assert_eq!(class(stage, Some(550), false), Permanent);
             assert_eq!(class(stage, Some(554), false), Permanent);
