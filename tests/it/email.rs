@@ -581,3 +581,80 @@ async fn starttls_and_implicit_tls_to_a_relay_with_a_private_ca() {
         server.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_lands_in_order_while_the_server_drops_and_refuses() {
+    // The opener's final reply is lost (kept, then the connection closed),
+    // the update is refused for now once, the resolve meets a busy server.
+    let script = ["drop", "accept", "tempfail", "accept", "busy", "accept"];
+    let Some(sink) = SmtpSink::start(&script, None) else {
+        return;
+    };
+    let dir = temp_dir();
+    let server = start_server(
+        &dir.path().join("herald.db"),
+        vec![destination(sink.port, None, &[])],
+    )
+    .await;
+    let client = client(&server);
+    // Accepted together: herald holds each until the previous one of the
+    // thread is confirmed here.
+    let mut ids = Vec::new();
+    for (title, resolved) in [
+        ("Search is slow", false),
+        ("Index rebuilt", false),
+        ("Search recovered", true),
+    ] {
+        ids.push(
+            client
+                .send(&thread_request(title, resolved))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let mut done = Vec::new();
+    for id in &ids {
+        let broadcast = wait_final(&client, id, Duration::from_secs(30)).await;
+        assert_eq!(broadcast.status, "converged", "{broadcast:#?}");
+        done.push(broadcast);
+    }
+    let outcomes: Vec<Vec<(&str, &str)>> =
+        done.iter().map(|b| attempts(&b.deliveries[0])).collect();
+    assert_eq!(
+        outcomes,
+        [
+            vec![
+                ("send", "ambiguous"),
+                ("verify", "unknown"),
+                ("send", "success")
+            ],
+            vec![("send", "retryable"), ("send", "success")],
+            vec![("send", "rate_limited"), ("send", "success")],
+        ]
+    );
+    assert!(done[0].deliveries[0].possible_duplicate);
+
+    // The mailbox, in order of arrival: the opener twice under one
+    // Message-ID, then the update and the resolve, each replying to it.
+    let messages = sink.messages();
+    let ids: Vec<String> = messages
+        .iter()
+        .map(|m| m.header("Message-ID").unwrap())
+        .collect();
+    let first = message_id(&done[0]);
+    assert_eq!(
+        ids,
+        [
+            first.clone(),
+            first.clone(),
+            message_id(&done[1]),
+            message_id(&done[2])
+        ]
+    );
+    for later in &messages[2..] {
+        assert_eq!(later.header("In-Reply-To").as_deref(), Some(first.as_str()));
+        assert_eq!(later.header("References").as_deref(), Some(first.as_str()));
+    }
+    server.stop().await;
+}
