@@ -11,13 +11,16 @@
 //!   they land in one conversation. When the first never landed, the next
 //!   one goes out without them (it starts the conversation).
 //! - Classification by the stage the exchange reached: a 4xx reply is
-//!   retryable and a 5xx permanent wherever it comes; a connection that
-//!   fails or times out before the message's content was sent leaves
-//!   nothing at the server (retryable); 421 (the server closing the
-//!   channel: busy, or limiting the sender) pauses the destination as a
-//!   429 does; one lost while the content was sent
-//!   or before the reply to its end (`.`) is ambiguous, since the server may
-//!   have queued it (RFC 5321 6.1 and 4.5.4.1's "lost final reply").
+//!   retryable and a 5xx permanent wherever it comes, and a 421 (the server
+//!   closing the channel: busy, or limiting the sender) pauses the
+//!   destination as a 429 does. Without a reply, a connection that fails or
+//!   times out before the message's content was sent leaves nothing at the
+//!   server (retryable); one lost while the content was sent or before the
+//!   reply to its end (`.`) is ambiguous, since the server may have queued
+//!   it (RFC 5321 6.1: a lost final reply may mean a duplicate).
+//!   A server that does not offer STARTTLS when `starttls` is set, or
+//!   neither AUTH PLAIN nor LOGIN for a login, fails the delivery: that is
+//!   the configuration's to fix, not the message's to retry.
 //! - SMTP has no read-back: after an ambiguous outcome the message is sent
 //!   again, with the same Message-ID, and the delivery is flagged
 //!   `possible_duplicate`.
@@ -329,8 +332,8 @@ pub fn email_html_body(delivery: &ClaimedDelivery) -> String {
     html
 }
 
-/// The whole message, as it goes after DATA. `domain` is the Message-ID's
-/// right-hand side (the sender's domain).
+/// The whole message, as it goes after DATA; its Message-ID's right-hand
+/// side is the sender's domain.
 pub fn email_message(
     delivery: &ClaimedDelivery,
     from: &Mailbox,
