@@ -658,3 +658,25 @@ async fn a_thread_lands_in_order_while_the_server_drops_and_refuses() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_fails_the_delivery_and_never_shows_the_password() {
+    let Some(sink) = SmtpSink::start(&[], Some("herald:s3cret")) else {
+        return;
+    };
+    let dir = temp_dir();
+    let destination = destination(sink.port, Some(("herald", "WRONG-PASSWORD")), &[]);
+    let server = start_server(&dir.path().join("herald.db"), vec![destination]).await;
+    let client = client(&server);
+
+    let done = send_and_wait(&client, &request("Login refused", &[NAME])).await;
+    let delivery = &done.deliveries[0];
+    assert_eq!(delivery.state, "failed", "{done:#?}");
+    assert_eq!(attempts(delivery), [("send", "permanent")]);
+    let error = delivery.last_error.as_deref().unwrap();
+    assert!(error.starts_with("SMTP 535 while connecting"), "{error}");
+    let shown = serde_json::to_string(&done).unwrap();
+    assert!(!shown.contains("WRONG-PASSWORD"), "{shown}");
+    assert!(sink.messages().is_empty());
+    server.stop().await;
+}
