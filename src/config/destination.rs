@@ -187,8 +187,8 @@ pub struct FileDestination {
     pub smtp_ca_file: Option<Spanned<String>>,
     /// Email: the sender and the recipients.
     pub mail_from: Option<Spanned<String>>,
-    pub mail_to: Option<Spanned<Vec<String>>>,
-    pub mail_cc: Option<Spanned<Vec<String>>>,
+    pub mail_to: Option<Spanned<crate::kinds::email::config::Addresses>>,
+    pub mail_cc: Option<Spanned<crate::kinds::email::config::Addresses>>,
     pub timeout_ms: Option<Spanned<u64>>,
     pub concurrency: Option<Spanned<u32>>,
     pub rate_limit_per_sec: Option<Spanned<f64>>,

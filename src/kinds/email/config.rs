@@ -33,6 +33,36 @@ pub const KIND: KindConfig = KindConfig {
 /// Recipients (`mail_to` and `mail_cc` together) one destination may have.
 pub const RECIPIENTS_MAX: usize = 50;
 
+/// `mail_to`, `mail_cc`: one address, or a list of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Addresses(pub Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for Addresses {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Addresses, D::Error> {
+        struct OneOrList;
+        impl<'de> serde::de::Visitor<'de> for OneOrList {
+            type Value = Addresses;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an address or a list of addresses")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Addresses, E> {
+                Ok(Addresses(vec![text.to_owned()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Addresses, A::Error> {
+                let mut list = Vec::new();
+                while let Some(text) = seq.next_element::<String>()? {
+                    list.push(text);
+                }
+                Ok(Addresses(list))
+            }
+        }
+        deserializer.deserialize_any(OneOrList)
+    }
+}
+
 /// How the connection to the SMTP server is protected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SmtpSecurity {
@@ -260,7 +290,7 @@ fn mailbox(
 fn mailboxes(
     t: &TargetKeys<'_, '_>,
     field: &str,
-    value: &Option<toml::Spanned<Vec<String>>>,
+    value: &Option<toml::Spanned<Addresses>>,
     required: bool,
 ) -> Option<Vec<String>> {
     let key = t.key;
@@ -274,7 +304,7 @@ fn mailboxes(
         }
         return Some(Vec::new());
     };
-    if required && list.get_ref().is_empty() {
+    if required && list.get_ref().0.is_empty() {
         t.add(
             Some(list.span()),
             format!("{key}.{field}: must name at least one address"),
@@ -282,7 +312,7 @@ fn mailboxes(
         return None;
     }
     let mut all = Some(Vec::new());
-    for text in list.get_ref() {
+    for text in &list.get_ref().0 {
         match mailbox(t, field, Some((text, list.span()))) {
             Some(address) => {
                 if let Some(all) = &mut all {
@@ -320,7 +350,7 @@ smtp_username = "herald"
 secret_env = "SMTP_PASSWORD"
 mail_from = "Herald <herald@example.com>"
 mail_to = ["oncall@example.com", "Second <second@example.org>"]
-mail_cc = ["lead@example.net"]
+mail_cc = "lead@example.net"
 "#,
         )
         .unwrap();
@@ -406,6 +436,10 @@ mail_cc = ["lead@example.net"]
             (
                 format!("url = \"https://smtp.example.com\"\nsmtp_host = \"smtp.example.com\"\n{base}"),
                 "destinations.mail.url: not a setting of kind email",
+            ),
+            (
+                "smtp_host = \"h\"\nmail_from = \"a@example.com\"\nmail_to = 7\n".to_owned(),
+                "destinations.mail.mail_to: invalid type: integer `7`, expected an address or a list of addresses",
             ),
             (
                 format!("smtp_host = \"smtp.example.com\"\nsmtp_ca_file = \"/nonexistent/ca.pem\"\n{base}"),
