@@ -71,6 +71,23 @@ pub enum Target {
         room_id: String,
         token: Secret,
     },
+    /// Email through an SMTP server: one message per delivery to every
+    /// recipient, its `Message-ID` derived from the idempotency key.
+    Email {
+        host: String,
+        port: u16,
+        security: crate::kinds::email::config::SmtpSecurity,
+        /// The login, when the server wants one (AUTH PLAIN or LOGIN).
+        username: Option<String>,
+        password: Option<Secret>,
+        /// `smtp_ca_file`'s certificates (PEM), trusted for this server
+        /// besides the system's: a private relay's CA.
+        ca_pem: Option<String>,
+        /// Addresses as checked at load (`Name <user@example.com>`).
+        from: String,
+        to: Vec<String>,
+        cc: Vec<String>,
+    },
 }
 
 impl Target {
@@ -83,6 +100,7 @@ impl Target {
             Target::PagerDuty { .. } => "pagerduty",
             Target::Discord { .. } | Target::DiscordBot { .. } => "discord",
             Target::Matrix { .. } => "matrix",
+            Target::Email { .. } => "email",
         }
     }
 }
@@ -174,6 +192,16 @@ pub struct FileDestination {
     pub channel_id: Option<Spanned<String>>,
     /// Matrix: the room's id (`!...`).
     pub room_id: Option<Spanned<String>>,
+    /// Email: the SMTP server, its port and protection, the login.
+    pub smtp_host: Option<Spanned<String>>,
+    pub smtp_port: Option<Spanned<u64>>,
+    pub smtp_security: Option<Spanned<String>>,
+    pub smtp_username: Option<Spanned<String>>,
+    pub smtp_ca_file: Option<Spanned<String>>,
+    /// Email: the sender and the recipients.
+    pub mail_from: Option<Spanned<String>>,
+    pub mail_to: Option<Spanned<crate::kinds::email::config::Addresses>>,
+    pub mail_cc: Option<Spanned<crate::kinds::email::config::Addresses>>,
     pub timeout_ms: Option<Spanned<u64>>,
     pub concurrency: Option<Spanned<u32>>,
     pub rate_limit_per_sec: Option<Spanned<f64>>,
@@ -372,6 +400,14 @@ fn span_of(d: &FileDestination, field: &str) -> Span {
         "forum" => d.forum.as_ref().map(|v| v.span()),
         "channel_id" => d.channel_id.as_ref().map(|v| v.span()),
         "room_id" => d.room_id.as_ref().map(|v| v.span()),
+        "smtp_host" => d.smtp_host.as_ref().map(|v| v.span()),
+        "smtp_port" => d.smtp_port.as_ref().map(|v| v.span()),
+        "smtp_security" => d.smtp_security.as_ref().map(|v| v.span()),
+        "smtp_username" => d.smtp_username.as_ref().map(|v| v.span()),
+        "smtp_ca_file" => d.smtp_ca_file.as_ref().map(|v| v.span()),
+        "mail_from" => d.mail_from.as_ref().map(|v| v.span()),
+        "mail_to" => d.mail_to.as_ref().map(|v| v.span()),
+        "mail_cc" => d.mail_cc.as_ref().map(|v| v.span()),
         _ => unreachable!("{field} is not a key of a destination table"),
     }
 }

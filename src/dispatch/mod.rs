@@ -413,6 +413,7 @@ fn secrets(target: &crate::config::Target) -> Vec<&[u8]> {
         | Target::DiscordBot { token, .. }
         | Target::Matrix { token, .. } => vec![token.expose().as_bytes()],
         Target::PagerDuty { routing_key, .. } => vec![routing_key.expose().as_bytes()],
+        Target::Email { password, .. } => password.iter().map(|p| p.expose().as_bytes()).collect(),
         Target::Teams { .. } | Target::Discord { .. } => Vec::new(),
     }
 }

@@ -11,6 +11,7 @@
 //! an entry of the list, both in the `discord` folder.
 
 pub mod discord;
+pub mod email;
 pub mod jira;
 pub mod matrix;
 pub mod pagerduty;
@@ -48,6 +49,7 @@ macro_rules! with_kinds {
             Discord { field: discord, connector: discord::connector::DiscordConnector, emulation: discord::mock::Discord, stats: discord::mock::DiscordStats, demo: discord, config: discord },
             DiscordBot { field: discord_bot, connector: discord::bot_connector::DiscordBotConnector, emulation: discord::bot_mock::DiscordBot, stats: discord::bot_mock::DiscordBotStats, demo: none, config: none },
             Matrix { field: matrix, connector: matrix::connector::MatrixConnector, emulation: matrix::mock::Matrix, stats: matrix::mock::MatrixStats, demo: matrix, config: matrix },
+            Email { field: email, connector: email::connector::EmailConnector, emulation: email::mock::Email, stats: email::mock::EmailStats, demo: none, config: email },
             Webhook { field: webhook, connector: webhook::connector::WebhookConnector, emulation: webhook::mock::Webhook, stats: webhook::WebhookStats, demo: webhook, config: webhook },
         }
     };

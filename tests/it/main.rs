@@ -8,6 +8,7 @@ mod connectors;
 mod console;
 mod crash;
 mod discord_bot;
+mod email;
 mod first_hour;
 mod ingest_and_statuses;
 mod isolation;
