@@ -410,8 +410,11 @@ fn secrets(target: &crate::config::Target) -> Vec<&[u8]> {
         Target::Webhook { secret, .. } => secret.iter().map(|s| s.key()).collect(),
         Target::Slack { token, .. }
         | Target::Jira { token, .. }
-        | Target::DiscordBot { token, .. } => vec![token.expose().as_bytes()],
+        | Target::DiscordBot { token, .. }
+        | Target::Telegram { token, .. } => vec![token.expose().as_bytes()],
+        Target::Sms { auth_token, .. } => vec![auth_token.expose().as_bytes()],
+        Target::Zulip { api_key, .. } => vec![api_key.expose().as_bytes()],
         Target::PagerDuty { routing_key, .. } => vec![routing_key.expose().as_bytes()],
-        Target::Teams { .. } | Target::Discord { .. } => Vec::new(),
+        Target::Teams { .. } | Target::Discord { .. } | Target::GoogleChat { .. } => Vec::new(),
     }
 }

@@ -14,6 +14,7 @@ pub mod discord;
 pub mod jira;
 pub mod pagerduty;
 pub mod slack;
+pub mod sms;
 pub mod teams;
 pub mod webhook;
 
@@ -46,6 +47,7 @@ macro_rules! with_kinds {
             PagerDuty { field: pagerduty, connector: pagerduty::connector::PagerDutyConnector, emulation: pagerduty::mock::PagerDuty, stats: pagerduty::mock::PagerDutyStats, demo: pagerduty, config: pagerduty },
             Discord { field: discord, connector: discord::connector::DiscordConnector, emulation: discord::mock::Discord, stats: discord::mock::DiscordStats, demo: discord, config: discord },
             DiscordBot { field: discord_bot, connector: discord::bot_connector::DiscordBotConnector, emulation: discord::bot_mock::DiscordBot, stats: discord::bot_mock::DiscordBotStats, demo: none, config: none },
+            Sms { field: sms, connector: sms::connector::SmsConnector, emulation: sms::mock::Twilio, stats: sms::mock::SmsStats, demo: sms, config: sms },
             Webhook { field: webhook, connector: webhook::connector::WebhookConnector, emulation: webhook::mock::Webhook, stats: webhook::WebhookStats, demo: webhook, config: webhook },
         }
     };

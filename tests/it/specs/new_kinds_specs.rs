@@ -1,0 +1,158 @@
+//! The requests of the kinds of issue 21 against their published
+//! descriptions: Twilio's Messages (OpenAPI 3), Google Chat's discovery
+//! document, Telegram's structured Bot API reference and Zulip's OpenAPI
+//! (YAML, read through a JSON copy of the operations herald uses).
+
+use std::collections::BTreeSet;
+
+use herald::kinds::sms::connector::{
+    sms_text, twilio_create_form, twilio_list_query, TWILIO_BODY_CHARS_MAX,
+};
+use serde_json::{json, Map, Value};
+
+use super::{assert_rejected, assert_valid, cases, load_spec, pointer};
+
+/// The phone numbers the SMS checks use.
+const TWILIO_FROM: &str = "+14155550199";
+const TWILIO_TO: &str = "+447700900123";
+const TWILIO_ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
+
+fn twilio_operation<'a>(spec: &'a Value, path: &str, method: &str) -> &'a Value {
+    let escaped = path.replace('~', "~0").replace('/', "~1");
+    pointer(spec, &format!("#/paths/{escaped}/{method}"))
+}
+
+/// A form (name, value pairs) as the JSON object a schema describes.
+fn form_object(pairs: &[(&str, String)]) -> Value {
+    let mut object = Map::new();
+    for (name, value) in pairs {
+        assert!(
+            object.insert((*name).to_owned(), json!(value)).is_none(),
+            "{name} given twice"
+        );
+    }
+    Value::Object(object)
+}
+
+/// E.164, as the description's `phone-number` format means for SMS.
+fn is_e164(text: &str) -> bool {
+    text.strip_prefix('+')
+        .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[test]
+fn twilio_create_message_forms_match_the_openapi_document() {
+    let spec = load_spec("twilio-api-v2010.openapi.json");
+    let path = "/2010-04-01/Accounts/{AccountSid}/Messages.json";
+    let create = twilio_operation(&spec, path, "post");
+    assert_eq!(create["operationId"], "CreateMessage");
+    assert_eq!(create["security"], json!([{"accountSid_authToken": []}]));
+    assert_eq!(
+        pointer(&spec, "#/components/securitySchemes/accountSid_authToken"),
+        &json!({"scheme": "basic", "type": "http"}),
+        "herald authenticates with basic auth (account SID, auth token)"
+    );
+    let account_sid = &create["parameters"][0];
+    assert_eq!(account_sid["name"], "AccountSid");
+    assert_valid(
+        &spec,
+        &account_sid["schema"],
+        &json!(TWILIO_ACCOUNT_SID),
+        "the account SID in the path",
+    );
+    assert_rejected(&spec, &account_sid["schema"], &json!("AC123"), "");
+    let schema = &create["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"];
+    let listed: BTreeSet<&str> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for case in cases() {
+        for chars_max in [20, 160, TWILIO_BODY_CHARS_MAX] {
+            let text = sms_text(&case.delivery, chars_max);
+            let what = format!("Twilio CreateMessage ({}, cut at {chars_max})", case.name);
+            assert!(
+                text.chars().count() <= chars_max,
+                "{what}: the body is longer than the cut"
+            );
+            // "Can be up to 1,600 characters in length."
+            assert!(text.chars().count() <= TWILIO_BODY_CHARS_MAX, "{what}");
+            assert!(!text.trim().is_empty(), "{what}: an empty body");
+            let form = form_object(&twilio_create_form(TWILIO_FROM, TWILIO_TO, &text));
+            assert_valid(&spec, schema, &form, &what);
+            for name in form.as_object().unwrap().keys() {
+                assert!(
+                    listed.contains(name.as_str()),
+                    "{what}: {name} is not listed"
+                );
+            }
+            assert!(is_e164(form["To"].as_str().unwrap()), "{what}");
+        }
+    }
+    // The check can fail: no `To` (required), a `Body` that is not text.
+    assert_rejected(
+        &spec,
+        schema,
+        &json!({"From": TWILIO_FROM, "Body": "x"}),
+        "To",
+    );
+    assert_rejected(&spec, schema, &json!({"To": TWILIO_TO, "Body": 5}), "/Body");
+}
+
+#[test]
+fn twilio_read_back_queries_match_the_openapi_document() {
+    let spec = load_spec("twilio-api-v2010.openapi.json");
+    let path = "/2010-04-01/Accounts/{AccountSid}/Messages.json";
+    let list = twilio_operation(&spec, path, "get");
+    assert_eq!(list["operationId"], "ListMessage");
+    let parameters = list["parameters"].as_array().unwrap();
+    let query = twilio_list_query(TWILIO_TO, 1_764_000_000_123);
+    for (name, value) in &query {
+        let parameter = parameters
+            .iter()
+            .find(|p| p["name"] == *name && p["in"] == "query")
+            .unwrap_or_else(|| panic!("ListMessage has no query parameter {name}"));
+        let typed = match parameter["schema"]["type"].as_str() {
+            Some("integer") => json!(value.parse::<i64>().expect("an integer")),
+            _ => json!(value),
+        };
+        // `DateSent>` is typed date-time but described as a GMT day,
+        // `YYYY-MM-DD`, which is what herald sends; the day is checked
+        // against the description's words instead of the format.
+        if name.starts_with("DateSent") {
+            let description = parameter["description"].as_str().unwrap();
+            assert!(description.contains("`YYYY-MM-DD`"), "{description}");
+            let day = value.as_bytes();
+            assert!(
+                day.len() == 10
+                    && day.iter().enumerate().all(|(i, b)| if i == 4 || i == 7 {
+                        *b == b'-'
+                    } else {
+                        b.is_ascii_digit()
+                    }),
+                "{name}={value} is not YYYY-MM-DD"
+            );
+            assert_eq!(value, "2025-11-24");
+            continue;
+        }
+        assert_valid(
+            &spec,
+            &parameter["schema"],
+            &typed,
+            &format!("ListMessage {name}"),
+        );
+    }
+    // Its answer has what the read-back reads: messages with sid, body,
+    // from, date_created; next_page_uri.
+    let answer = &list["responses"]["200"]["content"]["application/json"]["schema"];
+    assert!(answer["properties"]["next_page_uri"].is_object());
+    let message = pointer(&spec, "#/components/schemas/api.v2010.account.message");
+    for field in ["sid", "body", "from", "to", "date_created"] {
+        assert!(message["properties"][field].is_object(), "{field}");
+    }
+    assert_eq!(
+        message["properties"]["date_created"]["format"],
+        "date-time-rfc-2822"
+    );
+}
