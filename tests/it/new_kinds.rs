@@ -30,6 +30,23 @@ struct NewKind {
     name: &'static str,
     exactly_once: bool,
     held: fn(&MockStats, &str) -> Held,
+    /// Checks what a thread (open, update, resolve) made of itself there.
+    thread_shape: fn(&MockStats, &str),
+}
+
+fn no_threads(_: &MockStats, _: &str) {}
+
+fn google_chat_thread(stats: &MockStats, name: &str) {
+    let s = &stats.google_chat.spaces[&herald::kinds::google_chat::demo::mock_space(name)];
+    assert_eq!(s.threads, 1, "one Chat thread: {s:#?}");
+    assert_eq!(
+        s.messages_per_thread_key
+            .values()
+            .copied()
+            .collect::<Vec<_>>(),
+        [3],
+        "{s:#?}"
+    );
 }
 
 fn sms_held(stats: &MockStats, name: &str) -> Held {
@@ -42,13 +59,43 @@ fn sms_held(stats: &MockStats, name: &str) -> Held {
     }
 }
 
+fn google_chat_held(stats: &MockStats, name: &str) -> Held {
+    let space = herald::kinds::google_chat::demo::mock_space(name);
+    let s = stats
+        .google_chat
+        .spaces
+        .get(&space)
+        .cloned()
+        .unwrap_or_default();
+    // A thread is one Chat thread: every message under one key.
+    assert!(
+        s.threads <= 1 || s.messages_per_thread_key.is_empty(),
+        "{s:#?}"
+    );
+    Held {
+        texts: s.texts,
+        duplicated: s.duplicated_texts,
+        edits: 0,
+    }
+}
+
 fn new_kinds() -> Vec<NewKind> {
-    vec![NewKind {
-        kind: "sms",
-        name: "sms-oncall",
-        exactly_once: true,
-        held: sms_held,
-    }]
+    vec![
+        NewKind {
+            kind: "sms",
+            name: "sms-oncall",
+            exactly_once: true,
+            held: sms_held,
+            thread_shape: no_threads,
+        },
+        NewKind {
+            kind: "google-chat",
+            name: "chat-ops",
+            exactly_once: true,
+            held: google_chat_held,
+            thread_shape: google_chat_thread,
+        },
+    ]
 }
 
 fn attempts(delivery: &Delivery) -> Vec<(&str, &str)> {
@@ -114,6 +161,9 @@ async fn a_lost_first_answer_ends_in_one_message_where_the_protocol_can_tell() {
     let done = wait_final(&client, &accepted.id, Duration::from_secs(60)).await;
     assert_eq!(done.status, "converged", "{done:#?}");
     let stats = mock.stats();
+    // Google Chat folded the re-send: its requestId got the first message.
+    let space = herald::kinds::google_chat::demo::mock_space("chat-ops");
+    assert_eq!(stats.google_chat.spaces[&space].request_id_replays, 1);
     for kind in new_kinds() {
         let d = delivery(&done, kind.name);
         assert_eq!(
@@ -208,6 +258,7 @@ async fn a_thread_lands_in_order_while_each_destination_fails_first() {
             kind.kind,
             held.texts
         );
+        (kind.thread_shape)(&stats, kind.name);
         let _ = held.edits;
     }
     server.stop().await;

@@ -156,3 +156,134 @@ fn twilio_read_back_queries_match_the_openapi_document() {
         "date-time-rfc-2822"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Google Chat: `spaces.messages.create` of the discovery document, as an
+// incoming webhook calls it.
+
+/// Checks a JSON value against a discovery-document schema (`type`,
+/// `properties`, `$ref` to another schema's id, `items`, `enum`); returns
+/// every problem.
+fn discovery_errors(document: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+    if let Some(id) = schema["$ref"].as_str() {
+        let target = &document["schemas"][id];
+        assert!(
+            target.is_object(),
+            "the discovery document has no schema {id}"
+        );
+        return discovery_errors(document, target, value, at);
+    }
+    let mut errors = Vec::new();
+    match (schema["type"].as_str(), value) {
+        (Some("object"), Value::Object(object)) => {
+            for (name, field) in object {
+                let Some(property) = schema["properties"].get(name) else {
+                    errors.push(format!("{at}/{name}: not a field of the schema"));
+                    continue;
+                };
+                errors.extend(discovery_errors(
+                    document,
+                    property,
+                    field,
+                    &format!("{at}/{name}"),
+                ));
+            }
+        }
+        (Some("string"), Value::String(text)) => {
+            if let Some(values) = schema["enum"].as_array() {
+                if !values.iter().any(|v| v == text) {
+                    errors.push(format!("{at}: {text:?} is not one of {values:?}"));
+                }
+            }
+        }
+        (Some("array"), Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                errors.extend(discovery_errors(
+                    document,
+                    &schema["items"],
+                    item,
+                    &format!("{at}/{i}"),
+                ));
+            }
+        }
+        (Some("boolean"), Value::Bool(_)) => {}
+        (Some("integer" | "number"), Value::Number(_)) => {}
+        (expected, _) => errors.push(format!("{at}: expected {expected:?}, got {value}")),
+    }
+    errors
+}
+
+#[test]
+fn google_chat_creates_match_the_discovery_document() {
+    use herald::kinds::google_chat::connector::{
+        google_chat_create_query, google_chat_message, GOOGLE_CHAT_TEXT_CHARS_MAX,
+    };
+    let spec = load_spec("google-chat-v1.discovery.json");
+    let create = &spec["resources"]["spaces"]["resources"]["messages"]["methods"]["create"];
+    assert_eq!(create["httpMethod"], "POST");
+    assert_eq!(create["path"], "v1/{+parent}/messages");
+    assert_eq!(create["request"]["$ref"], "Message");
+    let parameters = &create["parameters"];
+    for case in cases() {
+        let what = format!("Google Chat create ({})", case.name);
+        let body = google_chat_message(&case.delivery);
+        let errors = discovery_errors(&spec, &create["request"], &body, "");
+        assert!(errors.is_empty(), "{what}: {errors:#?}\n{body}");
+        let text = body["text"].as_str().unwrap();
+        assert!(!text.trim().is_empty(), "{what}: empty text");
+        assert!(text.chars().count() <= GOOGLE_CHAT_TEXT_CHARS_MAX, "{what}");
+        // "threadKey ... Supports up to 4000 characters."
+        if let Some(key) = body["thread"]["threadKey"].as_str() {
+            assert!(key.chars().count() <= 4_000, "{what}");
+        }
+        assert_eq!(
+            body["thread"]["threadKey"].is_string(),
+            case.delivery.message.thread().is_some(),
+            "{what}: a thread's messages name its key"
+        );
+        let query = google_chat_create_query(&case.delivery);
+        for (name, value) in &query {
+            let parameter = &parameters[*name];
+            assert_eq!(
+                parameter["location"], "query",
+                "{what}: {name} is not a query parameter"
+            );
+            let errors = discovery_errors(&spec, parameter, &json!(value), name);
+            assert!(errors.is_empty(), "{what}: {errors:#?}");
+        }
+        let id = &query.iter().find(|(n, _)| *n == "messageId").unwrap().1;
+        // "Begins with `client-` ... Contains up to 63 characters and only
+        // lowercase letters, numbers, and hyphens."
+        let description = parameters["messageId"]["description"].as_str().unwrap();
+        assert!(
+            description.contains("Begins with `client-`")
+                && description.contains("up to 63 characters")
+        );
+        assert!(id.starts_with("client-") && id.len() <= 63, "{what}: {id}");
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+        // The thread's replies need a reply option, or Chat starts a new
+        // thread ("Using this option ignores any thread ID or thread_key").
+        let option = query.iter().find(|(n, _)| *n == "messageReplyOption");
+        assert_eq!(
+            option.map(|(_, v)| v.as_str()),
+            case.delivery
+                .message
+                .thread()
+                .map(|_| "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD"),
+            "{what}"
+        );
+        assert!(query.iter().any(|(n, _)| *n == "requestId"), "{what}");
+    }
+    // The checks can fail: an unknown field, a thread key that is not text,
+    // a reply option the enum lacks.
+    let unknown = json!({"txt": "hello"});
+    assert!(!discovery_errors(&spec, &create["request"], &unknown, "").is_empty());
+    let bad_thread = json!({"text": "x", "thread": {"threadKey": 5}});
+    assert!(!discovery_errors(&spec, &create["request"], &bad_thread, "").is_empty());
+    let bad_option = json!("REPLY_ALWAYS");
+    assert!(
+        !discovery_errors(&spec, &parameters["messageReplyOption"], &bad_option, "").is_empty()
+    );
+}
