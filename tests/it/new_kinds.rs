@@ -79,6 +79,30 @@ fn google_chat_held(stats: &MockStats, name: &str) -> Held {
     }
 }
 
+fn telegram_held(stats: &MockStats, name: &str) -> Held {
+    let chat = herald::kinds::telegram::demo::mock_chat_id(name);
+    let c = stats.telegram.chats.get(&chat).cloned().unwrap_or_default();
+    Held {
+        texts: c.texts,
+        duplicated: c.duplicated_texts,
+        edits: c.edits,
+    }
+}
+
+fn telegram_thread(stats: &MockStats, name: &str) {
+    let c = &stats.telegram.chats[&herald::kinds::telegram::demo::mock_chat_id(name)];
+    assert_eq!(
+        (c.messages, c.replies, c.edits),
+        (3, 2, 1),
+        "the opener, two replies to it, the opener edited as resolved: {c:#?}"
+    );
+    assert_eq!(
+        c.per_topic.keys().collect::<Vec<_>>(),
+        ["7"],
+        "all in the forum topic"
+    );
+}
+
 fn new_kinds() -> Vec<NewKind> {
     vec![
         NewKind {
@@ -94,6 +118,13 @@ fn new_kinds() -> Vec<NewKind> {
             exactly_once: true,
             held: google_chat_held,
             thread_shape: google_chat_thread,
+        },
+        NewKind {
+            kind: "telegram",
+            name: "telegram-ops",
+            exactly_once: false,
+            held: telegram_held,
+            thread_shape: telegram_thread,
         },
     ]
 }

@@ -287,3 +287,140 @@ fn google_chat_creates_match_the_discovery_document() {
         !discovery_errors(&spec, &parameters["messageReplyOption"], &bad_option, "").is_empty()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Telegram: the Bot API reference as structured data (methods and types,
+// each field with its types and whether it is required).
+
+/// Checks a JSON value against a list of Bot API types (`Integer`,
+/// `String`, `Boolean`, `Array of X`, or a type's name).
+fn telegram_type_errors(spec: &Value, types: &[Value], value: &Value, at: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    for type_name in types.iter().filter_map(Value::as_str) {
+        let errors = match (type_name, value) {
+            ("Integer", Value::Number(n)) if n.is_i64() => Vec::new(),
+            ("Float", Value::Number(_)) => Vec::new(),
+            ("String", Value::String(_)) => Vec::new(),
+            ("Boolean", Value::Bool(_)) => Vec::new(),
+            (name, Value::Array(items)) if name.starts_with("Array of ") => {
+                let inner = json!([name.trim_start_matches("Array of ")]);
+                items
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, item)| {
+                        telegram_type_errors(
+                            spec,
+                            inner.as_array().unwrap(),
+                            item,
+                            &format!("{at}/{i}"),
+                        )
+                    })
+                    .collect()
+            }
+            (name, Value::Object(_)) if spec["types"][name].is_object() => {
+                telegram_fields_errors(spec, &spec["types"][name]["fields"], value, at)
+            }
+            (name, _) => vec![format!("{at}: {value} is not a {name}")],
+        };
+        if errors.is_empty() {
+            return Vec::new();
+        }
+        failures.extend(errors);
+    }
+    failures
+}
+
+/// Checks an object against a method's or type's `fields`: each given
+/// field listed and of its types, each required one given.
+fn telegram_fields_errors(spec: &Value, fields: &Value, value: &Value, at: &str) -> Vec<String> {
+    let fields = fields.as_array().cloned().unwrap_or_default();
+    let mut errors = Vec::new();
+    let Some(object) = value.as_object() else {
+        return vec![format!("{at}: not an object")];
+    };
+    for (name, field_value) in object {
+        match fields.iter().find(|f| f["name"] == *name) {
+            None => errors.push(format!("{at}/{name}: not a field")),
+            Some(field) => errors.extend(telegram_type_errors(
+                spec,
+                field["types"].as_array().unwrap(),
+                field_value,
+                &format!("{at}/{name}"),
+            )),
+        }
+    }
+    for field in fields.iter().filter(|f| f["required"] == true) {
+        if !object.contains_key(field["name"].as_str().unwrap()) {
+            errors.push(format!("{at}/{}: required", field["name"]));
+        }
+    }
+    errors
+}
+
+#[test]
+fn telegram_requests_match_the_bot_api_reference() {
+    use herald::kinds::telegram::connector::{
+        telegram_resolve_edit_body, telegram_send_message_body, TELEGRAM_TEXT_CHARS_MAX,
+    };
+    let spec = load_spec("telegram-bot-api.api.json");
+    let send = &spec["methods"]["sendMessage"];
+    let edit = &spec["methods"]["editMessageText"];
+    assert_eq!(send["returns"], json!(["Message"]));
+    for case in cases() {
+        let mut delivery = case.delivery.clone();
+        // The thread's reference is the first message's id.
+        if delivery.thread_ref.is_some() {
+            delivery.thread_ref = Some("42".to_owned());
+        }
+        for (chat, topic) in [("-1001234567890", Some(7)), ("@herald_alerts", None)] {
+            let what = format!("Telegram sendMessage ({}, {chat})", case.name);
+            let body = telegram_send_message_body(&delivery, chat, topic);
+            let errors = telegram_fields_errors(&spec, &send["fields"], &body, "");
+            assert!(errors.is_empty(), "{what}: {errors:#?}\n{body}");
+            let text = body["text"].as_str().unwrap();
+            // "Text of the message to be sent, 1-4096 characters".
+            assert!(
+                (1..=TELEGRAM_TEXT_CHARS_MAX).contains(&text.chars().count()),
+                "{what}"
+            );
+            assert_eq!(
+                body["reply_parameters"]["message_id"].as_i64(),
+                delivery.thread_ref.as_ref().map(|_| 42),
+                "{what}: a thread's later messages reply to its first"
+            );
+            assert_eq!(body["message_thread_id"].as_i64(), topic, "{what}");
+        }
+        if delivery.message.resolved() {
+            let body = telegram_resolve_edit_body(&delivery, "-1001234567890", 42);
+            let errors = telegram_fields_errors(&spec, &edit["fields"], &body, "");
+            assert!(
+                errors.is_empty(),
+                "Telegram editMessageText ({}): {errors:#?}",
+                case.name
+            );
+            let text = body["text"].as_str().unwrap();
+            assert!((1..=TELEGRAM_TEXT_CHARS_MAX).contains(&text.chars().count()));
+        }
+    }
+    // The checks can fail: a field the method lacks, a text that is not
+    // text, a reply without its message_id, no chat.
+    let fields = &send["fields"];
+    assert!(!telegram_fields_errors(
+        &spec,
+        fields,
+        &json!({"chat_id": 1, "text": "x", "thread": 1}),
+        ""
+    )
+    .is_empty());
+    assert!(
+        !telegram_fields_errors(&spec, fields, &json!({"chat_id": 1, "text": 5}), "").is_empty()
+    );
+    assert!(!telegram_fields_errors(
+        &spec,
+        fields,
+        &json!({"chat_id": 1, "text": "x", "reply_parameters": {}}),
+        ""
+    )
+    .is_empty());
+    assert!(!telegram_fields_errors(&spec, fields, &json!({"text": "x"}), "").is_empty());
+}
