@@ -19,6 +19,7 @@ pub mod sms;
 pub mod teams;
 pub mod telegram;
 pub mod webhook;
+pub mod zulip;
 
 /// The list of destination kinds: calls `$callback!` with one entry per
 /// kind (or mode of a kind), in the order the mock matches their paths
@@ -52,6 +53,7 @@ macro_rules! with_kinds {
             Sms { field: sms, connector: sms::connector::SmsConnector, emulation: sms::mock::Twilio, stats: sms::mock::SmsStats, demo: sms, config: sms },
             GoogleChat { field: google_chat, connector: google_chat::connector::GoogleChatConnector, emulation: google_chat::mock::GoogleChat, stats: google_chat::mock::GoogleChatStats, demo: google_chat, config: google_chat },
             Telegram { field: telegram, connector: telegram::connector::TelegramConnector, emulation: telegram::mock::Telegram, stats: telegram::mock::TelegramStats, demo: telegram, config: telegram },
+            Zulip { field: zulip, connector: zulip::connector::ZulipConnector, emulation: zulip::mock::Zulip, stats: zulip::mock::ZulipStats, demo: zulip, config: zulip },
             Webhook { field: webhook, connector: webhook::connector::WebhookConnector, emulation: webhook::mock::Webhook, stats: webhook::WebhookStats, demo: webhook, config: webhook },
         }
     };

@@ -29,6 +29,8 @@ struct NewKind {
     kind: &'static str,
     name: &'static str,
     exactly_once: bool,
+    /// What the read-back after the lost answer reports.
+    read_back: &'static str,
     held: fn(&MockStats, &str) -> Held,
     /// Checks what a thread (open, update, resolve) made of itself there.
     thread_shape: fn(&MockStats, &str),
@@ -103,10 +105,39 @@ fn telegram_thread(stats: &MockStats, name: &str) {
     );
 }
 
+fn zulip_held(stats: &MockStats, name: &str) -> Held {
+    let stream = herald::kinds::zulip::demo::mock_stream(name);
+    let s = stats
+        .zulip
+        .streams
+        .get(&stream)
+        .cloned()
+        .unwrap_or_default();
+    Held {
+        texts: s.texts,
+        duplicated: s.duplicated_keys,
+        edits: s.edits,
+    }
+}
+
+fn zulip_thread(stats: &MockStats, name: &str) {
+    let s = &stats.zulip.streams[&herald::kinds::zulip::demo::mock_stream(name)];
+    assert_eq!(
+        s.topics
+            .iter()
+            .map(|(t, n)| (t.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [("INC-32", 3)],
+        "one topic for the thread: {s:#?}"
+    );
+    assert_eq!(s.edits, 1, "the resolve edits the topic's first message");
+}
+
 fn new_kinds() -> Vec<NewKind> {
     vec![
         NewKind {
             kind: "sms",
+            read_back: "found",
             name: "sms-oncall",
             exactly_once: true,
             held: sms_held,
@@ -114,6 +145,7 @@ fn new_kinds() -> Vec<NewKind> {
         },
         NewKind {
             kind: "google-chat",
+            read_back: "unknown",
             name: "chat-ops",
             exactly_once: true,
             held: google_chat_held,
@@ -121,10 +153,19 @@ fn new_kinds() -> Vec<NewKind> {
         },
         NewKind {
             kind: "telegram",
+            read_back: "unknown",
             name: "telegram-ops",
             exactly_once: false,
             held: telegram_held,
             thread_shape: telegram_thread,
+        },
+        NewKind {
+            kind: "zulip",
+            read_back: "found",
+            name: "zulip-ops",
+            exactly_once: true,
+            held: zulip_held,
+            thread_shape: zulip_thread,
         },
     ]
 }
@@ -198,8 +239,8 @@ async fn a_lost_first_answer_ends_in_one_message_where_the_protocol_can_tell() {
     for kind in new_kinds() {
         let d = delivery(&done, kind.name);
         assert_eq!(
-            attempts(d)[0],
-            ("send", "ambiguous"),
+            attempts(d)[..2],
+            [("send", "ambiguous"), ("verify", kind.read_back)],
             "{}: {d:#?}",
             kind.kind
         );

@@ -424,3 +424,130 @@ fn telegram_requests_match_the_bot_api_reference() {
     .is_empty());
     assert!(!telegram_fields_errors(&spec, fields, &json!({"text": "x"}), "").is_empty());
 }
+
+// ---------------------------------------------------------------------------
+// Zulip: send-message, get-messages and update-message of its OpenAPI
+// description (YAML; read through `zulip.openapi.subset.json`, those
+// operations and what they reference, converted unchanged by
+// `scripts/zulip-spec-subset.py`).
+
+#[test]
+fn zulip_requests_match_the_openapi_document() {
+    use herald::kinds::zulip::connector::{
+        zulip_read_back_narrow, zulip_read_back_query, zulip_resolve_edit_form, zulip_send_form,
+        ZULIP_CONTENT_CHARS_MAX, ZULIP_TOPIC_CHARS_MAX,
+    };
+    let spec = load_spec("zulip.openapi.subset.json");
+    assert!(spec["info"]["x-herald-subset"]
+        .as_str()
+        .unwrap()
+        .contains("zulip.openapi.yaml"));
+    let form_schema = |path: &str, method: &str| {
+        let escaped = path.replace('/', "~1");
+        pointer(
+            &spec,
+            &format!("#/paths/{escaped}/{method}/requestBody/content/application~1x-www-form-urlencoded/schema"),
+        )
+        .clone()
+    };
+    let send = form_schema("/messages", "post");
+    let edit = form_schema("/messages/{message_id}", "patch");
+    for case in cases() {
+        let mut delivery = case.delivery.clone();
+        if delivery.thread_ref.is_some() {
+            delivery.thread_ref = Some("42".to_owned());
+        }
+        let what = format!("Zulip send-message ({})", case.name);
+        let form = form_object(&zulip_send_form(&delivery, "incidents"));
+        assert_valid(&spec, &send, &form, &what);
+        for name in form.as_object().unwrap().keys() {
+            assert!(send["properties"].get(name).is_some(), "{what}: {name}");
+        }
+        assert!(
+            form["topic"].as_str().unwrap().chars().count() <= ZULIP_TOPIC_CHARS_MAX,
+            "{what}"
+        );
+        let content = form["content"].as_str().unwrap();
+        assert!(content.chars().count() <= ZULIP_CONTENT_CHARS_MAX, "{what}");
+        assert!(
+            content.ends_with(&format!("`herald {}`", delivery.idempotency_key)),
+            "{what}"
+        );
+        if let Some(thread) = delivery.message.thread() {
+            let topic = form["topic"].as_str().unwrap();
+            assert!(
+                thread.starts_with(topic.trim_end_matches('…')),
+                "{what}: a thread's messages go to its topic, not {topic:?}"
+            );
+        }
+        if delivery.message.resolved() {
+            let form = form_object(&zulip_resolve_edit_form(&delivery));
+            assert_valid(
+                &spec,
+                &edit,
+                &form,
+                &format!("Zulip update-message ({})", case.name),
+            );
+        }
+    }
+    // The read-back's query: each a parameter of get-messages, its value of
+    // the parameter's schema (`narrow` is JSON in the query).
+    let parameters = pointer(&spec, "#/paths/~1messages/get/parameters")
+        .as_array()
+        .unwrap()
+        .clone();
+    let narrow = zulip_read_back_narrow("incidents", "INC-42", "herald-bot@example.zulipchat.com");
+    for anchor in ["newest", "12345"] {
+        for (name, value) in zulip_read_back_query(&narrow, anchor) {
+            let parameter = parameters
+                .iter()
+                .map(|p| match p["$ref"].as_str() {
+                    Some(r) => pointer(&spec, r),
+                    None => p,
+                })
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("get-messages has no parameter {name}"));
+            assert_eq!(parameter["in"], "query", "{name}");
+            let (schema, typed) = match parameter.get("content") {
+                Some(content) => (
+                    content["application/json"]["schema"].clone(),
+                    serde_json::from_str::<Value>(&value).expect("JSON"),
+                ),
+                None => {
+                    let schema = parameter["schema"].clone();
+                    let resolved = match schema["$ref"].as_str() {
+                        Some(r) => pointer(&spec, r).clone(),
+                        None => schema.clone(),
+                    };
+                    // A query value is text; typed as its schema says.
+                    let typed = match resolved["type"].as_str() {
+                        Some("integer") => json!(value.parse::<i64>().unwrap()),
+                        Some("boolean") => json!(value.parse::<bool>().unwrap()),
+                        _ => json!(value),
+                    };
+                    (schema, typed)
+                }
+            };
+            assert_valid(
+                &spec,
+                &schema,
+                &typed,
+                &format!("get-messages {name}={value}"),
+            );
+        }
+    }
+    // The checks can fail: a send without `to`, an unknown type, a narrow
+    // term without its operand.
+    assert_rejected(
+        &spec,
+        &send,
+        &json!({"type": "stream", "content": "x"}),
+        "to",
+    );
+    assert_rejected(
+        &spec,
+        &send,
+        &json!({"type": "broadcast", "to": "x", "content": "x"}),
+        "/type",
+    );
+}
