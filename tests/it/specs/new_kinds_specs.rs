@@ -551,3 +551,114 @@ fn zulip_requests_match_the_openapi_document() {
         "/type",
     );
 }
+
+// ---------------------------------------------------------------------------
+// The mock's answers for Twilio and Zulip against the schemas their
+// descriptions give those answers.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_twilio_and_zulip_answers_match_their_descriptions() {
+    use base64::Engine;
+    let mock = crate::support::start_mock(&[]).await;
+    let http = herald::connector::http_client_builder().build().unwrap();
+    let basic = |user: &str, password: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )
+    };
+
+    let twilio = load_spec("twilio-api-v2010.openapi.json");
+    let path = "/2010-04-01/Accounts/{AccountSid}/Messages.json";
+    let messages = mock.url(&format!(
+        "/twilio/2010-04-01/Accounts/{TWILIO_ACCOUNT_SID}/Messages.json"
+    ));
+    let auth = basic(TWILIO_ACCOUNT_SID, "token");
+    let created: Value = {
+        let answer = http
+            .post(&messages)
+            .header("authorization", &auth)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("To=%2B447700900123&From=%2B14155550199&Body=%5BP1%5D+disk+full")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 201);
+        serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap()
+    };
+    let create_schema = &twilio_operation(&twilio, path, "post")["responses"]["201"]["content"]
+        ["application/json"]["schema"];
+    assert_valid(
+        &twilio,
+        create_schema,
+        &created,
+        "the mock's CreateMessage answer",
+    );
+    let listed: Value = {
+        let answer = http
+            .get(format!(
+                "{messages}?To=%2B447700900123&DateSent%3E=2000-01-01&PageSize=50"
+            ))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap()
+    };
+    let list_schema = &twilio_operation(&twilio, path, "get")["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    assert_valid(
+        &twilio,
+        list_schema,
+        &listed,
+        "the mock's ListMessage answer",
+    );
+    assert_eq!(listed["messages"][0]["sid"], created["sid"]);
+
+    let zulip = load_spec("zulip.openapi.subset.json");
+    let zulip_auth = basic("bot@example.zulipchat.com", "key");
+    let sent: Value = {
+        let answer = http
+            .post(mock.url("/zulip/api/v1/messages"))
+            .header("authorization", &zulip_auth)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("type=stream&to=incidents&topic=INC-1&content=hello")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap()
+    };
+    let send_schema = pointer(
+        &zulip,
+        "#/paths/~1messages/post/responses/200/content/application~1json/schema",
+    );
+    assert_valid(&zulip, send_schema, &sent, "the mock's send-message answer");
+    let narrow =
+        r#"[{"operator":"channel","operand":"incidents"},{"operator":"topic","operand":"INC-1"}]"#;
+    let mut url = reqwest::Url::parse(&mock.url("/zulip/api/v1/messages")).unwrap();
+    url.query_pairs_mut()
+        .append_pair("anchor", "newest")
+        .append_pair("num_before", "100")
+        .append_pair("num_after", "0")
+        .append_pair("narrow", narrow)
+        .append_pair("apply_markdown", "false");
+    let read: Value = {
+        let answer = http
+            .get(url)
+            .header("authorization", &zulip_auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap()
+    };
+    let read_schema = pointer(
+        &zulip,
+        "#/paths/~1messages/get/responses/200/content/application~1json/schema",
+    );
+    assert_valid(&zulip, read_schema, &read, "the mock's get-messages answer");
+    assert_eq!(read["messages"][0]["id"], sent["id"]);
+    mock.stop().await;
+}
