@@ -390,3 +390,54 @@ async fn a_429_pauses_that_destination_alone() {
         mock.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sms_to_two_recipients_whose_first_answer_is_lost_reaches_each_once() {
+    use herald::config::Target;
+    let name = "sms-pair";
+    let path = mock_send_path("sms", name);
+    let drop_first = Faults {
+        drop_first: 1,
+        drop_hang_ms: 5_000,
+        ..Faults::default()
+    };
+    let mock = start_mock(&[(path.as_str(), drop_first)]).await;
+    let mut destination = mock_destination(&format!("http://{}", mock.addr), "sms", name);
+    let Target::Sms { to, .. } = &mut destination.target else {
+        panic!("an sms target");
+    };
+    *to = vec!["+14155550100".to_owned(), "+447700900123".to_owned()];
+    let dir = temp_dir();
+    let server = start_server(&dir.path().join("herald.db"), vec![destination]).await;
+    let client = client(&server);
+    let accepted = client
+        .send(&request("INC-51: queue backing up", &[name]))
+        .await
+        .unwrap();
+    let done = wait_final(&client, &accepted.id, Duration::from_secs(30)).await;
+    assert_eq!(done.status, "converged", "{done:#?}");
+    let d = &done.deliveries[0];
+    // The first recipient's text was found by the read-back; only the
+    // second was sent after it.
+    assert_eq!(
+        attempts(d),
+        [
+            ("send", "ambiguous"),
+            ("verify", "absent"),
+            ("send", "success")
+        ],
+        "{d:#?}"
+    );
+    assert!(!d.possible_duplicate);
+    let stats = mock.stats();
+    let account = &stats.sms.accounts[&herald::kinds::sms::demo::mock_account_sid(name)];
+    assert_eq!(
+        account.per_recipient.values().copied().collect::<Vec<_>>(),
+        [1, 1],
+        "{account:#?}"
+    );
+    let sids = d.remote_ref.clone().unwrap_or_default();
+    assert_eq!(sids.split(',').count(), 2, "a Sid per recipient: {sids}");
+    server.stop().await;
+    mock.stop().await;
+}
