@@ -207,6 +207,12 @@ pub fn parse_twilio_date_ms(text: &str) -> Option<i64> {
     Some(at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
 }
 
+/// The URL of a list's `next_page_uri`: an absolute path under the API
+/// base (which may itself have a path, as the mock's does).
+fn next_page_url(api_url: &reqwest::Url, uri: &str) -> Option<reqwest::Url> {
+    api_url.join(uri.trim_start_matches('/')).ok()
+}
+
 /// The Sids recorded so far, one per recipient already served.
 fn recorded_sids(delivery: &ClaimedDelivery) -> Vec<String> {
     delivery
@@ -349,7 +355,7 @@ impl SmsConnector {
                 return report;
             }
             let next = page.next_page_uri.as_deref().filter(|n| !n.is_empty());
-            match next.and_then(|n| self.api_url.join(n).ok()) {
+            match next.and_then(|n| next_page_url(&self.api_url, n)) {
                 Some(next) => url = next,
                 None => {
                     let mut report = VerifyReport::absent(format!(
@@ -445,6 +451,21 @@ mod tests {
         );
         let no_sid = classify_twilio_response(201, None, b"{}", 0);
         assert_eq!(no_sid.class, OutcomeClass::Ambiguous);
+    }
+
+    #[test]
+    fn next_pages_stay_under_the_api_base() {
+        let uri = "/2010-04-01/Accounts/AC1/Messages.json?To=%2B1&PageSize=50&Page=1&PageToken=PA1";
+        let real = reqwest::Url::parse("https://api.twilio.com/").unwrap();
+        assert_eq!(
+            next_page_url(&real, uri).unwrap().as_str(),
+            "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages.json?To=%2B1&PageSize=50&Page=1&PageToken=PA1"
+        );
+        let mock = reqwest::Url::parse("http://127.0.0.1:9090/twilio/").unwrap();
+        assert!(next_page_url(&mock, uri)
+            .unwrap()
+            .as_str()
+            .starts_with("http://127.0.0.1:9090/twilio/2010-04-01/"));
     }
 
     #[test]
