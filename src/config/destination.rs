@@ -88,6 +88,37 @@ pub enum Target {
         to: Vec<String>,
         cc: Vec<String>,
     },
+    /// SMS through Twilio's Messages API: one message per recipient.
+    Sms {
+        /// The API's base, `https://api.twilio.com/`.
+        api_url: reqwest::Url,
+        account_sid: String,
+        auth_token: Secret,
+        from: String,
+        to: Vec<String>,
+        /// The text is cut to this many characters.
+        text_chars_max: usize,
+    },
+    /// A Google Chat space's incoming webhook (`spaces.messages.create`
+    /// with the webhook's `key` and `token` in the URL).
+    GoogleChat { url: reqwest::Url },
+    /// A Telegram chat through the Bot API (`sendMessage`).
+    Telegram {
+        /// The Bot API's base, `https://api.telegram.org/`.
+        api_url: reqwest::Url,
+        token: Secret,
+        chat_id: String,
+        /// A forum supergroup's topic the messages go to.
+        message_thread_id: Option<i64>,
+    },
+    /// A Zulip channel (stream), one topic per thread.
+    Zulip {
+        /// The server's base, `https://example.zulipchat.com/`.
+        site_url: reqwest::Url,
+        email: String,
+        api_key: Secret,
+        stream: String,
+    },
 }
 
 impl Target {
@@ -101,6 +132,10 @@ impl Target {
             Target::Discord { .. } | Target::DiscordBot { .. } => "discord",
             Target::Matrix { .. } => "matrix",
             Target::Email { .. } => "email",
+            Target::Sms { .. } => "sms",
+            Target::GoogleChat { .. } => "google-chat",
+            Target::Telegram { .. } => "telegram",
+            Target::Zulip { .. } => "zulip",
         }
     }
 }
@@ -202,6 +237,18 @@ pub struct FileDestination {
     pub mail_from: Option<Spanned<String>>,
     pub mail_to: Option<Spanned<crate::kinds::email::config::Addresses>>,
     pub mail_cc: Option<Spanned<crate::kinds::email::config::Addresses>>,
+    /// SMS (Twilio): the account, the sender, the recipients (one number
+    /// or a list) and where the text is cut.
+    pub account_sid: Option<Spanned<String>>,
+    #[serde(rename = "from")]
+    pub from_number: Option<Spanned<String>>,
+    pub to: Option<Spanned<OneOrMany>>,
+    pub text_chars_max: Option<Spanned<u32>>,
+    /// Telegram: the chat, and a forum topic in it.
+    pub chat_id: Option<Spanned<String>>,
+    pub message_thread_id: Option<Spanned<i64>>,
+    /// Zulip: the channel (stream) messages go to.
+    pub stream: Option<Spanned<String>>,
     pub timeout_ms: Option<Spanned<u64>>,
     pub concurrency: Option<Spanned<u32>>,
     pub rate_limit_per_sec: Option<Spanned<f64>>,
@@ -210,6 +257,24 @@ pub struct FileDestination {
     pub(super) retry: FileRetry,
     #[serde(default)]
     pub(super) breaker: FileBreaker,
+}
+
+/// A key that takes one text or a list of them (`to = "+1..."` or
+/// `to = ["+1...", "+44..."]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one.clone()],
+            OneOrMany::Many(many) => many.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -408,6 +473,13 @@ fn span_of(d: &FileDestination, field: &str) -> Span {
         "mail_from" => d.mail_from.as_ref().map(|v| v.span()),
         "mail_to" => d.mail_to.as_ref().map(|v| v.span()),
         "mail_cc" => d.mail_cc.as_ref().map(|v| v.span()),
+        "account_sid" => d.account_sid.as_ref().map(|v| v.span()),
+        "from" => d.from_number.as_ref().map(|v| v.span()),
+        "to" => d.to.as_ref().map(|v| v.span()),
+        "text_chars_max" => d.text_chars_max.as_ref().map(|v| v.span()),
+        "chat_id" => d.chat_id.as_ref().map(|v| v.span()),
+        "message_thread_id" => d.message_thread_id.as_ref().map(|v| v.span()),
+        "stream" => d.stream.as_ref().map(|v| v.span()),
         _ => unreachable!("{field} is not a key of a destination table"),
     }
 }

@@ -411,9 +411,12 @@ fn secrets(target: &crate::config::Target) -> Vec<&[u8]> {
         Target::Slack { token, .. }
         | Target::Jira { token, .. }
         | Target::DiscordBot { token, .. }
-        | Target::Matrix { token, .. } => vec![token.expose().as_bytes()],
+        | Target::Matrix { token, .. }
+        | Target::Telegram { token, .. } => vec![token.expose().as_bytes()],
+        Target::Sms { auth_token, .. } => vec![auth_token.expose().as_bytes()],
+        Target::Zulip { api_key, .. } => vec![api_key.expose().as_bytes()],
         Target::PagerDuty { routing_key, .. } => vec![routing_key.expose().as_bytes()],
         Target::Email { password, .. } => password.iter().map(|p| p.expose().as_bytes()).collect(),
-        Target::Teams { .. } | Target::Discord { .. } => Vec::new(),
+        Target::Teams { .. } | Target::Discord { .. } | Target::GoogleChat { .. } => Vec::new(),
     }
 }

@@ -12,12 +12,16 @@
 
 pub mod discord;
 pub mod email;
+pub mod google_chat;
 pub mod jira;
 pub mod matrix;
 pub mod pagerduty;
 pub mod slack;
+pub mod sms;
 pub mod teams;
+pub mod telegram;
 pub mod webhook;
+pub mod zulip;
 
 /// The list of destination kinds: calls `$callback!` with one entry per
 /// kind (or mode of a kind), in the order the mock matches their paths
@@ -50,6 +54,10 @@ macro_rules! with_kinds {
             DiscordBot { field: discord_bot, connector: discord::bot_connector::DiscordBotConnector, emulation: discord::bot_mock::DiscordBot, stats: discord::bot_mock::DiscordBotStats, demo: none, config: none },
             Matrix { field: matrix, connector: matrix::connector::MatrixConnector, emulation: matrix::mock::Matrix, stats: matrix::mock::MatrixStats, demo: matrix, config: matrix },
             Email { field: email, connector: email::connector::EmailConnector, emulation: email::mock::Email, stats: email::mock::EmailStats, demo: none, config: email },
+            Sms { field: sms, connector: sms::connector::SmsConnector, emulation: sms::mock::Twilio, stats: sms::mock::SmsStats, demo: sms, config: sms },
+            GoogleChat { field: google_chat, connector: google_chat::connector::GoogleChatConnector, emulation: google_chat::mock::GoogleChat, stats: google_chat::mock::GoogleChatStats, demo: google_chat, config: google_chat },
+            Telegram { field: telegram, connector: telegram::connector::TelegramConnector, emulation: telegram::mock::Telegram, stats: telegram::mock::TelegramStats, demo: telegram, config: telegram },
+            Zulip { field: zulip, connector: zulip::connector::ZulipConnector, emulation: zulip::mock::Zulip, stats: zulip::mock::ZulipStats, demo: zulip, config: zulip },
             Webhook { field: webhook, connector: webhook::connector::WebhookConnector, emulation: webhook::mock::Webhook, stats: webhook::WebhookStats, demo: webhook, config: webhook },
         }
     };

@@ -18,6 +18,12 @@
 //! - `/matrix/_matrix/client/v3/rooms/<id>/...`: a Matrix homeserver's
 //!   client-server API, sends deduplicated by token and txnId
 //!   (`crate::kinds::matrix::mock`).
+//! - `/twilio/2010-04-01/Accounts/<sid>/Messages.json`: Twilio's Messages
+//!   (create, list, fetch) for `sms` ([`sms`]).
+//! - `/google-chat/v1/spaces/<space>/messages`: a Google Chat webhook
+//!   ([`google_chat`]).
+//! - `/telegram/bot<token>/<method>`: the Telegram Bot API ([`telegram`]).
+//! - `/zulip/api/v1/messages...`: Zulip's messages ([`zulip`]).
 //! - every other path outside `/_mock/`: a generic webhook receiver that
 //!   deduplicates by `Idempotency-Key` (falling back to `webhook-id`) the way
 //!   a well-behaved receiver would ([`webhook`]).

@@ -92,7 +92,7 @@ url_env = "HERALD_TEST_UNSET_TEAMS_URL"
         "herald.toml has 6 problems:",
         "herald.toml:3: destinations.ops.url: \"127.0.0.1:9090\" has no scheme; write http://127.0.0.1:9090",
         "herald.toml:4: destinations.ops.timout_ms: unknown key; did you mean timeout_ms?",
-        "herald.toml:7: destinations.chat.kind: unknown kind \"slak\"; did you mean slack? the kinds are webhook, slack, teams, jira, pagerduty, discord",
+        "herald.toml:7: destinations.chat.kind: unknown kind \"slak\"; did you mean slack? the kinds are webhook, slack, teams, jira, pagerduty, discord, matrix, email, sms, google-chat, telegram, zulip",
         "herald.toml:11: destinations.pd.secret_env: environment variable HERALD_TEST_UNSET_PD_KEY is not set",
         "herald.toml:15: destinations.teams.url_env: environment variable HERALD_TEST_UNSET_TEAMS_URL is not set",
         "2 environment variables are not set",

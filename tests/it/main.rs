@@ -17,6 +17,7 @@ mod logging;
 mod matrix;
 mod mock_answers;
 mod multinode;
+mod new_kinds;
 mod operator;
 mod partial_failure;
 mod pause;

@@ -9,6 +9,9 @@
 //! at the bottom of this module, with its own tests, so it cannot silently
 //! accept everything.
 
+// The new kinds of issue 21, in `specs/new_kinds_specs.rs`.
+mod new_kinds_specs;
+
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 

@@ -1,0 +1,293 @@
+//! Google Chat through a space's incoming webhook: `spaces.messages.create`
+//! (`POST v1/spaces/{space}/messages?key=...&token=...`, the URL the space
+//! gives) from `google-chat-v1.discovery.json`. Each delivery sends a
+//! `requestId` and a client-set `messageId` (`client-` and 32 hex digits of
+//! the SHA-256 of its idempotency key) on every attempt. The description:
+//! "Specifying an existing request ID returns the message created with
+//! that ID instead of creating a new message", and a custom ID "is unique
+//! within a space". So a re-send after a lost answer gets the first message
+//! back, and should the request ID be forgotten, the message ID cannot be
+//! used twice (`409 ALREADY_EXISTS`, which here means "already there":
+//! success). No read-back is needed; the re-send is not flagged.
+//!
+//! A thread's messages share `thread.threadKey` (derived from the thread
+//! key) with `messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD`, so
+//! the first starts the Chat thread and the others reply in it. A webhook
+//! may only create messages (updating one needs the app's own
+//! credentials), so the resolve is a reply in the thread that says
+//! `RESOLVED`; the first message is not edited.
+//!
+//! Classification ([`classify_google_chat_response`]): 2xx success (the
+//! message `name` is the `remote_ref`); 409 `ALREADY_EXISTS` success; 429
+//! `RESOURCE_EXHAUSTED` rate limited, its `google.rpc.RetryInfo`
+//! `retryDelay` (or Retry-After) honoured; 408, 5xx retryable; other 4xx
+//! permanent with Google's `status` and `message`.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::connector::http::{cut_chars, exchange, status_class};
+use crate::connector::shared::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::domain::{ClaimedDelivery, Outcome, OutcomeClass};
+
+/// Chat's limit on a message's text (4,096 characters).
+pub const GOOGLE_CHAT_TEXT_CHARS_MAX: usize = 4_096;
+/// A client-set message ID: `client-` and up to 56 more characters.
+pub const GOOGLE_CHAT_MESSAGE_ID_CHARS_MAX: usize = 63;
+
+pub struct GoogleChatConnector {
+    client: reqwest::Client,
+    /// The webhook's URL, with its `key` and `token`.
+    url: reqwest::Url,
+}
+
+fn hex_sha256(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The delivery's client-set message ID: `client-` and 32 hex digits.
+pub fn google_chat_message_id(idempotency_key: &str) -> String {
+    format!("client-{}", &hex_sha256(idempotency_key)[..32])
+}
+
+/// The delivery's request ID (the same on every attempt).
+pub fn google_chat_request_id(idempotency_key: &str) -> String {
+    format!("herald-{}", &hex_sha256(idempotency_key)[..32])
+}
+
+/// The Chat thread key of a herald thread.
+pub fn google_chat_thread_key(thread: &str) -> String {
+    format!("herald-{}", &hex_sha256(thread)[..32])
+}
+
+/// The query the create adds to the webhook's URL.
+pub fn google_chat_create_query(delivery: &ClaimedDelivery) -> Vec<(&'static str, String)> {
+    let mut query = vec![
+        (
+            "requestId",
+            google_chat_request_id(&delivery.idempotency_key),
+        ),
+        (
+            "messageId",
+            google_chat_message_id(&delivery.idempotency_key),
+        ),
+    ];
+    if delivery.message.thread().is_some() {
+        query.push((
+            "messageReplyOption",
+            "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD".to_owned(),
+        ));
+    }
+    query
+}
+
+/// The Message body: the text (Chat's `*bold*` headline, the body, the
+/// incident) and the thread key.
+pub fn google_chat_message(delivery: &ClaimedDelivery) -> Value {
+    let m = &delivery.message;
+    let role = Role::of(delivery);
+    let mut text = format!("*{}*", headline(delivery));
+    if let Some(thread) = m.thread() {
+        let what = match role {
+            Role::Update => "update",
+            Role::Resolve => "resolved",
+            _ => "open",
+        };
+        text.push_str(&format!("\n{thread} · {what}"));
+    }
+    if !m.body().trim().is_empty() {
+        text.push_str("\n\n");
+        text.push_str(m.body());
+    }
+    let mut body = json!({"text": cut_chars(&text, GOOGLE_CHAT_TEXT_CHARS_MAX)});
+    if let Some(thread) = m.thread() {
+        body["thread"] = json!({"threadKey": google_chat_thread_key(thread)});
+    }
+    body
+}
+
+/// The seconds of a `google.rpc.RetryInfo` `retryDelay` (`"2s"`, `"1.5s"`).
+fn retry_delay_ms(error: &Value) -> Option<u64> {
+    error["details"].as_array()?.iter().find_map(|detail| {
+        let delay = detail["retryDelay"].as_str()?.strip_suffix('s')?;
+        let secs: f64 = delay.parse().ok()?;
+        (secs >= 0.0).then(|| (secs * 1000.0).round() as u64)
+    })
+}
+
+/// Chat's answer in outcome classes.
+pub fn classify_google_chat_response(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+    now_ms: i64,
+) -> Outcome {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let error = json.as_ref().map(|j| &j["error"]);
+    let google_status = error
+        .and_then(|e| e["status"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    let message = error
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    let mut class = status_class(status);
+    if status == 409 && google_status == "ALREADY_EXISTS" {
+        // The client-set message ID is this delivery's: it is there.
+        class = OutcomeClass::Success;
+    }
+    let mut outcome = Outcome::new(class);
+    outcome.http_status = Some(status);
+    match class {
+        OutcomeClass::Success => {
+            outcome.remote_ref = json
+                .as_ref()
+                .and_then(|j| j["name"].as_str())
+                .map(str::to_owned);
+        }
+        OutcomeClass::RateLimited | OutcomeClass::Retryable => {
+            outcome.retry_after_ms = error
+                .and_then(retry_delay_ms)
+                .or_else(|| retry_after.and_then(|v| parse_retry_after_ms(v, now_ms)));
+            outcome.error = Some(format!(
+                "HTTP {status} from Google Chat {google_status}: {message}"
+            ));
+        }
+        _ => {
+            let hint = match status {
+                400 => "; Chat refused the message",
+                401 | 403 => {
+                    "; the webhook's key or token is not accepted (was the webhook deleted?)"
+                }
+                404 => "; the space does not exist, or the webhook is gone",
+                _ => "",
+            };
+            outcome.error = Some(format!(
+                "HTTP {status} from Google Chat {google_status}: {message}{hint}"
+            ));
+        }
+    }
+    outcome
+}
+
+impl GoogleChatConnector {
+    pub fn new(
+        url: reqwest::Url,
+        timeout: Duration,
+        connections_max: usize,
+    ) -> reqwest::Result<GoogleChatConnector> {
+        Ok(GoogleChatConnector {
+            client: crate::connector::http::client(timeout, connections_max)?,
+            url,
+        })
+    }
+
+    pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
+        let mut url = self.url.clone();
+        url.query_pairs_mut()
+            .extend_pairs(google_chat_create_query(delivery));
+        let request = self.client.post(url).json(&google_chat_message(delivery));
+        match exchange(request).await {
+            Ok(reply) => {
+                let mut outcome = classify_google_chat_response(
+                    reply.status,
+                    reply.header("retry-after"),
+                    &reply.body,
+                    now_ms,
+                );
+                outcome.excerpt = reply.excerpt();
+                outcome
+            }
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// A webhook cannot read messages; the re-send carries the same
+    /// request and message IDs, which Chat answers with the message it
+    /// already made, so it is not flagged.
+    pub async fn verify(&self, _delivery: &ClaimedDelivery) -> VerifyReport {
+        VerifyReport::unknown(
+            "a Chat webhook cannot read messages back; sending again with the same requestId and messageId, which Chat answers with the message it already created",
+            false,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_answers_map_to_outcome_classes() {
+        let created = classify_google_chat_response(
+            200,
+            None,
+            br#"{"name":"spaces/AAAA/messages/BBBB.BBBB","text":"hi","clientAssignedMessageId":"client-1"}"#,
+            0,
+        );
+        assert_eq!(created.class, OutcomeClass::Success);
+        assert_eq!(
+            created.remote_ref.as_deref(),
+            Some("spaces/AAAA/messages/BBBB.BBBB")
+        );
+        let exists = classify_google_chat_response(
+            409,
+            None,
+            br#"{"error":{"code":409,"message":"Message with ID client-1 already exists.","status":"ALREADY_EXISTS"}}"#,
+            0,
+        );
+        assert_eq!(exists.class, OutcomeClass::Success);
+        let limited = classify_google_chat_response(
+            429,
+            None,
+            br#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"2s"}]}}"#,
+            0,
+        );
+        assert_eq!(
+            (limited.class, limited.retry_after_ms),
+            (OutcomeClass::RateLimited, Some(2_000))
+        );
+        let bad = classify_google_chat_response(
+            400,
+            None,
+            br#"{"error":{"code":400,"message":"Invalid JSON payload received. Unknown name \"txt\"","status":"INVALID_ARGUMENT"}}"#,
+            0,
+        );
+        assert_eq!(bad.class, OutcomeClass::Permanent);
+        assert!(bad.error.unwrap().contains("INVALID_ARGUMENT"));
+        let gone = classify_google_chat_response(
+            404,
+            None,
+            br#"{"error":{"code":404,"message":"Requested entity was not found.","status":"NOT_FOUND"}}"#,
+            0,
+        );
+        assert_eq!(gone.class, OutcomeClass::Permanent);
+        let down = classify_google_chat_response(
+            503,
+            None,
+            br#"{"error":{"code":503,"message":"The service is currently unavailable.","status":"UNAVAILABLE"}}"#,
+            0,
+        );
+        assert_eq!(down.class, OutcomeClass::Retryable);
+    }
+
+    #[test]
+    fn ids_are_what_chat_takes() {
+        let id = google_chat_message_id("01JD7Q3ZK8W5V2N4XG6T9RBH1C-chat-ops");
+        assert!(id.starts_with("client-"));
+        assert!(id.len() <= GOOGLE_CHAT_MESSAGE_ID_CHARS_MAX);
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+        assert_ne!(
+            id,
+            google_chat_message_id("01JD7Q3ZK8W5V2N4XG6T9RBH1C-chat-sre")
+        );
+    }
+}

@@ -1,0 +1,57 @@
+//! Google Chat through a space's incoming webhook: messages with a
+//! request ID and a client-set message ID derived from the delivery's key,
+//! so Chat itself folds a re-send; a thread is one Chat thread.
+//!
+//! - [`connector`]: requests, classification, send, verify.
+//! - [`mock`]: the webhook emulation for `herald mock`.
+
+pub mod config;
+pub mod connector;
+pub mod demo;
+pub mod mock;
+
+use std::time::Duration;
+
+use axum::response::Response;
+
+use crate::config::Target;
+use crate::mock::{Admission, Emulation, Incoming, PathStats};
+
+impl connector::GoogleChatConnector {
+    /// The connector of a Google Chat target; `None` for another kind's.
+    pub fn from_target(
+        target: &Target,
+        timeout: Duration,
+        connections_max: usize,
+    ) -> Option<reqwest::Result<connector::GoogleChatConnector>> {
+        let Target::GoogleChat { url } = target else {
+            return None;
+        };
+        Some(connector::GoogleChatConnector::new(
+            url.clone(),
+            timeout,
+            connections_max,
+        ))
+    }
+}
+
+impl Emulation for mock::GoogleChat {
+    type Stats = mock::GoogleChatStats;
+
+    fn serves(path: &str) -> bool {
+        path.starts_with(mock::PREFIX)
+    }
+
+    fn answer(
+        &mut self,
+        incoming: &Incoming,
+        admission: &Admission,
+        _: &mut PathStats,
+    ) -> Response {
+        self.handle(incoming, admission)
+    }
+
+    fn counted(&self) -> mock::GoogleChatStats {
+        self.stats()
+    }
+}

@@ -1,0 +1,314 @@
+//! Telegram through the Bot API (`telegram-bot-api.api.json`):
+//! `sendMessage` (`POST {api}/bot{token}/sendMessage`, JSON) to the
+//! configured chat, into its forum topic (`message_thread_id`) when one is
+//! configured. A thread's later messages reply to its first
+//! (`reply_parameters` with `allow_sending_without_reply`, so a deleted
+//! first message does not block them); a resolve first edits the first
+//! message (`editMessageText`, idempotent: "message is not modified" is
+//! fine), then replies. The `message_id` is the delivery's `remote_ref`.
+//!
+//! The Bot API has no idempotency key and no way to read a chat's history,
+//! so after an ambiguous send the message is sent again and the delivery
+//! flagged `possible_duplicate`.
+//!
+//! Classification ([`classify_telegram_response`]): `ok: true` success;
+//! `error_code` 429 rate limited with `parameters.retry_after` seconds;
+//! 5xx retryable; 400 (chat not found, text too long, a group migrated to a
+//! supergroup), 401, 403 (the bot was blocked or removed) and 404 (a wrong
+//! token) permanent, with Telegram's `description`.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::config::Secret;
+use crate::connector::http::{cut_chars, exchange, status_class, Reply};
+use crate::connector::shared::{headline, Role, VerifyReport};
+use crate::domain::{ClaimedDelivery, Outcome, OutcomeClass};
+
+/// "Text of the message to be sent, 1-4096 characters after entities
+/// parsing."
+pub const TELEGRAM_TEXT_CHARS_MAX: usize = 4_096;
+
+pub struct TelegramConnector {
+    client: reqwest::Client,
+    /// The Bot API's base, `https://api.telegram.org/`.
+    api_url: reqwest::Url,
+    token: Secret,
+    chat_id: String,
+    message_thread_id: Option<i64>,
+}
+
+/// A chat id as Telegram takes it: an integer, or `@username` text.
+fn chat_id_value(chat_id: &str) -> Value {
+    match chat_id.parse::<i64>() {
+        Ok(id) => json!(id),
+        Err(_) => json!(chat_id),
+    }
+}
+
+/// The text of a delivery: the headline, the incident, the body.
+pub fn telegram_text(delivery: &ClaimedDelivery) -> String {
+    let m = &delivery.message;
+    let mut text = headline(delivery);
+    if let Some(thread) = m.thread() {
+        let what = match Role::of(delivery) {
+            Role::Update => "update",
+            Role::Resolve => "resolved",
+            _ => "open",
+        };
+        text.push_str(&format!("\n{thread} · {what}"));
+    }
+    if !m.body().trim().is_empty() {
+        text.push_str("\n\n");
+        text.push_str(m.body());
+    }
+    cut_chars(&text, TELEGRAM_TEXT_CHARS_MAX)
+}
+
+/// The `sendMessage` body of a delivery.
+pub fn telegram_send_message_body(
+    delivery: &ClaimedDelivery,
+    chat_id: &str,
+    message_thread_id: Option<i64>,
+) -> Value {
+    let mut body = json!({
+        "chat_id": chat_id_value(chat_id),
+        "text": telegram_text(delivery),
+        "link_preview_options": {"is_disabled": true},
+    });
+    if let Some(topic) = message_thread_id {
+        body["message_thread_id"] = json!(topic);
+    }
+    if let Some(first) = delivery
+        .thread_ref
+        .as_deref()
+        .and_then(|r| r.parse::<i64>().ok())
+    {
+        body["reply_parameters"] =
+            json!({"message_id": first, "allow_sending_without_reply": true});
+    }
+    body
+}
+
+/// The `editMessageText` body that marks the thread's first message
+/// resolved.
+pub fn telegram_resolve_edit_body(delivery: &ClaimedDelivery, chat_id: &str, first: i64) -> Value {
+    let thread = delivery.message.thread().unwrap_or_default();
+    json!({
+        "chat_id": chat_id_value(chat_id),
+        "message_id": first,
+        "text": cut_chars(
+            &format!("[RESOLVED] {thread}\n{}", delivery.message.title()),
+            TELEGRAM_TEXT_CHARS_MAX
+        ),
+        "link_preview_options": {"is_disabled": true},
+    })
+}
+
+/// Telegram's answer in outcome classes.
+pub fn classify_telegram_response(status: u16, body: &[u8]) -> Outcome {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let ok = json.as_ref().and_then(|j| j["ok"].as_bool());
+    let code = json
+        .as_ref()
+        .and_then(|j| j["error_code"].as_u64())
+        .and_then(|c| u16::try_from(c).ok())
+        .unwrap_or(status);
+    let description = json
+        .as_ref()
+        .and_then(|j| j["description"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    let class = match (ok, status_class(status)) {
+        (Some(true), OutcomeClass::Success) => OutcomeClass::Success,
+        // A 2xx whose body does not say ok: the answer is unreadable.
+        (_, OutcomeClass::Success) => OutcomeClass::Ambiguous,
+        _ => status_class(code),
+    };
+    let mut outcome = Outcome::new(class);
+    outcome.http_status = Some(status);
+    match class {
+        OutcomeClass::Success => {
+            outcome.remote_ref = json
+                .as_ref()
+                .and_then(|j| j["result"]["message_id"].as_i64())
+                .map(|id| id.to_string());
+        }
+        OutcomeClass::Ambiguous => {
+            outcome.error = Some(format!(
+                "HTTP {status} from Telegram without ok: true; it may have sent the message"
+            ));
+        }
+        OutcomeClass::RateLimited => {
+            outcome.retry_after_ms = json
+                .as_ref()
+                .and_then(|j| j["parameters"]["retry_after"].as_u64())
+                .map(|secs| secs.saturating_mul(1000));
+            outcome.error = Some(format!("Telegram error {code}: {description}"));
+        }
+        OutcomeClass::Retryable => {
+            outcome.error = Some(format!("Telegram error {code}: {description}"));
+        }
+        OutcomeClass::Permanent => {
+            let migrated = json
+                .as_ref()
+                .and_then(|j| j["parameters"]["migrate_to_chat_id"].as_i64());
+            let hint = match (code, migrated) {
+                (_, Some(to)) => {
+                    format!("; the group is now the supergroup {to}: set chat_id = \"{to}\"")
+                }
+                (401 | 404, _) => "; check the bot token (secret_env)".to_owned(),
+                (403, _) => {
+                    "; the bot may not post in the chat (blocked, or not a member)".to_owned()
+                }
+                _ => String::new(),
+            };
+            outcome.error = Some(format!("Telegram error {code}: {description}{hint}"));
+        }
+    }
+    outcome
+}
+
+impl TelegramConnector {
+    pub fn new(
+        api_url: reqwest::Url,
+        token: Secret,
+        chat_id: String,
+        message_thread_id: Option<i64>,
+        timeout: Duration,
+        connections_max: usize,
+    ) -> reqwest::Result<TelegramConnector> {
+        Ok(TelegramConnector {
+            client: crate::connector::http::client(timeout, connections_max)?,
+            api_url,
+            token,
+            chat_id,
+            message_thread_id,
+        })
+    }
+
+    fn method_url(&self, method: &str) -> reqwest::Url {
+        let mut url = self.api_url.clone();
+        url.path_segments_mut()
+            .expect("an http URL has a path")
+            .pop_if_empty()
+            .push(&format!("bot{}", self.token.expose()))
+            .push(method);
+        url
+    }
+
+    fn classify(reply: &Reply) -> Outcome {
+        let mut outcome = classify_telegram_response(reply.status, &reply.body);
+        outcome.excerpt = reply.excerpt();
+        outcome
+    }
+
+    /// Edits the thread's first message; `Err` with the outcome when the
+    /// edit must be tried again (rate limit, server error, no answer).
+    async fn edit_first(&self, delivery: &ClaimedDelivery, first: i64) -> Result<(), Outcome> {
+        let request = self
+            .client
+            .post(self.method_url("editMessageText"))
+            .json(&telegram_resolve_edit_body(delivery, &self.chat_id, first));
+        let outcome = match exchange(request).await {
+            Ok(reply) => Self::classify(&reply),
+            Err(outcome) => outcome,
+        };
+        match outcome.class {
+            // Done, already done ("message is not modified"), or the first
+            // message is gone or too old to edit: the reply still goes.
+            OutcomeClass::Success | OutcomeClass::Permanent
+                if outcome.http_status != Some(401) && outcome.http_status != Some(404) =>
+            {
+                Ok(())
+            }
+            // An ambiguous edit is safe to repeat.
+            OutcomeClass::Ambiguous => Err(Outcome {
+                class: OutcomeClass::Retryable,
+                ..outcome
+            }),
+            _ => Err(outcome),
+        }
+    }
+
+    pub async fn send(&self, delivery: &ClaimedDelivery, _now_ms: i64) -> Outcome {
+        let first = delivery
+            .thread_ref
+            .as_deref()
+            .and_then(|r| r.parse::<i64>().ok());
+        if let (Role::Resolve, Some(first)) = (Role::of(delivery), first) {
+            if let Err(outcome) = self.edit_first(delivery, first).await {
+                return outcome;
+            }
+        }
+        let body = telegram_send_message_body(delivery, &self.chat_id, self.message_thread_id);
+        let request = self.client.post(self.method_url("sendMessage")).json(&body);
+        match exchange(request).await {
+            Ok(reply) => Self::classify(&reply),
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// The Bot API cannot read a chat back: the re-send may show twice.
+    pub async fn verify(&self, _delivery: &ClaimedDelivery) -> VerifyReport {
+        VerifyReport::unknown(
+            "the Telegram Bot API has no idempotency key and cannot read a chat back; sending again, which may show the message twice",
+            true,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn telegram_answers_map_to_outcome_classes() {
+        let sent = classify_telegram_response(
+            200,
+            br#"{"ok":true,"result":{"message_id":42,"date":1764000000,"chat":{"id":-1001234567890,"type":"supergroup"},"text":"hi"}}"#,
+        );
+        assert_eq!(sent.class, OutcomeClass::Success);
+        assert_eq!(sent.remote_ref.as_deref(), Some("42"));
+        let limited = classify_telegram_response(
+            429,
+            br#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 7","parameters":{"retry_after":7}}"#,
+        );
+        assert_eq!(
+            (limited.class, limited.retry_after_ms),
+            (OutcomeClass::RateLimited, Some(7_000))
+        );
+        let no_chat = classify_telegram_response(
+            400,
+            br#"{"ok":false,"error_code":400,"description":"Bad Request: chat not found"}"#,
+        );
+        assert_eq!(no_chat.class, OutcomeClass::Permanent);
+        assert!(no_chat.error.unwrap().contains("chat not found"));
+        let migrated = classify_telegram_response(
+            400,
+            br#"{"ok":false,"error_code":400,"description":"Bad Request: group chat was upgraded to a supergroup chat","parameters":{"migrate_to_chat_id":-1009876543210}}"#,
+        );
+        assert!(migrated
+            .error
+            .unwrap()
+            .contains("chat_id = \"-1009876543210\""));
+        let blocked = classify_telegram_response(
+            403,
+            br#"{"ok":false,"error_code":403,"description":"Forbidden: bot was blocked by the user"}"#,
+        );
+        assert_eq!(blocked.class, OutcomeClass::Permanent);
+        let bad_token = classify_telegram_response(
+            404,
+            br#"{"ok":false,"error_code":404,"description":"Not Found"}"#,
+        );
+        assert!(bad_token.error.unwrap().contains("bot token"));
+        let down = classify_telegram_response(
+            502,
+            br#"{"ok":false,"error_code":502,"description":"Bad Gateway"}"#,
+        );
+        assert_eq!(down.class, OutcomeClass::Retryable);
+        let unreadable = classify_telegram_response(200, b"<html>");
+        assert_eq!(unreadable.class, OutcomeClass::Ambiguous);
+    }
+}
