@@ -18,6 +18,7 @@ mod multinode;
 mod operator;
 mod partial_failure;
 mod pause;
+mod pg_tls;
 mod reload;
 mod retention;
 mod routing;
