@@ -22,6 +22,7 @@ mod pg_tls;
 mod reload;
 mod retention;
 mod routing;
+mod secrets;
 mod serving;
 mod specs;
 mod store;
