@@ -197,7 +197,8 @@ impl TlsCluster {
         // TLS only over TCP; the test's own checks use the Unix socket.
         std::fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            "local all all trust\nhostssl all scram 127.0.0.1/32 scram-sha-256\n\
+             hostssl all all 127.0.0.1/32 trust\n",
         )
         .unwrap();
         let log = root.join("postgres.log");
@@ -326,6 +327,23 @@ async fn each_sslmode_against_a_server_that_takes_only_tls_connections() {
         if let Err(error) = open_store(&url).await {
             panic!("{url} was refused: {error}");
         }
+    }
+
+    // Password authentication bound to the TLS session (SCRAM with
+    // tls-server-end-point): the server refuses it unless herald sends
+    // the certificate's hash.
+    cluster
+        .socket_client()
+        .await
+        .batch_execute("CREATE ROLE scram SUPERUSER LOGIN PASSWORD 'scram-password'")
+        .await
+        .unwrap();
+    let bound = format!(
+        "postgres://scram:scram-password@127.0.0.1:{}/postgres?sslmode=require&channel_binding=require",
+        cluster.port
+    );
+    if let Err(error) = open_store(&bound).await {
+        panic!("channel binding was refused: {error}");
     }
 
     // A wrong host name under verify-full.

@@ -316,11 +316,31 @@ fn a_missing_or_empty_credential_file_is_a_problem_naming_the_key_and_the_path()
 fn check_config_warns_of_a_credential_file_others_can_read() {
     let dir = temp_dir();
     let token = secret_file(dir.path(), "slack-token", "xoxb-1\n", 0o640);
+    // The API's TLS key too.
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .current_dir(dir.path())
+        .output()
+        .expect("the openssl command line is needed (apt-get install openssl)");
+    assert!(made.status.success(), "{made:?}");
+    let key = dir.path().join("key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let config = dir.path().join("herald.toml");
     std::fs::write(
         &config,
         format!(
-            "[destinations.slack]\nkind = \"slack\"\nchannel = \"c\"\nsecret_file = \"{}\"\n",
+            "[server]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\n[destinations.slack]\nkind = \"slack\"\nchannel = \"c\"\nsecret_file = \"{}\"\n",
+            dir.path().join("cert.pem").display(),
+            key.display(),
             token.display()
         ),
     )
@@ -336,6 +356,13 @@ fn check_config_warns_of_a_credential_file_others_can_read() {
         stderr.contains(&format!(
             "warning: destinations.slack.secret_file: {} is readable by others than its owner (mode 0640)",
             token.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "warning: server.tls_key_file: {} is readable by others than its owner (mode 0644)",
+            key.display()
         )),
         "{stderr}"
     );

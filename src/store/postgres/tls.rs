@@ -577,12 +577,81 @@ impl AsyncWrite for PgTlsStream {
 }
 
 impl TlsStream for PgTlsStream {
-    /// No `tls-server-end-point` binding: SCRAM runs without channel
-    /// binding (libpq's `channel_binding=prefer` with a server that
-    /// offers none).
+    /// `tls-server-end-point` (RFC 5929): the hash of the server's
+    /// certificate, so SCRAM authentication cannot be relayed by a man in
+    /// the middle even where the certificate is not checked (`require`).
+    /// None for a signature whose hash the RFC leaves open (Ed25519): SCRAM
+    /// then runs without binding, as libpq does.
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        let certificate = self
+            .0
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first());
+        match certificate.and_then(|c| tls_server_end_point(c)) {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash),
+            None => ChannelBinding::none(),
+        }
     }
+}
+
+/// The certificate's hash for `tls-server-end-point`: with its signature's
+/// hash function, SHA-256 for MD5 and SHA-1 (RFC 5929 section 4.1).
+fn tls_server_end_point(certificate: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, ... }
+    let (_, certificate_body, _) = der_element(certificate)?;
+    let (_, _tbs, rest) = der_element(certificate_body)?;
+    let (_, algorithm, _) = der_element(rest)?;
+    let (tag, oid, _) = der_element(algorithm)?;
+    if tag != 0x06 {
+        return None;
+    }
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    let bits = match oid {
+        _ if oid == ECDSA_SHA1 => 256,
+        [prefix @ .., last] if prefix == RSA => match last {
+            0x04 | 0x05 | 0x0b => 256,
+            0x0c => 384,
+            0x0d => 512,
+            _ => return None,
+        },
+        [prefix @ .., last] if prefix == ECDSA_SHA2 => match last {
+            0x02 => 256,
+            0x03 => 384,
+            0x04 => 512,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(match bits {
+        256 => sha2::Sha256::digest(certificate).to_vec(),
+        384 => sha2::Sha384::digest(certificate).to_vec(),
+        _ => sha2::Sha512::digest(certificate).to_vec(),
+    })
+}
+
+/// One DER element at the start of `bytes`: its tag, its content and what
+/// follows it. None when it is cut short or uses an indefinite length.
+fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let count = (first & 0x7f) as usize;
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let length = rest[..count]
+            .iter()
+            .fold(0usize, |length, &b| (length << 8) | b as usize);
+        (length, &rest[count..])
+    };
+    (rest.len() >= length).then(|| (tag, &rest[..length], &rest[length..]))
 }
 
 #[cfg(test)]
