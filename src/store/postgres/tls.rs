@@ -123,8 +123,12 @@ pub(super) fn split_url(url: &str, home: Option<&Path>) -> Result<UrlTls, String
                 return Err("sslrootcert is empty; name a PEM file of CA certificates, or system".into())
             }
             "sslrootcert" => root_file = Some(value),
-            "sslcert" | "sslkey" | "sslpassword" | "sslcrl" | "sslcrldir" | "sslsni"
-            | "sslcompression" | "ssl_min_protocol_version" | "ssl_max_protocol_version" => {
+            // What libpq ignores here too: a client key's passphrase
+            // without a client key, SNI (always sent for a name),
+            // compression (gone from TLS).
+            "sslpassword" | "sslsni" | "sslcompression" => {}
+            "sslcert" | "sslkey" | "sslcrl" | "sslcrldir" | "ssl_min_protocol_version"
+            | "ssl_max_protocol_version" => {
                 return Err(format!(
                     "{key} is not supported by herald (client certificates and these TLS settings are not); remove it"
                 ))
@@ -682,6 +686,13 @@ mod tests {
         assert_eq!(tls.mode, SslMode::VerifyFull);
         assert_eq!(tls.root_cert, RootCert::File("/etc/ca.pem".into()));
         assert_eq!(tls.url_without_tls, "postgres://u@h/db?application_name=x");
+    }
+
+    #[test]
+    fn what_libpq_ignores_without_a_client_key_is_dropped() {
+        let tls = split("postgres://u@h/db?sslpassword=p&sslsni=1&sslmode=disable").unwrap();
+        assert_eq!(tls.url_without_tls, "postgres://u@h/db");
+        assert_eq!(tls.mode, SslMode::Disable);
     }
 
     #[test]
