@@ -134,6 +134,9 @@ impl RunningServer {
 
 pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServer, ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
+    for warning in &config.warnings {
+        tracing::warn!("configuration: {warning}");
+    }
     let path = describe_database(&config.database);
     let store_error = |reason| ServeError::Store {
         path: path.clone(),

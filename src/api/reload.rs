@@ -200,6 +200,9 @@ fn apply<S: Store>(app: &AppState<S>) -> Result<ReloadAnswer, ReloadError> {
     let mut new = Config::load(&source.path, |k| std::env::var(k).ok())
         .map_err(|e| ReloadError::Invalid(e.to_string()))?;
     (source.overrides)(&mut new);
+    for warning in &new.warnings {
+        tracing::warn!("configuration reload: {warning}");
+    }
     let old = app.config.load();
     let not_applied = keep_fixed_settings(&old, &mut new);
     if let Some(lease_ms) = app.reloads.lease_ms.get() {

@@ -79,6 +79,9 @@ pub(crate) async fn run(
         }
         Command::CheckConfig { file } => match Config::load(&file, |k| std::env::var(k).ok()) {
             Ok(config) => {
+                for warning in &config.warnings {
+                    eprintln!("{}: warning: {warning}", file.display());
+                }
                 println!("{}: valid: {}", file.display(), config.summary());
                 Ok(ExitCode::SUCCESS)
             }

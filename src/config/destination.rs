@@ -212,7 +212,12 @@ pub struct FileDestination {
     pub url: Option<Spanned<String>>,
     /// The URL itself is a credential (Discord, Teams): read it from here.
     pub url_env: Option<Spanned<String>>,
+    /// The same, from a file (a Kubernetes or systemd credential), read
+    /// again at every reload.
+    pub url_file: Option<Spanned<PathBuf>>,
     pub secret_env: Option<Spanned<String>>,
+    /// The credential in a file of its own, read again at every reload.
+    pub secret_file: Option<Spanned<PathBuf>>,
     /// The credential written in the file itself: for the mock and tests;
     /// real credentials belong in the environment (`secret_env`).
     pub secret: Option<Spanned<String>>,
@@ -537,8 +542,13 @@ pub(super) fn parse_target(
         &secret_kinds,
     );
     only_for("secret", d.secret.as_ref().map(|v| v.span()), &secret_kinds);
+    only_for(
+        "secret_file",
+        d.secret_file.as_ref().map(|v| v.span()),
+        &secret_kinds,
+    );
 
-    let url_given = d.url.is_some() || d.url_env.is_some();
+    let url_given = d.url.is_some() || d.url_env.is_some() || d.url_file.is_some();
     let mut keys = TargetKeys {
         key,
         kind_name,
@@ -549,6 +559,30 @@ pub(super) fn parse_target(
         url_given,
         url: None,
     };
+    if let Some(file) = &d.url_file {
+        if d.url.is_some() || d.url_env.is_some() {
+            problems.add(
+                Some(file.span()),
+                format!("{key}.url_file: set one of url, url_env or url_file; remove the others"),
+            );
+            return None;
+        }
+        // The value is a credential: the error never repeats it.
+        keys.url = keys.file_value("url_file", file).and_then(|value| {
+            parse_destination_url(&value)
+                .map_err(|_| {
+                    problems.add(
+                        Some(file.span()),
+                        format!(
+                            "{key}.url_file: {} does not hold an http(s) URL with a host; write the full URL, like https://host/path, into it",
+                            file.get_ref().display()
+                        ),
+                    )
+                })
+                .ok()
+        });
+        return (kind.parse)(&keys);
+    }
     keys.url = match (&d.url, &d.url_env) {
         (Some(_), Some(var)) => {
             problems.add(
@@ -611,6 +645,24 @@ impl TargetKeys<'_, '_> {
             .in_range(&format!("{}.{field}", self.key), value, default, range)
     }
 
+    /// A credential read from the file at `path` (`secret_file`,
+    /// `url_file`): trimmed, not empty. A file others may read is a
+    /// warning; an unreadable or empty one a problem naming the key and
+    /// the file.
+    fn file_value(&self, field: &str, path: &Spanned<PathBuf>) -> Option<String> {
+        let key = format!("{}.{field}", self.key);
+        match read_secret_file(&key, path.get_ref()) {
+            Ok(SecretFile { text, warning }) => {
+                self.problems.warnings.borrow_mut().extend(warning);
+                Some(text)
+            }
+            Err(message) => {
+                self.problems.add(Some(path.span()), message);
+                None
+            }
+        }
+    }
+
     fn env_value(&self, field: &str, var: &Spanned<String>) -> Option<String> {
         let key = self.key;
         let value = (self.env)(var.get_ref())
@@ -640,7 +692,7 @@ impl TargetKeys<'_, '_> {
             self.problems.add(
                 self.kind_span.clone(),
                 format!(
-                    "{key}.url: kind {kind_name} needs url (or url_env); add url = \"https://...\""
+                    "{key}.url: kind {kind_name} needs url (or url_env, or url_file); add url = \"https://...\""
                 ),
             );
         }
@@ -676,11 +728,28 @@ impl TargetKeys<'_, '_> {
         }
     }
 
-    /// The credential: from the environment (`secret_env`), or written in
-    /// the file (`secret`, for the mock and tests). With it, the span it
-    /// came from and how to name it in a message ("the value of VAR").
+    /// The credential: from the environment (`secret_env`), a file of its
+    /// own (`secret_file`), or written in the config (`secret`, for the
+    /// mock and tests). With it, the span it came from and how to name it
+    /// in a message ("the value of VAR").
     pub fn secret_text(&self, what: &str) -> Option<(String, Span, String)> {
         let (key, kind_name, d) = (self.key, self.kind_name, self.d);
+        if let Some(file) = &d.secret_file {
+            if d.secret_env.is_some() || d.secret.is_some() {
+                self.problems.add(
+                    Some(file.span()),
+                    format!("{key}.secret_file: set one of secret_env, secret_file or secret; remove the others"),
+                );
+                return None;
+            }
+            return self.file_value("secret_file", file).map(|value| {
+                (
+                    value,
+                    Some(file.span()),
+                    format!("the content of {}", file.get_ref().display()),
+                )
+            });
+        }
         match (&d.secret_env, &d.secret) {
             (Some(var), None) => self.env_value("secret_env", var).map(|value| {
                 (
@@ -704,17 +773,20 @@ impl TargetKeys<'_, '_> {
             (None, None) => {
                 self.problems.add(
                     self.kind_span.clone(),
-                    format!("{key}.secret_env: kind {kind_name} needs secret_env, naming the environment variable that holds {what}"),
+                    format!("{key}.secret_env: kind {kind_name} needs secret_env, naming the environment variable that holds {what} (or secret_file, naming a file that holds it)"),
                 );
                 None
             }
         }
     }
 
-    /// The key a credential's span is at: `secret` or `secret_env`.
+    /// The key a credential's span is at: `secret`, `secret_file` or
+    /// `secret_env`.
     pub fn field_of(&self, span: &Span) -> &'static str {
         if span.as_ref() == self.d.secret.as_ref().map(|s| s.span()).as_ref() {
             "secret"
+        } else if span.as_ref() == self.d.secret_file.as_ref().map(|s| s.span()).as_ref() {
+            "secret_file"
         } else {
             "secret_env"
         }

@@ -108,6 +108,10 @@ pub struct Config {
     pub alertmanager: Option<AlertmanagerRoutes>,
     /// `[groups]`, `[[routes]]`, `[default_route]`.
     pub routing: crate::routing::Routing,
+    /// What the file is valid with but should not be: credential files
+    /// that others than their owner may read. Logged at start and reload,
+    /// printed by `check-config`.
+    pub warnings: Vec<String>,
 }
 
 /// `[server]`'s TLS files, read now so that a bad certificate or key is
@@ -150,7 +154,12 @@ fn tls_settings(server: &FileServer, problems: &Problems<'_>) -> Option<crate::t
             .map(|ca| ca.get_ref().clone()),
     );
     match loaded {
-        Ok(settings) => Some(settings),
+        Ok(settings) => {
+            let key_file = settings.key_file.as_path();
+            let warning = file_permission_warning("server.tls_key_file", key_file);
+            problems.warnings.borrow_mut().extend(warning);
+            Some(settings)
+        }
         Err(error) => {
             let span = match &error {
                 crate::tls::TlsError::Read { key, .. }
@@ -207,6 +216,7 @@ impl Default for Config {
             tokens: Vec::new(),
             alertmanager: None,
             routing: Default::default(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -262,7 +272,7 @@ impl Config {
             }
         }
         config.tls = tls_settings(&server, &problems);
-        if let Some(database) = server.database {
+        if let Some(database) = database_setting(&server, &problems) {
             config.database = database;
         }
         config.request_body_bytes_max = problems.in_range(
@@ -449,6 +459,7 @@ impl Config {
         }
 
         if problems.is_empty() {
+            config.warnings = problems.warnings.take();
             Ok(config)
         } else {
             Err(problems.into_error(file))

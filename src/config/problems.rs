@@ -43,6 +43,9 @@ pub(super) struct Problems<'s> {
     pub(super) source: &'s str,
     pub(super) list: RefCell<Vec<ConfigProblem>>,
     pub(super) missing_env: RefCell<Vec<String>>,
+    /// Not problems: the file is valid with them (credential files others
+    /// may read).
+    pub(super) warnings: RefCell<Vec<String>>,
 }
 
 impl<'s> Problems<'s> {
@@ -51,6 +54,7 @@ impl<'s> Problems<'s> {
             source,
             list: RefCell::new(Vec::new()),
             missing_env: RefCell::new(Vec::new()),
+            warnings: RefCell::new(Vec::new()),
         }
     }
 

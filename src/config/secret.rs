@@ -69,3 +69,84 @@ impl fmt::Debug for WebhookSecret {
         f.write_str("WebhookSecret(<redacted>)")
     }
 }
+
+/// A file holding one credential (`secret_file`, `url_file`,
+/// `server.database_url_file`) larger than this is refused: a token or a
+/// URL is at most a few kilobytes.
+pub const SECRET_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// A credential read from a file, and the warning its permissions call
+/// for.
+pub struct SecretFile {
+    /// The file's text without surrounding whitespace (the final newline
+    /// an editor or `echo` adds).
+    pub text: String,
+    /// Set when users other than the owner may read or change the file.
+    pub warning: Option<String>,
+}
+
+impl fmt::Debug for SecretFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretFile")
+            .field("warning", &self.warning)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the credential of config key `key` from `path`. A missing,
+/// unreadable, oversized or empty file is an error naming the key and the
+/// path; the content never appears in a message.
+pub fn read_secret_file(key: &str, path: &Path) -> Result<SecretFile, String> {
+    let shown = path.display();
+    let metadata =
+        std::fs::metadata(path).map_err(|e| format!("{key}: cannot read {shown}: {e}"))?;
+    if !metadata.is_file() {
+        return Err(format!("{key}: {shown} is not a file"));
+    }
+    if metadata.len() > SECRET_FILE_BYTES_MAX {
+        return Err(format!(
+            "{key}: {shown} is {} bytes, more than the {SECRET_FILE_BYTES_MAX} a credential file may have",
+            metadata.len()
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("{key}: cannot read {shown}: {e}"))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("{key}: {shown} is not UTF-8 text"))?
+        .trim()
+        .to_owned();
+    if text.is_empty() {
+        return Err(format!(
+            "{key}: {shown} is empty; write the credential into it"
+        ));
+    }
+    Ok(SecretFile {
+        text,
+        warning: permission_warning(key, path, &metadata),
+    })
+}
+
+/// The warning for a credential file that is not a secret's own
+/// (`server.tls_key_file`), when others may read it; None when it cannot
+/// be read (the reader reports that).
+pub fn file_permission_warning(key: &str, path: &Path) -> Option<String> {
+    let metadata = std::fs::metadata(path).ok()?;
+    permission_warning(key, path, &metadata)
+}
+
+/// A warning when users other than the file's owner may read or change it
+/// (any group or other permission bit).
+fn permission_warning(key: &str, path: &Path, metadata: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = metadata.permissions().mode() & 0o777;
+    let how = if mode & 0o044 != 0 {
+        "readable"
+    } else {
+        "writable"
+    };
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{key}: {} is {how} by others than its owner (mode {mode:04o}); it holds a credential: chmod 600 it (in Kubernetes, defaultMode: 0400)",
+            path.display()
+        )
+    })
+}

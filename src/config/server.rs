@@ -6,6 +6,9 @@ use super::*;
 pub(super) struct FileServer {
     pub(super) listen: Option<Spanned<String>>,
     pub(super) database: Option<PathBuf>,
+    /// A file holding the database URL (it may carry a password), read
+    /// again at every reload.
+    pub(super) database_url_file: Option<Spanned<PathBuf>>,
     pub(super) node_id: Option<String>,
     pub(super) lease_ms: Option<Spanned<u64>>,
     pub(super) request_body_bytes_max: Option<Spanned<u64>>,
@@ -20,6 +23,46 @@ pub(super) struct FileServer {
     pub(super) tls_cert_file: Option<Spanned<PathBuf>>,
     pub(super) tls_key_file: Option<Spanned<PathBuf>>,
     pub(super) tls_client_ca_file: Option<Spanned<PathBuf>>,
+}
+
+/// `server.database`, or the PostgreSQL URL in `server.database_url_file`
+/// (a systemd or Kubernetes credential); None when neither is set or the
+/// file is unusable (noted).
+pub(super) fn database_setting(server: &FileServer, problems: &Problems<'_>) -> Option<PathBuf> {
+    let Some(file) = &server.database_url_file else {
+        return server.database.clone();
+    };
+    if server.database.is_some() {
+        problems.add(
+            Some(file.span()),
+            "server.database_url_file: set server.database or server.database_url_file, not both; remove one".to_owned(),
+        );
+        return None;
+    }
+    let key = "server.database_url_file";
+    match read_secret_file(key, file.get_ref()) {
+        Ok(SecretFile { text, warning }) => {
+            problems.warnings.borrow_mut().extend(warning);
+            let url = PathBuf::from(text);
+            if crate::server::is_postgres_url(&url) {
+                Some(url)
+            } else {
+                // The content may be a credential: never repeated.
+                problems.add(
+                    Some(file.span()),
+                    format!(
+                        "{key}: {} does not hold a postgres:// URL; write the URL, like postgres://herald:PASSWORD@db:5432/herald?sslmode=verify-full, into it",
+                        file.get_ref().display()
+                    ),
+                );
+                None
+            }
+        }
+        Err(message) => {
+            problems.add(Some(file.span()), message);
+            None
+        }
+    }
 }
 
 /// The API address a client uses for a config file: its `server.listen`

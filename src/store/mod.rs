@@ -25,6 +25,9 @@ pub enum StoreError {
     Postgres(tokio_postgres::Error),
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// A bad PostgreSQL URL or TLS setting (`sslmode`, `sslrootcert`).
+    #[error("the PostgreSQL URL is invalid: {0}")]
+    InvalidUrl(String),
     #[error("the database holds a value herald cannot read: {0}")]
     Corrupt(String),
     #[error(

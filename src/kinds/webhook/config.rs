@@ -1,5 +1,5 @@
 //! A webhook destination's keys: `url` (or `url_env`), and an optional
-//! Standard Webhooks `secret_env` (or `secret`) to sign with.
+//! Standard Webhooks `secret_env` (or `secret_file`, or `secret`) to sign with.
 
 use crate::config::{FileDestination, KindConfig, Target, TargetKeys, WebhookSecret};
 
@@ -18,7 +18,7 @@ fn secret_allowed(_: &FileDestination) -> bool {
 
 fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
     let (key, d) = (t.key, t.d);
-    let secret = if d.secret_env.is_none() && d.secret.is_none() {
+    let secret = if d.secret_env.is_none() && d.secret.is_none() && d.secret_file.is_none() {
         Some(None)
     } else {
         t.secret_text("").and_then(|(value, span, what)| {

@@ -7,13 +7,16 @@ use super::*;
 /// lost connection, reconnects and wakes every destination (notifications
 /// may have been missed meanwhile).
 pub(super) async fn run_listener(
-    config: tokio_postgres::Config,
+    config: ConnectionSettings,
     channel: String,
     wakeups: broadcast::Sender<String>,
 ) {
     loop {
-        match config.connect(NoTls).await {
-            Ok((client, mut connection)) => {
+        // Under the same TLS settings as every other connection.
+        let connected =
+            tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), config.connect()).await;
+        match connected {
+            Ok(Ok((client, mut connection))) => {
                 let (messages_tx, mut messages) = mpsc::unbounded_channel();
                 let pump = tokio::spawn(async move {
                     let mut stream =
@@ -46,8 +49,12 @@ pub(super) async fn run_listener(
                 }
                 pump.abort();
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot open the LISTEN connection to PostgreSQL; retrying")
+            Ok(Err(error)) => tracing::warn!(
+                error = %describe_error(&error),
+                "cannot open the LISTEN connection to PostgreSQL; retrying"
+            ),
+            Err(_) => {
+                tracing::warn!("opening the LISTEN connection to PostgreSQL timed out; retrying")
             }
         }
         tokio::time::sleep(Duration::from_millis(LISTEN_RETRY_MS)).await;

@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, Client, GenericClient, NoTls, Row, Statement, Transaction};
+use tokio_postgres::{AsyncMessage, Client, GenericClient, Row, Statement, Transaction};
 
 use super::*;
 use crate::domain::Isolation;
@@ -115,6 +115,7 @@ mod reads;
 mod schema;
 mod takeover;
 mod threads;
+mod tls;
 mod writer;
 
 use claims::*;
@@ -127,6 +128,7 @@ use pool::*;
 use reads::*;
 use takeover::*;
 use threads::*;
+use tls::ConnectionSettings;
 use writer::*;
 
 pub use schema::migrate;
@@ -136,7 +138,8 @@ use schema::*;
 #[derive(Clone, Debug)]
 pub struct PostgresOptions {
     /// `postgres://user@host:port/db`, with `?options=-csearch_path%3D...`
-    /// to use a schema other than `public`.
+    /// to use a schema other than `public`, and `sslmode` and
+    /// `sslrootcert` as libpq reads them (see `tls`).
     pub url: String,
     /// This node's name in lease owners and attempt rows; unique per live
     /// process.
@@ -193,7 +196,7 @@ struct InsertOp {
 /// A bounded pool: at most `POOL_SIZE_MAX` connections, closed ones are
 /// dropped and replaced on demand.
 struct Pool {
-    config: tokio_postgres::Config,
+    config: ConnectionSettings,
     idle: Mutex<Vec<(Client, Statements)>>,
     permits: Arc<Semaphore>,
 }
@@ -243,6 +246,7 @@ impl PostgresStore {
     pub async fn open(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
         let config = connection_config(&options.url, &options.node_id)?;
         let mut first = connect(&config).await?;
+        tracing::debug!(sslmode = config.mode().as_str(), "connected to PostgreSQL");
         migrate_with(&mut first).await?;
         let schema: String = first
             .query_one("SELECT current_schema()", &[])
@@ -382,7 +386,16 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 /// connection's password: the URL is never part of an error.
 pub fn describe_error(error: &tokio_postgres::Error) -> String {
     if let Some(db) = error.as_db_error() {
-        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        let text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        // pg_hba.conf has only `hostssl` lines for this client.
+        let tls_only = db.code()
+            == &tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            && db.message().contains("no encryption");
+        if tls_only {
+            return text
+                + "; the server accepts only TLS connections: set sslmode=verify-full (with sslrootcert) or sslmode=require in the database URL";
+        }
+        return text;
     }
     let mut text = error.to_string();
     let mut cause = std::error::Error::source(error);

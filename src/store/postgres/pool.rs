@@ -153,10 +153,10 @@ impl Pool {
     }
 }
 
-pub(super) async fn connect(config: &tokio_postgres::Config) -> Result<Client, StoreError> {
+pub(super) async fn connect(settings: &ConnectionSettings) -> Result<Client, StoreError> {
     let (client, connection) = tokio::time::timeout(
         Duration::from_millis(CONNECT_TIMEOUT_MS),
-        config.connect(NoTls),
+        settings.connect(),
     )
     .await
     .map_err(|_| unavailable("connecting to PostgreSQL timed out"))??;
@@ -171,7 +171,9 @@ pub(super) async fn connect(config: &tokio_postgres::Config) -> Result<Client, S
 }
 
 /// Parses the URL and adds herald's session settings to its options; the
-/// sessions show as `herald <node>` in `pg_stat_activity`.
+/// sessions show as `herald <node>` in `pg_stat_activity`. The URL's TLS
+/// parameters (`sslmode`, `sslrootcert`) are read here as libpq reads them,
+/// and the root certificates with them, so a bad one stops the start.
 ///
 /// `enable_seqscan`, `enable_hashjoin` and `enable_mergejoin` off: every
 /// statement herald runs reads a few rows through an index, and nested loops
@@ -190,10 +192,13 @@ pub(super) async fn connect(config: &tokio_postgres::Config) -> Result<Client, S
 pub(super) fn connection_config(
     url: &str,
     node_id: &str,
-) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config: tokio_postgres::Config = url
+) -> Result<ConnectionSettings, StoreError> {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let tls = tls::split_url(url, home.as_deref()).map_err(StoreError::InvalidUrl)?;
+    let mut config: tokio_postgres::Config = tls
+        .url_without_tls
         .parse()
-        .map_err(|e| StoreError::Corrupt(format!("the PostgreSQL URL is invalid: {e}")))?;
+        .map_err(|e: tokio_postgres::Error| StoreError::InvalidUrl(describe_error(&e)))?;
     let options = format!(
         "{} -c statement_timeout={STATEMENT_TIMEOUT_MS} -c synchronous_commit=on \
          -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} \
@@ -206,5 +211,5 @@ pub(super) fn connection_config(
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))
         .application_name(format!("herald {node_id}"));
-    Ok(config)
+    ConnectionSettings::new(config, &tls)
 }
