@@ -131,6 +131,7 @@ async fn every_credential_and_the_database_url_can_come_from_a_file() {
                 let expected = herald::config::WebhookSecret::parse(WEBHOOK_SECRET).unwrap();
                 assert_eq!(secret.as_ref(), Some(&expected));
             }
+            other => panic!("no {} destination in this file", other.kind()),
         }
     }
     assert_eq!(config.destinations.len(), 7);
