@@ -15,6 +15,7 @@ mod layering;
 mod logging;
 mod mock_answers;
 mod multinode;
+mod objectives;
 mod operator;
 mod partial_failure;
 mod pause;
