@@ -344,6 +344,11 @@ impl Store for PostgresStore {
                 &[&doomed],
             )
             .await?;
+            tx.execute(
+                "DELETE FROM objectives WHERE broadcast_id = ANY($1)",
+                &[&doomed],
+            )
+            .await?;
             let deleted = tx
                 .execute("DELETE FROM broadcasts WHERE id = ANY($1)", &[&doomed])
                 .await?;
