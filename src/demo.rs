@@ -342,6 +342,7 @@ async fn run_in(
             "NOT converged as expected: see above"
         }
     )?;
+    let as_expected = as_expected && crate::demo_escalation::second_act(workdir, &mut *out).await?;
     if after == AfterIncident::ServeUntilInterrupted {
         writeln!(
             out,
