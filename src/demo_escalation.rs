@@ -3,6 +3,8 @@
 //! The deadline passes, herald escalates once: PagerDuty gets the message
 //! and the ops webhook a meta-alert naming what failed and why. A server
 //! and a mock of their own, on a database beside the first act's.
+//! `demo.rs` calls it and hands it its helpers (a destination at the mock,
+//! where it sends), so this file does not import `demo.rs` back.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -11,8 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::api::wire::SendRequest;
 use crate::client::Client;
-use crate::config::Config;
-use crate::demo::{mock_destination, mock_send_path};
+use crate::config::{Config, Destination};
 use crate::domain::{Objective, Severity};
 use crate::mock::{Faults, FaultsFile};
 use crate::routing::{Route, Routing};
@@ -28,9 +29,20 @@ const CHAT: [(&str, &str); 2] = [("slack", "slack-incidents"), ("teams", "teams-
 const FALLBACK: (&str, &str) = ("pagerduty", "pagerduty-oncall");
 const META: (&str, &str) = ("webhook", "ops-webhook");
 
+/// A destination of a kind at the mock (base, kind, name): `demo::mock_destination`.
+pub type MockDestination = fn(&str, &str, &str) -> Destination;
+/// Where a destination of a kind sends at the mock (kind, name):
+/// `demo::mock_send_path`.
+pub type MockSendPath = fn(&str, &str) -> String;
+
 /// Plays the act, printing to `out`; true when the escalation happened
 /// once, and the fallback and the meta-alert landed once each.
-pub async fn second_act(workdir: &std::path::Path, out: &mut impl Write) -> anyhow::Result<bool> {
+pub async fn second_act(
+    workdir: &std::path::Path,
+    out: &mut impl Write,
+    mock_destination: MockDestination,
+    mock_send_path: MockSendPath,
+) -> anyhow::Result<bool> {
     let down = Faults {
         fail_first: u32::MAX,
         fail_status: 503,
