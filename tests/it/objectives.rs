@@ -736,3 +736,70 @@ async fn the_postgres_store_decides_an_objective_once_across_nodes() {
     let second = open("node-b").await.unwrap();
     decided_once(AnyStore::Postgres(first), AnyStore::Postgres(second)).await;
 }
+
+/// A route's objective names groups (expanded), Alertmanager ingest takes
+/// the objective of the route its receiver maps to, and `fallback` without
+/// `confirm` is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_expand_in_objectives_and_alertmanager_takes_the_routes_objective() {
+    let mock = chat_down_mock().await;
+    let setup = setup(&mock);
+    let grouped = config(
+        &mock,
+        "\n[groups]\nchat = [\"slack\", \"teams\"]\nrelay = [\"sms\", \"email\"]\n\n[alertmanager]\n",
+    )
+    .replace(
+        r#"confirm = { any = 1, of = ["slack", "teams"], within = "2s" }
+fallback = ["sms"]"#,
+        r#"confirm = { any = 2, of = ["chat"], within = "10m" }
+fallback = ["relay"]"#,
+    );
+    std::fs::write(&setup.config, &grouped).unwrap();
+    let config = herald::config::Config::load(&setup.config, |_| None).unwrap();
+    let objective = config.routing.routes[0].objective.clone().unwrap();
+    assert_eq!(objective.of, ["slack", "teams"]);
+    assert_eq!(objective.fallback, ["sms", "email"]);
+    assert_eq!((objective.any, objective.within_ms), (2, 600_000));
+    let orphan = grouped.replace(
+        r#"confirm = { any = 1, of = ["slack"], within = "1h" }
+"#,
+        "",
+    );
+    let dir = temp_dir();
+    let orphan_path = dir.path().join("orphan.toml");
+    std::fs::write(&orphan_path, orphan).unwrap();
+    let error = herald::config::Config::load(&orphan_path, |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("routes[1]") && error.contains("need `confirm`"),
+        "{error}"
+    );
+
+    let _server = setup.spawn().await;
+    let notification = serde_json::json!({
+        "version": "4", "groupKey": "{}:{alertname=\"CheckoutDown\"}", "truncatedAlerts": 0,
+        "status": "firing", "receiver": "oncall",
+        "groupLabels": {"alertname": "CheckoutDown"},
+        "commonLabels": {"alertname": "CheckoutDown", "severity": "critical"},
+        "commonAnnotations": {}, "externalURL": "http://alertmanager.example:9093",
+        "alerts": [{"status": "firing", "labels": {"alertname": "CheckoutDown", "severity": "critical"},
+                    "annotations": {}, "startsAt": "2026-11-27T23:00:00.000Z",
+                    "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": "0000000000000001"}],
+    });
+    let response = herald::connector::http_client_builder()
+        .build()
+        .unwrap()
+        .post(format!("http://{}/v1/ingest/alertmanager", setup.addr))
+        .json(&notification)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let broadcast: Broadcast = response.json().await.unwrap();
+    assert_eq!(broadcast.routes, ["p1"]);
+    let objective = broadcast.objective.expect("the route's objective");
+    assert_eq!(objective.of, ["slack", "teams"]);
+    assert_eq!(objective.fallback, ["sms", "email"]);
+    assert_eq!(objective.state, "pending");
+}
