@@ -65,6 +65,10 @@ impl Intent {
         .with_details(request.details())?;
         let (destinations, routes) = targets(app, &message, &request.destinations)?;
         let objective = match &request.objective {
+            Some(_) if message.resolved() => return Err(ApiError::invalid(
+                "objective",
+                "a resolve carries no objective (it reaches the fallbacks its thread escalated to)",
+            )),
             Some(requested) => Some(objective_of(app, requested, &destinations)?),
             None if !routes.is_empty() => app.config.load().routing.objective_for(&message),
             None => None,

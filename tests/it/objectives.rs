@@ -476,6 +476,21 @@ async fn a_bad_objective_is_refused_with_its_key_and_changes_nothing() {
             .to_string();
         assert!(error.contains(field), "{field}: {error}");
     }
+    let resolve_with_objective = serde_json::from_value::<SendRequest>(serde_json::json!({
+        "title": "t", "thread": "INC-1", "resolved": true, "destinations": ["slack"],
+        "objective": {"confirm": {"any": 1, "of": ["slack"], "within": "60s"}, "fallback": ["sms"]},
+    }))
+    .unwrap();
+    let error = setup
+        .client
+        .send(&resolve_with_objective)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("objective") && error.contains("resolve"),
+        "{error}"
+    );
     assert_eq!(count_rows(&setup.database, "broadcasts"), 0);
     let accepted = setup
         .client
