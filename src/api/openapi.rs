@@ -462,12 +462,12 @@ pub fn document() -> Value {
             "/v1/broadcasts/{id}/events": {"get": {
                 "summary": "Server-sent events: a snapshot, each state change, then `status` when final",
                 "security": read, "parameters": [id_param()],
-                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent and StatusEvent; when herald stops, a last `shutdown` event ({\"reason\"}) and the stream ends: reconnect, it starts again with a snapshot", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["400", "401", "403", "404", "503"]))
+                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent and StatusEvent, and an `objective` event ({broadcast_id, state: met or escalated, escalated_to, fallback_broadcast, meta_alert_broadcast, at}) when this server decides the broadcast's objective while the stream is open; when herald stops, a last `shutdown` event ({\"reason\"}) and the stream ends: reconnect, it starts again with a snapshot", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["400", "401", "403", "404", "503"]))
             }},
             "/v1/events": {"get": {
                 "summary": "Server-sent events of every broadcast's state changes",
                 "security": read,
-                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent; when herald stops, a last `shutdown` event ({\"reason\"}) and the stream ends", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["401", "403"]))
+                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent, and an `objective` event for each objective this server decides; when herald stops, a last `shutdown` event ({\"reason\"}) and the stream ends", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["401", "403"]))
             }},
             "/v1/destinations": {"get": {
                 "summary": "Each destination's health",

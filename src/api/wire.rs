@@ -130,6 +130,19 @@ impl ObjectiveView {
     }
 }
 
+/// `event: objective` on the event streams: the decision this server took
+/// when an objective's deadline passed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectiveEvent {
+    pub broadcast_id: String,
+    /// `met` or `escalated`.
+    pub state: String,
+    pub escalated_to: Vec<String>,
+    pub fallback_broadcast: Option<String>,
+    pub meta_alert_broadcast: Option<String>,
+    pub at: String,
+}
+
 impl SendRequest {
     /// The labels, links, fields, source and summary, not yet checked.
     pub fn details(&self) -> MessageDetails {

@@ -41,10 +41,25 @@ pub const OBJECTIVES_IDLE_POLL_MS_SHARED: u64 = 5_000;
 /// Upper bounds (seconds) of the time-to-objective histogram's buckets.
 const TIME_TO_OBJECTIVE_BUCKETS_S: [u64; 11] = [1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600];
 
-/// Shared between the API (which wakes the watcher) and `/metrics`.
-#[derive(Default)]
+/// Decisions kept for event-stream subscribers that are behind, at most.
+const DECISIONS_BUFFERED_MAX: usize = 256;
+
+/// A decision this process took, for the event streams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectiveDecided {
+    pub broadcast_id: String,
+    pub decision: ObjectiveDecision,
+    pub escalated_to: Vec<String>,
+    pub fallback_broadcast_id: Option<String>,
+    pub meta_alert_broadcast_id: Option<String>,
+    pub at_ms: i64,
+}
+
+/// Shared between the API (which wakes the watcher, streams its
+/// decisions) and `/metrics`.
 pub struct ObjectiveSignals {
     wake: Notify,
+    decisions: tokio::sync::broadcast::Sender<Arc<ObjectiveDecided>>,
     met_total: AtomicU64,
     escalated_total: AtomicU64,
     /// Decisions this process found already taken by another.
@@ -54,7 +69,28 @@ pub struct ObjectiveSignals {
     time_to_met_sum_ms: AtomicU64,
 }
 
+impl Default for ObjectiveSignals {
+    fn default() -> Self {
+        ObjectiveSignals {
+            wake: Notify::new(),
+            decisions: tokio::sync::broadcast::channel(DECISIONS_BUFFERED_MAX).0,
+            met_total: AtomicU64::new(0),
+            escalated_total: AtomicU64::new(0),
+            decided_elsewhere_total: AtomicU64::new(0),
+            time_to_met_buckets: Default::default(),
+            time_to_met_count: AtomicU64::new(0),
+            time_to_met_sum_ms: AtomicU64::new(0),
+        }
+    }
+}
+
 impl ObjectiveSignals {
+    /// The decisions this process takes from now on (a decision taken by
+    /// another node shows in the broadcast's view, not here).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<ObjectiveDecided>> {
+        self.decisions.subscribe()
+    }
+
     /// A broadcast with an objective was committed: its deadline may be
     /// the earliest.
     pub fn deadline_added(&self) {
@@ -311,6 +347,17 @@ impl<S: Store> ObjectiveWatcher<S> {
                     "delivery objective missed: escalated"
                 );
             }
+        }
+        if self.signals.decisions.receiver_count() > 0 {
+            // A subscriber gone since the check is not an error.
+            let _ = self.signals.decisions.send(Arc::new(ObjectiveDecided {
+                broadcast_id: broadcast_id.to_owned(),
+                decision: verdict.decision,
+                escalated_to: verdict.escalated_to.clone(),
+                fallback_broadcast_id: verdict.fallback.as_ref().map(|b| b.id.clone()),
+                meta_alert_broadcast_id: verdict.meta_alert.as_ref().map(|b| b.id.clone()),
+                at_ms: now,
+            }));
         }
         for (child_id, deliveries) in children {
             for delivery in deliveries {

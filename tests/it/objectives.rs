@@ -205,8 +205,36 @@ async fn chat_down_past_the_deadline_escalates_once_and_the_resolve_follows() {
         objective.summary
     );
     assert_eq!(objective.of, ["slack", "teams"]);
+    // The broadcast's event stream tells of the decision.
+    let mut stream = herald::connector::http_client_builder()
+        .build()
+        .unwrap()
+        .get(format!(
+            "http://{}/v1/broadcasts/{}/events",
+            setup.addr, accepted.id
+        ))
+        .send()
+        .await
+        .unwrap();
 
     let escalated = wait_objective(client, &accepted.id, "escalated").await;
+    let mut seen = String::new();
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while !seen.contains("event: objective") {
+        assert!(Instant::now() < deadline, "no objective event: {seen}");
+        let chunk = tokio::time::timeout(WAIT_LIMIT, stream.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the stream is open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let event = seen.split("event: objective").nth(1).unwrap();
+    assert!(
+        event.contains("\"state\":\"escalated\"") && event.contains("\"escalated_to\":[\"sms\"]"),
+        "{event}"
+    );
+    drop(stream);
     let objective = escalated.objective.unwrap();
     assert_eq!(objective.escalated_to, ["sms"]);
     assert!(objective.met_at.is_none());
