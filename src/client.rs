@@ -743,6 +743,27 @@ pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// A broadcast as an aligned table, for people.
+/// The objective's lines of `herald status` and `send --wait`.
+pub fn render_objective(objective: &crate::api::wire::ObjectiveView) -> String {
+    let mut out = format!(
+        "objective: {} (confirm {} of [{}] within {})\n",
+        objective.summary,
+        objective.any,
+        objective.of.join(", "),
+        crate::domain::format_duration_ms(objective.within_ms)
+    );
+    if let Some(id) = &objective.fallback_broadcast {
+        out.push_str(&format!("  fallback broadcast {id}\n"));
+    }
+    if let Some(id) = &objective.meta_alert_broadcast {
+        out.push_str(&format!(
+            "  meta-alert broadcast {id} (to {})\n",
+            objective.on_escalation.as_deref().unwrap_or("?")
+        ));
+    }
+    out
+}
+
 pub fn render_broadcast(broadcast: &Broadcast) -> String {
     let mut out = format!(
         "broadcast {}  {}  {}\n{} {}{}\n",
@@ -758,6 +779,9 @@ pub fn render_broadcast(broadcast: &Broadcast) -> String {
             .unwrap_or_default()
     );
     out.push_str(&render_details(broadcast));
+    if let Some(objective) = &broadcast.objective {
+        out.push_str(&render_objective(objective));
+    }
     let width = broadcast
         .deliveries
         .iter()

@@ -342,6 +342,9 @@ async fn run_in(
             "NOT converged as expected: see above"
         }
     )?;
+    let as_expected = as_expected
+        && crate::demo_escalation::second_act(workdir, &mut *out, mock_destination, mock_send_path)
+            .await?;
     if after == AfterIncident::ServeUntilInterrupted {
         writeln!(
             out,

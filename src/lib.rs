@@ -10,6 +10,7 @@ pub mod config;
 pub mod connections;
 pub mod connector;
 pub mod demo;
+pub mod demo_escalation;
 pub mod dispatch;
 pub mod domain;
 pub mod events;

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::domain::{Message, Severity};
+use crate::domain::{Message, Objective, Severity};
 
 /// The name the default route is recorded under.
 pub const DEFAULT_ROUTE_NAME: &str = "default";
@@ -50,6 +50,8 @@ pub struct Route {
     pub targets: Vec<String>,
     /// Try the next routes too after this one matched.
     pub continue_matching: bool,
+    /// `confirm`, `fallback` and `on_escalation`, groups expanded.
+    pub objective: Option<Objective>,
 }
 
 impl Route {
@@ -82,6 +84,9 @@ pub struct Routing {
 pub struct Routed {
     pub routes: Vec<String>,
     pub destinations: Vec<String>,
+    /// The objective of the first matched route that has one. A resolve
+    /// carries none: it closes an incident, nobody is paged for it.
+    pub objective: Option<Objective>,
 }
 
 impl Routing {
@@ -90,9 +95,13 @@ impl Routing {
     pub fn route(&self, message: &Message) -> Option<Routed> {
         let mut routes = Vec::new();
         let mut targets: Vec<&str> = Vec::new();
+        let mut objective = None;
         for route in &self.routes {
             if !route.matches(message) {
                 continue;
+            }
+            if objective.is_none() && !message.resolved() {
+                objective = route.objective.clone();
             }
             routes.push(route.name.clone());
             targets.extend(route.targets.iter().map(String::as_str));
@@ -108,7 +117,17 @@ impl Routing {
         Some(Routed {
             routes,
             destinations: self.expand(targets),
+            objective,
         })
+    }
+
+    /// The objective of the first route the message matches that has one
+    /// (none for a resolve). Costs nothing when no route has an objective.
+    pub fn objective_for(&self, message: &Message) -> Option<Objective> {
+        if message.resolved() || self.routes.iter().all(|r| r.objective.is_none()) {
+            return None;
+        }
+        self.route(message)?.objective
     }
 
     pub fn is_group(&self, name: &str) -> bool {
@@ -147,6 +166,7 @@ mod tests {
             source: None,
             targets: targets.iter().map(|t| (*t).to_owned()).collect(),
             continue_matching: go_on,
+            objective: None,
         }
     }
 

@@ -100,6 +100,7 @@ pub struct RunningServer {
     purge: JoinHandle<()>,
     retention: JoinHandle<()>,
     wakeups: Option<JoinHandle<()>>,
+    objectives: JoinHandle<()>,
     app: Arc<AppState<AnyStore>>,
 }
 
@@ -126,6 +127,7 @@ impl RunningServer {
         let _ = self.dispatcher.await;
         let _ = self.purge.await;
         let _ = self.retention.await;
+        let _ = self.objectives.await;
         if let Some(wakeups) = self.wakeups {
             let _ = wakeups.await;
         }
@@ -231,6 +233,22 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
         app_state.reloads.set_tls(tls.clone());
     }
     let app = router(app_state.clone());
+    let objectives = tokio::spawn(
+        crate::dispatch::objectives::ObjectiveWatcher {
+            store: store.clone(),
+            dispatcher: app_state.dispatcher.clone(),
+            signals: app_state.objectives.clone(),
+            policy_of: {
+                let state = app_state.clone();
+                Arc::new(move |name: &str| state.config.load().destination(name).map(|d| d.policy))
+            },
+            idle_poll_ms: match lease_hold_max_ms {
+                Some(_) => crate::dispatch::objectives::OBJECTIVES_IDLE_POLL_MS_SHARED,
+                None => crate::dispatch::objectives::OBJECTIVES_IDLE_POLL_MS_SQLITE,
+            },
+        }
+        .run(shutdown_rx.clone()),
+    );
     let purge = tokio::spawn(purge_ingest_keys(store.clone(), shutdown_rx.clone()));
     let mut streams_shutdown = shutdown_rx.clone();
     let http_shutdown = shutdown_rx;
@@ -257,6 +275,7 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<RunningServe
         purge,
         retention,
         wakeups,
+        objectives,
         app: app_state,
     })
 }

@@ -412,12 +412,19 @@ pub(super) async fn ingest<S: Store>(
             Json(Broadcast::from_view(&view, now_ms())),
         ));
     }
+    // The objective of the route the receiver maps to, when routes picked
+    // the destinations.
+    let objective = match matched_routes.is_empty() {
+        true => None,
+        false => app.config.load().routing.objective_for(&message),
+    };
     let (broadcast, _) = accept(
         &app,
         Intent {
             message,
             destinations,
             routes: matched_routes,
+            objective,
         },
         Some(ingest),
     )

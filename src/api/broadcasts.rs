@@ -15,13 +15,15 @@ use axum::Json;
 use sha2::{Digest, Sha256};
 
 use super::auth::{authorize, Caller};
-use super::wire::{ActionRequest, ActionResult, Broadcast, BroadcastList, SendRequest};
+use super::wire::{
+    ActionRequest, ActionResult, Broadcast, BroadcastList, ObjectiveRequest, SendRequest,
+};
 use super::{parse_json, parse_json_bytes, ApiError, AppState};
 use crate::clock::now_ms;
 use crate::config::Scope;
 use crate::domain::{
-    new_broadcast_id, BroadcastIdQuery, BroadcastStatus, DeliveryState, Message, Severity,
-    BROADCAST_ID_PREFIX_CHARS_MIN, DESTINATIONS_PER_BROADCAST_MAX,
+    new_broadcast_id, parse_duration_ms, BroadcastIdQuery, BroadcastStatus, DeliveryState, Message,
+    Objective, Severity, BROADCAST_ID_PREFIX_CHARS_MIN, DESTINATIONS_PER_BROADCAST_MAX,
 };
 use crate::events::StateChange;
 use crate::store::{
@@ -43,6 +45,8 @@ pub(super) struct Intent {
     pub destinations: Vec<String>,
     /// The routes that picked `destinations`; empty when named.
     pub routes: Vec<String>,
+    /// The request's objective, else the matched route's.
+    pub objective: Option<Objective>,
 }
 
 impl Intent {
@@ -60,12 +64,68 @@ impl Intent {
         .resolving(request.resolved)?
         .with_details(request.details())?;
         let (destinations, routes) = targets(app, &message, &request.destinations)?;
+        let objective = match &request.objective {
+            Some(_) if message.resolved() => return Err(ApiError::invalid(
+                "objective",
+                "a resolve carries no objective (it reaches the fallbacks its thread escalated to)",
+            )),
+            Some(requested) => Some(objective_of(app, requested, &destinations)?),
+            None if !routes.is_empty() => app.config.load().routing.objective_for(&message),
+            None => None,
+        };
         Ok(Intent {
             message,
             destinations,
             routes,
+            objective,
         })
     }
+}
+
+/// The `objective` of a send, checked: names configured, groups expanded,
+/// `of` among the broadcast's own destinations.
+fn objective_of<S>(
+    app: &AppState<S>,
+    requested: &ObjectiveRequest,
+    destinations: &[String],
+) -> Result<Objective, ApiError> {
+    let config = app.config.load();
+    let within_ms = parse_duration_ms(&requested.confirm.within)
+        .map_err(|reason| ApiError::invalid("objective.confirm.within", reason))?;
+    let of = config
+        .routing
+        .expand(requested.confirm.of.iter().map(String::as_str));
+    if !of.is_empty() {
+        check_destinations(app, &of, "objective.confirm.of")?;
+    }
+    if let Some(outside) = of.iter().find(|name| !destinations.contains(name)) {
+        return Err(ApiError::invalid(
+            "objective.confirm.of",
+            format!("{outside:?} is not one of this broadcast's destinations"),
+        ));
+    }
+    let fallback = config
+        .routing
+        .expand(requested.fallback.iter().map(String::as_str));
+    if !fallback.is_empty() {
+        check_destinations(app, &fallback, "objective.fallback")?;
+    }
+    if let Some(name) = &requested.on_escalation {
+        if config.destination(name).is_none() {
+            return Err(ApiError::invalid(
+                "objective.on_escalation",
+                format!("{name:?} is not a configured destination"),
+            ));
+        }
+    }
+    Ok(Objective {
+        any: requested.confirm.any,
+        of,
+        within_ms,
+        fallback,
+        on_escalation: requested.on_escalation.clone(),
+    }
+    .validated("objective")?)
 }
 
 /// The destinations a message goes to and the routes that picked them:
@@ -398,8 +458,22 @@ async fn accept_now<S: Store>(
     // Checked against an earlier snapshot of the config: a reload may have
     // removed a destination since.
     let config = app.config.load();
-    let mut deliveries: Vec<NewDelivery> = intent
-        .destinations
+    let mut destinations = intent.destinations;
+    // Resolve follows escalation: the fallback destinations the thread was
+    // escalated to get its resolve too (and no other fallback does).
+    if let (true, Some(thread)) = (intent.message.resolved(), intent.message.thread()) {
+        for name in app
+            .store
+            .escalated_destinations(thread)
+            .await
+            .map_err(ApiError::from)?
+        {
+            if !destinations.contains(&name) && config.destination(&name).is_some() {
+                destinations.push(name);
+            }
+        }
+    }
+    let mut deliveries: Vec<NewDelivery> = destinations
         .iter()
         .enumerate()
         .map(|(index, name)| {
@@ -436,7 +510,9 @@ async fn accept_now<S: Store>(
         routes: intent.routes.clone(),
         deliveries,
         ingest_key,
+        objective: intent.objective,
     };
+    let has_objective = new.objective.is_some();
     let id = new.id.clone();
     let message = new.message.clone();
     let mut inserted = match app.store.insert_broadcast(new).await {
@@ -445,6 +521,9 @@ async fn accept_now<S: Store>(
         Err(error) => return Err(ApiError::from(error).into()),
     };
     app.accepted.fetch_add(1, Ordering::Relaxed);
+    if has_objective {
+        app.objectives.deadline_added();
+    }
     for (delivery, slot) in inserted.iter_mut().zip(slots.iter_mut()) {
         app.dispatcher.events().publish(|| StateChange {
             broadcast_id: id.clone(),
@@ -463,6 +542,17 @@ async fn accept_now<S: Store>(
         }
     }
     tracing::info!(broadcast = %id, destinations = inserted.len(), "broadcast accepted");
+    let objective = match has_objective {
+        // Read back as stored (the deadline and the status come from it).
+        true => app
+            .store
+            .broadcast(&id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| v.objective),
+        false => None,
+    };
     let view = BroadcastView {
         id: id.clone(),
         message,
@@ -481,6 +571,7 @@ async fn accept_now<S: Store>(
                 attempts: Vec::new(),
             })
             .collect(),
+        objective,
     };
     let broadcast = Broadcast::from_view(&view, created_at_ms);
     let body = serde_json::to_string(&broadcast).expect("serialises");

@@ -18,10 +18,11 @@ use futures_util::stream::{self, Stream};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::authorize;
-use super::wire::{DeliveryEvent, StatusEvent};
+use super::wire::{DeliveryEvent, ObjectiveEvent, StatusEvent};
 use super::{ApiError, AppState};
 use crate::clock::now_ms;
 use crate::config::Scope;
+use crate::dispatch::objectives::ObjectiveDecided;
 use crate::domain::{derive_status, format_rfc3339_ms, DeliveryState};
 use crate::events::StateChange;
 use crate::store::{BroadcastView, Store};
@@ -66,6 +67,20 @@ fn delivery_event(change: &StateChange, now_ms: i64) -> Event {
         .expect("event serialises")
 }
 
+fn objective_event(decided: &ObjectiveDecided) -> Event {
+    Event::default()
+        .event("objective")
+        .json_data(ObjectiveEvent {
+            broadcast_id: decided.broadcast_id.clone(),
+            state: decided.decision.as_str().to_owned(),
+            escalated_to: decided.escalated_to.clone(),
+            fallback_broadcast: decided.fallback_broadcast_id.clone(),
+            meta_alert_broadcast: decided.meta_alert_broadcast_id.clone(),
+            at: format_rfc3339_ms(decided.at_ms),
+        })
+        .expect("event serialises")
+}
+
 fn snapshot(view: &BroadcastView) -> Vec<StateChange> {
     view.deliveries
         .iter()
@@ -84,6 +99,8 @@ struct Watch<S> {
     app: Arc<AppState<S>>,
     id: String,
     changes: tokio::sync::broadcast::Receiver<Arc<StateChange>>,
+    /// The objective decisions this server takes.
+    decisions: tokio::sync::broadcast::Receiver<Arc<ObjectiveDecided>>,
     queue: VecDeque<Event>,
     /// Each delivery's latest state and when it changed; an older change
     /// arriving late (another task published it) is ignored.
@@ -133,6 +150,12 @@ impl<S: Store> Watch<S> {
             }
             let received = tokio::select! {
                 received = self.changes.recv() => received,
+                Ok(decided) = self.decisions.recv() => {
+                    if decided.broadcast_id == self.id {
+                        self.queue.push_back(objective_event(&decided));
+                    }
+                    continue;
+                }
                 _ = stopped(self.stopping.clone()) => {
                     self.finished = true;
                     return Some((Ok(shutdown_event()), self));
@@ -164,6 +187,7 @@ pub(super) async fn broadcast_events<S: Store>(
     let id = super::broadcasts::resolve_id(&*app, &id).await?;
     // Subscribe before reading, so nothing between the two is missed.
     let changes = app.dispatcher.events().subscribe();
+    let decisions = app.objectives.subscribe();
     let view = app.store.broadcast(&id).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -175,6 +199,7 @@ pub(super) async fn broadcast_events<S: Store>(
         app: app.clone(),
         id,
         changes,
+        decisions,
         queue: VecDeque::new(),
         states: HashMap::new(),
         finished: false,
@@ -194,13 +219,20 @@ pub(super) async fn all_events<S: Store>(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     authorize(&app.config.load(), &headers, Scope::Read)?;
     let changes = app.dispatcher.events().subscribe();
+    let decisions = app.objectives.subscribe();
     let stopping = Some(app.stopping.subscribe());
-    let events = stream::unfold((changes, stopping), |(mut changes, stopping)| async move {
+    let state = (changes, decisions, stopping);
+    let events = stream::unfold(state, |(mut changes, mut decisions, stopping)| async move {
         // None: the shutdown event went out, the stream is over.
         let stopping = stopping?;
         let received = tokio::select! {
             received = changes.recv() => received,
-            _ = stopped(stopping.clone()) => return Some((Ok(shutdown_event()), (changes, None))),
+            Ok(decided) = decisions.recv() => {
+                return Some((Ok(objective_event(&decided)), (changes, decisions, Some(stopping))));
+            }
+            _ = stopped(stopping.clone()) => {
+                return Some((Ok(shutdown_event()), (changes, decisions, None)));
+            }
         };
         let event = match received {
             Ok(change) => delivery_event(&change, now_ms()),
@@ -209,7 +241,7 @@ pub(super) async fn all_events<S: Store>(
             )),
             Err(RecvError::Closed) => return None,
         };
-        Some((Ok(event), (changes, Some(stopping))))
+        Some((Ok(event), (changes, decisions, Some(stopping))))
     });
     Ok(
         Sse::new(events)

@@ -67,6 +67,8 @@ pub struct AppState<S> {
     /// Turns true when the server stops: event streams send their last
     /// event and end.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Wakes the deadline watcher; its counters for `/metrics`.
+    pub objectives: Arc<crate::dispatch::objectives::ObjectiveSignals>,
 }
 
 impl<S> AppState<S> {
@@ -79,6 +81,7 @@ impl<S> AppState<S> {
             accepted: AtomicU64::new(0),
             keys_in_flight: Mutex::new(HashSet::new()),
             stopping: tokio::sync::watch::Sender::new(false),
+            objectives: Arc::default(),
         }
     }
 }

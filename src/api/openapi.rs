@@ -167,6 +167,17 @@ fn pause_for_pattern() -> String {
     format!("^[{TRIMMED}]*({})[{TRIMMED}]*$", spans.join("|"))
 }
 
+/// An objective's `within`: `60s`, `10m`, `1h`, from 1 s to
+/// `OBJECTIVE_WITHIN_MS_MAX` (see `domain::parse_duration_ms`).
+fn objective_within_pattern() -> String {
+    let max = crate::domain::OBJECTIVE_WITHIN_MS_MAX as u64;
+    let spans: Vec<String> = [("s", 1_000u64), ("m", 60_000), ("h", 3_600_000)]
+        .iter()
+        .map(|(unit, unit_ms)| format!("{}{unit}", one_to_pattern(max / unit_ms)))
+        .collect();
+    format!("^({})$", spans.join("|"))
+}
+
 fn error_responses(codes: &[&str]) -> Value {
     let mut out = serde_json::Map::new();
     for code in codes {
@@ -283,14 +294,39 @@ pub fn document() -> Value {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message", "field"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": nullable("string")}}}},
                 "SendRequest": {"type": "object", "required": ["title"], "additionalProperties": false,
                     "if": {"required": ["resolved"], "properties": {"resolved": {"const": true}}},
-                    "then": {"required": ["thread"], "properties": {"thread": {"pattern": trimmed_text_pattern(THREAD_CHARS_MAX, CONTROL, false)}}},
+                    "then": {"required": ["thread"], "not": {"required": ["objective"]}, "properties": {"thread": {"pattern": trimmed_text_pattern(THREAD_CHARS_MAX, CONTROL, false)}}},
                     "properties": {
                     "title": {"type": "string", "minLength": 1, "pattern": trimmed_text_pattern(TITLE_CHARS_MAX, CONTROL, false), "description": format!("One line: surrounding whitespace is trimmed, then 1 to {TITLE_CHARS_MAX} characters without control characters")},
                     "body": with(text(), json!({"maxLength": BODY_BYTES_MAX, "description": format!("At most {BODY_BYTES_MAX} bytes of UTF-8 (JSON Schema counts characters: a body within maxLength can still be over in bytes); newlines and tabs are kept")})),
                     "severity": {"type": "string", "pattern": severity_pattern(), "examples": ["P1", "P2", "P3", "P4", "P5"], "description": "P1..P5, or a word for one: critical (P1), high or error (P2), medium or warning (P3), low (P4), info (P5); any ASCII case, surrounding whitespace trimmed; default P3"},
                     "thread": {"type": "string", "pattern": trimmed_text_pattern(THREAD_CHARS_MAX, CONTROL, true), "description": format!("Incident key: broadcasts of one thread land in order. Trimmed, then at most {THREAD_CHARS_MAX} characters without control characters; blank means no thread")},
                     "resolved": {"type": "boolean", "description": "This broadcast resolves the thread's incident: true needs a thread that is not blank (else 400 naming `resolved`)"},
-                    "destinations": {"type": "array", "items": destination_name(), "maxItems": DESTINATIONS_PER_BROADCAST_MAX, "uniqueItems": true, "examples": [["ops-webhook"]], "description": format!("Each one a configured destination (GET /v1/destinations) or a [groups] name (expanded; a destination named twice through groups goes once); an unknown one is a 400 naming `destinations[i]`; more than {DESTINATIONS_PER_BROADCAST_MAX} after expansion, a 400. Absent or empty: the config's [[routes]] pick the destinations (the broadcast's `routes` says which matched); no match and no [default_route]: a 422 `no_route`")}
+                    "destinations": {"type": "array", "items": destination_name(), "maxItems": DESTINATIONS_PER_BROADCAST_MAX, "uniqueItems": true, "examples": [["ops-webhook"]], "description": format!("Each one a configured destination (GET /v1/destinations) or a [groups] name (expanded; a destination named twice through groups goes once); an unknown one is a 400 naming `destinations[i]`; more than {DESTINATIONS_PER_BROADCAST_MAX} after expansion, a 400. Absent or empty: the config's [[routes]] pick the destinations (the broadcast's `routes` says which matched); no match and no [default_route]: a 422 `no_route`")},
+                    "objective": {"$ref": "#/components/schemas/ObjectiveRequest"}
+                }},
+                "ObjectiveRequest": {"type": "object", "required": ["confirm"], "additionalProperties": false, "description": "A delivery objective (a route's `confirm`, `fallback` and `on_escalation`): when `within` passes after acceptance without `any` of `of` confirmed, herald escalates once: the message goes to `fallback`, a meta-alert naming the destinations that failed (and their last errors) to `on_escalation`. Needs `fallback` or `on_escalation` (else a 400 naming `objective.fallback`); a fallback may not be one of `of`. Absent: the first matched route's objective, if any. Not with `resolved: true` (a 400 naming `objective`): a resolve carries none", "properties": {
+                    "confirm": {"type": "object", "required": ["any", "of", "within"], "additionalProperties": false, "properties": {
+                        "any": {"type": "integer", "minimum": 1, "maximum": DESTINATIONS_PER_BROADCAST_MAX, "description": "How many of `of` must confirm: at most as many as `of` names after expansion (else a 400 naming `objective.confirm.any`)"},
+                        "of": {"type": "array", "minItems": 1, "items": destination_name(), "description": "Destinations and groups (expanded) among the broadcast's own destinations; another is a 400 naming `objective.confirm.of`"},
+                        "within": {"type": "string", "pattern": objective_within_pattern(), "examples": ["60s", "10m"], "description": "From acceptance to the deadline: a whole number of s, m or h, from 1s to 24h"}
+                    }},
+                    "fallback": {"type": "array", "items": destination_name(), "description": "Configured destinations and groups (expanded) that get the message at escalation, none of them in `of`"},
+                    "on_escalation": with(destination_name(), json!({"description": "The configured destination that gets the meta-alert"}))
+                }},
+                "ObjectiveView": {"type": "object", "properties": {
+                    "state": {"type": "string", "enum": ["pending", "met", "escalated"], "description": "An objective met after its escalation stays `escalated`, with `met_at` set: both facts"},
+                    "summary": {"type": "string", "description": "For people: \"pending (1 of 3, 42 s left)\", \"met at ...\", \"escalated at ... to [sms]\""},
+                    "any": {"type": "integer"}, "of": {"type": "array", "items": {"type": "string"}},
+                    "within_ms": {"type": "integer"}, "deadline": {"type": "string", "format": "date-time"},
+                    "deadline_in_ms": {"type": "integer"},
+                    "confirmed": {"type": "array", "items": {"type": "string"}},
+                    "met_at": {"type": ["string", "null"], "format": "date-time"},
+                    "escalated_at": {"type": ["string", "null"], "format": "date-time"},
+                    "escalated_to": {"type": "array", "items": {"type": "string"}},
+                    "fallback": {"type": "array", "items": {"type": "string"}},
+                    "on_escalation": nullable("string"),
+                    "fallback_broadcast": {"type": ["string", "null"], "description": "The child broadcast that carried the message to `escalated_to`"},
+                    "meta_alert_broadcast": {"type": ["string", "null"], "description": "The child broadcast that carried the meta-alert"}
                 }},
                 "Attempt": {"type": "object", "properties": {
                     "number": {"type": "integer"}, "kind": {"type": "string", "enum": ["send", "verify"]},
@@ -314,7 +350,8 @@ pub fn document() -> Value {
                     "severity": {"type": "string"}, "thread": nullable("string"), "resolved": {"type": "boolean"},
                     "created_at": {"type": "string", "format": "date-time"},
                     "status": {"type": "string", "enum": ["delivering", "converged", "partial"]},
-                    "deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/Delivery"}}
+                    "deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/Delivery"}},
+                    "objective": {"oneOf": [{"$ref": "#/components/schemas/ObjectiveView"}, {"type": "null"}]}
                 }},
                 "BroadcastList": {"type": "object", "properties": {
                     "broadcasts": {"type": "array", "items": {"$ref": "#/components/schemas/Broadcast"}},
@@ -327,7 +364,8 @@ pub fn document() -> Value {
                     "severity": {"type": "string"}, "thread": nullable("string"), "resolved": {"type": "boolean"},
                     "created_at": {"type": "string", "format": "date-time"},
                     "status": {"type": "string", "enum": ["delivering", "converged", "partial"]},
-                    "deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/Delivery"}}
+                    "deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/Delivery"}},
+                    "objective": {"oneOf": [{"$ref": "#/components/schemas/ObjectiveView"}, {"type": "null"}]}
                 }},
                 "ActionRequest": {"type": "object", "additionalProperties": false, "properties": {
                     "destinations": {"type": "array", "items": destination_name(), "examples": [["ops-webhook"]], "description": "Only these; all when empty or absent. Each must be a destination of the broadcast, else 400 naming `destinations[i]`"}
@@ -424,12 +462,12 @@ pub fn document() -> Value {
             "/v1/broadcasts/{id}/events": {"get": {
                 "summary": "Server-sent events: a snapshot, each state change, then `status` when final",
                 "security": read, "parameters": [id_param()],
-                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent and StatusEvent; when herald stops, a last `shutdown` event ({\"reason\"}) and the stream ends: reconnect, it starts again with a snapshot", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["400", "401", "403", "404", "503"]))
+                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent and StatusEvent, and an `objective` event ({broadcast_id, state: met or escalated, escalated_to, fallback_broadcast, meta_alert_broadcast, at}) when this server decides the broadcast's objective while the stream is open; when herald stops, a last `shutdown` event ({\"reason\"}) and the stream ends: reconnect, it starts again with a snapshot", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["400", "401", "403", "404", "503"]))
             }},
             "/v1/events": {"get": {
                 "summary": "Server-sent events of every broadcast's state changes",
                 "security": read,
-                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent; when herald stops, a last `shutdown` event ({\"reason\"}) and the stream ends", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["401", "403"]))
+                "responses": with(json!({"200": {"description": "text/event-stream of DeliveryEvent, and an `objective` event for each objective this server decides; when herald stops, a last `shutdown` event ({\"reason\"}) and the stream ends", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/DeliveryEvent"}}}}}), error_responses(&["401", "403"]))
             }},
             "/v1/destinations": {"get": {
                 "summary": "Each destination's health",
@@ -628,6 +666,7 @@ mod tests {
             created_at: String::new(),
             status: String::new(),
             deliveries: vec![],
+            objective: None,
         };
         let health = DestinationHealth {
             name: String::new(),
@@ -681,8 +720,25 @@ mod tests {
             }],
             source: Some(String::new()),
             summary: Some(String::new()),
+            objective: Some(ObjectiveRequest {
+                confirm: ConfirmRequest {
+                    any: 1,
+                    of: vec!["x".into()],
+                    within: "1s".into(),
+                },
+                fallback: vec!["y".into()],
+                on_escalation: Some("z".into()),
+            }),
         };
         assert_eq!(properties("SendRequest"), fields(&send));
+        assert_eq!(
+            properties("ObjectiveRequest"),
+            fields(send.objective.as_ref().unwrap())
+        );
+        assert_eq!(
+            properties("ObjectiveView"),
+            fields(ObjectiveView::default())
+        );
         assert_eq!(
             properties("PauseView"),
             fields(PauseView {

@@ -147,6 +147,7 @@ pub(super) async fn metrics<S: Store>(
         "Log lines dropped because the log queue was full or the write failed.",
         crate::logging::LOG_LINES_DROPPED.load(Ordering::Relaxed),
     );
+    app.objectives.render(&mut out);
     let lane_metrics = app.dispatcher.metrics();
     let lane_metrics: Vec<(&str, &metrics::DestinationMetrics)> = lane_metrics
         .iter()

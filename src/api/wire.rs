@@ -39,6 +39,108 @@ pub struct SendRequest {
     /// Short text for channels that show little (SMS, push).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// A delivery objective (as a route's `confirm`, `fallback`,
+    /// `on_escalation`); none: the matched route's, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective: Option<ObjectiveRequest>,
+}
+
+/// `objective` of `POST /v1/broadcasts`: the keys of a route's objective.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveRequest {
+    pub confirm: ConfirmRequest,
+    /// Destinations and groups the message goes to when the deadline passes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<String>,
+    /// The destination of the meta-alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_escalation: Option<String>,
+}
+
+/// `confirm = { any = 1, of = [...], within = "60s" }`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRequest {
+    pub any: u32,
+    pub of: Vec<String>,
+    pub within: String,
+}
+
+/// A broadcast's objective as the API shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectiveView {
+    /// `met`, `pending` or `escalated` (an escalated objective met later
+    /// stays `escalated`, with `met_at` set).
+    pub state: String,
+    /// "pending (1 of 3, 42 s left)", "met at ...", "escalated at ... to [...]".
+    pub summary: String,
+    pub any: u32,
+    pub of: Vec<String>,
+    pub within_ms: i64,
+    pub deadline: String,
+    /// Milliseconds from the server's now to the deadline (0 once past).
+    pub deadline_in_ms: i64,
+    /// The destinations of `of` that confirmed.
+    pub confirmed: Vec<String>,
+    pub met_at: Option<String>,
+    pub escalated_at: Option<String>,
+    pub escalated_to: Vec<String>,
+    pub fallback: Vec<String>,
+    pub on_escalation: Option<String>,
+    /// The child broadcast that carried the message to `escalated_to`.
+    pub fallback_broadcast: Option<String>,
+    /// The child broadcast that carried the meta-alert.
+    pub meta_alert_broadcast: Option<String>,
+}
+
+impl ObjectiveView {
+    pub fn from_view(view: &BroadcastView, now_ms: i64) -> Option<ObjectiveView> {
+        let record = view.objective.as_ref()?;
+        let inputs: Vec<crate::domain::ObjectiveInput<'_>> = view
+            .deliveries
+            .iter()
+            .map(|d| crate::domain::ObjectiveInput {
+                destination: &d.destination,
+                state: d.progress.state,
+                updated_at_ms: d.updated_at_ms,
+                summary: d.progress.summary(),
+                last_error: d.last_error.as_deref(),
+            })
+            .collect();
+        let status = crate::domain::objective_status(record, &inputs, now_ms);
+        let objective = &record.objective;
+        Some(ObjectiveView {
+            state: status.state.to_owned(),
+            summary: status.summary,
+            any: objective.any,
+            of: objective.of.clone(),
+            within_ms: objective.within_ms,
+            deadline: format_rfc3339_ms(record.deadline_ms),
+            deadline_in_ms: (record.deadline_ms - now_ms).max(0),
+            confirmed: status.confirmed,
+            met_at: status.met_at_ms.map(format_rfc3339_ms),
+            escalated_at: status.escalated_at_ms.map(format_rfc3339_ms),
+            escalated_to: record.escalated_to.clone(),
+            fallback: objective.fallback.clone(),
+            on_escalation: objective.on_escalation.clone(),
+            fallback_broadcast: record.fallback_broadcast_id.clone(),
+            meta_alert_broadcast: record.meta_alert_broadcast_id.clone(),
+        })
+    }
+}
+
+/// `event: objective` on the event streams: the decision this server took
+/// when an objective's deadline passed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectiveEvent {
+    pub broadcast_id: String,
+    /// `met` or `escalated`.
+    pub state: String,
+    pub escalated_to: Vec<String>,
+    pub fallback_broadcast: Option<String>,
+    pub meta_alert_broadcast: Option<String>,
+    pub at: String,
 }
 
 impl SendRequest {
@@ -98,6 +200,9 @@ pub struct Broadcast {
     /// `delivering`, `converged` or `partial`; derived from the deliveries.
     pub status: String,
     pub deliveries: Vec<Delivery>,
+    /// The delivery objective, if the broadcast has one.
+    #[serde(default)]
+    pub objective: Option<ObjectiveView>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -173,6 +278,7 @@ impl Broadcast {
                 .iter()
                 .map(|d| Delivery::from_view(d, now_ms))
                 .collect(),
+            objective: ObjectiveView::from_view(view, now_ms),
         }
     }
 

@@ -50,6 +50,7 @@ pub(crate) async fn run(
                 fields,
                 source,
                 summary,
+                objective: None,
             };
             let key = idempotency_key.unwrap_or_else(herald::client::new_idempotency_key);
             let accepted = client
@@ -240,10 +241,14 @@ async fn wait_until_final(
             }
         },
     };
+    let final_state = wait_for_objective(client, final_state).await?;
     if json {
         print_broadcast(&final_state, true)?;
     } else {
         println!("broadcast {}: {}", final_state.id, final_state.status);
+        if let Some(objective) = &final_state.objective {
+            print!("{}", herald::client::render_objective(objective));
+        }
     }
     let lost = final_state.deliveries.iter().any(|d| d.is_lost_cause());
     Ok(if lost {
@@ -251,6 +256,38 @@ async fn wait_until_final(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// How long past an objective's deadline `--wait` waits for its decision.
+const OBJECTIVE_DECISION_GRACE_MS: i64 = 10_000;
+/// How often `--wait` looks at a pending objective after the broadcast is
+/// final.
+const OBJECTIVE_POLL_MS: u64 = 1_000;
+
+/// A broadcast final before its objective's deadline (every destination
+/// failed early): waits for the decision, up to the deadline and a grace,
+/// so `--wait` shows whether it escalated.
+async fn wait_for_objective(
+    client: &Client,
+    mut broadcast: herald::api::wire::Broadcast,
+) -> anyhow::Result<herald::api::wire::Broadcast> {
+    let Some(objective) = &broadcast.objective else {
+        return Ok(broadcast);
+    };
+    let polls_max =
+        (objective.deadline_in_ms + OBJECTIVE_DECISION_GRACE_MS) as u64 / OBJECTIVE_POLL_MS + 1;
+    for _ in 0..polls_max {
+        if broadcast
+            .objective
+            .as_ref()
+            .is_none_or(|o| o.state != "pending")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(OBJECTIVE_POLL_MS)).await;
+        broadcast = client.status(&broadcast.id).await?;
+    }
+    Ok(broadcast)
 }
 
 fn humantime_secs(duration: std::time::Duration) -> String {

@@ -10,7 +10,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::{closest_word, entry, fields_of, unknown_keys, Problems};
-use crate::domain::{validate_destination_name, Severity};
+use crate::domain::{validate_destination_name, Objective, Severity};
 use crate::routing::{Matcher, Route, Routing, DEFAULT_ROUTE_NAME};
 
 /// Routes per config at most.
@@ -46,6 +46,18 @@ struct FileRoute {
     destinations: Spanned<Vec<String>>,
     #[serde(default, rename = "continue")]
     continue_matching: bool,
+    confirm: Option<Spanned<FileConfirm>>,
+    fallback: Option<Spanned<Vec<String>>>,
+    on_escalation: Option<Spanned<String>>,
+}
+
+/// `confirm = { any = 1, of = ["slack", "teams"], within = "60s" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfirm {
+    any: u32,
+    of: Vec<String>,
+    within: String,
 }
 
 #[derive(Deserialize)]
@@ -140,11 +152,20 @@ pub(super) fn parse(
                     if let Some(table) = item.get_ref().as_table() {
                         unknown_keys(&path, table, fields_of::<FileRoute>(), problems);
                     }
-                    let Some(file) = problems.read::<FileRoute>(&path, item) else {
+                    let Some(mut file) = problems.read::<FileRoute>(&path, item) else {
                         continue;
                     };
                     check_targets(&format!("{path}.destinations"), &file.destinations);
-                    if let Some(route) = parse_route(&path, index, file, problems) {
+                    let objective = objective_of(
+                        &path,
+                        &mut file,
+                        &routing,
+                        declared,
+                        &targets_known,
+                        problems,
+                    );
+                    if let Some(mut route) = parse_route(&path, index, file, problems) {
+                        route.objective = objective;
                         if routing.routes.iter().any(|r| r.name == route.name)
                             || route.name == DEFAULT_ROUTE_NAME
                         {
@@ -185,6 +206,110 @@ pub(super) fn parse(
         }
     }
     routing
+}
+
+/// A route's `confirm`, `fallback` and `on_escalation`, checked and with
+/// groups expanded; `None` (with the problems reported) when it has none
+/// or they are wrong.
+fn objective_of(
+    path: &str,
+    file: &mut FileRoute,
+    routing: &Routing,
+    declared: &[String],
+    targets_known: &[&str],
+    problems: &Problems<'_>,
+) -> Option<Objective> {
+    let confirm = file.confirm.take();
+    let fallback = file.fallback.take();
+    let on_escalation = file.on_escalation.take();
+    let Some(confirm) = confirm else {
+        if let Some(span) = fallback
+            .as_ref()
+            .map(Spanned::span)
+            .or(on_escalation.as_ref().map(Spanned::span))
+        {
+            problems.add(
+                Some(span),
+                format!("{path}: `fallback` and `on_escalation` need `confirm` (the objective they act on)"),
+            );
+        }
+        return None;
+    };
+    let span = confirm.span();
+    let mut valid = true;
+    let mut check_names = |key: &str, names: &[String], span: std::ops::Range<usize>| {
+        for name in names {
+            if !targets_known.contains(&name.as_str()) {
+                problems.add(
+                    Some(span.clone()),
+                    format!(
+                        "{path}.{key}: unknown destination or group {name:?}; {}",
+                        suggestion(name, targets_known)
+                    ),
+                );
+                valid = false;
+            }
+        }
+    };
+    let confirm = confirm.into_inner();
+    check_names("confirm.of", &confirm.of, span.clone());
+    if let Some(fallback) = &fallback {
+        check_names("fallback", fallback.get_ref(), fallback.span());
+    }
+    if let Some(target) = &on_escalation {
+        if !declared.contains(target.get_ref()) {
+            let declared_refs: Vec<&str> = declared.iter().map(String::as_str).collect();
+            problems.add(
+                Some(target.span()),
+                format!(
+                    "{path}.on_escalation: unknown destination {:?} (a destination, not a group); {}",
+                    target.get_ref(),
+                    suggestion(target.get_ref(), &declared_refs)
+                ),
+            );
+            valid = false;
+        }
+    }
+    let within_ms = match crate::domain::parse_duration_ms(&confirm.within) {
+        Ok(ms) => ms,
+        Err(reason) => {
+            problems.add(
+                Some(span.clone()),
+                format!("{path}.confirm.within: {reason}"),
+            );
+            return None;
+        }
+    };
+    if !valid {
+        return None;
+    }
+    let of = routing.expand(confirm.of.iter().map(String::as_str));
+    let route_destinations = routing.expand(file.destinations.get_ref().iter().map(String::as_str));
+    if let Some(outside) = of.iter().find(|name| !route_destinations.contains(name)) {
+        problems.add(
+            Some(span),
+            format!(
+                "{path}.confirm.of: {outside:?} is not one of this route's destinations; an objective counts confirmations of the route's own deliveries"
+            ),
+        );
+        return None;
+    }
+    let objective = Objective {
+        any: confirm.any,
+        of,
+        within_ms,
+        fallback: fallback
+            .map(|f| routing.expand(f.get_ref().iter().map(String::as_str)))
+            .unwrap_or_default(),
+        on_escalation: on_escalation.map(Spanned::into_inner),
+    };
+    match objective.validated(path) {
+        Ok(objective) => Some(objective),
+        Err(error) => {
+            problems.add(Some(span), error.to_string());
+            None
+        }
+    }
 }
 
 fn suggestion(name: &str, known: &[&str]) -> String {
@@ -258,6 +383,7 @@ fn parse_route(
         source,
         targets: file.destinations.into_inner(),
         continue_matching: file.continue_matching,
+        objective: None,
     })
 }
 

@@ -47,6 +47,7 @@ const RECORD_PAUSE_MS_MAX: u64 = 5_000;
 mod attempt;
 mod guard;
 mod lane;
+pub mod objectives;
 #[cfg(test)]
 mod tests;
 

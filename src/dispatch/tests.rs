@@ -94,6 +94,28 @@ impl Store for HeldOutcomes {
     ) -> Result<crate::store::Recovery, crate::store::StoreError> {
         self.inner.recover(now_ms).await
     }
+    async fn objectives_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<crate::store::ObjectivesDue, crate::store::StoreError> {
+        self.inner.objectives_due(now_ms, limit).await
+    }
+
+    async fn decide_objective(
+        &self,
+        verdict: crate::store::ObjectiveVerdict,
+    ) -> Result<Option<crate::store::ObjectiveCommitted>, crate::store::StoreError> {
+        self.inner.decide_objective(verdict).await
+    }
+
+    async fn escalated_destinations(
+        &self,
+        thread: &str,
+    ) -> Result<Vec<String>, crate::store::StoreError> {
+        self.inner.escalated_destinations(thread).await
+    }
+
     async fn broadcast(
         &self,
         id: &str,
@@ -257,6 +279,7 @@ async fn a_request_slot_serves_the_next_delivery_while_the_outcome_is_committed(
                     lease_now: false,
                 }],
                 ingest_key: None,
+                objective: None,
             })
             .await
             .unwrap();
@@ -357,6 +380,7 @@ async fn a_p1_does_not_wait_behind_leased_routine_deliveries() {
                         lease_now: slot.is_some(),
                     }],
                     ingest_key: None,
+                    objective: None,
                 })
                 .await
                 .unwrap();

@@ -8,6 +8,7 @@ mod details;
 mod in_flight;
 mod isolation;
 mod message;
+mod objective;
 mod outcome;
 mod time;
 
@@ -32,6 +33,11 @@ pub use message::{
     delivery_idempotency_key, new_broadcast_id, validate_destination_name, InvalidInput, Message,
     Severity, BODY_BYTES_MAX, DESTINATIONS_PER_BROADCAST_MAX, NUL_REFUSED, THREAD_CHARS_MAX,
     TITLE_CHARS_MAX,
+};
+pub use objective::{
+    format_duration_ms, met_at_ms, meta_alert_message, objective_status, parse_duration_ms,
+    Objective, ObjectiveDecision, ObjectiveInput, ObjectiveRecord, ObjectiveStatus,
+    META_ALERT_SOURCE, OBJECTIVE_WITHIN_MS_MAX, OBJECTIVE_WITHIN_MS_MIN,
 };
 pub use outcome::{Outcome, OutcomeClass, EXCERPT_BYTES_MAX};
 pub(crate) use time::civil_from_days;

@@ -48,6 +48,21 @@ impl Store for AnyStore {
         delegate!(self, s => s.recover(now_ms))
     }
 
+    async fn objectives_due(&self, now_ms: i64, limit: usize) -> Result<ObjectivesDue, StoreError> {
+        delegate!(self, s => s.objectives_due(now_ms, limit))
+    }
+
+    async fn decide_objective(
+        &self,
+        verdict: ObjectiveVerdict,
+    ) -> Result<Option<ObjectiveCommitted>, StoreError> {
+        delegate!(self, s => s.decide_objective(verdict))
+    }
+
+    async fn escalated_destinations(&self, thread: &str) -> Result<Vec<String>, StoreError> {
+        delegate!(self, s => s.escalated_destinations(thread))
+    }
+
     async fn broadcast(&self, id: &str) -> Result<Option<BroadcastView>, StoreError> {
         delegate!(self, s => s.broadcast(id))
     }

@@ -8,7 +8,10 @@ mod sqlite;
 
 use std::future::Future;
 
-use crate::domain::{DeliveryProgress, DeliveryState, Message, OutcomeClass, RetryPolicy};
+use crate::domain::{
+    DeliveryProgress, DeliveryState, Message, Objective, ObjectiveDecision, ObjectiveRecord,
+    OutcomeClass, RetryPolicy,
+};
 
 pub use any::AnyStore;
 pub use postgres::{PostgresOptions, PostgresStore};
@@ -99,6 +102,9 @@ pub struct NewBroadcast {
     pub deliveries: Vec<NewDelivery>,
     /// The caller's `Idempotency-Key`, recorded in the same transaction.
     pub ingest_key: Option<IngestKey>,
+    /// A delivery objective: its deadline is stored in the same transaction
+    /// (`created_at_ms + within_ms`), an indexed timer for the watcher.
+    pub objective: Option<Objective>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -295,6 +301,8 @@ pub struct BroadcastView {
     /// As recorded at insert (`NewBroadcast::routes`).
     pub routes: Vec<String>,
     pub deliveries: Vec<DeliveryView>,
+    /// The objective, its deadline and its decision, if it has one.
+    pub objective: Option<ObjectiveRecord>,
 }
 
 #[derive(Clone, Debug)]
@@ -309,6 +317,38 @@ pub struct DeliveryView {
     pub remote_ref: Option<String>,
     pub attempts: Vec<AttemptRecord>,
 }
+
+/// Objectives whose deadline has passed with no decision yet, and when
+/// the next undecided one falls due.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectivesDue {
+    /// Broadcast ids, earliest deadline first.
+    pub due: Vec<String>,
+    /// The earliest deadline still ahead (after `now_ms`), if any.
+    pub next_deadline_ms: Option<i64>,
+}
+
+/// The decision on one objective whose deadline passed, committed at most
+/// once: only if no decision is recorded yet, and (when escalated) in the
+/// same transaction as its child broadcasts.
+#[derive(Clone, Debug)]
+pub struct ObjectiveVerdict {
+    pub broadcast_id: String,
+    pub decided_at_ms: i64,
+    pub decision: ObjectiveDecision,
+    /// The fallback destinations the message goes to (escalated only).
+    pub escalated_to: Vec<String>,
+    /// The message to `escalated_to`: ordinary deliveries of a child
+    /// broadcast, with their own idempotency keys.
+    pub fallback: Option<NewBroadcast>,
+    /// The meta-alert to `on_escalation`, a child broadcast too.
+    pub meta_alert: Option<NewBroadcast>,
+}
+
+/// What the verdict's commit inserted: each child broadcast's id and
+/// deliveries. `None` from `decide_objective`: the objective was already
+/// decided (by another process, node or task), nothing was written.
+pub type ObjectiveCommitted = Vec<(String, Vec<InsertedDelivery>)>;
 
 /// What a restart found and resumed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -470,6 +510,31 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> impl Future<Output = Result<Vec<DestinationPause>, StoreError>> + Send;
 
+    /// Up to `limit` objectives past their deadline at `now_ms` and not yet
+    /// decided, and the next deadline: one lookup of an index that holds
+    /// undecided objectives only.
+    fn objectives_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<ObjectivesDue, StoreError>> + Send;
+
+    /// Records the verdict and inserts its child broadcasts in one
+    /// transaction, only if the objective has no decision yet (PostgreSQL:
+    /// a conditional update under the row's lock; SQLite: the writer's
+    /// transaction). `None`: decided before, nothing written.
+    fn decide_objective(
+        &self,
+        verdict: ObjectiveVerdict,
+    ) -> impl Future<Output = Result<Option<ObjectiveCommitted>, StoreError>> + Send;
+
+    /// The fallback destinations escalated to by broadcasts of `thread`, each
+    /// once, so the thread's resolve reaches them too.
+    fn escalated_destinations(
+        &self,
+        thread: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
     /// A reload changed the configured destinations (the PostgreSQL store
     /// keeps their limits for the shared guard).
     fn destinations_changed(&self, _destinations: Vec<(String, crate::domain::Isolation)>) {}
@@ -518,4 +583,41 @@ fn routes_from_json(routes: Option<&str>) -> Result<Vec<String>, StoreError> {
         .transpose()
         .map(Option::unwrap_or_default)
         .map_err(|e| StoreError::Corrupt(format!("stored routes are invalid: {e}")))
+}
+
+/// An objective as the stores keep it (JSON), for the insert.
+fn objective_json(objective: &Objective) -> String {
+    serde_json::to_string(objective).expect("objective serialises")
+}
+
+/// The columns of a stored objective, decoded and checked.
+struct ObjectiveColumns {
+    spec: String,
+    deadline_ms: i64,
+    decision: Option<String>,
+    decided_at_ms: Option<i64>,
+    escalated_to: Option<String>,
+    fallback_broadcast_id: Option<String>,
+    meta_alert_broadcast_id: Option<String>,
+}
+
+impl ObjectiveColumns {
+    fn record(self) -> Result<ObjectiveRecord, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("stored objective: {what}"));
+        let objective: Objective =
+            serde_json::from_str(&self.spec).map_err(|e| corrupt(&e.to_string()))?;
+        let decision = self
+            .decision
+            .map(|d| ObjectiveDecision::parse(&d).ok_or_else(|| corrupt("unknown decision")))
+            .transpose()?;
+        Ok(ObjectiveRecord {
+            objective,
+            deadline_ms: self.deadline_ms,
+            decision,
+            decided_at_ms: self.decided_at_ms,
+            escalated_to: routes_from_json(self.escalated_to.as_deref())?,
+            fallback_broadcast_id: self.fallback_broadcast_id,
+            meta_alert_broadcast_id: self.meta_alert_broadcast_id,
+        })
+    }
 }

@@ -18,6 +18,7 @@ mod matrix;
 mod mock_answers;
 mod multinode;
 mod new_kinds;
+mod objectives;
 mod operator;
 mod partial_failure;
 mod pause;

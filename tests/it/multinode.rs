@@ -18,7 +18,7 @@ const LEASE_MS: u64 = 2_000;
 
 /// One cluster at a time: each runs three servers on two cores and takes
 /// up to 75 of PostgreSQL's connections.
-static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Node {
     process: ServerProcess,

@@ -143,6 +143,7 @@ fn new_broadcast(
             })
             .collect(),
         ingest_key: None,
+        objective: None,
     }
 }
 

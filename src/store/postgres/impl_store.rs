@@ -66,6 +66,43 @@ impl Store for PostgresStore {
         self.take_over(now_ms, true).await
     }
 
+    async fn objectives_due(&self, now_ms: i64, limit: usize) -> Result<ObjectivesDue, StoreError> {
+        self.timed(async {
+            let conn = self.inner.pool.get().await?;
+            objectives_due(&*conn, now_ms, limit).await
+        })
+        .await
+    }
+
+    async fn decide_objective(
+        &self,
+        verdict: ObjectiveVerdict,
+    ) -> Result<Option<ObjectiveCommitted>, StoreError> {
+        let decided = self
+            .timed(async {
+                let mut conn = self.inner.pool.get().await?;
+                let mut tx = conn.begin().await?;
+                let decided = decide_objective(&self.inner, &mut tx, &verdict).await?;
+                // Decided before: the transaction wrote nothing; rolled back
+                // when dropped.
+                if decided.is_some() {
+                    tx.commit().await?;
+                }
+                Ok(decided)
+            })
+            .await;
+        self.note_commit(&decided);
+        decided
+    }
+
+    async fn escalated_destinations(&self, thread: &str) -> Result<Vec<String>, StoreError> {
+        self.timed(async {
+            let conn = self.inner.pool.get().await?;
+            escalated_destinations(&*conn, thread).await
+        })
+        .await
+    }
+
     async fn broadcast(&self, id: &str) -> Result<Option<BroadcastView>, StoreError> {
         self.timed(async {
             let conn = self.inner.pool.get().await?;
@@ -304,6 +341,11 @@ impl Store for PostgresStore {
                 .await?;
             tx.execute(
                 "DELETE FROM ingest_keys WHERE broadcast_id = ANY($1)",
+                &[&doomed],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM objectives WHERE broadcast_id = ANY($1)",
                 &[&doomed],
             )
             .await?;

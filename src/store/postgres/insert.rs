@@ -58,6 +58,7 @@ pub(super) async fn insert_batch(
         };
         return Err(StoreError::DuplicateBroadcast(duplicate));
     }
+    insert_objectives(tx, batch).await?;
     for new in batch {
         let Some(ingest) = &new.ingest_key else {
             continue;

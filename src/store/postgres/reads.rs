@@ -198,5 +198,6 @@ pub(super) async fn read_broadcast(
         created_at_ms,
         routes,
         deliveries,
+        objective: read_objective(client, id).await?,
     }))
 }

@@ -132,6 +132,26 @@ CREATE INDEX ingest_keys_broadcast ON ingest_keys (broadcast_id);
     r#"
 ALTER TABLE broadcasts ADD COLUMN details TEXT, ADD COLUMN routes TEXT;
 "#,
+    // Delivery objectives: one row per broadcast that has one. The partial
+    // index holds undecided objectives only (the watcher's timer); the
+    // decision is written once, by a conditional update under the row's
+    // lock, in the transaction that inserts the escalation's broadcasts.
+    r#"
+CREATE TABLE objectives (
+    broadcast_id            TEXT PRIMARY KEY,
+    spec                    TEXT NOT NULL,
+    deadline_ms             BIGINT NOT NULL,
+    thread_key              TEXT,
+    decision                TEXT,
+    decided_at_ms           BIGINT,
+    escalated_to            TEXT,
+    fallback_broadcast_id   TEXT,
+    meta_alert_broadcast_id TEXT,
+    CHECK ((decision IS NULL) = (decided_at_ms IS NULL))
+);
+CREATE INDEX objectives_due ON objectives (deadline_ms) WHERE decision IS NULL;
+CREATE INDEX objectives_escalated ON objectives (thread_key) WHERE decision = 'escalated';
+"#,
 ];
 
 /// Runs migrations on the database at `url`; returns how many were applied.

@@ -62,6 +62,37 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn objectives_due(&self, now_ms: i64, limit: usize) -> Result<ObjectivesDue, StoreError> {
+        self.read(move |conn| objectives_due(conn, now_ms, limit))
+            .await
+    }
+
+    async fn decide_objective(
+        &self,
+        verdict: ObjectiveVerdict,
+    ) -> Result<Option<ObjectiveCommitted>, StoreError> {
+        match self
+            .write(Request::DecideObjective(Box::new(verdict)))
+            .await?
+        {
+            Answer::Decided(decided) => {
+                if let Some(children) = &decided {
+                    self.inner
+                        .stored_broadcasts
+                        .fetch_add(children.len() as u64, Ordering::Relaxed);
+                }
+                Ok(decided)
+            }
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn escalated_destinations(&self, thread: &str) -> Result<Vec<String>, StoreError> {
+        let thread = thread.to_owned();
+        self.read(move |conn| escalated_destinations(conn, &thread))
+            .await
+    }
+
     async fn broadcast(&self, id: &str) -> Result<Option<BroadcastView>, StoreError> {
         let id = id.to_owned();
         self.read(move |conn| read_broadcast(conn, &id)).await

@@ -28,6 +28,7 @@ pub(super) fn insert_broadcast(
     if inserted == 0 {
         return Err(StoreError::DuplicateBroadcast(new.id.clone()));
     }
+    insert_objective(conn, new)?;
     if let Some(ingest) = &new.ingest_key {
         // An expired record of the same key is forgotten; a live one wins.
         conn.prepare_cached(

@@ -106,6 +106,7 @@ pub(crate) const DELIVERY_TIMES_SQL: &str = concat!(
 mod claims;
 mod impl_store;
 mod insert;
+mod objectives;
 mod operator;
 mod outcomes;
 mod reads;
@@ -118,6 +119,7 @@ mod writer;
 
 use claims::*;
 use insert::*;
+use objectives::*;
 use operator::*;
 use outcomes::*;
 pub(crate) use reads::UNFINISHED_COUNT_SQL;
@@ -155,6 +157,7 @@ struct WriteOp {
 
 enum Request {
     Insert(NewBroadcast),
+    DecideObjective(Box<ObjectiveVerdict>),
     Claim {
         destination: String,
         limit: usize,
@@ -193,6 +196,7 @@ enum Request {
 
 enum Answer {
     Inserted(Vec<InsertedDelivery>),
+    Decided(Option<ObjectiveCommitted>),
     Claimed(Claim),
     Updated(UpdateResult),
     Recovered(Recovery),

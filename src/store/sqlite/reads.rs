@@ -215,5 +215,6 @@ pub(super) fn read_broadcast_with(
         created_at_ms,
         routes,
         deliveries,
+        objective: read_objective(conn, id)?,
     }))
 }

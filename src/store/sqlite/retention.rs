@@ -45,6 +45,8 @@ pub(super) fn delete_finished(
     let mut delete_deliveries =
         conn.prepare_cached("DELETE FROM deliveries WHERE broadcast_id = ?1")?;
     let mut delete_keys = conn.prepare_cached("DELETE FROM ingest_keys WHERE broadcast_id = ?1")?;
+    let mut delete_objective =
+        conn.prepare_cached("DELETE FROM objectives WHERE broadcast_id = ?1")?;
     let mut delete_broadcast = conn.prepare_cached("DELETE FROM broadcasts WHERE id = ?1")?;
     let mut deleted = 0;
     for id in &ids {
@@ -56,6 +58,7 @@ pub(super) fn delete_finished(
         }
         delete_deliveries.execute([id])?;
         delete_keys.execute([id])?;
+        delete_objective.execute([id])?;
         deleted += delete_broadcast.execute([id])? as u64;
     }
     Ok(RetentionBatch {

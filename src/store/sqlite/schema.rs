@@ -263,6 +263,28 @@ CREATE INDEX ingest_keys_broadcast ON ingest_keys (broadcast_id);
 ALTER TABLE broadcasts ADD COLUMN details TEXT;
 ALTER TABLE broadcasts ADD COLUMN routes TEXT;
 "#,
+    // Delivery objectives: one row per broadcast that has one (none for
+    // the others, so a broadcast without an objective writes nothing
+    // here). `deadline_ms` is the timer the watcher sleeps on; the partial
+    // index holds undecided objectives only, so quiet hours read an empty
+    // index. `decision` is written once (`WHERE decision IS NULL`), in the
+    // transaction that inserts the escalation's child broadcasts.
+    r#"
+CREATE TABLE objectives (
+    broadcast_id            TEXT PRIMARY KEY,
+    spec                    TEXT NOT NULL,
+    deadline_ms             INTEGER NOT NULL,
+    thread_key              TEXT,
+    decision                TEXT,
+    decided_at_ms           INTEGER,
+    escalated_to            TEXT,
+    fallback_broadcast_id   TEXT,
+    meta_alert_broadcast_id TEXT,
+    CHECK ((decision IS NULL) = (decided_at_ms IS NULL))
+) STRICT, WITHOUT ROWID;
+CREATE INDEX objectives_due ON objectives (deadline_ms) WHERE decision IS NULL;
+CREATE INDEX objectives_escalated ON objectives (thread_key) WHERE decision = 'escalated';
+"#,
 ];
 
 pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {

@@ -55,6 +55,7 @@ async fn a_database_from_an_older_schema_is_migrated_at_open() {
             lease_now: false,
         }],
         ingest_key: None,
+        objective: None,
     };
     store.insert_broadcast(new).await.unwrap();
     let claim = store.claim_due("a", 1, 0).await.unwrap();

@@ -173,6 +173,7 @@ pub(super) fn apply_each(conn: &Connection, ops: &[WriteOp]) -> Result<Vec<Answe
     for op in ops {
         answers.push(match &op.request {
             Request::Insert(new) => Answer::Inserted(insert_broadcast(conn, new)?),
+            Request::DecideObjective(verdict) => Answer::Decided(decide_objective(conn, verdict)?),
             Request::Claim {
                 destination,
                 limit,
