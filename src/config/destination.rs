@@ -1,6 +1,7 @@
 //! A destination's table: its kind, the kind's target, its policies.
 
 use super::*;
+use crate::template::Rendering;
 
 #[derive(Clone, Debug)]
 pub struct Destination {
@@ -19,6 +20,7 @@ pub enum Target {
         url: reqwest::Url,
         /// Standard Webhooks signing secret; unsigned when absent.
         secret: Option<WebhookSecret>,
+        rendering: Rendering,
     },
     /// Slack Web API with a bot token (`chat.postMessage`).
     Slack {
@@ -26,6 +28,7 @@ pub enum Target {
         api_url: reqwest::Url,
         channel: String,
         token: Secret,
+        rendering: Rendering,
     },
     /// A Microsoft Teams workflow ("Post to a channel when a webhook request
     /// is received"): Adaptive Cards, no read-back.
@@ -64,6 +67,25 @@ pub enum Target {
 }
 
 impl Target {
+    /// Its template and mentions, for a kind that renders through a
+    /// template (`None` for one that does not).
+    pub fn rendering_mut(&mut self) -> Option<&mut Rendering> {
+        match self {
+            Target::Webhook { rendering, .. } | Target::Slack { rendering, .. } => Some(rendering),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// Its template and mentions, where it has them.
+    pub fn rendering(&self) -> Option<&Rendering> {
+        match self {
+            Target::Webhook { rendering, .. } | Target::Slack { rendering, .. } => Some(rendering),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Target::Webhook { .. } => "webhook",
@@ -161,6 +183,13 @@ pub struct FileDestination {
     pub forum: Option<Spanned<bool>>,
     /// Discord's bot mode: the channel the bot posts to (a snowflake).
     pub channel_id: Option<Spanned<String>>,
+    /// The destination's own template, inline (see `src/template/`).
+    pub template: Option<Spanned<String>>,
+    /// The destination's own template in a file, relative to the config
+    /// file.
+    pub template_file: Option<Spanned<String>>,
+    /// Who to mention per severity: `{ P1 = "<!subteam^S123>" }`.
+    pub mentions: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     pub timeout_ms: Option<Spanned<u64>>,
     pub concurrency: Option<Spanned<u32>>,
     pub rate_limit_per_sec: Option<Spanned<f64>>,
