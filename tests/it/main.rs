@@ -25,4 +25,5 @@ mod serving;
 mod specs;
 mod store;
 mod support;
+mod templates;
 mod tls;

@@ -227,6 +227,13 @@ impl WebhookConnector {
             .map(str::to_owned);
         let status = response.status().as_u16();
         let mut outcome = classify_webhook_response(status, retry_after.as_deref(), now_ms);
+        // In a thread, the message's id (its `webhook-id`) is what it
+        // created: the thread's later messages then know they are updates
+        // (no mention on them). Outside a thread nothing refers to it, and
+        // the hot path writes nothing more.
+        if outcome.class == OutcomeClass::Success && delivery.message.thread().is_some() {
+            outcome.remote_ref = Some(delivery.idempotency_key.clone());
+        }
         let deadline = started + Duration::from_millis(CONNECT_TIMEOUT_MS_MAX);
         outcome.excerpt = read_excerpt(response, deadline).await;
         outcome
@@ -293,6 +300,27 @@ mod tests {
         let error = outcome.error.unwrap();
         assert!(!error.contains("SECRET-PATH-TOKEN"), "{error}");
         assert!(error.starts_with("could not connect"), "{error}");
+    }
+
+    #[test]
+    fn the_default_template_writes_what_the_default_payload_is() {
+        use crate::domain::{Message, Severity};
+        use crate::template::{context, sample_deliveries, Mentions};
+        let mut deliveries = sample_deliveries();
+        let mut plain = deliveries[0].clone();
+        plain.message = Message::new("t \"q\" \\", "", Severity::P4, None).unwrap();
+        deliveries.push(plain);
+        let mentions = Mentions::parse([("P1", "@oncall")]).unwrap();
+        for delivery in &deliveries {
+            for mention in [None, mentions.for_delivery(delivery)] {
+                let rendered = default_template()
+                    .render_json(&context(delivery, mention))
+                    .unwrap();
+                let written: serde_json::Value =
+                    serde_json::from_slice(&payload_with_mention(delivery, mention)).unwrap();
+                assert_eq!(rendered, written);
+            }
+        }
     }
 
     #[test]
