@@ -122,6 +122,7 @@ pub fn mock_discord_bot_destination(mock_base: &str, name: &str) -> Destination 
         api_url: reqwest::Url::parse(&format!("{mock_base}/discord/api/v10/")).expect("valid URL"),
         channel_id: mock_discord_channel_id(name),
         token: Secret::new("herald-mock-bot-token"),
+        rendering: Default::default(),
     };
     destination
 }

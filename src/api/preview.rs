@@ -32,7 +32,7 @@ use crate::config::{Config, Scope, Target};
 use crate::domain::{
     delivery_idempotency_key, ClaimedDelivery, DeliveryProgress, Message, RetryPolicy,
 };
-use crate::kinds::{slack, webhook};
+use crate::kinds::{discord, slack, webhook};
 use crate::store::Store;
 
 pub(super) async fn preview<S: Store>(
@@ -155,6 +155,24 @@ fn requests(target: &Target, delivery: &ClaimedDelivery) -> Result<Vec<PreviewRe
                 .map_err(failed)?;
             Ok(vec![PreviewRequest {
                 call: "chat.postMessage".into(),
+                body: json(&body),
+            }])
+        }
+        Target::Discord {
+            forum, rendering, ..
+        } => {
+            let body = discord::connector::render_execute_body(rendering, delivery, *forum)
+                .map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "POST webhook?wait=true".into(),
+                body: json(&body),
+            }])
+        }
+        Target::DiscordBot { rendering, .. } => {
+            let body = discord::bot_connector::render_create_message_body(rendering, delivery)
+                .map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "POST channels/{channel.id}/messages".into(),
                 body: json(&body),
             }])
         }

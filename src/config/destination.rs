@@ -54,7 +54,11 @@ pub enum Target {
     },
     /// A Discord channel webhook. In a forum channel (`forum = true`) each
     /// thread becomes a post and its updates land in it.
-    Discord { url: reqwest::Url, forum: bool },
+    Discord {
+        url: reqwest::Url,
+        forum: bool,
+        rendering: Rendering,
+    },
     /// A Discord channel through the bot API (`channel_id` set): Create
     /// Message with a `nonce` and `enforce_nonce`, so a re-send after a
     /// lost answer is not a second message.
@@ -63,6 +67,7 @@ pub enum Target {
         api_url: reqwest::Url,
         channel_id: String,
         token: Secret,
+        rendering: Rendering,
     },
 }
 
@@ -71,7 +76,10 @@ impl Target {
     /// template (`None` for one that does not).
     pub fn rendering_mut(&mut self) -> Option<&mut Rendering> {
         match self {
-            Target::Webhook { rendering, .. } | Target::Slack { rendering, .. } => Some(rendering),
+            Target::Webhook { rendering, .. }
+            | Target::Slack { rendering, .. }
+            | Target::Discord { rendering, .. }
+            | Target::DiscordBot { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -80,7 +88,10 @@ impl Target {
     /// Its template and mentions, where it has them.
     pub fn rendering(&self) -> Option<&Rendering> {
         match self {
-            Target::Webhook { rendering, .. } | Target::Slack { rendering, .. } => Some(rendering),
+            Target::Webhook { rendering, .. }
+            | Target::Slack { rendering, .. }
+            | Target::Discord { rendering, .. }
+            | Target::DiscordBot { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }

@@ -91,6 +91,12 @@ mentions = {{ P1 = "<!subteam^S123>" }}
 kind = "webhook"
 url = "{base}/hook"
 
+[destinations.forum]
+kind = "discord"
+url = "{base}/discord/webhooks/1/abc"
+forum = true
+mentions = {{ P1 = "<@&123456789012345678> on call" }}
+
 [destinations.custom]
 kind = "webhook"
 url = "{base}/custom"
@@ -106,7 +112,7 @@ template = """
     let sent = client
         .send(&rich(
             "Checkout \"5xx\" \\ above 10%",
-            &["chat", "hook", "custom"],
+            &["chat", "hook", "forum", "custom"],
         ))
         .await
         .unwrap();
@@ -124,6 +130,7 @@ template = """
     for (name, path) in [
         ("chat", "/slack/api/chat.postMessage"),
         ("hook", "/hook"),
+        ("forum", "/discord/webhooks/1/abc"),
         ("custom", "/custom"),
     ] {
         let shown = preview
@@ -173,6 +180,16 @@ template = """
             .find(|d| d.destination == "chat")
             .unwrap()
             .idempotency_key
+    );
+    assert_eq!(body("forum")["content"], "<@&123456789012345678> on call");
+    assert_eq!(
+        body("forum")["allowed_mentions"],
+        json!({"parse": [], "roles": ["123456789012345678"], "users": []}),
+        "only the mentioned role may be pinged"
+    );
+    assert_eq!(
+        body("forum")["embeds"][0]["url"],
+        "https://runbooks.example/checkout"
     );
     assert_eq!(body("hook")["data"]["links"][0]["text"], "Runbook");
     assert_eq!(body("hook")["data"]["labels"]["service"], "checkout");
