@@ -32,7 +32,7 @@ use crate::config::{Config, Scope, Target};
 use crate::domain::{
     delivery_idempotency_key, ClaimedDelivery, DeliveryProgress, Message, RetryPolicy,
 };
-use crate::kinds::{discord, slack, webhook};
+use crate::kinds::{discord, slack, teams, webhook};
 use crate::store::Store;
 
 pub(super) async fn preview<S: Store>(
@@ -173,6 +173,14 @@ fn requests(target: &Target, delivery: &ClaimedDelivery) -> Result<Vec<PreviewRe
                 .map_err(failed)?;
             Ok(vec![PreviewRequest {
                 call: "POST channels/{channel.id}/messages".into(),
+                body: json(&body),
+            }])
+        }
+        Target::Teams { rendering, .. } => {
+            let body =
+                teams::connector::render_card_message(rendering, delivery).map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "POST workflow".into(),
                 body: json(&body),
             }])
         }

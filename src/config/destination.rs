@@ -32,7 +32,10 @@ pub enum Target {
     },
     /// A Microsoft Teams workflow ("Post to a channel when a webhook request
     /// is received"): Adaptive Cards, no read-back.
-    Teams { url: reqwest::Url },
+    Teams {
+        url: reqwest::Url,
+        rendering: Rendering,
+    },
     /// Jira Cloud REST v3, basic auth with an account's email and API token.
     Jira {
         site_url: reqwest::Url,
@@ -79,7 +82,8 @@ impl Target {
             Target::Webhook { rendering, .. }
             | Target::Slack { rendering, .. }
             | Target::Discord { rendering, .. }
-            | Target::DiscordBot { rendering, .. } => Some(rendering),
+            | Target::DiscordBot { rendering, .. }
+            | Target::Teams { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -91,7 +95,8 @@ impl Target {
             Target::Webhook { rendering, .. }
             | Target::Slack { rendering, .. }
             | Target::Discord { rendering, .. }
-            | Target::DiscordBot { rendering, .. } => Some(rendering),
+            | Target::DiscordBot { rendering, .. }
+            | Target::Teams { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }
