@@ -32,7 +32,7 @@ use crate::config::{Config, Scope, Target};
 use crate::domain::{
     delivery_idempotency_key, ClaimedDelivery, DeliveryProgress, Message, RetryPolicy,
 };
-use crate::kinds::{discord, slack, teams, webhook};
+use crate::kinds::{discord, pagerduty, slack, teams, webhook};
 use crate::store::Store;
 
 pub(super) async fn preview<S: Store>(
@@ -182,6 +182,19 @@ fn requests(target: &Target, delivery: &ClaimedDelivery) -> Result<Vec<PreviewRe
             Ok(vec![PreviewRequest {
                 call: "POST workflow".into(),
                 body: json(&body),
+            }])
+        }
+        Target::PagerDuty {
+            routing_key,
+            rendering,
+            ..
+        } => {
+            let event =
+                pagerduty::connector::render_event(rendering, delivery, routing_key.expose())
+                    .map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "POST /v2/enqueue".into(),
+                body: json(&event),
             }])
         }
         #[allow(unreachable_patterns)]

@@ -54,6 +54,7 @@ pub enum Target {
         /// The Events API's base, `https://events.pagerduty.com`.
         events_url: reqwest::Url,
         routing_key: Secret,
+        rendering: Rendering,
     },
     /// A Discord channel webhook. In a forum channel (`forum = true`) each
     /// thread becomes a post and its updates land in it.
@@ -83,7 +84,8 @@ impl Target {
             | Target::Slack { rendering, .. }
             | Target::Discord { rendering, .. }
             | Target::DiscordBot { rendering, .. }
-            | Target::Teams { rendering, .. } => Some(rendering),
+            | Target::Teams { rendering, .. }
+            | Target::PagerDuty { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -96,7 +98,8 @@ impl Target {
             | Target::Slack { rendering, .. }
             | Target::Discord { rendering, .. }
             | Target::DiscordBot { rendering, .. }
-            | Target::Teams { rendering, .. } => Some(rendering),
+            | Target::Teams { rendering, .. }
+            | Target::PagerDuty { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }
