@@ -27,6 +27,8 @@ use crate::template::{render_failed, Rendering, Template, TemplateError};
 const EMBED_TITLE_CHARS_MAX: usize = 256;
 const EMBED_DESCRIPTION_CHARS_MAX: usize = 4_096;
 const THREAD_NAME_CHARS_MAX: usize = 100;
+/// An embed's title, description, fields, footer and author together.
+const EMBED_TOTAL_CHARS_MAX: usize = 6_000;
 
 pub struct DiscordConnector {
     client: reqwest::Client,
@@ -202,6 +204,13 @@ pub(super) fn render_message(
             json!({"text": format!("herald {}", delivery.idempotency_key)}),
         );
     }
+    if let Some(Value::Object(first)) = object
+        .get_mut("embeds")
+        .and_then(Value::as_array_mut)
+        .and_then(|embeds| embeds.first_mut())
+    {
+        fit_embed(first);
+    }
     let mention = rendering.mentions.for_delivery(delivery);
     object.insert("allowed_mentions".into(), allowed_mentions(mention));
     for owned in [
@@ -214,6 +223,44 @@ pub(super) fn render_message(
         object.remove(owned);
     }
     Ok(body)
+}
+
+/// The characters of an embed that count towards Discord's limit.
+fn embed_chars(embed: &serde_json::Map<String, Value>) -> usize {
+    let chars = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, |t| t.chars().count());
+    let mut total = chars(embed.get("title"))
+        + chars(embed.get("description"))
+        + chars(embed.get("footer").and_then(|f| f.get("text")))
+        + chars(embed.get("author").and_then(|a| a.get("name")));
+    if let Some(Value::Array(fields)) = embed.get("fields") {
+        for field in fields {
+            total += chars(field.get("name")) + chars(field.get("value"));
+        }
+    }
+    total
+}
+
+/// Keeps an embed within Discord's 6,000 characters: the last fields go
+/// first (the severity, first, stays), then the description is cut.
+fn fit_embed(embed: &mut serde_json::Map<String, Value>) {
+    let mut total = embed_chars(embed);
+    while total > EMBED_TOTAL_CHARS_MAX {
+        let Some(Value::Array(fields)) = embed.get_mut("fields") else {
+            break;
+        };
+        if fields.len() <= 1 {
+            break;
+        }
+        fields.pop();
+        total = embed_chars(embed);
+    }
+    if total > EMBED_TOTAL_CHARS_MAX {
+        if let Some(Value::String(description)) = embed.get_mut("description") {
+            let over = total - EMBED_TOTAL_CHARS_MAX;
+            let keep = description.chars().count().saturating_sub(over);
+            *description = cut(description, keep.max(1));
+        }
+    }
 }
 
 /// Who a message may ping: the roles (`<@&id>`) and users (`<@id>`) its
