@@ -375,7 +375,6 @@ fn demo_mention(kind: &str) -> Option<&'static str> {
     match kind {
         "slack" => Some("<!subteam^S0ONCALL1>"),
         "discord" => Some("<@&1187041234567890123>"),
-        "jira" => None,
         _ => Some("@checkout-oncall"),
     }
 }

@@ -32,7 +32,7 @@ use crate::config::{Config, Scope, Target};
 use crate::domain::{
     delivery_idempotency_key, ClaimedDelivery, DeliveryProgress, Message, RetryPolicy,
 };
-use crate::kinds::{discord, pagerduty, slack, teams, webhook};
+use crate::kinds::{discord, jira, pagerduty, slack, teams, webhook};
 use crate::store::Store;
 
 pub(super) async fn preview<S: Store>(
@@ -195,6 +195,20 @@ fn requests(target: &Target, delivery: &ClaimedDelivery) -> Result<Vec<PreviewRe
             Ok(vec![PreviewRequest {
                 call: "POST /v2/enqueue".into(),
                 body: json(&event),
+            }])
+        }
+        Target::Jira {
+            project,
+            issue_type,
+            rendering,
+            ..
+        } => {
+            let body =
+                jira::connector::render_create_body(rendering, delivery, project, issue_type)
+                    .map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "POST /rest/api/3/issue".into(),
+                body: json(&body),
             }])
         }
         #[allow(unreachable_patterns)]

@@ -48,6 +48,7 @@ pub enum Target {
         /// Jira's search lags its writes: after an ambiguous create, a
         /// search that finds nothing is repeated after this long.
         search_recheck_ms: u64,
+        rendering: Rendering,
     },
     /// PagerDuty Events API v2.
     PagerDuty {
@@ -85,7 +86,8 @@ impl Target {
             | Target::Discord { rendering, .. }
             | Target::DiscordBot { rendering, .. }
             | Target::Teams { rendering, .. }
-            | Target::PagerDuty { rendering, .. } => Some(rendering),
+            | Target::PagerDuty { rendering, .. }
+            | Target::Jira { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -99,7 +101,8 @@ impl Target {
             | Target::Discord { rendering, .. }
             | Target::DiscordBot { rendering, .. }
             | Target::Teams { rendering, .. }
-            | Target::PagerDuty { rendering, .. } => Some(rendering),
+            | Target::PagerDuty { rendering, .. }
+            | Target::Jira { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }

@@ -22,6 +22,7 @@ use herald::domain::{
 };
 use herald::kinds::discord::bot_connector::render_create_message_body;
 use herald::kinds::discord::connector::render_execute_body;
+use herald::kinds::jira::connector::{render_comment_body, render_create_body};
 use herald::kinds::pagerduty::connector::render_event;
 use herald::kinds::slack::connector::render_post_message;
 use herald::kinds::teams::connector::render_card_message;
@@ -830,27 +831,70 @@ fn adf_errors(document: &Value) -> Vec<String> {
         errors.push("ADF: content must be an array".to_owned());
         return errors;
     };
-    for (i, paragraph) in content.iter().enumerate() {
-        if paragraph["type"] != "paragraph" {
-            errors.push(format!("ADF: /content/{i} is not a paragraph"));
-        }
-        let Some(nodes) = paragraph["content"].as_array() else {
-            errors.push(format!("ADF: /content/{i}/content must be an array"));
-            continue;
-        };
-        for (j, node) in nodes.iter().enumerate() {
-            if node["type"] != "text" {
-                errors.push(format!("ADF: /content/{i}/content/{j} is not a text node"));
+    for (i, node) in content.iter().enumerate() {
+        let at = format!("/content/{i}");
+        match node["type"].as_str() {
+            Some("paragraph") => paragraph_errors(node, &at, &mut errors),
+            // A table (the message's fields): rows of a header cell and a
+            // cell, each holding paragraphs.
+            Some("table") => {
+                let Some(rows) = node["content"].as_array().filter(|r| !r.is_empty()) else {
+                    errors.push(format!("ADF: {at}/content must hold rows"));
+                    continue;
+                };
+                for (r, row) in rows.iter().enumerate() {
+                    let at = format!("{at}/content/{r}");
+                    if row["type"] != "tableRow" {
+                        errors.push(format!("ADF: {at} is not a tableRow"));
+                    }
+                    for (c, cell) in row["content"].as_array().into_iter().flatten().enumerate() {
+                        let at = format!("{at}/content/{c}");
+                        if !matches!(cell["type"].as_str(), Some("tableHeader" | "tableCell")) {
+                            errors.push(format!("ADF: {at} is not a table cell"));
+                        }
+                        for (p, paragraph) in
+                            cell["content"].as_array().into_iter().flatten().enumerate()
+                        {
+                            paragraph_errors(paragraph, &format!("{at}/content/{p}"), &mut errors);
+                        }
+                    }
+                }
             }
-            // Jira refuses empty text nodes.
-            if node["text"].as_str().is_none_or(str::is_empty) {
+            _ => errors.push(format!("ADF: {at} is neither a paragraph nor a table")),
+        }
+    }
+    errors
+}
+
+/// A paragraph of non-empty text nodes, whose marks (if any) are links to
+/// http(s) URLs.
+fn paragraph_errors(paragraph: &Value, at: &str, errors: &mut Vec<String>) {
+    if paragraph["type"] != "paragraph" {
+        errors.push(format!("ADF: {at} is not a paragraph"));
+    }
+    let Some(nodes) = paragraph["content"].as_array() else {
+        errors.push(format!("ADF: {at}/content must be an array"));
+        return;
+    };
+    for (j, node) in nodes.iter().enumerate() {
+        if node["type"] != "text" {
+            errors.push(format!("ADF: {at}/content/{j} is not a text node"));
+        }
+        // Jira refuses empty text nodes.
+        if node["text"].as_str().is_none_or(str::is_empty) {
+            errors.push(format!("ADF: {at}/content/{j}/text must be non-empty text"));
+        }
+        for mark in node["marks"].as_array().into_iter().flatten() {
+            let href = mark["attrs"]["href"].as_str().unwrap_or_default();
+            if mark["type"] != "link"
+                || !(href.starts_with("https://") || href.starts_with("http://"))
+            {
                 errors.push(format!(
-                    "ADF: /content/{i}/content/{j}/text must be non-empty text"
+                    "ADF: {at}/content/{j} has a mark that is not an http(s) link"
                 ));
             }
         }
     }
-    errors
 }
 
 #[test]
@@ -870,7 +914,7 @@ fn jira_requests_match_the_openapi_document() {
         let d = &case.delivery;
         // The connector creates an issue for a thread's first message (and a
         // single one) and comments for the rest; check both shapes anyway.
-        let body = jira_create_body(d, JIRA_PROJECT, JIRA_ISSUE_TYPE);
+        let body = render_create_body(&rendering(&case), d, JIRA_PROJECT, JIRA_ISSUE_TYPE).unwrap();
         assert_valid(
             &spec,
             create,
@@ -899,7 +943,7 @@ fn jira_requests_match_the_openapi_document() {
         let adf = adf_errors(&fields["description"]);
         assert!(adf.is_empty(), "{}: {adf:#?}", case.name);
 
-        let body = jira_comment_body(d);
+        let body = render_comment_body(&rendering(&case), d).unwrap();
         assert_valid(
             &spec,
             comment,

@@ -453,3 +453,39 @@ mentions = {{ P1 = "@oncall" }}
     assert!(hooks[1]["data"].get("mention").is_none() && hooks[2]["data"].get("mention").is_none());
     server.stop().await;
 }
+
+#[test]
+fn every_default_template_renders_the_rich_sample_in_every_role() {
+    use herald::kinds::{discord, jira, pagerduty, slack, teams, webhook};
+    use herald::template::{context, sample_deliveries, Mentions};
+    let defaults = [
+        ("slack", slack::connector::default_template()),
+        ("teams", teams::connector::default_template()),
+        ("jira", jira::connector::default_template()),
+        ("pagerduty", pagerduty::connector::default_template()),
+        ("discord", discord::connector::default_template()),
+        ("webhook", webhook::connector::default_template()),
+    ];
+    let mentions = Mentions::parse([("P1", "<@&1187041234567890123> \"on call\"")]).unwrap();
+    for (kind, template) in defaults {
+        for delivery in sample_deliveries() {
+            let mention = mentions.for_delivery(&delivery);
+            let rendered = template
+                .render_json(&context(&delivery, mention))
+                .unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert!(rendered.is_object(), "{kind}");
+            let text = rendered.to_string();
+            // Every default shows the runbook link and the fields.
+            assert!(
+                text.contains("https://runbooks.example.com/checkout"),
+                "{kind}: {text}"
+            );
+            assert!(text.contains("production"), "{kind}: {text}");
+            assert_eq!(
+                text.contains("on call"),
+                mention.is_some(),
+                "{kind}: the mention on the first message only: {text}"
+            );
+        }
+    }
+}
