@@ -82,11 +82,19 @@ impl TemplateError {
 #[derive(Clone)]
 pub struct Template {
     env: Arc<Environment<'static>>,
+    /// A digest of the source: a config reload tells a changed template
+    /// from the same one by the destination's `Debug` text.
+    source_digest: u64,
+    source_bytes: usize,
 }
 
 impl std::fmt::Debug for Template {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Template")
+        write!(
+            f,
+            "Template({} bytes, #{:016x})",
+            self.source_bytes, self.source_digest
+        )
     }
 }
 
@@ -107,7 +115,13 @@ impl Template {
         env.add_filter("mrkdwn", escape_mrkdwn);
         env.add_template_owned(NAME, source.to_owned())
             .map_err(|e| TemplateError::of(&e))?;
-        Ok(Template { env: Arc::new(env) })
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(source, &mut hasher);
+        Ok(Template {
+            env: Arc::new(env),
+            source_digest: std::hash::Hasher::finish(&hasher),
+            source_bytes: source.len(),
+        })
     }
 
     /// A kind's built-in template. Panics if it does not compile: a unit

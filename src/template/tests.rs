@@ -34,6 +34,20 @@ fn errors_carry_the_template_line() {
 }
 
 #[test]
+fn a_changed_template_or_mention_shows_in_debug_so_a_reload_rebuilds_the_lane() {
+    let a = Template::compile(r#"{"a": {{ title|tojson }}}"#).unwrap();
+    let b = Template::compile(r#"{"b": {{ title|tojson }}}"#).unwrap();
+    let a_again = Template::compile(r#"{"a": {{ title|tojson }}}"#).unwrap();
+    assert_ne!(format!("{a:?}"), format!("{b:?}"));
+    assert_eq!(format!("{a:?}"), format!("{a_again:?}"));
+    let with = |mention: &str| Rendering {
+        template: None,
+        mentions: Mentions::parse([("P1", mention)]).unwrap(),
+    };
+    assert_ne!(format!("{:?}", with("@a")), format!("{:?}", with("@b")));
+}
+
+#[test]
 fn mentions_show_on_single_messages_and_openers_only() {
     let mentions = Mentions::parse([("P1", "@here"), ("p2", "<!subteam^S1>")]).unwrap();
     let roles: Vec<(&str, Option<&str>)> = sample_deliveries()
