@@ -122,6 +122,7 @@ pub fn mock_discord_bot_destination(mock_base: &str, name: &str) -> Destination 
         api_url: reqwest::Url::parse(&format!("{mock_base}/discord/api/v10/")).expect("valid URL"),
         channel_id: mock_discord_channel_id(name),
         token: Secret::new("herald-mock-bot-token"),
+        rendering: Default::default(),
     };
     destination
 }
@@ -223,6 +224,12 @@ async fn run_in(
             if let Target::Webhook { secret: s, .. } = &mut destination.target {
                 *s = Some(secret.clone());
             }
+            if let (Some(rendering), Some(mention)) =
+                (destination.target.rendering_mut(), demo_mention(kind))
+            {
+                rendering.mentions = crate::template::Mentions::parse([("P1", mention)])
+                    .expect("the demo's mentions are valid");
+            }
             destination
         })
         .collect();
@@ -284,7 +291,7 @@ async fn run_in(
             thread: Some("INC-42".into()),
             resolved,
             destinations: names.clone(),
-            ..SendRequest::default()
+            ..demo_details()
         };
         let broadcast = client.send(&request).await?;
         writeln!(
@@ -328,6 +335,7 @@ async fn run_in(
         )?;
         converged &= broadcast.status == "converged";
     }
+    let shown = shown_on_the_opener(&server.addr.to_string(), &accepted[0].1).await?;
     let (landed, as_expected) = landed(&mock.stats());
     writeln!(out, "\n{:<16} what the destination has now", "destination")?;
     for (name, line) in landed {
@@ -341,6 +349,11 @@ async fn run_in(
         } else {
             "NOT converged as expected: see above"
         }
+    )?;
+    writeln!(
+        out,
+        "the opener showed the runbook link, the service and environment fields and the P1 mention on {} (herald preview shows any message so)",
+        shown.join(", ")
     )?;
     let as_expected = as_expected
         && crate::demo_escalation::second_act(workdir, &mut *out, mock_destination, mock_send_path)
@@ -357,6 +370,73 @@ async fn run_in(
     server.stop().await;
     mock.stop().await;
     Ok(converged && as_expected)
+}
+
+/// Who the demo's destination of `kind` mentions for a P1, where its kind
+/// can show a mention (Jira has none).
+fn demo_mention(kind: &str) -> Option<&'static str> {
+    match kind {
+        "slack" => Some("<!subteam^S0ONCALL1>"),
+        "discord" => Some("<@&1187041234567890123>"),
+        _ => Some("@checkout-oncall"),
+    }
+}
+
+/// The incident's details: its runbook link, and the service and
+/// environment as fields and labels.
+fn demo_details() -> SendRequest {
+    SendRequest {
+        labels: [("service", "checkout"), ("environment", "production")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into(),
+        links: vec![crate::domain::Link {
+            text: "Runbook".into(),
+            url: DEMO_RUNBOOK_URL.into(),
+        }],
+        fields: vec![
+            crate::domain::Field {
+                name: "service".into(),
+                value: "checkout".into(),
+            },
+            crate::domain::Field {
+                name: "environment".into(),
+                value: "production".into(),
+            },
+        ],
+        source: Some("herald demo".into()),
+        ..SendRequest::default()
+    }
+}
+
+const DEMO_RUNBOOK_URL: &str = "https://runbooks.example.com/checkout-database";
+
+/// The destinations whose opener, as sent (`GET /v1/broadcasts/{id}/preview`
+/// renders it with the code that sent it), holds the runbook link, the
+/// service and environment and the P1 mention.
+async fn shown_on_the_opener(addr: &str, id: &str) -> anyhow::Result<Vec<String>> {
+    let preview: crate::api::wire::Preview =
+        reqwest::get(format!("http://{addr}/v1/broadcasts/{id}/preview"))
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+    let mut shown = Vec::new();
+    for destination in preview.destinations {
+        let body: String = destination
+            .requests
+            .iter()
+            .map(|r| r.body.as_str())
+            .collect();
+        let mention = demo_mention(&destination.kind);
+        if body.contains(DEMO_RUNBOOK_URL)
+            && body.contains("production")
+            && body.contains("checkout")
+            && mention.is_some_and(|m| body.contains(m))
+        {
+            shown.push(destination.name);
+        }
+    }
+    Ok(shown)
 }
 
 /// What each demo destination holds at the mock, in words, and whether it

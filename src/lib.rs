@@ -23,4 +23,5 @@ pub mod redact;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod template;
 pub mod tls;

@@ -1,6 +1,8 @@
 //! `herald preview`: the message of flags or of a JSON file, asked of the
-//! server's `POST /v1/preview`, and the answer printed: the routes matched
-//! and the destinations it would go to. Nothing is stored or sent.
+//! server's `POST /v1/preview`, and the answer printed: the routes matched,
+//! the destinations it would go to and, for each, the request bodies its
+//! template renders (pretty here; `--json` gives the exact bytes), or why
+//! its template fails. Nothing is stored or sent.
 
 use std::path::PathBuf;
 
@@ -97,6 +99,20 @@ pub fn render(preview: &Preview) -> String {
     out.push_str(&format!("destinations ({}):\n", preview.destinations.len()));
     for destination in &preview.destinations {
         out.push_str(&format!("  {} ({})\n", destination.name, destination.kind));
+        if let Some(error) = &destination.error {
+            out.push_str(&format!("    would fail: {error}\n"));
+        }
+        for request in &destination.requests {
+            out.push_str(&format!("    {}\n", request.call));
+            // Pretty for reading; --json has the exact bytes.
+            let body = serde_json::from_str::<serde_json::Value>(&request.body)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or_else(|| request.body.clone());
+            for line in body.lines() {
+                out.push_str(&format!("      {line}\n"));
+            }
+        }
     }
     out
 }

@@ -600,7 +600,7 @@ pub(super) async fn get<S: Store>(
     Ok(Json(Broadcast::from_view(&view, now_ms())))
 }
 
-async fn find<S: Store>(app: &AppState<S>, id: &str) -> Result<BroadcastView, ApiError> {
+pub(super) async fn find<S: Store>(app: &AppState<S>, id: &str) -> Result<BroadcastView, ApiError> {
     let id = resolve_id(app, id).await?;
     app.store
         .broadcast(&id)

@@ -119,6 +119,10 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .route("/v1/config/reload", post(reload::reload_route::<S>))
         .route("/v1/preview", post(preview::preview::<S>))
         .route(
+            "/v1/broadcasts/{id}/preview",
+            get(preview::broadcast_preview::<S>),
+        )
+        .route(
             "/v1/ingest/alertmanager",
             // Its own limit: Alertmanager sends whole groups (a 1,000-alert
             // group is about 1 MB) and never retries a 413.

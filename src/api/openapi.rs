@@ -406,7 +406,7 @@ pub fn document() -> Value {
                 }},
                 "Preview": {"type": "object", "properties": {
                     "routes": {"type": "array", "items": {"type": "string"}, "description": "The routes that matched, in order; empty when destinations were named"},
-                    "destinations": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "kind": {"type": "string"}}}, "description": "Groups expanded, in the order a send would use"}
+                    "destinations": {"type": "array", "items": {"$ref": "#/components/schemas/PreviewDestination"}, "description": "Groups expanded, in the order a send would use"}
                 }},
                 "StatusEvent": {"type": "object", "description": "Server-sent event `status`, last of a broadcast's stream", "properties": {
                     "broadcast_id": {"type": "string"}, "status": {"type": "string"}
@@ -446,6 +446,11 @@ pub fn document() -> Value {
                 "summary": "One broadcast: each delivery's state and attempts",
                 "security": read, "parameters": [id_param()],
                 "responses": with(json!({"200": with(json!({"description": "The broadcast"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404", "503"]))
+            }},
+            "/v1/broadcasts/{id}/preview": {"get": {
+                "summary": "An accepted broadcast's deliveries rendered as a first attempt sends them, byte for byte; nothing is sent",
+                "security": read, "parameters": [id_param()],
+                "responses": with(json!({"200": with(json!({"description": "The routes, destinations and requests"}), json_body("Preview"))}), error_responses(&["400", "401", "403", "404", "503"]))
             }},
             "/v1/broadcasts/{id}/retry": {"post": {
                 "summary": "Retry failed, dead and cancelled deliveries (same idempotency key); idempotent",
@@ -503,7 +508,7 @@ pub fn document() -> Value {
                 "responses": with(json!({"202": with(json!({"description": "Accepted"}), json_body("Broadcast"))}), error_responses(&["400", "401", "403", "404", "413", "422", "500", "503"]))
             }},
             "/v1/preview": {"post": {
-                "summary": "Where a message would go: the routes it matches and the destinations it expands to, decided as a send decides; nothing is stored or sent",
+                "summary": "Where a message would go and what would be sent: the routes it matches, the destinations it expands to (decided as a send decides) and each one's rendered requests; nothing is stored or sent",
                 "security": send,
                 "requestBody": with(json!({"required": true}), json_body("SendRequest")),
                 "responses": with(json!({"200": with(json!({"description": "The routes and destinations"}), json_body("Preview"))}), error_responses(&["400", "401", "403", "413", "422"]))
@@ -532,6 +537,7 @@ pub fn document() -> Value {
     ) {
         schemas.extend(more);
     }
+    document["components"]["schemas"]["PreviewDestination"] = preview_destination_schema();
     if let (Some(schemas), Value::Object(more)) = (
         document["components"]["schemas"].as_object_mut(),
         details_schemas(),
@@ -551,6 +557,19 @@ pub fn document() -> Value {
         }
     }
     document
+}
+
+/// One destination of a preview, with its rendered requests.
+fn preview_destination_schema() -> Value {
+    json!({"type": "object", "required": ["name", "kind", "requests"], "properties": {
+        "name": {"type": "string"},
+        "kind": {"type": "string"},
+        "requests": {"type": "array", "description": "The requests a first attempt sends, bodies exactly as sent", "items": {"type": "object", "required": ["call", "body"], "properties": {
+            "call": {"type": "string", "description": "The API call or path (never a credential URL)"},
+            "body": {"type": "string", "description": "The request body as sent (JSON text)"}
+        }}},
+        "error": {"type": "string", "description": "The destination's template failed on this message: a delivery would fail with this"}
+    }})
 }
 
 #[cfg(test)]

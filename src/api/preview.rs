@@ -1,26 +1,38 @@
-//! `POST /v1/preview`: where a message would go, without storing or
-//! sending anything. Takes the body of `POST /v1/broadcasts` and answers
-//! the routes it matches and the destinations it expands to, decided by the
-//! very code a send runs (`broadcasts::targets`), so a preview and a send
-//! of the same message agree. Needs the `send` scope: it is a dry run of a
-//! send, and it reveals the routing a sender would use.
+//! Previews, without storing or sending anything:
 //!
-//! Each destination is an object so a later step can add the request body
-//! it would be sent as.
+//! - `POST /v1/preview` takes the body of `POST /v1/broadcasts` and answers
+//!   the routes it matches, the destinations it expands to (decided by the
+//!   very code a send runs, `broadcasts::targets`) and, per destination,
+//!   the request bodies its template renders. It needs the `send` scope: it
+//!   is a dry run of a send, and it reveals the routing a sender would use.
+//!   The message is rendered as a broadcast not yet accepted would be (a
+//!   fresh id, now as its time).
+//! - `GET /v1/broadcasts/{id}/preview` renders an accepted broadcast's
+//!   deliveries as a first attempt sends them, byte for byte (the `read`
+//!   scope). An update's thread reference is not known here: it renders as
+//!   its thread's first message would.
+//!
+//! The bodies come from the connectors' own request builders, the same
+//! functions a send calls, so a preview is what the destination receives.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
 
 use super::auth::authorize;
-use super::broadcasts::Intent;
-use super::wire::{Preview, PreviewDestination, SendRequest};
+use super::broadcasts::{find, path_id, Intent};
+use super::wire::{Preview, PreviewDestination, PreviewRequest, SendRequest};
 use super::{parse_json_bytes, ApiError, AppState};
-use crate::config::Scope;
+use crate::clock::now_ms;
+use crate::config::{Config, Scope, Target};
+use crate::domain::{
+    delivery_idempotency_key, ClaimedDelivery, DeliveryProgress, Message, RetryPolicy,
+};
+use crate::kinds::{discord, jira, pagerduty, slack, teams, webhook};
 use crate::store::Store;
 
 pub(super) async fn preview<S: Store>(
@@ -34,19 +46,172 @@ pub(super) async fn preview<S: Store>(
     let request: SendRequest = parse_json_bytes(&bytes)?;
     // The same checks and routing as a send; `targets` runs inside.
     let intent = Intent::from_request(&app, &request)?;
+    let now = now_ms();
+    let broadcast_id = crate::domain::new_broadcast_id(now, &mut rand::rng());
     let destinations = intent
         .destinations
         .iter()
-        .map(|name| PreviewDestination {
-            name: name.clone(),
-            kind: config
-                .destination(name)
-                .map(|d| d.target.kind().to_owned())
-                .unwrap_or_default(),
+        .map(|name| {
+            let delivery = delivery(&broadcast_id, name, &intent.message, now);
+            destination_preview(&config, name, &delivery)
         })
         .collect();
     Ok(Json(Preview {
         routes: intent.routes,
         destinations,
     }))
+}
+
+pub(super) async fn broadcast_preview<S: Store>(
+    State(app): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Preview>, ApiError> {
+    let config = app.config.load();
+    authorize(&config, &headers, Scope::Read)?;
+    let id = path_id(id)?;
+    let view = find(&*app, &id).await?;
+    let destinations = view
+        .deliveries
+        .iter()
+        .map(|d| {
+            let mut delivery =
+                delivery(&view.id, &d.destination, &view.message, view.created_at_ms);
+            delivery.idempotency_key.clone_from(&d.idempotency_key);
+            destination_preview(&config, &d.destination, &delivery)
+        })
+        .collect();
+    Ok(Json(Preview {
+        routes: view.routes,
+        destinations,
+    }))
+}
+
+/// The delivery of `message` to `destination`, as its first attempt holds
+/// it.
+fn delivery(
+    broadcast_id: &str,
+    destination: &str,
+    message: &Message,
+    at_ms: i64,
+) -> ClaimedDelivery {
+    ClaimedDelivery {
+        delivery_id: 0,
+        broadcast_id: broadcast_id.to_owned(),
+        destination: destination.to_owned(),
+        idempotency_key: delivery_idempotency_key(broadcast_id, destination),
+        progress: DeliveryProgress::new(&RetryPolicy::default(), false, at_ms),
+        message: message.clone(),
+        broadcast_created_at_ms: at_ms,
+        last_error: None,
+        lease_epoch: 0,
+        thread_ref: None,
+        remote_ref: None,
+    }
+}
+
+fn destination_preview(
+    config: &Config,
+    name: &str,
+    delivery: &ClaimedDelivery,
+) -> PreviewDestination {
+    let target = config.destination(name).map(|d| &d.target);
+    let mut preview = PreviewDestination {
+        name: name.to_owned(),
+        kind: target.map(|t| t.kind().to_owned()).unwrap_or_default(),
+        requests: Vec::new(),
+        error: None,
+    };
+    let Some(target) = target else {
+        return preview;
+    };
+    match requests(target, delivery) {
+        Ok(requests) => preview.requests = requests,
+        Err(error) => preview.error = Some(error),
+    }
+    preview
+}
+
+/// The requests a first attempt of `delivery` sends to `target`, from the
+/// kind's request builders.
+fn requests(target: &Target, delivery: &ClaimedDelivery) -> Result<Vec<PreviewRequest>, String> {
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("JSON is UTF-8");
+    let json =
+        |value: &serde_json::Value| text(serde_json::to_vec(value).expect("JSON serialises"));
+    let failed = |e: crate::template::TemplateError| format!("the destination's {e}");
+    match target {
+        Target::Webhook { rendering, .. } => {
+            let body =
+                webhook::connector::render_webhook_body(rendering, delivery).map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "POST webhook".into(),
+                body: text(body),
+            }])
+        }
+        Target::Slack {
+            channel, rendering, ..
+        } => {
+            let body = slack::connector::render_post_message(rendering, delivery, channel, None)
+                .map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "chat.postMessage".into(),
+                body: json(&body),
+            }])
+        }
+        Target::Discord {
+            forum, rendering, ..
+        } => {
+            let body = discord::connector::render_execute_body(rendering, delivery, *forum)
+                .map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "POST webhook?wait=true".into(),
+                body: json(&body),
+            }])
+        }
+        Target::DiscordBot { rendering, .. } => {
+            let body = discord::bot_connector::render_create_message_body(rendering, delivery)
+                .map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "POST channels/{channel.id}/messages".into(),
+                body: json(&body),
+            }])
+        }
+        Target::Teams { rendering, .. } => {
+            let body =
+                teams::connector::render_card_message(rendering, delivery).map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "POST workflow".into(),
+                body: json(&body),
+            }])
+        }
+        Target::PagerDuty {
+            routing_key,
+            rendering,
+            ..
+        } => {
+            let event =
+                pagerduty::connector::render_event(rendering, delivery, routing_key.expose())
+                    .map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "POST /v2/enqueue".into(),
+                body: json(&event),
+            }])
+        }
+        Target::Jira {
+            project,
+            issue_type,
+            rendering,
+            ..
+        } => {
+            let body =
+                jira::connector::render_create_body(rendering, delivery, project, issue_type)
+                    .map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "POST /rest/api/3/issue".into(),
+                body: json(&body),
+            }])
+        }
+        #[allow(unreachable_patterns)]
+        _ => Ok(Vec::new()),
+    }
 }

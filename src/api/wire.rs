@@ -165,12 +165,32 @@ pub struct Preview {
     pub destinations: Vec<PreviewDestination>,
 }
 
-/// One destination of a preview (a later step adds the request body).
+/// One destination of a preview: the requests it would be sent, rendered
+/// by its template, or why its template failed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PreviewDestination {
     pub name: String,
     /// `slack`, `teams`, `jira`, `pagerduty`, `discord`, `webhook`.
     pub kind: String,
+    /// The requests a first attempt sends, in order (Slack's resolve edits
+    /// the first message, then replies); empty for a kind that does not
+    /// render yet, or when `error` is set.
+    #[serde(default)]
+    pub requests: Vec<PreviewRequest>,
+    /// The destination's template did not render this message: the
+    /// delivery would fail with this error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One request of a preview: what it calls and its exact body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreviewRequest {
+    /// The API call or path, never the credential a URL may hold
+    /// (`chat.postMessage`, `POST webhook`).
+    pub call: String,
+    /// The request body exactly as it would be sent (UTF-8 JSON text).
+    pub body: String,
 }
 
 /// A broadcast: the intent, its derived status and each delivery.

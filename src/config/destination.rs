@@ -1,6 +1,7 @@
 //! A destination's table: its kind, the kind's target, its policies.
 
 use super::*;
+use crate::template::Rendering;
 
 #[derive(Clone, Debug)]
 pub struct Destination {
@@ -19,6 +20,7 @@ pub enum Target {
         url: reqwest::Url,
         /// Standard Webhooks signing secret; unsigned when absent.
         secret: Option<WebhookSecret>,
+        rendering: Rendering,
     },
     /// Slack Web API with a bot token (`chat.postMessage`).
     Slack {
@@ -26,10 +28,14 @@ pub enum Target {
         api_url: reqwest::Url,
         channel: String,
         token: Secret,
+        rendering: Rendering,
     },
     /// A Microsoft Teams workflow ("Post to a channel when a webhook request
     /// is received"): Adaptive Cards, no read-back.
-    Teams { url: reqwest::Url },
+    Teams {
+        url: reqwest::Url,
+        rendering: Rendering,
+    },
     /// Jira Cloud REST v3, basic auth with an account's email and API token.
     Jira {
         site_url: reqwest::Url,
@@ -42,16 +48,22 @@ pub enum Target {
         /// Jira's search lags its writes: after an ambiguous create, a
         /// search that finds nothing is repeated after this long.
         search_recheck_ms: u64,
+        rendering: Rendering,
     },
     /// PagerDuty Events API v2.
     PagerDuty {
         /// The Events API's base, `https://events.pagerduty.com`.
         events_url: reqwest::Url,
         routing_key: Secret,
+        rendering: Rendering,
     },
     /// A Discord channel webhook. In a forum channel (`forum = true`) each
     /// thread becomes a post and its updates land in it.
-    Discord { url: reqwest::Url, forum: bool },
+    Discord {
+        url: reqwest::Url,
+        forum: bool,
+        rendering: Rendering,
+    },
     /// A Discord channel through the bot API (`channel_id` set): Create
     /// Message with a `nonce` and `enforce_nonce`, so a re-send after a
     /// lost answer is not a second message.
@@ -60,6 +72,7 @@ pub enum Target {
         api_url: reqwest::Url,
         channel_id: String,
         token: Secret,
+        rendering: Rendering,
     },
     /// A Matrix room through the client-server API with an access token:
     /// `PUT .../send/m.room.message/{txnId}`, the txnId derived from the
@@ -122,6 +135,37 @@ pub enum Target {
 }
 
 impl Target {
+    /// Its template and mentions, for a kind that renders through a
+    /// template (`None` for one that does not).
+    pub fn rendering_mut(&mut self) -> Option<&mut Rendering> {
+        match self {
+            Target::Webhook { rendering, .. }
+            | Target::Slack { rendering, .. }
+            | Target::Discord { rendering, .. }
+            | Target::DiscordBot { rendering, .. }
+            | Target::Teams { rendering, .. }
+            | Target::PagerDuty { rendering, .. }
+            | Target::Jira { rendering, .. } => Some(rendering),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// Its template and mentions, where it has them.
+    pub fn rendering(&self) -> Option<&Rendering> {
+        match self {
+            Target::Webhook { rendering, .. }
+            | Target::Slack { rendering, .. }
+            | Target::Discord { rendering, .. }
+            | Target::DiscordBot { rendering, .. }
+            | Target::Teams { rendering, .. }
+            | Target::PagerDuty { rendering, .. }
+            | Target::Jira { rendering, .. } => Some(rendering),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Target::Webhook { .. } => "webhook",
@@ -254,6 +298,13 @@ pub struct FileDestination {
     pub message_thread_id: Option<Spanned<i64>>,
     /// Zulip: the channel (stream) messages go to.
     pub stream: Option<Spanned<String>>,
+    /// The destination's own template, inline (see `src/template/`).
+    pub template: Option<Spanned<String>>,
+    /// The destination's own template in a file, relative to the config
+    /// file.
+    pub template_file: Option<Spanned<String>>,
+    /// Who to mention per severity: `{ P1 = "<!subteam^S123>" }`.
+    pub mentions: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     pub timeout_ms: Option<Spanned<u64>>,
     pub concurrency: Option<Spanned<u32>>,
     pub rate_limit_per_sec: Option<Spanned<f64>>,

@@ -58,6 +58,7 @@ mod destination;
 mod problems;
 mod secret;
 mod server;
+mod templates;
 #[cfg(test)]
 mod tests;
 mod tokens;
@@ -364,9 +365,19 @@ impl Config {
                         continue;
                     };
                     let skip_missing_kind = per_kind_tables.contains(&name);
-                    if let Some(destination) =
+                    let rendering = templates::parse_rendering(&key, &d, file, &problems);
+                    if let Some(mut destination) =
                         parse_destination(name, &d, &env, &problems, skip_missing_kind)
                     {
+                        if let Some(Some(rendering)) = rendering {
+                            templates::apply_rendering(
+                                &key,
+                                &d,
+                                &mut destination.target,
+                                rendering,
+                                &problems,
+                            );
+                        }
                         config.destinations.push(destination);
                     }
                 }

@@ -146,6 +146,7 @@ fn discord_takes_a_bot_token_with_a_channel_id() {
         api_url,
         channel_id,
         token,
+        ..
     } = &d.target
     else {
         panic!("the bot mode: {d:?}");

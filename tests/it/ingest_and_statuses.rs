@@ -376,6 +376,7 @@ async fn every_status_a_route_answers_is_declared_in_the_openapi_document() {
     for (method, route, suffix, scope_less) in [
         ("get", "/v1/broadcasts/{id}", "", TOKEN_SEND),
         ("get", "/v1/broadcasts/{id}/events", "/events", TOKEN_SEND),
+        ("get", "/v1/broadcasts/{id}/preview", "/preview", TOKEN_SEND),
         ("post", "/v1/broadcasts/{id}/retry", "/retry", TOKEN_READ),
         ("post", "/v1/broadcasts/{id}/cancel", "/cancel", TOKEN_READ),
     ] {

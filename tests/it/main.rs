@@ -31,4 +31,5 @@ mod serving;
 mod specs;
 mod store;
 mod support;
+mod templates;
 mod tls;

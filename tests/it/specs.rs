@@ -21,8 +21,18 @@ use herald::connector::{
     matrix_send_url, matrix_txn_id, pagerduty_event, post_message_body, resolve_update_body,
     teams_card_message, webhook_payload,
 };
-use herald::domain::{DeliveryProgress, Message, RetryPolicy, Severity};
+use herald::domain::{
+    DeliveryProgress, Field, Link, Message, MessageDetails, RetryPolicy, Severity,
+};
+use herald::kinds::discord::bot_connector::render_create_message_body;
+use herald::kinds::discord::connector::render_execute_body;
+use herald::kinds::jira::connector::{render_comment_body, render_create_body};
+use herald::kinds::pagerduty::connector::render_event;
+use herald::kinds::slack::connector::render_post_message;
+use herald::kinds::teams::connector::render_card_message;
+use herald::kinds::webhook::connector::render_webhook_body;
 use herald::store::ClaimedDelivery;
+use herald::template::{Mentions, Rendering};
 use serde_json::{json, Value};
 
 /// The published API descriptions, copied verbatim into the repository so
@@ -239,6 +249,137 @@ fn cases() -> Vec<Case> {
             ),
         },
     ]
+    .into_iter()
+    .chain(rich_cases())
+    .collect()
+}
+
+/// The mention every rich case's destination has for every severity: a
+/// Slack user group and a Discord role (text elsewhere).
+const MENTION: &str = "<!subteam^S0123ABCD> <@&1187041234567890123>";
+
+/// How a case is rendered: the rich cases with mentions, the others as a
+/// destination without its own template or mentions.
+fn rendering(case: &Case) -> Rendering {
+    if !case.name.starts_with("rich") {
+        return Rendering::default();
+    }
+    let mentions = ["P1", "P2", "P3", "P4", "P5"].map(|p| (p, MENTION));
+    Rendering {
+        template: None,
+        mentions: Mentions::parse(mentions).unwrap(),
+    }
+}
+
+/// Messages with every detail (labels, links, fields, source, summary),
+/// in every role, and one with every detail at its limit.
+fn rich_cases() -> Vec<Case> {
+    let thread_ref = Some("herald-thread-INC-42");
+    let details = MessageDetails {
+        labels: [
+            ("service", "checkout"),
+            ("environment", "production"),
+            ("team", "payments"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into(),
+        links: vec![
+            Link {
+                text: "Runbook".into(),
+                url: "https://runbooks.example.com/checkout?step=1&x=\"y\"".into(),
+            },
+            Link {
+                text: "Dashboard ‹live›".into(),
+                url: "https://grafana.example.com/d/abc".into(),
+            },
+        ],
+        fields: vec![
+            Field {
+                name: "service".into(),
+                value: "checkout".into(),
+            },
+            Field {
+                name: "environment".into(),
+                value: "production".into(),
+            },
+            Field {
+                name: "Customers <affected>".into(),
+                value: "all *EU* & \"some\" US".into(),
+            },
+        ],
+        source: Some("alertmanager".into()),
+        summary: Some("Checkout 5xx at 12%".into()),
+    };
+    let at_limits = MessageDetails {
+        labels: (0..herald::domain::LABELS_MAX)
+            .map(|i| {
+                (
+                    format!("label_{i}"),
+                    "v".repeat(herald::domain::LABEL_VALUE_CHARS_MAX),
+                )
+            })
+            .collect(),
+        links: (0..herald::domain::LINKS_MAX)
+            .map(|i| Link {
+                text: format!("{i:02}").repeat(herald::domain::LINK_TEXT_CHARS_MAX / 2),
+                url: format!(
+                    "https://example.com/{}",
+                    "p".repeat(herald::domain::LINK_URL_CHARS_MAX - 20)
+                ),
+            })
+            .collect(),
+        fields: (0..herald::domain::FIELDS_MAX)
+            .map(|i| Field {
+                name: format!("{i:02}").repeat(herald::domain::FIELD_NAME_CHARS_MAX / 2),
+                value: "🔥".repeat(herald::domain::FIELD_VALUE_CHARS_MAX),
+            })
+            .collect(),
+        source: Some("s".repeat(herald::domain::SOURCE_CHARS_MAX)),
+        summary: Some("m".repeat(herald::domain::SUMMARY_CHARS_MAX)),
+    };
+    let message = |severity, thread: Option<&str>, resolved, details: &MessageDetails| {
+        Message::new(
+            "Checkout \"5xx\" rate above 10% <b>",
+            "Errors since 10:02.\nOn-call: see the *runbook* & <dashboard>.",
+            severity,
+            thread,
+        )
+        .and_then(|m| m.resolving(resolved))
+        .and_then(|m| m.with_details(details.clone()))
+        .expect("a valid message")
+    };
+    let mut long = message(Severity::P1, Some(&long_thread()), false, &at_limits);
+    long = Message::new(&long_title(), &long_body(), Severity::P1, long.thread())
+        .and_then(|m| m.with_details(at_limits.clone()))
+        .expect("a valid message");
+    vec![
+        Case {
+            name: "rich single",
+            delivery: delivery(message(Severity::P1, None, false, &details), None),
+        },
+        Case {
+            name: "rich opener",
+            delivery: delivery(message(Severity::P2, Some("INC-42"), false, &details), None),
+        },
+        Case {
+            name: "rich update",
+            delivery: delivery(
+                message(Severity::P3, Some("INC-42"), false, &details),
+                thread_ref,
+            ),
+        },
+        Case {
+            name: "rich resolve",
+            delivery: delivery(
+                message(Severity::P4, Some("INC-42"), true, &details),
+                thread_ref,
+            ),
+        },
+        Case {
+            name: "rich at the limits",
+            delivery: delivery(long, None),
+        },
+    ]
 }
 
 /// Validates `instance` against `schema` (inside `document`), failing the
@@ -393,11 +534,20 @@ fn check_slack_body(spec: &Value, path: &str, body: &Value) -> SlackCheck {
         // a form-encoded call carries them as JSON text. herald posts JSON
         // (`application/json`, which the operation `consumes`), where Slack
         // takes them as arrays, so an array is what the spec means here.
-        let fits = match (name.as_str(), declared) {
-            ("blocks" | "attachments", "string") => value.as_array().is_some_and(|items| {
+        let blocks_fit = |value: &Value| {
+            value.as_array().is_some_and(|items| {
                 items
                     .iter()
                     .all(|item| item["type"].as_str().is_some_and(|t| !t.is_empty()))
+            })
+        };
+        let fits = match (name.as_str(), declared) {
+            ("blocks", "string") => blocks_fit(value),
+            // An attachment (a colour bar) is an object with blocks of its own.
+            ("attachments", "string") => value.as_array().is_some_and(|items| {
+                items
+                    .iter()
+                    .all(|item| item.is_object() && blocks_fit(&item["blocks"]))
             }),
             (_, "string") => value.is_string(),
             (_, "boolean") => value.is_boolean(),
@@ -492,7 +642,7 @@ fn slack_post_message_and_update_match_the_swagger() {
     for case in cases() {
         let d = &case.delivery;
         let thread_ts = d.thread_ref.as_ref().map(|_| SLACK_FIRST_TS);
-        let body = post_message_body(d, SLACK_CHANNEL, thread_ts);
+        let body = render_post_message(&rendering(&case), d, SLACK_CHANNEL, thread_ts).unwrap();
         let check = check_slack_body(&spec, "/chat.postMessage", &body);
         assert!(
             check.errors.is_empty(),
@@ -594,7 +744,7 @@ fn teams_cards_are_valid_adaptive_cards_1_5() {
     let schema = load_spec("adaptive-card-1.5.schema.json");
     let card_schema = adaptive_card_schema(&schema);
     for case in cases() {
-        let message = teams_card_message(&case.delivery);
+        let message = render_card_message(&rendering(&case), &case.delivery).unwrap();
         assert_eq!(message["type"], "message", "{}", case.name);
         let attachments = message["attachments"].as_array().expect("attachments");
         assert_eq!(attachments.len(), 1, "{}", case.name);
@@ -685,27 +835,70 @@ fn adf_errors(document: &Value) -> Vec<String> {
         errors.push("ADF: content must be an array".to_owned());
         return errors;
     };
-    for (i, paragraph) in content.iter().enumerate() {
-        if paragraph["type"] != "paragraph" {
-            errors.push(format!("ADF: /content/{i} is not a paragraph"));
-        }
-        let Some(nodes) = paragraph["content"].as_array() else {
-            errors.push(format!("ADF: /content/{i}/content must be an array"));
-            continue;
-        };
-        for (j, node) in nodes.iter().enumerate() {
-            if node["type"] != "text" {
-                errors.push(format!("ADF: /content/{i}/content/{j} is not a text node"));
+    for (i, node) in content.iter().enumerate() {
+        let at = format!("/content/{i}");
+        match node["type"].as_str() {
+            Some("paragraph") => paragraph_errors(node, &at, &mut errors),
+            // A table (the message's fields): rows of a header cell and a
+            // cell, each holding paragraphs.
+            Some("table") => {
+                let Some(rows) = node["content"].as_array().filter(|r| !r.is_empty()) else {
+                    errors.push(format!("ADF: {at}/content must hold rows"));
+                    continue;
+                };
+                for (r, row) in rows.iter().enumerate() {
+                    let at = format!("{at}/content/{r}");
+                    if row["type"] != "tableRow" {
+                        errors.push(format!("ADF: {at} is not a tableRow"));
+                    }
+                    for (c, cell) in row["content"].as_array().into_iter().flatten().enumerate() {
+                        let at = format!("{at}/content/{c}");
+                        if !matches!(cell["type"].as_str(), Some("tableHeader" | "tableCell")) {
+                            errors.push(format!("ADF: {at} is not a table cell"));
+                        }
+                        for (p, paragraph) in
+                            cell["content"].as_array().into_iter().flatten().enumerate()
+                        {
+                            paragraph_errors(paragraph, &format!("{at}/content/{p}"), &mut errors);
+                        }
+                    }
+                }
             }
-            // Jira refuses empty text nodes.
-            if node["text"].as_str().is_none_or(str::is_empty) {
+            _ => errors.push(format!("ADF: {at} is neither a paragraph nor a table")),
+        }
+    }
+    errors
+}
+
+/// A paragraph of non-empty text nodes, whose marks (if any) are links to
+/// http(s) URLs.
+fn paragraph_errors(paragraph: &Value, at: &str, errors: &mut Vec<String>) {
+    if paragraph["type"] != "paragraph" {
+        errors.push(format!("ADF: {at} is not a paragraph"));
+    }
+    let Some(nodes) = paragraph["content"].as_array() else {
+        errors.push(format!("ADF: {at}/content must be an array"));
+        return;
+    };
+    for (j, node) in nodes.iter().enumerate() {
+        if node["type"] != "text" {
+            errors.push(format!("ADF: {at}/content/{j} is not a text node"));
+        }
+        // Jira refuses empty text nodes.
+        if node["text"].as_str().is_none_or(str::is_empty) {
+            errors.push(format!("ADF: {at}/content/{j}/text must be non-empty text"));
+        }
+        for mark in node["marks"].as_array().into_iter().flatten() {
+            let href = mark["attrs"]["href"].as_str().unwrap_or_default();
+            if mark["type"] != "link"
+                || !(href.starts_with("https://") || href.starts_with("http://"))
+            {
                 errors.push(format!(
-                    "ADF: /content/{i}/content/{j}/text must be non-empty text"
+                    "ADF: {at}/content/{j} has a mark that is not an http(s) link"
                 ));
             }
         }
     }
-    errors
 }
 
 #[test]
@@ -725,7 +918,7 @@ fn jira_requests_match_the_openapi_document() {
         let d = &case.delivery;
         // The connector creates an issue for a thread's first message (and a
         // single one) and comments for the rest; check both shapes anyway.
-        let body = jira_create_body(d, JIRA_PROJECT, JIRA_ISSUE_TYPE);
+        let body = render_create_body(&rendering(&case), d, JIRA_PROJECT, JIRA_ISSUE_TYPE).unwrap();
         assert_valid(
             &spec,
             create,
@@ -754,7 +947,7 @@ fn jira_requests_match_the_openapi_document() {
         let adf = adf_errors(&fields["description"]);
         assert!(adf.is_empty(), "{}: {adf:#?}", case.name);
 
-        let body = jira_comment_body(d);
+        let body = render_comment_body(&rendering(&case), d).unwrap();
         assert_valid(
             &spec,
             comment,
@@ -832,7 +1025,7 @@ fn pagerduty_events_match_the_openapi_document() {
     let enqueue = request_schema(&spec, "/enqueue", "post");
     let mut actions = BTreeSet::new();
     for case in cases() {
-        let event = pagerduty_event(&case.delivery, PAGERDUTY_ROUTING_KEY);
+        let event = render_event(&rendering(&case), &case.delivery, PAGERDUTY_ROUTING_KEY).unwrap();
         assert_valid(
             &spec,
             enqueue,
@@ -910,9 +1103,13 @@ fn discord_execute_bodies_match_the_openapi_document() {
         .collect();
     for case in cases() {
         let d = &case.delivery;
-        let mut bodies = vec![("", discord_execute_body(d, false))];
+        let rendering = rendering(&case);
+        let mut bodies = vec![("", render_execute_body(&rendering, d, false).unwrap())];
         if d.message.thread().is_some() && d.thread_ref.is_none() {
-            bodies.push((" forum opener", discord_execute_body(d, true)));
+            bodies.push((
+                " forum opener",
+                render_execute_body(&rendering, d, true).unwrap(),
+            ));
         }
         for (variant, body) in bodies {
             let what = format!("Discord execute ({}{variant})", case.name);
@@ -1015,7 +1212,7 @@ fn discord_create_message_bodies_match_the_openapi_document() {
         if delivery.thread_ref.is_some() {
             delivery.thread_ref = Some("1187041234567890123".to_owned());
         }
-        let body = discord_create_message_body(&delivery);
+        let body = render_create_message_body(&rendering(&case), &delivery).unwrap();
         let what = format!("Discord create message ({})", case.name);
         assert_valid(&spec, schema, &body, &what);
         let unlisted: Vec<&String> = body
@@ -1204,7 +1401,8 @@ fn every_webhook_payload_matches_its_published_schema() {
         .unwrap_or_else(|e| panic!("cannot read {WEBHOOK_PAYLOAD_SCHEMA}: {e}"));
     let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
     for case in cases() {
-        let payload: Value = serde_json::from_slice(&webhook_payload(&case.delivery)).unwrap();
+        let body = render_webhook_body(&rendering(&case), &case.delivery).unwrap();
+        let payload: Value = serde_json::from_slice(&body).unwrap();
         assert_valid(
             &schema,
             &schema,

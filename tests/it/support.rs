@@ -24,6 +24,7 @@ pub fn webhook(mock: &RunningMock, name: &str) -> Destination {
     Destination {
         name: name.to_owned(),
         target: Target::Webhook {
+            rendering: Default::default(),
             url: mock.url(&format!("/hooks/{name}")).parse().unwrap(),
             secret: None,
         },

@@ -27,14 +27,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::connector::{
-    classify_discord_response, discord_execute_body, edit_first_message, embed,
-};
+use super::connector::{classify_discord_response, edit_first_message, embed, render_message};
 use crate::config::Secret;
 use crate::connector::http::{exchange, Reply};
 use crate::connector::shared::{Role, VerifyReport};
 use crate::domain::ClaimedDelivery;
 use crate::domain::Outcome;
+use crate::template::{render_failed, Rendering, TemplateError};
 
 /// Discord's `nonce` is at most 25 characters.
 pub const DISCORD_NONCE_CHARS_MAX: usize = 25;
@@ -54,6 +53,7 @@ pub struct DiscordBotConnector {
     api_url: reqwest::Url,
     channel_id: String,
     token: Secret,
+    rendering: Rendering,
 }
 
 #[derive(Deserialize)]
@@ -77,13 +77,23 @@ pub fn discord_nonce(idempotency_key: &str) -> String {
 /// nonce with `enforce_nonce`, and a reply to the thread's first message
 /// for an update or a resolve.
 pub fn discord_create_message_body(delivery: &ClaimedDelivery) -> Value {
-    let mut body = discord_execute_body(delivery, false);
+    render_create_message_body(&Rendering::default(), delivery)
+        .expect("the default template renders every valid message")
+}
+
+/// The Create Message body from the destination's template, with the
+/// nonce and the reply reference set after it.
+pub fn render_create_message_body(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+) -> Result<Value, TemplateError> {
+    let mut body = render_message(rendering, delivery)?;
     body["nonce"] = json!(discord_nonce(&delivery.idempotency_key));
     body["enforce_nonce"] = json!(true);
     if let Some(first) = delivery.thread_ref.as_deref() {
         body["message_reference"] = json!({"message_id": first, "fail_if_not_exists": false});
     }
-    body
+    Ok(body)
 }
 
 /// The snowflake of a moment: messages after it have greater ids.
@@ -96,6 +106,7 @@ impl DiscordBotConnector {
         api_url: reqwest::Url,
         channel_id: String,
         token: Secret,
+        rendering: Rendering,
         timeout: Duration,
         connections_max: usize,
     ) -> reqwest::Result<DiscordBotConnector> {
@@ -104,6 +115,7 @@ impl DiscordBotConnector {
             api_url,
             channel_id,
             token,
+            rendering,
         })
     }
 
@@ -145,6 +157,12 @@ impl DiscordBotConnector {
     }
 
     pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
+        // Rendered before anything is sent: a failing template sends
+        // nothing, and fails this delivery alone.
+        let body = match render_create_message_body(&self.rendering, delivery) {
+            Ok(body) => body,
+            Err(error) => return render_failed(&error),
+        };
         if let (Role::Resolve, Some(first)) = (Role::of(delivery), delivery.thread_ref.as_deref()) {
             let title = format!(
                 "[RESOLVED] {}",
@@ -163,7 +181,7 @@ impl DiscordBotConnector {
         }
         let request = self
             .request(reqwest::Method::POST, self.url(None))
-            .json(&discord_create_message_body(delivery));
+            .json(&body);
         match exchange(request).await {
             Ok(reply) => Self::classify(&reply, now_ms),
             Err(outcome) => outcome,

@@ -25,6 +25,7 @@ fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
         return Some(Target::Discord {
             url: t.required_url()?,
             forum: d.forum.as_ref().is_some_and(|f| *f.get_ref()),
+            rendering: Default::default(),
         });
     }
     if let Some(forum) = &d.forum {
@@ -52,5 +53,6 @@ fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
         api_url: api_url?,
         channel_id: channel_id?,
         token: token?,
+        rendering: Default::default(),
     })
 }

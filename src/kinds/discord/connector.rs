@@ -12,24 +12,29 @@
 //! id is known. After an ambiguous send the id is not known, so the message
 //! is sent again and the delivery flagged `possible_duplicate`.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::connector::http::{cut_chars as cut, exchange, status_class, Reply};
-use crate::connector::shared::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::connector::shared::{parse_retry_after_ms, Role, VerifyReport};
 use crate::domain::ClaimedDelivery;
 use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Severity};
+use crate::template::{render_failed, Rendering, Template, TemplateError};
 
 const EMBED_TITLE_CHARS_MAX: usize = 256;
 const EMBED_DESCRIPTION_CHARS_MAX: usize = 4_096;
 const THREAD_NAME_CHARS_MAX: usize = 100;
+/// An embed's title, description, fields, footer and author together.
+const EMBED_TOTAL_CHARS_MAX: usize = 6_000;
 
 pub struct DiscordConnector {
     client: reqwest::Client,
     url: reqwest::Url,
     forum: bool,
+    rendering: Rendering,
 }
 
 #[derive(Deserialize)]
@@ -157,21 +162,146 @@ pub(super) fn embed(delivery: &ClaimedDelivery, title: String) -> Value {
     embed
 }
 
+/// Discord's default template (`template.json.j2`), compiled once.
+static DEFAULT_TEMPLATE: LazyLock<Template> =
+    LazyLock::new(|| Template::builtin(include_str!("template.json.j2")));
+
+/// Discord's default template (both modes).
+pub fn default_template() -> &'static Template {
+    &DEFAULT_TEMPLATE
+}
+
+/// The execute-webhook body for a delivery with the default template and
+/// no mention. See [`render_execute_body`].
+pub fn discord_execute_body(delivery: &ClaimedDelivery, opens_post: bool) -> Value {
+    render_execute_body(&Rendering::default(), delivery, opens_post)
+        .expect("the default template renders every valid message")
+}
+
+/// The message's content from the destination's template, with what the
+/// connector owns set after it: the first embed's footer (the idempotency
+/// key, which the bot mode's read-back looks for) and `allowed_mentions`
+/// (only the roles and users of the destination's mention may be pinged;
+/// text in a message never pings).
+pub(super) fn render_message(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+) -> Result<Value, TemplateError> {
+    let mut body = rendering.render(&DEFAULT_TEMPLATE, delivery)?;
+    let Some(object) = body.as_object_mut() else {
+        return Err(TemplateError {
+            line: None,
+            reason: "the output must be a JSON object (a Discord message)".into(),
+        });
+    };
+    if let Some(Value::Object(first)) = object
+        .get_mut("embeds")
+        .and_then(Value::as_array_mut)
+        .and_then(|embeds| embeds.first_mut())
+    {
+        first.insert(
+            "footer".into(),
+            json!({"text": format!("herald {}", delivery.idempotency_key)}),
+        );
+    }
+    if let Some(Value::Object(first)) = object
+        .get_mut("embeds")
+        .and_then(Value::as_array_mut)
+        .and_then(|embeds| embeds.first_mut())
+    {
+        fit_embed(first);
+    }
+    let mention = rendering.mentions.for_delivery(delivery);
+    object.insert("allowed_mentions".into(), allowed_mentions(mention));
+    for owned in [
+        "thread_name",
+        "thread_id",
+        "nonce",
+        "enforce_nonce",
+        "message_reference",
+    ] {
+        object.remove(owned);
+    }
+    Ok(body)
+}
+
+/// The characters of an embed that count towards Discord's limit.
+fn embed_chars(embed: &serde_json::Map<String, Value>) -> usize {
+    let chars = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, |t| t.chars().count());
+    let mut total = chars(embed.get("title"))
+        + chars(embed.get("description"))
+        + chars(embed.get("footer").and_then(|f| f.get("text")))
+        + chars(embed.get("author").and_then(|a| a.get("name")));
+    if let Some(Value::Array(fields)) = embed.get("fields") {
+        for field in fields {
+            total += chars(field.get("name")) + chars(field.get("value"));
+        }
+    }
+    total
+}
+
+/// Keeps an embed within Discord's 6,000 characters: the last fields go
+/// first (the severity, first, stays), then the description is cut.
+fn fit_embed(embed: &mut serde_json::Map<String, Value>) {
+    let mut total = embed_chars(embed);
+    while total > EMBED_TOTAL_CHARS_MAX {
+        let Some(Value::Array(fields)) = embed.get_mut("fields") else {
+            break;
+        };
+        if fields.len() <= 1 {
+            break;
+        }
+        fields.pop();
+        total = embed_chars(embed);
+    }
+    if total > EMBED_TOTAL_CHARS_MAX {
+        if let Some(Value::String(description)) = embed.get_mut("description") {
+            let over = total - EMBED_TOTAL_CHARS_MAX;
+            let keep = description.chars().count().saturating_sub(over);
+            *description = cut(description, keep.max(1));
+        }
+    }
+}
+
+/// Who a message may ping: the roles (`<@&id>`) and users (`<@id>`) its
+/// mention names, and everyone for `@everyone` or `@here`; nobody else.
+fn allowed_mentions(mention: Option<&str>) -> Value {
+    let Some(mention) = mention else {
+        return json!({"parse": []});
+    };
+    let mut roles = Vec::new();
+    let mut users = Vec::new();
+    for part in mention.split('<').skip(1) {
+        let Some((inner, _)) = part.split_once('>') else {
+            continue;
+        };
+        if let Some(id) = inner.strip_prefix("@&") {
+            roles.push(id.to_owned());
+        } else if let Some(id) = inner.strip_prefix('@') {
+            users.push(id.trim_start_matches('!').to_owned());
+        }
+    }
+    let is_snowflake = |id: &String| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
+    roles.retain(is_snowflake);
+    users.retain(is_snowflake);
+    let everyone = mention.contains("@everyone") || mention.contains("@here");
+    let parse: Vec<&str> = if everyone {
+        vec!["everyone"]
+    } else {
+        Vec::new()
+    };
+    json!({"parse": parse, "roles": roles, "users": users})
+}
+
 /// The execute-webhook body for a delivery. `opens_post` adds the forum
 /// post's `thread_name`.
-pub fn discord_execute_body(delivery: &ClaimedDelivery, opens_post: bool) -> Value {
+pub fn render_execute_body(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+    opens_post: bool,
+) -> Result<Value, TemplateError> {
     let m = &delivery.message;
-    let title = match (Role::of(delivery), m.thread()) {
-        (Role::Update, Some(thread)) => {
-            format!("[{}] {thread} update: {}", m.severity().as_str(), m.title())
-        }
-        (Role::Resolve, Some(thread)) => format!("[RESOLVED] {thread}: {}", m.title()),
-        _ => headline(delivery),
-    };
-    let mut body = json!({
-        "embeds": [embed(delivery, title)],
-        "allowed_mentions": {"parse": []},
-    });
+    let mut body = render_message(rendering, delivery)?;
     if opens_post {
         let name = match m.thread() {
             Some(thread) => format!("{thread}: {}", m.title()),
@@ -179,13 +309,14 @@ pub fn discord_execute_body(delivery: &ClaimedDelivery, opens_post: bool) -> Val
         };
         body["thread_name"] = json!(cut(&name, THREAD_NAME_CHARS_MAX));
     }
-    body
+    Ok(body)
 }
 
 impl DiscordConnector {
     pub fn new(
         url: reqwest::Url,
         forum: bool,
+        rendering: Rendering,
         timeout: Duration,
         connections_max: usize,
     ) -> reqwest::Result<DiscordConnector> {
@@ -193,6 +324,7 @@ impl DiscordConnector {
             client: crate::connector::http::client(timeout, connections_max)?,
             url,
             forum,
+            rendering,
         })
     }
 
@@ -221,6 +353,14 @@ impl DiscordConnector {
         // In a forum the thread's reference is the post's id, which is also
         // the id of its first message.
         let thread_id = if self.forum { root } else { None };
+        // A forum webhook must either open a post or name one.
+        let opens_post = self.forum && root.is_none();
+        // Rendered before anything is sent: a failing template sends
+        // nothing, and fails this delivery alone.
+        let body = match render_execute_body(&self.rendering, delivery, opens_post) {
+            Ok(body) => body,
+            Err(error) => return render_failed(&error),
+        };
         if let (Role::Resolve, Some(first)) = (role, root) {
             let title = format!(
                 "[RESOLVED] {}",
@@ -238,17 +378,12 @@ impl DiscordConnector {
                 return outcome;
             }
         }
-        // A forum webhook must either open a post or name one.
-        let opens_post = self.forum && root.is_none();
         let mut url = self.url.clone();
         url.query_pairs_mut().append_pair("wait", "true");
         if let Some(thread) = thread_id {
             url.query_pairs_mut().append_pair("thread_id", thread);
         }
-        let request = self
-            .client
-            .post(url)
-            .json(&discord_execute_body(delivery, opens_post));
+        let request = self.client.post(url).json(&body);
         match exchange(request).await {
             Ok(reply) => {
                 let mut outcome = Self::classify(&reply, now_ms);

@@ -18,6 +18,7 @@ pub fn demo_kind() -> DemoKind {
         target: |mock_base, name| Target::Discord {
             url: mock_url(mock_base, &send_path(name)),
             forum: true,
+            rendering: Default::default(),
         },
         name: "discord-ops",
         what: "healthy (forum channel)",

@@ -26,12 +26,18 @@ impl connector::DiscordConnector {
         timeout: Duration,
         connections_max: usize,
     ) -> Option<reqwest::Result<connector::DiscordConnector>> {
-        let Target::Discord { url, forum } = target else {
+        let Target::Discord {
+            url,
+            forum,
+            rendering,
+        } = target
+        else {
             return None;
         };
         Some(connector::DiscordConnector::new(
             url.clone(),
             *forum,
+            rendering.clone(),
             timeout,
             connections_max,
         ))
@@ -49,6 +55,7 @@ impl bot_connector::DiscordBotConnector {
             api_url,
             channel_id,
             token,
+            rendering,
         } = target
         else {
             return None;
@@ -57,6 +64,7 @@ impl bot_connector::DiscordBotConnector {
             api_url.clone(),
             channel_id.clone(),
             token.clone(),
+            rendering.clone(),
             timeout,
             connections_max,
         ))

@@ -63,5 +63,6 @@ fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
         token: token?,
         resolve_transition: resolve_transition?,
         search_recheck_ms,
+        rendering: Default::default(),
     })
 }

@@ -15,6 +15,7 @@
 //!   that is no longer offered because the issue is already done counts as
 //!   done.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -25,9 +26,12 @@ use crate::connector::http::{exchange, status_class, Reply};
 use crate::connector::shared::{headline, parse_retry_after_ms, Role, VerifyReport};
 use crate::domain::ClaimedDelivery;
 use crate::domain::{Outcome, OutcomeClass};
+use crate::template::{render_failed, Rendering, Template, TemplateError};
 
 /// Jira refuses longer summaries.
 const SUMMARY_CHARS_MAX: usize = 255;
+/// Jira refuses longer labels.
+const LABEL_CHARS_MAX: usize = 255;
 /// Comments read back at most, newest first.
 const COMMENTS_READ_MAX: usize = 100;
 
@@ -40,6 +44,7 @@ pub struct JiraConnector {
     token: Secret,
     resolve_transition: String,
     search_recheck: Duration,
+    rendering: Rendering,
 }
 
 /// The label that finds the issue a delivery created.
@@ -63,43 +68,147 @@ pub fn adf_document(lines: &[String]) -> Value {
     json!({"type": "doc", "version": 1, "content": content})
 }
 
-fn message_lines(delivery: &ClaimedDelivery, with_title: bool) -> Vec<String> {
-    let m = &delivery.message;
-    let mut lines = Vec::new();
-    if with_title {
-        lines.push(headline(delivery));
-    }
-    lines.extend(m.body().lines().map(str::to_owned));
-    let mut facts = format!("Severity {}", m.severity().as_str());
-    if let Some(thread) = m.thread() {
-        facts.push_str(&format!(" · incident {thread}"));
-    }
-    lines.push(facts);
-    lines.push(key_line(delivery));
-    lines
+/// Jira's default template (`template.json.j2`), compiled once.
+static DEFAULT_TEMPLATE: LazyLock<Template> =
+    LazyLock::new(|| Template::builtin(include_str!("template.json.j2")));
+
+/// Jira's default template.
+pub fn default_template() -> &'static Template {
+    &DEFAULT_TEMPLATE
 }
 
-/// `POST /rest/api/3/issue` for a thread's first message.
+/// What the destination's template gives for a delivery: the issue's
+/// summary, description, labels and priority, and the comment.
+struct Rendered {
+    summary: String,
+    description: Value,
+    comment: Value,
+    labels: Vec<String>,
+    priority: Option<String>,
+}
+
+fn invalid(reason: &str) -> TemplateError {
+    TemplateError {
+        line: None,
+        reason: reason.to_owned(),
+    }
+}
+
+/// An ADF document with the delivery's key line as its last paragraph.
+fn with_key_line(
+    document: Option<&Value>,
+    delivery: &ClaimedDelivery,
+    what: &str,
+) -> Result<Value, TemplateError> {
+    let mut document = document.cloned().unwrap_or_else(|| adf_document(&[]));
+    let Some(content) = document.get_mut("content").and_then(Value::as_array_mut) else {
+        return Err(invalid(&format!(
+            "{what} must be an Atlassian document: {{\"type\": \"doc\", \"version\": 1, \"content\": [...]}}"
+        )));
+    };
+    content.push(
+        json!({"type": "paragraph", "content": [{"type": "text", "text": key_line(delivery)}]}),
+    );
+    Ok(document)
+}
+
+fn render(rendering: &Rendering, delivery: &ClaimedDelivery) -> Result<Rendered, TemplateError> {
+    let output = rendering.render(&DEFAULT_TEMPLATE, delivery)?;
+    let text = |name: &str| output.get(name).and_then(Value::as_str).map(str::to_owned);
+    let summary = text("summary").unwrap_or_else(|| headline(delivery));
+    let labels = match output.get("labels") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(labels)) => labels
+            .iter()
+            .map(|l| {
+                l.as_str()
+                    .map(jira_label_text)
+                    .ok_or_else(|| invalid("labels must be texts"))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(invalid("labels must be a list of texts")),
+    };
+    Ok(Rendered {
+        summary,
+        description: with_key_line(output.get("description"), delivery, "description")?,
+        comment: with_key_line(output.get("comment"), delivery, "comment")?,
+        labels,
+        priority: text("priority"),
+    })
+}
+
+/// A label as Jira takes it: no spaces, at most 255 characters.
+fn jira_label_text(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .take(LABEL_CHARS_MAX)
+        .collect()
+}
+
+/// `POST /rest/api/3/issue` for a thread's first message, with the default
+/// template. See [`render_create_body`].
 pub fn jira_create_body(delivery: &ClaimedDelivery, project: &str, issue_type: &str) -> Value {
-    let summary: String = headline(delivery)
+    render_create_body(&Rendering::default(), delivery, project, issue_type)
+        .expect("the default template renders every valid message")
+}
+
+/// `POST /rest/api/3/issue` for a thread's first message: the template's
+/// summary, description, labels and priority; the project, the issue
+/// type and the labels that find the issue again are the connector's.
+pub fn render_create_body(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+    project: &str,
+    issue_type: &str,
+) -> Result<Value, TemplateError> {
+    let rendered = render(rendering, delivery)?;
+    let summary: String = rendered
+        .summary
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(SUMMARY_CHARS_MAX)
         .collect();
-    json!({
+    let mut labels = vec!["herald".to_owned(), jira_label(&delivery.idempotency_key)];
+    for label in rendered.labels {
+        if !label.is_empty() && !labels.contains(&label) {
+            labels.push(label);
+        }
+    }
+    let mut body = json!({
         "fields": {
             "project": {"key": project},
             "issuetype": {"name": issue_type},
             "summary": summary,
-            "description": adf_document(&message_lines(delivery, false)),
-            "labels": ["herald", jira_label(&delivery.idempotency_key)],
+            "description": rendered.description,
+            "labels": labels,
         }
-    })
+    });
+    if let Some(priority) = rendered.priority {
+        body["fields"]["priority"] = json!({"name": priority});
+    }
+    Ok(body)
 }
 
-/// `POST /rest/api/3/issue/{key}/comment` for an update or a resolve.
+/// `POST /rest/api/3/issue/{key}/comment` for an update or a resolve, with
+/// the default template.
 pub fn jira_comment_body(delivery: &ClaimedDelivery) -> Value {
-    json!({"body": adf_document(&message_lines(delivery, true))})
+    render_comment_body(&Rendering::default(), delivery)
+        .expect("the default template renders every valid message")
+}
+
+/// `POST /rest/api/3/issue/{key}/comment`: the template's comment, ending
+/// with the delivery's key line (the read-back looks for it).
+pub fn render_comment_body(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+) -> Result<Value, TemplateError> {
+    Ok(json!({"body": render(rendering, delivery)?.comment}))
 }
 
 /// Jira's outcome classes; errors carry Jira's own messages.
@@ -183,6 +292,7 @@ impl JiraConnector {
             token,
             resolve_transition,
             search_recheck_ms,
+            rendering,
         } = target
         else {
             unreachable!("a Jira connector is built from a Jira target");
@@ -200,6 +310,7 @@ impl JiraConnector {
             token: token.clone(),
             resolve_transition: resolve_transition.clone(),
             search_recheck: Duration::from_millis(*search_recheck_ms),
+            rendering: rendering.clone(),
         })
     }
 
@@ -241,7 +352,15 @@ impl JiraConnector {
         }
         let mut outcome = match delivery.thread_ref.as_deref() {
             None => {
-                let body = jira_create_body(delivery, &self.project, &self.issue_type);
+                let body = match render_create_body(
+                    &self.rendering,
+                    delivery,
+                    &self.project,
+                    &self.issue_type,
+                ) {
+                    Ok(body) => body,
+                    Err(error) => return render_failed(&error),
+                };
                 match self
                     .call(self.client.post(self.url(&["issue"])).json(&body))
                     .await
@@ -252,10 +371,14 @@ impl JiraConnector {
             }
             Some(root) => {
                 let issue = issue_of(root);
+                let body = match render_comment_body(&self.rendering, delivery) {
+                    Ok(body) => body,
+                    Err(error) => return render_failed(&error),
+                };
                 let request = self
                     .client
                     .post(self.url(&["issue", issue, "comment"]))
-                    .json(&jira_comment_body(delivery));
+                    .json(&body);
                 let reply = match self.call(request).await {
                     Ok(reply) => reply,
                     Err(outcome) => return outcome,

@@ -17,6 +17,7 @@ pub fn demo_kind() -> DemoKind {
             token: Secret::new("jira-mock-token"),
             resolve_transition: "Done".into(),
             search_recheck_ms: 500,
+            rendering: Default::default(),
         },
         name: "jira-ops",
         what: "fails the first three creates (503); the update and resolve wait",

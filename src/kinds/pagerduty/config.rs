@@ -39,5 +39,6 @@ fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
     Some(Target::PagerDuty {
         events_url: events_url?,
         routing_key: routing_key?,
+        rendering: Default::default(),
     })
 }

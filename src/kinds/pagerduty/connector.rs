@@ -4,23 +4,23 @@
 //! first and resolved by the resolve. An ambiguous outcome is simply sent
 //! again under the same key: PagerDuty folds it into the same incident.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::config::Secret;
 use crate::connector::http::{exchange, status_class};
-use crate::connector::shared::{headline, parse_retry_after_ms, VerifyReport};
+use crate::connector::shared::{parse_retry_after_ms, VerifyReport};
 use crate::domain::ClaimedDelivery;
-use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass, Severity};
-
-/// PagerDuty cuts a summary at this many characters.
-const SUMMARY_CHARS_MAX: usize = 1_024;
+use crate::domain::{Outcome, OutcomeClass};
+use crate::template::{render_failed, Rendering, Template, TemplateError};
 
 pub struct PagerDutyConnector {
     client: reqwest::Client,
     enqueue_url: reqwest::Url,
     routing_key: Secret,
+    rendering: Rendering,
 }
 
 /// The incident's key: the thread's first delivery's, else derived from the
@@ -36,51 +36,67 @@ pub fn dedup_key(delivery: &ClaimedDelivery) -> String {
     }
 }
 
-/// The event herald enqueues: a trigger (the first message and updates,
-/// which PagerDuty folds into the open incident) or a resolve.
+/// PagerDuty's default template (`template.json.j2`), compiled once.
+static DEFAULT_TEMPLATE: LazyLock<Template> =
+    LazyLock::new(|| Template::builtin(include_str!("template.json.j2")));
+
+/// PagerDuty's default template.
+pub fn default_template() -> &'static Template {
+    &DEFAULT_TEMPLATE
+}
+
+/// The event with the default template. See [`render_event`].
 pub fn pagerduty_event(delivery: &ClaimedDelivery, routing_key: &str) -> Value {
-    let m = &delivery.message;
+    render_event(&Rendering::default(), delivery, routing_key)
+        .expect("the default template renders every valid message")
+}
+
+/// The event herald enqueues: a trigger (the first message and updates,
+/// which PagerDuty folds into the open incident) with the payload and
+/// links the destination's template renders, or a resolve. The keys that
+/// make it idempotent and threaded are set here, after the template.
+pub fn render_event(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+    routing_key: &str,
+) -> Result<Value, TemplateError> {
     let key = dedup_key(delivery);
-    if m.resolved() {
-        return json!({
+    if delivery.message.resolved() {
+        return Ok(json!({
             "routing_key": routing_key,
             "event_action": "resolve",
             "dedup_key": key,
+        }));
+    }
+    let mut event = rendering.render(&DEFAULT_TEMPLATE, delivery)?;
+    let Some(object) = event.as_object_mut() else {
+        return Err(TemplateError {
+            line: None,
+            reason: "the output must be a JSON object (the event's payload and links)".into(),
         });
-    }
-    let severity = match m.severity() {
-        Severity::P1 => "critical",
-        Severity::P2 => "error",
-        Severity::P3 => "warning",
-        Severity::P4 | Severity::P5 => "info",
     };
-    let summary: String = headline(delivery).chars().take(SUMMARY_CHARS_MAX).collect();
-    let mut details = json!({
-        "broadcast_id": delivery.broadcast_id,
-        "idempotency_key": delivery.idempotency_key,
-    });
-    if !m.body().is_empty() {
-        details["body"] = json!(m.body());
+    let Some(Value::Object(payload)) = object.get_mut("payload") else {
+        return Err(TemplateError {
+            line: None,
+            reason: "the output must have a payload object (summary, source, severity)".into(),
+        });
+    };
+    match payload.entry("custom_details").or_insert_with(|| json!({})) {
+        Value::Object(details) => {
+            details.insert("idempotency_key".into(), json!(delivery.idempotency_key));
+        }
+        _ => {
+            return Err(TemplateError {
+                line: None,
+                reason: "payload.custom_details must be an object".into(),
+            })
+        }
     }
-    let mut payload = json!({
-        "summary": summary,
-        "source": "herald",
-        "severity": severity,
-        "timestamp": format_rfc3339_ms(delivery.broadcast_created_at_ms),
-        "class": "incident",
-        "custom_details": details,
-    });
-    if let Some(thread) = m.thread() {
-        payload["group"] = json!(thread);
-        payload["custom_details"]["thread"] = json!(thread);
-    }
-    json!({
-        "routing_key": routing_key,
-        "event_action": "trigger",
-        "dedup_key": key,
-        "payload": payload,
-        "client": "herald",
-    })
+    object.insert("routing_key".into(), json!(routing_key));
+    object.insert("event_action".into(), json!("trigger"));
+    object.insert("dedup_key".into(), json!(key));
+    object.insert("client".into(), json!("herald"));
+    Ok(event)
 }
 
 /// PagerDuty's outcome classes: 202 accepted, 400 invalid (permanent), 429
@@ -135,6 +151,7 @@ impl PagerDutyConnector {
     pub fn new(
         events_url: reqwest::Url,
         routing_key: Secret,
+        rendering: Rendering,
         timeout: Duration,
         connections_max: usize,
     ) -> reqwest::Result<PagerDutyConnector> {
@@ -145,11 +162,15 @@ impl PagerDutyConnector {
             client: crate::connector::http::client(timeout, connections_max)?,
             enqueue_url,
             routing_key,
+            rendering,
         })
     }
 
     pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
-        let event = pagerduty_event(delivery, self.routing_key.expose());
+        let event = match render_event(&self.rendering, delivery, self.routing_key.expose()) {
+            Ok(event) => event,
+            Err(error) => return render_failed(&error),
+        };
         let request = self
             .client
             .post(self.enqueue_url.clone())

@@ -11,6 +11,7 @@ pub fn demo_kind() -> DemoKind {
         target: |mock_base, _| Target::PagerDuty {
             events_url: mock_url(mock_base, "/pagerduty/"),
             routing_key: Secret::new("0123456789abcdef0123456789abcdef"),
+            rendering: Default::default(),
         },
         name: "pagerduty",
         what: "healthy",

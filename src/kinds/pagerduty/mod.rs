@@ -25,6 +25,7 @@ impl connector::PagerDutyConnector {
         let Target::PagerDuty {
             events_url,
             routing_key,
+            rendering,
         } = target
         else {
             return None;
@@ -32,6 +33,7 @@ impl connector::PagerDutyConnector {
         Some(connector::PagerDutyConnector::new(
             events_url.clone(),
             routing_key.clone(),
+            rendering.clone(),
             timeout,
             connections_max,
         ))

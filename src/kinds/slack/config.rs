@@ -44,5 +44,6 @@ fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
         api_url,
         channel: channel?,
         token: token?,
+        rendering: Default::default(),
     })
 }

@@ -6,6 +6,7 @@
 //! message's thread; its resolve first edits the first message
 //! (`chat.update`, idempotent) and then replies.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -13,9 +14,10 @@ use serde_json::{json, Value};
 
 use crate::config::Secret;
 use crate::connector::http::{cut_chars as cut, exchange, Reply};
-use crate::connector::shared::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::connector::shared::{parse_retry_after_ms, Role, VerifyReport};
 use crate::domain::ClaimedDelivery;
 use crate::domain::{Outcome, OutcomeClass};
+use crate::template::{escape_mrkdwn, render_failed, Rendering, Template, TemplateError};
 
 /// `metadata.event_type` of every message herald posts.
 pub const EVENT_TYPE: &str = "herald_delivery";
@@ -32,6 +34,7 @@ pub struct SlackConnector {
     api_url: reqwest::Url,
     channel: String,
     token: Secret,
+    rendering: Rendering,
 }
 
 #[derive(Deserialize)]
@@ -120,49 +123,50 @@ fn slack_error_class(code: &str) -> OutcomeClass {
     }
 }
 
-fn escape_mrkdwn(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// Slack's default template (`template.json.j2`), compiled once.
+static DEFAULT_TEMPLATE: LazyLock<Template> =
+    LazyLock::new(|| Template::builtin(include_str!("template.json.j2")));
+
+/// Slack's default template, for `herald preview` and the tests.
+pub fn default_template() -> &'static Template {
+    &DEFAULT_TEMPLATE
 }
 
-/// The `chat.postMessage` arguments for a delivery: Block Kit, fallback
-/// text, the idempotency key in `metadata`, and `thread_ts` for a reply.
+/// The `chat.postMessage` arguments for a delivery with the default
+/// template and no mentions. See [`render_post_message`].
 pub fn post_message_body(
     delivery: &ClaimedDelivery,
     channel: &str,
     thread_ts: Option<&str>,
 ) -> Value {
+    render_post_message(&Rendering::default(), delivery, channel, thread_ts)
+        .expect("the default template renders every valid message")
+}
+
+/// The `chat.postMessage` arguments for a delivery: the destination's
+/// template renders the content (Block Kit, fallback text); the protocol
+/// fields are set here, after it, so a template cannot change them: the
+/// channel, the idempotency key in `metadata`, `thread_ts` for a reply.
+pub fn render_post_message(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+    channel: &str,
+    thread_ts: Option<&str>,
+) -> Result<Value, TemplateError> {
     let m = &delivery.message;
-    let headline = headline(delivery);
-    let mut context = format!("*{}*", m.severity().as_str());
-    if let Some(thread) = m.thread() {
-        context.push_str(&format!(" · incident `{}`", escape_mrkdwn(thread)));
-    }
-    context.push_str(&format!(" · herald broadcast `{}`", delivery.broadcast_id));
-    let mut blocks = vec![json!({
-        "type": "header",
-        "text": {"type": "plain_text", "text": cut(&headline, HEADER_CHARS_MAX), "emoji": true}
-    })];
-    if !m.body().trim().is_empty() {
-        blocks.push(json!({
-            "type": "section",
-            "text": {"type": "mrkdwn", "text": cut(&escape_mrkdwn(m.body()), SECTION_CHARS_MAX)}
-        }));
-    }
-    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]}));
-    let mut text = headline;
-    if !m.body().trim().is_empty() {
-        text.push('\n');
-        text.push_str(&escape_mrkdwn(m.body()));
-    }
-    let mut body = json!({
-        "channel": channel,
-        "text": text,
-        "blocks": blocks,
-        "unfurl_links": false,
-        "unfurl_media": false,
-        "metadata": {
+    let mut body = rendering.render(&DEFAULT_TEMPLATE, delivery)?;
+    let Some(object) = body.as_object_mut() else {
+        return Err(TemplateError {
+            line: None,
+            reason: "the output must be a JSON object (chat.postMessage's arguments)".into(),
+        });
+    };
+    object.insert("channel".into(), json!(channel));
+    object.entry("unfurl_links").or_insert(json!(false));
+    object.entry("unfurl_media").or_insert(json!(false));
+    object.insert(
+        "metadata".into(),
+        json!({
             "event_type": EVENT_TYPE,
             "event_payload": {
                 "idempotency_key": delivery.idempotency_key,
@@ -170,12 +174,15 @@ pub fn post_message_body(
                 "severity": m.severity().as_str(),
                 "thread": m.thread(),
             }
-        }
-    });
-    if let Some(ts) = thread_ts {
-        body["thread_ts"] = json!(ts);
-    }
-    body
+        }),
+    );
+    match thread_ts {
+        Some(ts) => object.insert("thread_ts".into(), json!(ts)),
+        None => object.remove("thread_ts"),
+    };
+    // A reply shown in the channel too would be a second post to find.
+    object.remove("reply_broadcast");
+    Ok(body)
 }
 
 /// The `chat.update` arguments that mark a thread's first message resolved.
@@ -203,6 +210,7 @@ impl SlackConnector {
         api_url: reqwest::Url,
         channel: String,
         token: Secret,
+        rendering: Rendering,
         timeout: Duration,
         connections_max: usize,
     ) -> reqwest::Result<SlackConnector> {
@@ -211,6 +219,7 @@ impl SlackConnector {
             api_url,
             channel,
             token,
+            rendering,
         })
     }
 
@@ -233,6 +242,12 @@ impl SlackConnector {
     pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
         let role = Role::of(delivery);
         let root = delivery.thread_ref.as_deref();
+        // Rendered before anything is sent: a template that fails sends
+        // nothing, and fails this delivery alone.
+        let body = match render_post_message(&self.rendering, delivery, &self.channel, root) {
+            Ok(body) => body,
+            Err(error) => return render_failed(&error),
+        };
         let mut note = None;
         if let (Role::Resolve, Some(ts)) = (role, root) {
             // Edit the first message before replying: the edit is
@@ -256,7 +271,6 @@ impl SlackConnector {
                 _ => return ambiguous_edit_is_retryable(outcome),
             }
         }
-        let body = post_message_body(delivery, &self.channel, root);
         let mut outcome = match self.call("chat.postMessage", &body).await {
             Ok(reply) => {
                 let mut outcome = classify_slack_response(

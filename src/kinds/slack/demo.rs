@@ -13,6 +13,7 @@ pub fn demo_kind() -> DemoKind {
             api_url: mock_url(mock_base, "/slack/api/"),
             channel: name.to_owned(),
             token: Secret::new("xoxb-herald-mock"),
+            rendering: Default::default(),
         },
         name: "slack-incidents",
         what: "takes the first post, then drops the answer: read back, not re-posted",

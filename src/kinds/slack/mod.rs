@@ -27,6 +27,7 @@ impl connector::SlackConnector {
             api_url,
             channel,
             token,
+            rendering,
         } = target
         else {
             return None;
@@ -35,6 +36,7 @@ impl connector::SlackConnector {
             api_url.clone(),
             channel.clone(),
             token.clone(),
+            rendering.clone(),
             timeout,
             connections_max,
         ))

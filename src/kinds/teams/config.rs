@@ -20,5 +20,6 @@ fn secret_allowed(_: &FileDestination) -> bool {
 fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
     Some(Target::Teams {
         url: t.required_url()?,
+        rendering: Default::default(),
     })
 }

@@ -5,18 +5,21 @@
 //! delivery is flagged `possible_duplicate`. A thread's updates are new
 //! cards that name the incident.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::connector::http::{exchange, status_class};
-use crate::connector::shared::{parse_retry_after_ms, Role, VerifyReport};
+use crate::connector::shared::{parse_retry_after_ms, VerifyReport};
 use crate::domain::ClaimedDelivery;
-use crate::domain::{Outcome, OutcomeClass, Severity};
+use crate::domain::{Outcome, OutcomeClass};
+use crate::template::{render_failed, Rendering, Template, TemplateError};
 
 pub struct TeamsConnector {
     client: reqwest::Client,
     url: reqwest::Url,
+    rendering: Rendering,
 }
 
 /// The workflow's outcome classes, from the status line.
@@ -39,78 +42,58 @@ pub fn classify_teams_response(status: u16, retry_after: Option<&str>, now_ms: i
     outcome
 }
 
-/// The request body: one Adaptive Card (1.5) in the message envelope.
+/// Teams' default template (`template.json.j2`), compiled once.
+static DEFAULT_TEMPLATE: LazyLock<Template> =
+    LazyLock::new(|| Template::builtin(include_str!("template.json.j2")));
+
+/// Teams' default template.
+pub fn default_template() -> &'static Template {
+    &DEFAULT_TEMPLATE
+}
+
+/// The request body with the default template and no mention: one
+/// Adaptive Card (1.5) in the message envelope.
 pub fn teams_card_message(delivery: &ClaimedDelivery) -> Value {
-    let m = &delivery.message;
-    let role = Role::of(delivery);
-    let title = match (role, m.thread()) {
-        (Role::Resolve, Some(thread)) => format!("[RESOLVED] {thread}: {}", m.title()),
-        (Role::Update, Some(thread)) => {
-            format!("[{}] {thread} update: {}", m.severity().as_str(), m.title())
-        }
-        (_, Some(thread)) => format!("[{}] {thread}: {}", m.severity().as_str(), m.title()),
-        (_, None) => format!("[{}] {}", m.severity().as_str(), m.title()),
-    };
-    let color = match (role, m.severity()) {
-        (Role::Resolve, _) => "Good",
-        (_, Severity::P1 | Severity::P2) => "Attention",
-        (_, Severity::P3) => "Warning",
-        _ => "Default",
-    };
-    let status = match role {
-        Role::Single | Role::Opener => "open",
-        Role::Update => "update",
-        Role::Resolve => "resolved",
-    };
-    let mut body = vec![json!({
-        "type": "TextBlock",
-        "text": title,
-        "size": "Large",
-        "weight": "Bolder",
-        "color": color,
-        "wrap": true
-    })];
-    if !m.body().trim().is_empty() {
-        body.push(json!({"type": "TextBlock", "text": m.body(), "wrap": true}));
+    render_card_message(&Rendering::default(), delivery)
+        .expect("the default template renders every valid message")
+}
+
+/// The request body from the destination's template. A workflow takes
+/// the whole message; nothing in it is herald's protocol (a workflow has
+/// no idempotency key and no thread to attach to).
+pub fn render_card_message(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+) -> Result<Value, TemplateError> {
+    let body = rendering.render(&DEFAULT_TEMPLATE, delivery)?;
+    if !body.is_object() {
+        return Err(TemplateError {
+            line: None,
+            reason: "the output must be a JSON object (the workflow's message)".into(),
+        });
     }
-    let mut facts = vec![
-        json!({"title": "Severity", "value": m.severity().as_str()}),
-        json!({"title": "Status", "value": status}),
-    ];
-    if let Some(thread) = m.thread() {
-        facts.push(json!({"title": "Incident", "value": thread}));
-    }
-    facts.push(json!({"title": "Broadcast", "value": delivery.broadcast_id}));
-    body.push(json!({"type": "FactSet", "facts": facts}));
-    json!({
-        "type": "message",
-        "attachments": [{
-            "contentType": "application/vnd.microsoft.card.adaptive",
-            "contentUrl": null,
-            "content": {
-                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
-                "type": "AdaptiveCard",
-                "version": "1.5",
-                "body": body
-            }
-        }]
-    })
+    Ok(body)
 }
 
 impl TeamsConnector {
     pub fn new(
         url: reqwest::Url,
+        rendering: Rendering,
         timeout: Duration,
         connections_max: usize,
     ) -> reqwest::Result<TeamsConnector> {
         Ok(TeamsConnector {
             client: crate::connector::http::client(timeout, connections_max)?,
             url,
+            rendering,
         })
     }
 
     pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
-        let body = serde_json::to_vec(&teams_card_message(delivery)).expect("JSON serialises");
+        let body = match render_card_message(&self.rendering, delivery) {
+            Ok(body) => serde_json::to_vec(&body).expect("JSON serialises"),
+            Err(error) => return render_failed(&error),
+        };
         let request = self
             .client
             .post(self.url.clone())

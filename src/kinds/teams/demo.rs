@@ -14,6 +14,7 @@ pub fn demo_kind() -> DemoKind {
         send_path,
         target: |mock_base, name| Target::Teams {
             url: mock_url(mock_base, &send_path(name)),
+            rendering: Default::default(),
         },
         name: "teams-ops",
         what: "rate limited once (429, Retry-After: 2)",

@@ -23,11 +23,12 @@ impl connector::TeamsConnector {
         timeout: Duration,
         connections_max: usize,
     ) -> Option<reqwest::Result<connector::TeamsConnector>> {
-        let Target::Teams { url } = target else {
+        let Target::Teams { url, rendering } = target else {
             return None;
         };
         Some(connector::TeamsConnector::new(
             url.clone(),
+            rendering.clone(),
             timeout,
             connections_max,
         ))

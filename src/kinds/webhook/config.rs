@@ -40,5 +40,6 @@ fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
     Some(Target::Webhook {
         url: url?,
         secret: secret?,
+        rendering: Default::default(),
     })
 }

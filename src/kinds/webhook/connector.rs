@@ -1,6 +1,8 @@
 //! The generic webhook: POST JSON with `Idempotency-Key` and the Standard
 //! Webhooks headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
 
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -12,7 +14,8 @@ use crate::connector::shared::{parse_retry_after_ms, VerifyReport};
 
 pub use super::signature::sign_webhook;
 use crate::domain::ClaimedDelivery;
-use crate::domain::{format_rfc3339_ms, Outcome, OutcomeClass};
+use crate::domain::{format_rfc3339_ms, Field, Link, Outcome, OutcomeClass};
+use crate::template::{render_failed, Rendering, Template, TemplateError};
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
@@ -23,6 +26,7 @@ pub struct WebhookConnector {
     client: reqwest::Client,
     url: reqwest::Url,
     secret: Option<WebhookSecret>,
+    rendering: Rendering,
 }
 
 #[derive(Serialize)]
@@ -49,11 +53,63 @@ struct PayloadData<'a> {
     thread: Option<&'a str>,
     /// This message resolves the thread's incident.
     resolved: bool,
+    // The message's details, each only when it has them, so a plain
+    // message's payload is what it always was.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    labels: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "<[Link]>::is_empty")]
+    links: &'a [Link],
+    #[serde(skip_serializing_if = "<[Field]>::is_empty")]
+    fields: &'a [Field],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary: Option<&'a str>,
+    /// Who the destination mentions for this severity (first message of a
+    /// thread only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mention: Option<&'a str>,
+}
+
+/// The webhook's default template (`template.json.j2`): what
+/// [`webhook_payload`] writes, for a destination to start its own from.
+/// The default is written by serde, not rendered: the webhook is the
+/// throughput path, and a test checks both give the same JSON.
+static DEFAULT_TEMPLATE: LazyLock<Template> =
+    LazyLock::new(|| Template::builtin(include_str!("template.json.j2")));
+
+/// The webhook's default template.
+pub fn default_template() -> &'static Template {
+    &DEFAULT_TEMPLATE
+}
+
+/// The body sent for a delivery: the destination's own template's output,
+/// or the default payload ([`webhook_payload`]). The same bytes are signed
+/// and sent.
+pub fn render_webhook_body(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+) -> Result<Vec<u8>, TemplateError> {
+    match &rendering.template {
+        None => Ok(payload_with_mention(
+            delivery,
+            rendering.mentions.for_delivery(delivery),
+        )),
+        Some(template) => {
+            let body = rendering.render(template, delivery)?;
+            Ok(serde_json::to_vec(&body).expect("JSON serialises"))
+        }
+    }
 }
 
 /// The JSON body sent for a delivery. The same bytes are signed and sent.
 pub fn webhook_payload(delivery: &ClaimedDelivery) -> Vec<u8> {
+    payload_with_mention(delivery, None)
+}
+
+fn payload_with_mention(delivery: &ClaimedDelivery, mention: Option<&str>) -> Vec<u8> {
     let m = &delivery.message;
+    let details = m.details();
     let payload = Payload {
         r#type: "incident.message",
         timestamp: format_rfc3339_ms(delivery.broadcast_created_at_ms),
@@ -65,6 +121,12 @@ pub fn webhook_payload(delivery: &ClaimedDelivery) -> Vec<u8> {
             severity: m.severity().as_str(),
             thread: m.thread(),
             resolved: m.resolved(),
+            labels: &details.labels,
+            links: &details.links,
+            fields: &details.fields,
+            source: details.source.as_deref(),
+            summary: details.summary.as_deref(),
+            mention,
         },
     };
     serde_json::to_vec(&payload).expect("payload serialises")
@@ -108,6 +170,7 @@ impl WebhookConnector {
     pub fn new(
         url: reqwest::Url,
         secret: Option<WebhookSecret>,
+        rendering: Rendering,
         timeout: Duration,
         connections_max: usize,
     ) -> Result<WebhookConnector, reqwest::Error> {
@@ -116,11 +179,15 @@ impl WebhookConnector {
             client,
             url,
             secret,
+            rendering,
         })
     }
 
     pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
-        let body = webhook_payload(delivery);
+        let body = match render_webhook_body(&self.rendering, delivery) {
+            Ok(body) => body,
+            Err(error) => return render_failed(&error),
+        };
         let id = delivery.idempotency_key.as_str();
         let timestamp_secs = now_ms.div_euclid(1000);
         // Headers by constant names into a map sized for them: the request
@@ -160,6 +227,13 @@ impl WebhookConnector {
             .map(str::to_owned);
         let status = response.status().as_u16();
         let mut outcome = classify_webhook_response(status, retry_after.as_deref(), now_ms);
+        // In a thread, the message's id (its `webhook-id`) is what it
+        // created: the thread's later messages then know they are updates
+        // (no mention on them). Outside a thread nothing refers to it, and
+        // the hot path writes nothing more.
+        if outcome.class == OutcomeClass::Success && delivery.message.thread().is_some() {
+            outcome.remote_ref = Some(delivery.idempotency_key.clone());
+        }
         let deadline = started + Duration::from_millis(CONNECT_TIMEOUT_MS_MAX);
         outcome.excerpt = read_excerpt(response, deadline).await;
         outcome
@@ -200,7 +274,14 @@ mod tests {
         let url: reqwest::Url = "http://127.0.0.1:1/hooks/T000/B000/SECRET-PATH-TOKEN"
             .parse()
             .unwrap();
-        let connector = WebhookConnector::new(url, None, Duration::from_millis(500), 1).unwrap();
+        let connector = WebhookConnector::new(
+            url,
+            None,
+            Rendering::default(),
+            Duration::from_millis(500),
+            1,
+        )
+        .unwrap();
         let delivery = ClaimedDelivery {
             delivery_id: 1,
             broadcast_id: "B".into(),
@@ -219,6 +300,27 @@ mod tests {
         let error = outcome.error.unwrap();
         assert!(!error.contains("SECRET-PATH-TOKEN"), "{error}");
         assert!(error.starts_with("could not connect"), "{error}");
+    }
+
+    #[test]
+    fn the_default_template_writes_what_the_default_payload_is() {
+        use crate::domain::{Message, Severity};
+        use crate::template::{context, sample_deliveries, Mentions};
+        let mut deliveries = sample_deliveries();
+        let mut plain = deliveries[0].clone();
+        plain.message = Message::new("t \"q\" \\", "", Severity::P4, None).unwrap();
+        deliveries.push(plain);
+        let mentions = Mentions::parse([("P1", "@oncall")]).unwrap();
+        for delivery in &deliveries {
+            for mention in [None, mentions.for_delivery(delivery)] {
+                let rendered = default_template()
+                    .render_json(&context(delivery, mention))
+                    .unwrap();
+                let written: serde_json::Value =
+                    serde_json::from_slice(&payload_with_mention(delivery, mention)).unwrap();
+                assert_eq!(rendered, written);
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub fn demo_kind() -> DemoKind {
         target: |mock_base, name| Target::Webhook {
             url: mock_url(mock_base, &send_path(name)),
             secret: None,
+            rendering: Default::default(),
         },
         name: "status-hook",
         what: "healthy, signed",

@@ -29,12 +29,18 @@ impl connector::WebhookConnector {
         timeout: Duration,
         connections_max: usize,
     ) -> Option<reqwest::Result<connector::WebhookConnector>> {
-        let Target::Webhook { url, secret } = target else {
+        let Target::Webhook {
+            url,
+            secret,
+            rendering,
+        } = target
+        else {
             return None;
         };
         Some(connector::WebhookConnector::new(
             url.clone(),
             secret.clone(),
+            rendering.clone(),
             timeout,
             connections_max,
         ))
