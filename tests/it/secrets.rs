@@ -125,8 +125,8 @@ async fn every_credential_and_the_database_url_can_come_from_a_file() {
             }
             Target::DiscordBot { token, .. } => assert_eq!(token.expose(), BOT_TOKEN),
             Target::Discord { url, .. } => assert!(url.path().ends_with("/token-ops"), "{url}"),
-            Target::Teams { url } => assert!(url.path().ends_with("/teams/ops"), "{url}"),
-            Target::Webhook { url, secret } => {
+            Target::Teams { url, .. } => assert!(url.path().ends_with("/teams/ops"), "{url}"),
+            Target::Webhook { url, secret, .. } => {
                 assert!(url.path().ends_with("/hooks/signed"), "{url}");
                 let expected = herald::config::WebhookSecret::parse(WEBHOOK_SECRET).unwrap();
                 assert_eq!(secret.as_ref(), Some(&expected));
