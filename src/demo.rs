@@ -1,7 +1,7 @@
 //! `herald demo`: the mock and the server in one process, on free ports,
 //! with a temporary database. One incident thread (open, update, resolve)
-//! goes to Slack, Teams, Jira, PagerDuty, Discord and a webhook, all played
-//! by the mock with faults scripted; the convergence is printed live, then
+//! goes to a destination of every kind the mock plays (`mock_kinds`), all
+//! played by the mock with faults scripted; the convergence is printed live, then
 //! what each destination holds.
 
 use std::io::Write;
@@ -241,7 +241,8 @@ async fn run_in(
     let server = crate::server::start(config, TcpListener::bind("127.0.0.1:0").await?).await?;
     writeln!(
         out,
-        "herald demo: mock Slack, Teams, Jira, PagerDuty, Discord and a webhook at {mock_base}, herald at http://{}",
+        "herald demo: mock {} at {mock_base}, herald at http://{}",
+        mock_kinds().join(", "),
         server.addr
     )?;
     writeln!(

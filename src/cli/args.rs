@@ -67,8 +67,10 @@ pub(crate) enum Command {
         #[arg(long)]
         database: String,
     },
-    /// Run the mock destinations: Slack, Teams, Jira, PagerDuty and Discord
-    /// emulations and a generic webhook receiver, with scriptable faults.
+    /// Run the mock destinations: emulations of every HTTP kind (Slack,
+    /// Teams, Jira, PagerDuty, Discord, Matrix, Twilio, Google Chat,
+    /// Telegram, Zulip) and a generic webhook receiver, with scriptable
+    /// faults.
     #[command(
         after_help = "Example:\n  herald mock --listen 127.0.0.1:9090 --faults mock-faults.example.toml"
     )]

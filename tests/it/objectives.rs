@@ -263,7 +263,12 @@ async fn chat_down_past_the_deadline_escalates_once_and_the_resolve_follows() {
     assert!(meta.title.starts_with("Objective missed: INC-7"));
     for name in ["slack", "teams"] {
         assert!(
-            meta.body.contains(&format!("- {name}: retrying")),
+            // Its state when the deadline passed: retrying, or in the
+            // middle of an attempt (`sending`); its last error either way.
+            meta.body
+                .lines()
+                .any(|line| line.starts_with(&format!("- {name}: "))
+                    && line.contains("last error: HTTP 503")),
             "the meta-alert names {name}: {}",
             meta.body
         );
