@@ -359,6 +359,28 @@ async fn a_429_pauses_that_destination_alone() {
         for i in 0..2 {
             let request = request(&format!("INC-4{i}: disk full"), &[kind.name, "status-hook"]);
             ids.push(client.send(&request).await.unwrap().id);
+            if i == 0 {
+                // The second goes once herald has the 429 (the first is
+                // retrying): a request already on its way when the 429
+                // comes back is not held by it.
+                let first = &ids[0];
+                let retrying = async {
+                    loop {
+                        let broadcast = client.status(first).await.unwrap();
+                        if broadcast
+                            .deliveries
+                            .iter()
+                            .any(|d| d.destination == kind.name && d.state == "retrying")
+                        {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(5), retrying)
+                    .await
+                    .unwrap_or_else(|_| panic!("{}: the 429 never made it retry", kind.kind));
+            }
         }
         // The webhook has both at once, while the limited kind waits.
         let hook = async {
