@@ -16,6 +16,26 @@ import schemathesis
 DESTINATIONS = [name for name in os.environ["HERALD_ST_DESTINATIONS"].split(",") if name]
 
 
+def steer_objective(objective):
+    """An objective's names are the broadcast's own destinations (every
+    configured one, as above) and a fallback outside `of`: `of` is all but
+    the last, `any` at most that many, the last is the fallback and the
+    meta-alert's destination. Counts and deadlines stay as generated."""
+    confirm = objective.get("confirm")
+    if isinstance(confirm, dict):
+        of = DESTINATIONS[:-1]
+        confirm["of"] = of
+        count = confirm.get("any")
+        if isinstance(count, (int, float)) and not isinstance(count, bool):
+            # 37.0 is the integer 37 to JSON Schema; serde reads a u32 only
+            # from 37.
+            confirm["any"] = max(1, min(int(count), len(of)))
+    if "fallback" in objective or "on_escalation" not in objective:
+        objective["fallback"] = DESTINATIONS[-1:]
+    if "on_escalation" in objective:
+        objective["on_escalation"] = DESTINATIONS[-1]
+
+
 @schemathesis.hook
 def map_case(context, case):
     meta = case.meta
@@ -28,6 +48,13 @@ def map_case(context, case):
             # Every configured destination, so that a later retry or cancel
             # naming some of them names destinations of the broadcast.
             case.body["destinations"] = list(DESTINATIONS)
+        objective = case.body.get("objective") if isinstance(case.body, dict) else None
+        if isinstance(objective, dict):
+            if case.body.get("resolved") is True:
+                # A resolve carries no objective (a 400 naming `objective`).
+                del case.body["objective"]
+            else:
+                steer_objective(objective)
         if case.headers and "Idempotency-Key" in case.headers:
             # A generated key is often reused with another body (a 422 by
             # design); a fresh key per case is as valid.

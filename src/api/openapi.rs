@@ -307,11 +307,11 @@ pub fn document() -> Value {
                 "ObjectiveRequest": {"type": "object", "required": ["confirm"], "additionalProperties": false, "description": "A delivery objective (a route's `confirm`, `fallback` and `on_escalation`): when `within` passes after acceptance without `any` of `of` confirmed, herald escalates once: the message goes to `fallback`, a meta-alert naming the destinations that failed (and their last errors) to `on_escalation`. Needs `fallback` or `on_escalation` (else a 400 naming `objective.fallback`); a fallback may not be one of `of`. Absent: the first matched route's objective, if any. Not with `resolved: true` (a 400 naming `objective`): a resolve carries none", "properties": {
                     "confirm": {"type": "object", "required": ["any", "of", "within"], "additionalProperties": false, "properties": {
                         "any": {"type": "integer", "minimum": 1, "maximum": DESTINATIONS_PER_BROADCAST_MAX, "description": "How many of `of` must confirm: at most as many as `of` names after expansion (else a 400 naming `objective.confirm.any`)"},
-                        "of": {"type": "array", "minItems": 1, "items": destination_name(), "description": "Destinations and groups (expanded) among the broadcast's own destinations; another is a 400 naming `objective.confirm.of`"},
+                        "of": {"type": "array", "minItems": 1, "items": destination_name(), "examples": [["ops-webhook"]], "description": "Destinations and groups (expanded) among the broadcast's own destinations; another is a 400 naming `objective.confirm.of`"},
                         "within": {"type": "string", "pattern": objective_within_pattern(), "examples": ["60s", "10m"], "description": "From acceptance to the deadline: a whole number of s, m or h, from 1s to 24h"}
                     }},
-                    "fallback": {"type": "array", "items": destination_name(), "description": "Configured destinations and groups (expanded) that get the message at escalation, none of them in `of`"},
-                    "on_escalation": with(destination_name(), json!({"description": "The configured destination that gets the meta-alert"}))
+                    "fallback": {"type": "array", "items": destination_name(), "examples": [["pagerduty"]], "description": "Configured destinations and groups (expanded) that get the message at escalation, none of them in `of`"},
+                    "on_escalation": with(destination_name(), json!({"examples": ["slack"], "description": "The configured destination that gets the meta-alert"}))
                 }},
                 "ObjectiveView": {"type": "object", "properties": {
                     "state": {"type": "string", "enum": ["pending", "met", "escalated"], "description": "An objective met after its escalation stays `escalated`, with `met_at` set: both facts"},
