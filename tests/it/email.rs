@@ -446,22 +446,8 @@ async fn an_unreachable_server_is_retried_and_nothing_is_ambiguous() {
     server.stop().await;
 }
 
-/// `openssl` in `dir`, which must succeed.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl command line is needed for the TLS tests (apt-get install openssl)");
-    assert!(
-        output.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// A private CA and a server certificate it signed for 127.0.0.1, in
-/// `dir`: `ca.pem`, `server.pem`, `server.key`.
+/// `dir`: `relay-ca.pem`, `server.pem`, `server.key`.
 fn private_ca(dir: &std::path::Path) {
     let ec = [
         "-newkey",
@@ -470,23 +456,7 @@ fn private_ca(dir: &std::path::Path) {
         "ec_paramgen_curve:P-256",
         "-nodes",
     ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-days",
-        "2",
-        "-subj",
-        "/CN=herald test relay CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    openssl(dir, &ca);
+    make_ca(dir, "relay");
     std::fs::write(
         dir.join("server.ext"),
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
@@ -512,9 +482,9 @@ fn private_ca(dir: &std::path::Path) {
             "-in",
             "server.csr",
             "-CA",
-            "ca.pem",
+            "relay-ca.pem",
             "-CAkey",
-            "ca.key",
+            "relay-ca.key",
             "-CAcreateserial",
             "-days",
             "2",
@@ -532,7 +502,7 @@ async fn starttls_and_implicit_tls_to_a_relay_with_a_private_ca() {
     private_ca(pki.path());
     let cert = pki.path().join("server.pem").display().to_string();
     let key = pki.path().join("server.key").display().to_string();
-    let ca_pem = std::fs::read_to_string(pki.path().join("ca.pem")).unwrap();
+    let ca_pem = std::fs::read_to_string(pki.path().join("relay-ca.pem")).unwrap();
     for (mode, security) in [
         ("starttls", SmtpSecurity::StartTls),
         ("implicit", SmtpSecurity::Tls),

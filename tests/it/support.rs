@@ -291,3 +291,47 @@ pub async fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
         .find(|line| line.starts_with(series) && line[series.len()..].starts_with(['{', ' ']))
         .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }
+
+/// `openssl` (the command line) in `dir`, which must succeed; the TLS
+/// tests make their certificates with it.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command line is needed for the TLS tests (apt-get install openssl)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A self-signed CA `NAME-ca.pem` (and its key `NAME-ca.key`) in `dir`.
+pub fn make_ca(dir: &Path, name: &str) -> std::path::PathBuf {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=herald test CA {name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &format!("{name}-ca.key"),
+            "-out",
+            &format!("{name}-ca.pem"),
+        ],
+    );
+    dir.join(format!("{name}-ca.pem"))
+}

@@ -19,46 +19,10 @@ struct Pki {
     dir: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl command line is needed for the TLS tests (apt-get install openssl)");
-    assert!(
-        output.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 impl Pki {
     /// A new CA named `name` (files `NAME-ca.pem`, `NAME-ca.key`).
     fn new(dir: &Path, name: &str) -> Pki {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN=herald test CA {name}"),
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-                "-keyout",
-                &format!("{name}-ca.key"),
-                "-out",
-                &format!("{name}-ca.pem"),
-            ],
-        );
+        make_ca(dir, name);
         Pki {
             dir: dir.join(name),
         }
