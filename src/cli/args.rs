@@ -85,7 +85,7 @@ pub(crate) enum Command {
     },
     /// Send a message to destinations.
     #[command(
-        after_help = "Example:\n  herald send --to ops-webhook --to slack --severity P1 --thread INC-42 \\\n      --title \"INC-42: checkout database down\" --body \"Orders are failing\" --wait\n  herald send --severity P1 --label team=payments --label environment=production \\\n      --field \"Region=eu-west-1\" --link \"Runbook=https://wiki.example/db\" \\\n      --source deploy-bot --summary \"checkout DB down\" --title \"Checkout database down\""
+        after_help = "Example:\n  herald send --to ops-webhook --to slack --severity P1 --thread INC-42 \\\n      --title \"INC-42: checkout database down\" --body \"Orders are failing\" --wait\n  herald send --severity P1 --label team=payments --label environment=production \\\n      --field \"Region=eu-west-1\" --link \"Runbook=https://wiki.example/db\" \\\n      --source deploy-bot --summary \"checkout DB down\" --title \"Checkout database down\"\n  herald send --to chat --severity P1 --title \"Checkout down\" \\\n      --confirm-of chat --confirm-within 5m --fallback pagerduty --on-escalation pagerduty"
     )]
     Send {
         /// A destination or group name; repeat for several. None: the
@@ -140,6 +140,8 @@ pub(crate) enum Command {
         /// send safely from a script.
         #[arg(long, value_name = "KEY", value_parser = herald::client::parse_idempotency_key)]
         idempotency_key: Option<String>,
+        #[command(flatten)]
+        objective: ObjectiveArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -419,6 +421,45 @@ pub(crate) enum DestinationAction {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// `herald send`'s delivery objective: the flags spell a route's
+/// `confirm = { any, of, within }`, `fallback` and `on_escalation`; the
+/// server checks them and names the field of any it refuses.
+#[derive(clap::Args)]
+pub(crate) struct ObjectiveArgs {
+    /// Escalate unless the --confirm-of destinations confirm within this
+    /// long (30s, 5m; from 1 s to 24 h).
+    #[arg(long, value_name = "DURATION", requires = "confirm_of")]
+    pub(crate) confirm_within: Option<String>,
+    /// A destination or group the objective counts; repeat.
+    #[arg(long = "confirm-of", value_name = "NAME", requires = "confirm_within")]
+    pub(crate) confirm_of: Vec<String>,
+    /// How many of them must confirm (default 1).
+    #[arg(long, value_name = "N", requires = "confirm_within")]
+    pub(crate) confirm_any: Option<u32>,
+    /// Where the message goes when the deadline passes; repeat.
+    #[arg(long = "fallback", value_name = "NAME", requires = "confirm_within")]
+    pub(crate) fallback: Vec<String>,
+    /// Where the meta-alert ("not confirmed by ... within ...") goes.
+    #[arg(long, value_name = "NAME", requires = "confirm_within")]
+    pub(crate) on_escalation: Option<String>,
+}
+
+impl ObjectiveArgs {
+    /// The request's `objective`; None when no objective flag was given.
+    pub(crate) fn request(self) -> Option<herald::api::wire::ObjectiveRequest> {
+        let within = self.confirm_within?;
+        Some(herald::api::wire::ObjectiveRequest {
+            confirm: herald::api::wire::ConfirmRequest {
+                any: self.confirm_any.unwrap_or(1),
+                of: self.confirm_of,
+                within,
+            },
+            fallback: self.fallback,
+            on_escalation: self.on_escalation,
+        })
+    }
 }
 
 /// Where the API is and how to authenticate, for every client command.

@@ -34,6 +34,7 @@ pub(crate) async fn run(
             json,
             timeout,
             idempotency_key,
+            objective,
             client,
         } => {
             init_logging("warn");
@@ -50,7 +51,7 @@ pub(crate) async fn run(
                 fields,
                 source,
                 summary,
-                objective: None,
+                objective: objective.request(),
             };
             let key = idempotency_key.unwrap_or_else(herald::client::new_idempotency_key);
             let accepted = client

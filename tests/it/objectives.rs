@@ -851,3 +851,100 @@ fallback = ["relay"]"#,
     assert_eq!(objective.fallback, ["sms", "email"]);
     assert_eq!(objective.state, "pending");
 }
+
+/// `herald send`'s objective flags: an objective set from the command line
+/// escalates like a route's, and flags the server refuses (a window over a
+/// day) or that make no objective (a fallback alone) are errors that
+/// accept nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_send_sets_an_objective_from_its_flags() {
+    let mock = chat_down_mock().await;
+    let setup = setup(&mock);
+    let _server = setup.spawn().await;
+    let server_url = format!("http://{}", setup.addr);
+    let run = |args: &[&str]| {
+        let mut command = std::process::Command::new(HERALD);
+        command.args(args).args(["--server", &server_url]);
+        async move {
+            tokio::task::spawn_blocking(move || command.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let output = run(&[
+        "send",
+        "--to",
+        "teams",
+        "--title",
+        "INC-12: queue stuck",
+        "--confirm-of",
+        "teams",
+        "--confirm-within",
+        &format!("{WITHIN_S}s"),
+        "--fallback",
+        "sms",
+        "--on-escalation",
+        "pager",
+        "--json",
+    ])
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let accepted: Broadcast = serde_json::from_slice(&output.stdout).unwrap();
+    let objective = accepted.objective.as_ref().expect("the flags' objective");
+    assert_eq!(
+        (objective.any, objective.of.as_slice()),
+        (1, &["teams".to_owned()][..])
+    );
+    let escalated = wait_objective(&setup.client, &accepted.id, "escalated").await;
+    assert!(
+        escalated.objective.unwrap().summary.contains("sms"),
+        "the escalation names its fallback"
+    );
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while distinct(&mock, "/hooks/sms") < 1 || distinct(&mock, "/hooks/pager") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "fallback and meta-alert never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let broadcasts = count_rows(&setup.database, "broadcasts");
+
+    let output = run(&[
+        "send",
+        "--to",
+        "teams",
+        "--title",
+        "INC-13",
+        "--confirm-of",
+        "teams",
+        "--confirm-within",
+        "2 days",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("objective.confirm.within"), "{stderr}");
+
+    let output = run(&[
+        "send",
+        "--to",
+        "teams",
+        "--title",
+        "INC-14",
+        "--fallback",
+        "sms",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--confirm-within"), "{stderr}");
+
+    assert_eq!(count_rows(&setup.database, "broadcasts"), broadcasts);
+    assert_eq!(distinct(&mock, "/hooks/sms"), 1);
+    assert_eq!(distinct(&mock, "/hooks/pager"), 1);
+}
