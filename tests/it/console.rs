@@ -542,8 +542,11 @@ fn in_chromium_the_board_converges_live_and_actions_follow_the_token_scopes() {
     for step in [
         "status-page went from retrying to confirmed live",
         "took pager-bridge from dead to confirmed",
+        "the detail links the Jira issue and shows each destination's request",
         "shows no retry button and the API answers 403",
         "the send form sent INC-43",
+        "1,000 broadcasts: board built in",
+        "delivery events in",
         "no errors or warnings in the browser console",
     ] {
         assert!(output.contains(step), "no step {step:?} in:\n{output}");
