@@ -16,11 +16,12 @@ use sha2::{Digest, Sha256};
 
 use super::auth::{authorize, Caller};
 use super::wire::{
-    ActionRequest, ActionResult, Broadcast, BroadcastList, ObjectiveRequest, SendRequest,
+    ActionRequest, ActionResult, Broadcast, BroadcastList, BroadcastSummary, BroadcastSummaryList,
+    ObjectiveRequest, SendRequest,
 };
 use super::{parse_json, parse_json_bytes, ApiError, AppState};
 use crate::clock::now_ms;
-use crate::config::Scope;
+use crate::config::{Config, Scope};
 use crate::domain::{
     new_broadcast_id, parse_duration_ms, BroadcastIdQuery, BroadcastStatus, DeliveryState, Message,
     Objective, Severity, BROADCAST_ID_PREFIX_CHARS_MIN, DESTINATIONS_PER_BROADCAST_MAX,
@@ -597,7 +598,22 @@ pub(super) async fn get<S: Store>(
     authorize(&app.config.load(), &headers, Scope::Read)?;
     let id = path_id(id)?;
     let view = find(&*app, &id).await?;
-    Ok(Json(Broadcast::from_view(&view, now_ms())))
+    Ok(Json(with_remote_urls(
+        Broadcast::from_view(&view, now_ms()),
+        &app.config.load(),
+    )))
+}
+
+/// The broadcast with each delivery's `remote_url`, where its destination's
+/// kind can build one from its settings and the delivery's `remote_ref`.
+pub(super) fn with_remote_urls(mut broadcast: Broadcast, config: &Config) -> Broadcast {
+    for delivery in &mut broadcast.deliveries {
+        delivery.remote_url = delivery.remote_ref.as_deref().and_then(|remote_ref| {
+            let destination = config.destination(&delivery.destination)?;
+            crate::kinds::remote_url(&destination.target, remote_ref)
+        });
+    }
+    broadcast
 }
 
 pub(super) async fn find<S: Store>(app: &AppState<S>, id: &str) -> Result<BroadcastView, ApiError> {
@@ -681,11 +697,20 @@ fn parse_since(text: &str, now_ms: i64) -> Option<i64> {
     now_ms.checked_sub(n.checked_mul(unit_ms)?)
 }
 
+/// What `GET /v1/broadcasts` answers each broadcast with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ListView {
+    /// `Broadcast`, as `GET /v1/broadcasts/{id}` without the attempts.
+    Full,
+    /// `BroadcastSummary`: no body, details nor attempts.
+    Summary,
+}
+
 pub(super) async fn list<S: Store>(
     State(app): State<Arc<AppState<S>>>,
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<BroadcastList>, ApiError> {
+) -> Result<Response, ApiError> {
     authorize(&app.config.load(), &headers, Scope::Read)?;
     let Query(query) =
         query.map_err(|rejection| ApiError::invalid("query", rejection.body_text()))?;
@@ -699,6 +724,7 @@ pub(super) async fn list<S: Store>(
     {
         return Err(ApiError::invalid(name.clone(), crate::domain::NUL_REFUSED));
     }
+    let mut view = ListView::Full;
     for (name, value) in &query {
         match name.as_str() {
             // A broadcast's status, or a delivery state: the broadcasts
@@ -743,12 +769,25 @@ pub(super) async fn list<S: Store>(
                         ApiError::invalid("limit", format!("must be 1 to {PAGE_SIZE_MAX}"))
                     })?
             }
-            other => {
-                return Err(ApiError::invalid(
-                    other,
-                    "unknown filter; use status, destination, thread, since, cursor, limit",
-                ))
+            "view" => {
+                view = match value.as_str() {
+                    "full" => ListView::Full,
+                    "summary" => ListView::Summary,
+                    other => {
+                        return Err(ApiError::invalid(
+                            "view",
+                            format!(
+                                "unknown view {other:?}; use full (the default) or summary \
+                                 (no body, details nor attempts)"
+                            ),
+                        ))
+                    }
+                }
             }
+            other => return Err(ApiError::invalid(
+                other,
+                "unknown parameter; use status, destination, thread, since, cursor, limit, view",
+            )),
         }
     }
     let limit = filter.limit;
@@ -757,10 +796,27 @@ pub(super) async fn list<S: Store>(
     let next_cursor = (views.len() == limit)
         .then(|| views.last().map(|v| v.id.clone()))
         .flatten();
-    Ok(Json(BroadcastList {
-        broadcasts: views.iter().map(|v| Broadcast::from_view(v, now)).collect(),
-        next_cursor,
-    }))
+    Ok(match view {
+        ListView::Full => {
+            let config = app.config.load();
+            Json(BroadcastList {
+                broadcasts: views
+                    .iter()
+                    .map(|v| with_remote_urls(Broadcast::from_view(v, now), &config))
+                    .collect(),
+                next_cursor,
+            })
+            .into_response()
+        }
+        ListView::Summary => Json(BroadcastSummaryList {
+            broadcasts: views
+                .iter()
+                .map(|v| BroadcastSummary::from_view(v, now))
+                .collect(),
+            next_cursor,
+        })
+        .into_response(),
+    })
 }
 
 pub(super) async fn retry<S: Store>(
@@ -850,7 +906,7 @@ async fn operate<S: Store>(
         }
         .to_owned(),
         changed,
-        broadcast: Broadcast::from_view(&after, now_ms()),
+        broadcast: with_remote_urls(Broadcast::from_view(&after, now_ms()), &config),
     }))
 }
 

@@ -343,7 +343,8 @@ pub fn document() -> Value {
                     "next_attempt_at": nullable("string"), "next_attempt_in_ms": nullable("integer"),
                     "last_error": nullable("string"), "last_http_status": nullable("integer"),
                     "remote_ref": {"type": ["string", "null"], "description": "What the delivery created at the destination (Slack ts, Jira issue key, Discord thread id)"},
-                    "attempts": {"type": "array", "items": {"$ref": "#/components/schemas/Attempt"}}
+                    "remote_url": {"type": ["string", "null"], "description": "Where a person opens remote_ref, when herald can build it from the destination's settings: a Jira issue (`{url}/browse/OPS-7`, a comment focused), a Matrix event (`https://matrix.to/#/{room}/{event}`); null for the kinds whose links need what herald is not told"},
+                    "attempts": {"type": "array", "items": {"$ref": "#/components/schemas/Attempt"}, "description": "Empty in the pages of GET /v1/broadcasts"}
                 }},
                 "Broadcast": {"type": "object", "properties": {
                     "id": {"type": "string"}, "title": {"type": "string"}, "body": {"type": "string"},
@@ -355,6 +356,27 @@ pub fn document() -> Value {
                 }},
                 "BroadcastList": {"type": "object", "properties": {
                     "broadcasts": {"type": "array", "items": {"$ref": "#/components/schemas/Broadcast"}},
+                    "next_cursor": nullable("string")
+                }},
+                "DeliverySummary": {"type": "object", "description": "A delivery's current state, without its attempts", "properties": {
+                    "destination": {"type": "string"},
+                    "state": {"type": "string", "enum": ["waiting", "pending", "sending", "retrying", "verifying", "confirmed", "failed", "dead", "cancelled"]},
+                    "summary": {"type": "string", "description": "For people: \"retrying 2/8\""},
+                    "attempts_made": {"type": "integer"}, "attempts_max": {"type": "integer"},
+                    "possible_duplicate": {"type": "boolean"},
+                    "next_attempt_at": nullable("string"), "next_attempt_in_ms": nullable("integer"),
+                    "last_error": nullable("string"), "last_http_status": nullable("integer"),
+                    "updated_at": {"type": "string", "format": "date-time", "description": "When the delivery last changed state (a final one: when it became final)"}
+                }},
+                "BroadcastSummary": {"type": "object", "description": "A broadcast as a list of many shows it: no body, details, objective nor attempts", "properties": {
+                    "id": {"type": "string"}, "title": {"type": "string"},
+                    "severity": {"type": "string"}, "thread": nullable("string"), "resolved": {"type": "boolean"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "status": {"type": "string", "enum": ["delivering", "converged", "partial"]},
+                    "deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/DeliverySummary"}}
+                }},
+                "BroadcastSummaryList": {"type": "object", "description": "A page of GET /v1/broadcasts?view=summary", "properties": {
+                    "broadcasts": {"type": "array", "items": {"$ref": "#/components/schemas/BroadcastSummary"}},
                     "next_cursor": nullable("string")
                 }},
                 "ActionResult": {"type": "object", "description": "The broadcast after the action (the fields of Broadcast), the action, and the destinations whose delivery it changed (empty when nothing applied)", "properties": {
@@ -437,9 +459,10 @@ pub fn document() -> Value {
                         {"name": "thread", "in": "query", "schema": text()},
                         {"name": "since", "in": "query", "schema": {"type": "string", "pattern": since_pattern}, "description": "Milliseconds since the epoch (a 64-bit integer), or a span back from now: 90s, 15m, 2h, 7d"},
                         {"name": "cursor", "in": "query", "schema": text(), "description": "next_cursor of the page before"},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+                        {"name": "view", "in": "query", "schema": {"type": "string", "enum": ["full", "summary"], "default": "full"}, "description": "full: each broadcast as GET /v1/broadcasts/{id} shows it, without attempts (BroadcastList); summary: each broadcast's title, status and deliveries' states only (BroadcastSummaryList), for a board of many. Another value is a 400 naming `view`"}
                     ],
-                    "responses": with(json!({"200": with(json!({"description": "A page"}), json_body("BroadcastList"))}), error_responses(&["400", "401", "403", "503"]))
+                    "responses": with(json!({"200": {"description": "A page: BroadcastList, or BroadcastSummaryList with view=summary", "content": {"application/json": {"schema": {"anyOf": [{"$ref": "#/components/schemas/BroadcastList"}, {"$ref": "#/components/schemas/BroadcastSummaryList"}]}}}}}), error_responses(&["400", "401", "403", "503"]))
                 }
             },
             "/v1/broadcasts/{id}": {"get": {
@@ -721,6 +744,38 @@ mod tests {
                 next_cursor: None
             })
         );
+        assert_eq!(
+            properties("BroadcastSummaryList"),
+            fields(BroadcastSummaryList {
+                broadcasts: vec![],
+                next_cursor: None
+            })
+        );
+        let summary = BroadcastSummary {
+            id: String::new(),
+            title: String::new(),
+            severity: String::new(),
+            thread: None,
+            resolved: false,
+            created_at: String::new(),
+            status: String::new(),
+            deliveries: vec![],
+        };
+        assert_eq!(properties("BroadcastSummary"), fields(&summary));
+        let delivery_summary = DeliverySummary {
+            destination: String::new(),
+            state: String::new(),
+            summary: String::new(),
+            attempts_made: 0,
+            attempts_max: 0,
+            possible_duplicate: false,
+            next_attempt_at: None,
+            next_attempt_in_ms: None,
+            last_error: None,
+            last_http_status: None,
+            updated_at: String::new(),
+        };
+        assert_eq!(properties("DeliverySummary"), fields(&delivery_summary));
         let send = SendRequest {
             title: String::new(),
             body: Some(String::new()),

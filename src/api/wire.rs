@@ -243,6 +243,10 @@ pub struct Delivery {
     /// What the delivery created at the destination: a Slack `ts`, a Jira
     /// issue key, a Discord thread id, a PagerDuty dedup key.
     pub remote_ref: Option<String>,
+    /// Where a person opens `remote_ref` (the Jira issue, the Matrix
+    /// event), when herald can build it from the destination's settings.
+    #[serde(default)]
+    pub remote_url: Option<String>,
     pub attempts: Vec<Attempt>,
 }
 
@@ -323,6 +327,7 @@ impl Delivery {
             last_error: view.last_error.clone(),
             last_http_status: view.last_http_status,
             remote_ref: view.remote_ref.clone(),
+            remote_url: None,
             attempts: view
                 .attempts
                 .iter()
@@ -415,6 +420,86 @@ fn truncate_chars(text: &str, chars_max: usize) -> String {
 pub struct BroadcastList {
     pub broadcasts: Vec<Broadcast>,
     pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/broadcasts?view=summary`: the same page as `BroadcastList`,
+/// each broadcast without its message body, details and attempts (a board
+/// of a thousand broadcasts reads a few hundred bytes each).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BroadcastSummaryList {
+    pub broadcasts: Vec<BroadcastSummary>,
+    pub next_cursor: Option<String>,
+}
+
+/// A broadcast as a list of many shows it: what it is, its derived status,
+/// and each delivery's current state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BroadcastSummary {
+    pub id: String,
+    pub title: String,
+    pub severity: String,
+    pub thread: Option<String>,
+    pub resolved: bool,
+    pub created_at: String,
+    /// `delivering`, `converged` or `partial`.
+    pub status: String,
+    pub deliveries: Vec<DeliverySummary>,
+}
+
+/// A delivery's current state without its attempts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeliverySummary {
+    pub destination: String,
+    pub state: String,
+    /// "retrying 2/8".
+    pub summary: String,
+    pub attempts_made: u32,
+    pub attempts_max: u32,
+    pub possible_duplicate: bool,
+    pub next_attempt_at: Option<String>,
+    /// Milliseconds from the server's now to the next attempt.
+    pub next_attempt_in_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_http_status: Option<u16>,
+    /// When the delivery last changed state (for a final one: when it
+    /// became final).
+    pub updated_at: String,
+}
+
+impl BroadcastSummary {
+    pub fn from_view(view: &BroadcastView, now_ms: i64) -> BroadcastSummary {
+        BroadcastSummary {
+            id: view.id.clone(),
+            title: view.message.title().to_owned(),
+            severity: view.message.severity().as_str().to_owned(),
+            thread: view.message.thread().map(str::to_owned),
+            resolved: view.message.resolved(),
+            created_at: format_rfc3339_ms(view.created_at_ms),
+            status: derive_status(view.deliveries.iter().map(|d| d.progress.state))
+                .as_str()
+                .to_owned(),
+            deliveries: view
+                .deliveries
+                .iter()
+                .map(|d| {
+                    let p = &d.progress;
+                    DeliverySummary {
+                        destination: d.destination.clone(),
+                        state: p.state.as_str().to_owned(),
+                        summary: p.summary(),
+                        attempts_made: p.attempts_made,
+                        attempts_max: p.attempts_max,
+                        possible_duplicate: p.possible_duplicate,
+                        next_attempt_at: p.due_at_ms.map(format_rfc3339_ms),
+                        next_attempt_in_ms: p.due_at_ms.map(|due| (due - now_ms).max(0)),
+                        last_error: d.last_error.clone(),
+                        last_http_status: d.last_http_status,
+                        updated_at: format_rfc3339_ms(d.updated_at_ms),
+                    }
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Body of `POST /v1/broadcasts/{id}/retry` and `/cancel` (optional).
@@ -543,6 +628,7 @@ impl DeliveryEvent {
             last_error: self.last_error.clone(),
             last_http_status: self.last_http_status,
             remote_ref: None,
+            remote_url: None,
             attempts: Vec::new(),
         }
     }

@@ -64,9 +64,99 @@ macro_rules! with_kinds {
 }
 pub(crate) use with_kinds;
 
+/// Where a person opens what a delivery created at its destination (its
+/// `remote_ref`: the Jira issue, the Matrix event), when the destination's
+/// settings say enough to build it. Each kind builds its own in its
+/// `config` module and answers `None` for another kind's target; a kind
+/// whose links need what herald is not told (Slack's workspace, Discord's
+/// server) has none.
+pub fn remote_url(target: &crate::config::Target, remote_ref: &str) -> Option<String> {
+    jira::config::remote_url(target, remote_ref)
+        .or_else(|| matrix::config::remote_url(target, remote_ref))
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
+
+    use crate::config::Config;
+
+    /// The target of the one destination of `table`.
+    fn target(table: &str) -> crate::config::Target {
+        let env = |_: &str| Some("a-token".to_owned());
+        let config = Config::parse("herald.toml", &format!("[destinations.d]\n{table}"), env)
+            .unwrap_or_else(|e| panic!("{table}: {e}"));
+        config.destination("d").unwrap().target.clone()
+    }
+
+    #[test]
+    fn remote_url_opens_the_jira_issue_or_comment_under_the_sites_path() {
+        let jira = target(
+            "kind = \"jira\"\nurl = \"https://acme.atlassian.net\"\nproject = \"OPS\"\nemail = \"a@b.c\"\nsecret_env = \"T\"\n",
+        );
+        assert_eq!(
+            super::remote_url(&jira, "OPS-42").as_deref(),
+            Some("https://acme.atlassian.net/browse/OPS-42")
+        );
+        assert_eq!(
+            super::remote_url(&jira, "OPS-42/comment/10071").as_deref(),
+            Some("https://acme.atlassian.net/browse/OPS-42?focusedCommentId=10071")
+        );
+        // A site under a path (a proxy, the mock) keeps its path.
+        let proxied = target(
+            "kind = \"jira\"\nurl = \"http://127.0.0.1:9/jira/\"\nproject = \"OPS\"\nemail = \"a@b.c\"\nsecret_env = \"T\"\n",
+        );
+        assert_eq!(
+            super::remote_url(&proxied, "OPS_2-7").as_deref(),
+            Some("http://127.0.0.1:9/jira/browse/OPS_2-7")
+        );
+        // Not an issue key: no link rather than a wrong one.
+        for odd in [
+            "",
+            "OPS",
+            "ops-1",
+            "OPS-",
+            "OPS-1/comment/",
+            "OPS-1/comment/x",
+            "../OPS-1",
+            "OPS-1?x=1",
+        ] {
+            assert_eq!(super::remote_url(&jira, odd), None, "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn remote_url_is_a_matrix_to_permalink_to_the_event_in_the_room() {
+        let matrix = target(
+            "kind = \"matrix\"\nurl = \"https://matrix.example.org\"\nroom_id = \"!abc123:example.org\"\nsecret_env = \"T\"\n",
+        );
+        assert_eq!(
+            super::remote_url(&matrix, "$YUwRidLecu:example.com").as_deref(),
+            Some("https://matrix.to/#/!abc123:example.org/$YUwRidLecu:example.com")
+        );
+        // Whatever would end the part or the fragment early is encoded.
+        assert_eq!(
+            super::remote_url(&matrix, "$a/b?c#d e%").as_deref(),
+            Some("https://matrix.to/#/!abc123:example.org/$a%2Fb%3Fc%23d%20e%25")
+        );
+        assert_eq!(super::remote_url(&matrix, "not-an-event"), None);
+        assert_eq!(super::remote_url(&matrix, "$"), None);
+    }
+
+    #[test]
+    fn kinds_without_a_link_from_their_settings_have_no_remote_url() {
+        for table in [
+            "kind = \"slack\"\nchannel = \"C1\"\nsecret = \"xoxb-1\"\n",
+            "kind = \"webhook\"\nurl = \"https://example.com/hook\"\n",
+            "kind = \"pagerduty\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
+            "kind = \"discord\"\nurl = \"https://discord.com/api/webhooks/1/t\"\n",
+        ] {
+            let target = target(table);
+            for remote_ref in ["OPS-1", "1503435956.000247", "$event:example.org"] {
+                assert_eq!(super::remote_url(&target, remote_ref), None, "{table}");
+            }
+        }
+    }
 
     /// Every `.rs` file under `dir`, recursively.
     fn sources(dir: &Path) -> Vec<PathBuf> {

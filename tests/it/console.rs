@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald::config::{ApiToken, Config, Scope};
+use herald::config::{ApiToken, Config, Scope, Secret, Target};
 use herald::server::RunningServer;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::support::{
-    free_addr, spawn_server, start_mock, temp_dir, wait_healthy, webhook, HERALD,
+    client, free_addr, spawn_server, start_mock, start_server, temp_dir, wait_final, wait_healthy,
+    webhook, HERALD,
 };
 
 fn http() -> reqwest::Client {
@@ -174,6 +175,166 @@ async fn whoami_names_the_token_and_its_scopes() {
     assert_eq!(status, 200);
     assert_eq!(me["scopes"], serde_json::json!(["send", "read", "operate"]));
     assert_eq!(me["tokens_required"], false);
+    server.stop().await;
+}
+
+async fn get_json(url: String) -> (u16, Value) {
+    let response = http().get(url).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// The names of a JSON object's keys, sorted.
+fn keys(value: &Value) -> Vec<&str> {
+    let mut names: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+/// What the board reads: `view=summary` gives the same page as the full
+/// list (same broadcasts, same cursor) with each delivery's state and no
+/// body, details or attempts; a bad `view` is a 400 naming it. A Jira
+/// delivery's issue key comes with the link to the issue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_list_gives_each_deliverys_state_and_jira_refs_come_with_their_link() {
+    let dir = temp_dir();
+    let mock = start_mock(&[]).await;
+    let mut jira = webhook(&mock, "jira");
+    jira.target = Target::Jira {
+        site_url: mock.url("/jira/").parse().unwrap(),
+        project: "OPS".into(),
+        issue_type: "Task".into(),
+        email: "herald@example.com".into(),
+        token: Secret::new("jira-mock-token"),
+        resolve_transition: "Done".into(),
+        search_recheck_ms: 0,
+        rendering: Default::default(),
+    };
+    let server = start_server(
+        &dir.path().join("herald.db"),
+        vec![webhook(&mock, "a"), jira],
+    )
+    .await;
+    let base = format!("http://{}", server.addr);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let accepted: Value = http()
+            .post(format!("{base}/v1/broadcasts"))
+            .json(&serde_json::json!({
+                "title": format!("INC-{n}: checkout slow"),
+                "body": "p99 above 2 s",
+                "severity": "P2",
+                "thread": format!("INC-{n}"),
+                "labels": {"service": "checkout"},
+                "destinations": ["a", "jira"],
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = accepted["id"].as_str().unwrap().to_owned();
+        wait_final(&client(&server), &id, Duration::from_secs(20)).await;
+        ids.push(id);
+    }
+    let (status, full) = get_json(format!("{base}/v1/broadcasts?limit=2")).await;
+    assert_eq!(status, 200, "{full}");
+    let (status, summary) = get_json(format!("{base}/v1/broadcasts?limit=2&view=summary")).await;
+    assert_eq!(status, 200, "{summary}");
+    let ids_of = |page: &Value| -> Vec<String> {
+        page["broadcasts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids_of(&summary), [ids[2].clone(), ids[1].clone()]);
+    assert_eq!(ids_of(&summary), ids_of(&full));
+    assert_eq!(summary["next_cursor"], full["next_cursor"]);
+    let first = &summary["broadcasts"][0];
+    assert_eq!(
+        keys(first),
+        [
+            "created_at",
+            "deliveries",
+            "id",
+            "resolved",
+            "severity",
+            "status",
+            "thread",
+            "title"
+        ]
+    );
+    assert_eq!(
+        (
+            first["title"].as_str(),
+            first["thread"].as_str(),
+            first["status"].as_str()
+        ),
+        (
+            Some("INC-2: checkout slow"),
+            Some("INC-2"),
+            Some("converged")
+        )
+    );
+    let delivery = &first["deliveries"][1];
+    assert_eq!(
+        keys(delivery),
+        [
+            "attempts_made",
+            "attempts_max",
+            "destination",
+            "last_error",
+            "last_http_status",
+            "next_attempt_at",
+            "next_attempt_in_ms",
+            "possible_duplicate",
+            "state",
+            "summary",
+            "updated_at"
+        ]
+    );
+    assert_eq!(
+        (delivery["destination"].as_str(), delivery["state"].as_str()),
+        (Some("jira"), Some("confirmed"))
+    );
+    assert_eq!(delivery["attempts_made"], 1);
+    assert!(delivery["updated_at"].as_str().unwrap().ends_with('Z'));
+    // The next page follows the cursor in the summary view too.
+    let cursor = summary["next_cursor"].as_str().unwrap();
+    let (_, rest) = get_json(format!("{base}/v1/broadcasts?view=summary&cursor={cursor}")).await;
+    assert_eq!(ids_of(&rest), [ids[0].clone()]);
+
+    let (status, error) = get_json(format!("{base}/v1/broadcasts?view=compact")).await;
+    assert_eq!(status, 400);
+    assert_eq!(error["error"]["field"], "view");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("summary"),
+        "{error}"
+    );
+
+    // The Jira delivery's issue, as a link under the site's URL; the
+    // webhook's has none.
+    let (_, one) = get_json(format!("{base}/v1/broadcasts/{}", ids[0])).await;
+    let jira = &one["deliveries"][1];
+    let key = jira["remote_ref"].as_str().unwrap();
+    assert!(key.starts_with("OPS-"), "{jira}");
+    assert_eq!(jira["remote_url"], mock.url(&format!("/jira/browse/{key}")));
+    assert_eq!(one["deliveries"][0]["remote_url"], Value::Null);
+    let full_jira = &full["broadcasts"][0]["deliveries"][1];
+    assert!(full_jira["remote_url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/jira/browse/OPS-3"));
     server.stop().await;
 }
 
@@ -381,8 +542,11 @@ fn in_chromium_the_board_converges_live_and_actions_follow_the_token_scopes() {
     for step in [
         "status-page went from retrying to confirmed live",
         "took pager-bridge from dead to confirmed",
+        "the detail links the Jira issue and shows each destination's request",
         "shows no retry button and the API answers 403",
         "the send form sent INC-43",
+        "1,000 broadcasts: board built in",
+        "delivery events in",
         "no errors or warnings in the browser console",
     ] {
         assert!(output.contains(step), "no step {step:?} in:\n{output}");

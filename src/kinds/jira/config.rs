@@ -23,6 +23,41 @@ fn secret_allowed(_: &FileDestination) -> bool {
     true
 }
 
+/// Where a person opens what a Jira delivery made: its issue
+/// (`{site}/browse/OPS-7`), or the comment an update or resolve added
+/// (`OPS-7/comment/10042`: the issue, focused on that comment). `None`
+/// for another kind's target or a reference of another shape.
+pub fn remote_url(target: &Target, remote_ref: &str) -> Option<String> {
+    let Target::Jira { site_url, .. } = target else {
+        return None;
+    };
+    let (issue, comment) = match remote_ref.split_once("/comment/") {
+        Some((issue, comment)) => (issue, Some(comment)),
+        None => (remote_ref, None),
+    };
+    let is_digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let (project, number) = issue.rsplit_once('-')?;
+    let project_ok = project.starts_with(|c: char| c.is_ascii_uppercase())
+        && project
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if !project_ok || !is_digits(number) || !comment.is_none_or(is_digits) {
+        return None;
+    }
+    let mut url = site_url.clone();
+    url.path_segments_mut()
+        .ok()?
+        .pop_if_empty()
+        .extend(["browse", issue]);
+    url.set_query(None);
+    url.set_fragment(None);
+    if let Some(comment) = comment {
+        url.query_pairs_mut()
+            .append_pair("focusedCommentId", comment);
+    }
+    Some(url.into())
+}
+
 fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
     let (key, d) = (t.key, t.d);
     let search_recheck_ms =

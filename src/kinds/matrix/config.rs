@@ -38,6 +38,34 @@ pub fn room_id_problem(id: &str) -> Option<String> {
     None
 }
 
+/// A matrix.to permalink to the event a Matrix delivery sent
+/// (`remote_ref`, `$...`) in the destination's room; `None` for another
+/// kind's target or a reference that is not an event id. Each part is
+/// percent-encoded (RFC 3986 `pchar`), as matrix.to links require.
+pub fn remote_url(target: &Target, remote_ref: &str) -> Option<String> {
+    let Target::Matrix { room_id, .. } = target else {
+        return None;
+    };
+    if !remote_ref.starts_with('$') || remote_ref.len() < 2 {
+        return None;
+    }
+    let encode = |text: &str| -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
+                b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*'
+                | b'+' | b',' | b';' | b'=' | b':' | b'@' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    Some(format!(
+        "https://matrix.to/#/{}/{}",
+        encode(room_id),
+        encode(remote_ref)
+    ))
+}
+
 fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
     let (key, d) = (t.key, t.d);
     let room_id = t.required("room_id", &d.room_id).filter(|id| {

@@ -9,8 +9,12 @@
   const BOARD_BROADCASTS_MAX = 1000;
   /** Broadcasts per page when loading the board (the API's largest page). */
   const PAGE_SIZE = 200;
-  /** Groups rendered per animation frame when the board is built. */
-  const GROUPS_PER_FRAME = 20;
+  /** Script time one animation frame spends building the board's rows:
+   * the frame's layout and paint come on top, so a slower machine stays
+   * responsive too. */
+  const BUILD_SLICE_BUDGET_MS = 6;
+  /** Previews (the rendered requests of a broadcast) kept for the detail. */
+  const PREVIEWS_KEPT_MAX = 20;
   /** How often destination health is read again, on its page and elsewhere. */
   const DESTINATIONS_REFRESH_MS_ON_PAGE = 3000;
   const DESTINATIONS_REFRESH_MS = 10000;
@@ -36,7 +40,13 @@
     dirty: new Set(),
     fetching: new Map(),
     renderQueue: new Set(),
+    /** new broadcasts whose rows are placed at the next frame */
+    placeQueue: new Set(),
     renderScheduled: false,
+    /** bumped by each build of the board: an older build's slices stop */
+    buildGeneration: 0,
+    /** broadcast id -> { answer, error } of GET .../preview */
+    previews: new Map(),
     detailId: null,
     sendWatchId: null,
     streamAbort: null,
@@ -128,11 +138,20 @@
     return pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' + pad(d.getSeconds());
   }
 
+  /** Today's local midnight and the next one, found again once a day
+   * passes (a board of 1,000 rows asks for each row). */
+  const today = { startMs: 0, endMs: 0 };
   function when(ms) {
-    const d = new Date(ms);
-    const today = new Date();
-    if (d.toDateString() === today.toDateString()) return clock(ms);
-    return d.toISOString().slice(0, 10) + ' ' + clock(ms);
+    const now = Date.now();
+    if (now >= today.endMs || now < today.startMs) {
+      const midnight = new Date(now);
+      midnight.setHours(0, 0, 0, 0);
+      today.startMs = midnight.getTime();
+      midnight.setDate(midnight.getDate() + 1);
+      today.endMs = midnight.getTime();
+    }
+    if (ms >= today.startMs && ms < today.endMs) return clock(ms);
+    return new Date(ms).toISOString().slice(0, 10) + ' ' + clock(ms);
   }
 
   function ago(ms) {
@@ -247,11 +266,18 @@
     return b.thread ? 't:' + b.thread : 'b:' + b.id;
   }
 
+  /** A broadcast read whole (GET /v1/broadcasts/{id}: body, attempts),
+   * not a line of the board's summary list. */
+  function isWhole(b) {
+    return typeof b.body === 'string';
+  }
+
   function prepare(b) {
     b.createdMs = Date.parse(b.created_at);
     const now = Date.now();
     for (const d of b.deliveries) {
       d.dueAt = d.next_attempt_in_ms === null || d.next_attempt_in_ms === undefined ? null : now + d.next_attempt_in_ms;
+      if (FINAL.has(d.state) && d.updated_at) d.finalAt = Date.parse(d.updated_at);
     }
     b.status = deriveStatus(b.deliveries);
     return b;
@@ -273,7 +299,7 @@
       while (at > 0 && state.broadcasts.get(group.ids[at - 1]).createdMs > b.createdMs) at--;
       group.ids.splice(at, 0, b.id);
       group.newest = Math.max(group.newest, b.createdMs);
-      if (state.started && !state.loading) placeRow(group, b);
+      if (state.started && !state.loading) state.placeQueue.add(b.id);
     }
     queueRender(b.id);
     // Waiting chips of later updates name this one.
@@ -355,7 +381,9 @@
     try {
       while (fresh.length < BOARD_BROADCASTS_MAX) {
         const limit = Math.min(PAGE_SIZE, BOARD_BROADCASTS_MAX - fresh.length);
-        const page = await api('GET', 'v1/broadcasts?limit=' + limit + (cursor ? '&cursor=' + encodeURIComponent(cursor) : ''));
+        // The summary view: each delivery's state, no bodies nor attempts
+        // (the detail reads those for the one broadcast it shows).
+        const page = await api('GET', 'v1/broadcasts?view=summary&limit=' + limit + (cursor ? '&cursor=' + encodeURIComponent(cursor) : ''));
         fresh.push(...page.broadcasts);
         cursor = page.next_cursor;
         if (!cursor) break;
@@ -367,6 +395,7 @@
     state.groups.clear();
     state.rows.clear();
     state.renderQueue.clear();
+    state.placeQueue.clear();
     state.loading = true; // upsert without placing rows; they are built below
     for (const b of fresh) upsert(b);
     state.loading = false;
@@ -385,12 +414,19 @@
     return Array.from(state.groups.values()).sort((a, b) => b.newest - a.newest);
   }
 
-  function groupElement(group) {
+  /** A thread's section, without its rows yet. */
+  function groupShell(group) {
     const sample = state.broadcasts.get(group.ids[0]);
     group.list = el('div', { class: 'list' });
     group.el = el('section', { class: 'thread', 'data-thread': sample.thread || '' },
       sample.thread ? el('h2', {}, el('span', { text: 'Thread ' + sample.thread }), el('span', { class: 'meta', 'data-role': 'count' })) : null,
       group.list);
+    return group.el;
+  }
+
+  /** A thread's section with all its rows, newest first. */
+  function groupElement(group) {
+    groupShell(group);
     for (let i = group.ids.length - 1; i >= 0; i--) {
       group.list.append(rowElement(state.broadcasts.get(group.ids[i])));
     }
@@ -398,16 +434,37 @@
     return group.el;
   }
 
-  /** Builds the board in slices, a frame each, so 1,000 broadcasts never block. */
+  /** Builds the board in slices of at most BUILD_SLICE_BUDGET_MS of script,
+   * one per animation frame, row by row (a thread of hundreds is cut too),
+   * so 1,000 broadcasts never block the page. */
   function buildBoard() {
     const board = $('board');
     board.textContent = '';
     const groups = groupsNewestFirst();
+    const generation = ++state.buildGeneration;
     let next = 0;
+    /** Index in groups[next].ids of the next row to build, counting down; -1: not started. */
+    let row = -1;
     const slice = () => {
+      if (generation !== state.buildGeneration) return;
+      const started = performance.now();
       const fragment = document.createDocumentFragment();
-      const end = Math.min(groups.length, next + GROUPS_PER_FRAME);
-      for (; next < end; next++) fragment.append(groupElement(groups[next]));
+      while (next < groups.length && performance.now() - started < BUILD_SLICE_BUDGET_MS) {
+        const group = groups[next];
+        if (row < 0) {
+          // Placed whole by a live event since the build began.
+          if (group.el) { next++; continue; }
+          fragment.append(groupShell(group));
+          row = group.ids.length - 1;
+        }
+        const id = group.ids[row];
+        if (!state.rows.has(id)) group.list.append(rowElement(state.broadcasts.get(id)));
+        row--;
+        if (row < 0) {
+          updateGroupVisibility(group);
+          next++;
+        }
+      }
       board.append(fragment);
       if (next < groups.length) requestAnimationFrame(slice);
       else updateCounts();
@@ -454,12 +511,15 @@
     status.className = 'status ' + statusClass(b.status);
     row.dataset.status = b.status;
     const chips = row.querySelector('[data-role=chips]');
+    // The row's chips by destination, kept on the row: no selector per chip.
+    const byDestination = row.chipsByDestination || (row.chipsByDestination = new Map());
     const seen = new Set();
     for (const d of b.deliveries) {
       seen.add(d.destination);
-      let chip = chips.querySelector('[data-dest="' + CSS.escape(d.destination) + '"]');
+      let chip = byDestination.get(d.destination);
       if (!chip) {
         chip = el('span', { class: 'chip', 'data-dest': d.destination }, el('b', { text: d.destination }), el('span'));
+        byDestination.set(d.destination, chip);
         chips.append(chip);
       }
       const { words, paused } = chipWords(b, d);
@@ -468,18 +528,35 @@
       chip.dataset.state = d.state;
       chip.title = d.destination + ': ' + words + (d.last_error ? '\n' + d.last_error : '');
     }
-    for (const chip of Array.from(chips.children)) if (!seen.has(chip.dataset.dest)) chip.remove();
+    for (const [name, chip] of byDestination) {
+      if (!seen.has(name)) {
+        chip.remove();
+        byDestination.delete(name);
+      }
+    }
   }
 
   function queueRender(id) {
     state.renderQueue.add(id);
+    scheduleFlush();
+  }
+
+  function scheduleFlush() {
     if (state.renderScheduled) return;
     state.renderScheduled = true;
     requestAnimationFrame(flushRender);
   }
 
+  /** Every change since the last frame, drawn at once: new rows placed,
+   * changed rows filled. Events only change the model and queue their ids. */
   function flushRender() {
     state.renderScheduled = false;
+    for (const id of state.placeQueue) {
+      const b = state.broadcasts.get(id);
+      const group = b && state.groups.get(threadKey(b));
+      if (group && !state.rows.has(id)) placeRow(group, b);
+    }
+    state.placeQueue.clear();
     const ids = Array.from(state.renderQueue);
     state.renderQueue.clear();
     const touched = new Set();
@@ -682,10 +759,66 @@
       ...OUTCOMES.map((o) => el('span', { class: 'l-' + o, text: o.replace('_', ' ') })));
   }
 
+  /** The reference as a link to it where herald could build one (the Jira
+   * issue, the Matrix event), else as text. */
   function remoteRef(d) {
     if (!d.remote_ref) return '—';
-    if (/^https?:\/\//.test(d.remote_ref)) return el('a', { href: d.remote_ref, rel: 'noopener noreferrer', target: '_blank', text: d.remote_ref });
+    const href = d.remote_url || d.remote_ref;
+    if (/^https?:\/\//.test(href)) return el('a', { href, rel: 'noopener noreferrer', target: '_blank', text: d.remote_ref });
     return el('code', { text: d.remote_ref });
+  }
+
+  // ---- The message as each destination received it ------------------------
+
+  /** The requests each destination was sent, from GET .../preview, read once
+   * per broadcast shown (the rendering of an accepted broadcast does not
+   * change while herald's templates stay the same). */
+  function showReceived(id, root) {
+    let entry = state.previews.get(id);
+    if (!entry) {
+      if (state.previews.size >= PREVIEWS_KEPT_MAX) state.previews.delete(state.previews.keys().next().value);
+      entry = { answer: null, error: null };
+      state.previews.set(id, entry);
+      api('GET', 'v1/broadcasts/' + encodeURIComponent(id) + '/preview')
+        .then((answer) => { entry.answer = answer; }, (err) => { entry.error = err; state.previews.delete(id); })
+        .then(() => {
+          const node = state.detailId === id && $('detail').querySelector('[data-role=received]');
+          if (node) fillReceived(node, entry);
+        });
+    }
+    fillReceived(root, entry);
+  }
+
+  /** A request body as people read it: JSON indented, anything else as is. */
+  function readable(body) {
+    try {
+      return JSON.stringify(JSON.parse(body), null, 2);
+    } catch (_) {
+      return body;
+    }
+  }
+
+  function fillReceived(root, entry) {
+    root.textContent = '';
+    if (entry.error) {
+      root.append(el('p', { class: 'error', text: 'The rendered requests could not be read: ' + entry.error.message }));
+      return;
+    }
+    if (!entry.answer) {
+      root.append(el('p', { class: 'meta', text: 'Rendering…' }));
+      return;
+    }
+    for (const dest of entry.answer.destinations) {
+      const section = el('details', { class: 'received', 'data-dest': dest.name, open: true },
+        el('summary', {}, el('b', { text: dest.name }), ' ', el('span', { class: 'meta', text: dest.kind })));
+      if (dest.error) section.append(el('p', { class: 'error', text: dest.error }));
+      else if (!dest.requests.length) section.append(el('p', { class: 'meta', text: 'herald does not render this kind\'s requests here; it carries the message above.' }));
+      for (const request of dest.requests) {
+        section.append(el('p', { class: 'meta' }, el('code', { text: request.call })),
+          el('pre', { class: 'request', tabindex: 0, 'aria-label': dest.name + ' ' + request.call + ' body', text: readable(request.body) }));
+      }
+      root.append(section);
+    }
   }
 
   async function act(action, b, destination, button) {
@@ -705,13 +838,15 @@
     const root = $('detail');
     const id = state.detailId;
     const b = state.broadcasts.get(id);
-    if (!b) {
+    if (!b || !isWhole(b)) {
+      // The board holds a summary (no body, no attempts): read it whole.
       root.textContent = 'Loading…';
       refetch(id);
       return;
     }
     $('detail-title').textContent = b.title;
     root.textContent = '';
+    const received = el('div', { 'data-role': 'received' });
     root.append(
       el('p', {},
         el('span', { class: 'sev ' + b.severity, text: b.severity }), ' ',
@@ -723,7 +858,11 @@
       legend(),
       timeline(b),
       el('h2', { text: 'Deliveries' }),
-      el('div', { class: 'deliveries' }, ...b.deliveries.map((d) => deliveryCard(b, d))));
+      el('div', { class: 'deliveries' }, ...b.deliveries.map((d) => deliveryCard(b, d))),
+      el('h2', { text: 'As each destination received it' }),
+      el('p', { class: 'meta', text: 'The requests a first attempt sends, rendered by each destination\'s template (an update in a thread shows as its first message would).' }),
+      received);
+    showReceived(b.id, received);
   }
 
   function deliveryCard(b, d) {
