@@ -475,11 +475,14 @@ fn the_api_mode_is_configured_from_a_key_file_and_a_bad_one_is_named() {
         let source = format!("[destinations.chat]\nkind = \"google-chat\"\n{table}");
         herald::config::Config::parse("herald.toml", &source, |_| None).map_err(|e| e.to_string())
     };
+    // The API mode takes a template and mentions, as every kind does.
     let config = parse(&format!(
-        "credentials_file = {:?}\nspace = \"AAAA1234\"\n",
+        "credentials_file = {:?}\nspace = \"AAAA1234\"\nmentions = {{ P1 = \"<users/all>\" }}\n",
         good.display()
     ))
     .unwrap();
+    let rendering = config.destinations[0].target.rendering().unwrap();
+    assert!(!rendering.mentions.is_empty());
     let Target::GoogleChat {
         mode:
             GoogleChatMode::App {

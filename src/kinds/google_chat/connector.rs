@@ -343,6 +343,42 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_message_is_the_text_alone_and_the_thread_is_the_connectors() {
+        use crate::domain::{Message, Severity};
+        use crate::template::{sample_delivery, Mentions};
+        let mut single = sample_delivery("chat", false, None);
+        single.message = Message::new("Disk full", "at 99%", Severity::P2, None).unwrap();
+        assert_eq!(
+            google_chat_message(&single),
+            json!({"text": "*[P2] Disk full*\n\nat 99%"})
+        );
+        let mut update = sample_delivery("chat", false, Some("spaces/A/messages/B"));
+        update.message = Message::new("Index rebuilt", "", Severity::P1, Some("INC-7")).unwrap();
+        assert_eq!(
+            google_chat_message(&update),
+            json!({
+                "text": "*[P1] Index rebuilt*\nINC-7 · update",
+                "thread": {"threadKey": google_chat_thread_key("INC-7")},
+            })
+        );
+        // A template's own thread is replaced; a mention leads the text
+        // of a first message; a text past Chat's limit is cut.
+        let template = Template::compile(
+            r#"{"text": {{ (((mention ~ " ") if mention is not none else "") ~ ("x" * 5000))|tojson }}, "thread": {"threadKey": "mine"}}"#,
+        )
+        .unwrap();
+        let rendering = Rendering {
+            template: Some(template),
+            mentions: Mentions::parse([("P2", "<users/all>")]).unwrap(),
+        };
+        let body = render_google_chat_message(&rendering, &single).unwrap();
+        let text = body["text"].as_str().unwrap();
+        assert!(text.starts_with("<users/all> xxx"), "{text}");
+        assert_eq!(text.chars().count(), GOOGLE_CHAT_TEXT_CHARS_MAX);
+        assert!(body.get("thread").is_none(), "{body}");
+    }
+
+    #[test]
     fn ids_are_what_chat_takes() {
         let id = google_chat_message_id("01JD7Q3ZK8W5V2N4XG6T9RBH1C-chat-ops");
         assert!(id.starts_with("client-"));
