@@ -832,3 +832,191 @@ impl GoogleChat {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use serde_json::{json, Value};
+
+    use super::{GRANT_TYPE, TOKEN_PATH};
+    use crate::mock::testing::{Answer, TestMock};
+
+    const CREATE: &str = "/google-chat/v1/spaces/AAAA/messages";
+    const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+
+    /// An unsigned assertion (no key is registered, so the mock takes it
+    /// unchecked) with `claims` changed by `edit`.
+    fn assertion(mock: &TestMock, alg: &str, edit: impl Fn(&mut Value)) -> String {
+        let now = mock.now_ms / 1000;
+        let mut claims = json!({
+            "iss": "app@p.iam.gserviceaccount.com",
+            "scope": "https://www.googleapis.com/auth/chat.bot",
+            "aud": format!("http://mock.test{TOKEN_PATH}"),
+            "iat": now,
+            "exp": now + 3_600,
+        });
+        edit(&mut claims);
+        let part = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        format!(
+            "{}.{}.c2ln",
+            part(json!({"alg": alg, "typ": "JWT"})),
+            part(claims)
+        )
+    }
+
+    fn grant(mock: &TestMock, grant_type: &str, assertion: &str) -> Answer {
+        let body = format!(
+            "grant_type={}&assertion={assertion}",
+            grant_type.replace(':', "%3A")
+        );
+        mock.send("POST", TOKEN_PATH, &[FORM], &body)
+    }
+
+    #[test]
+    fn the_token_endpoint_checks_the_grant_and_the_jwt() {
+        let mock = TestMock::new();
+        let refused = |answer: Answer, error: &str, words: &str| {
+            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text);
+            assert_eq!(answer.body["error"], error, "{}", answer.text);
+            let description = answer.body["error_description"].as_str().unwrap();
+            assert!(description.contains(words), "{description}");
+        };
+        let good = assertion(&mock, "RS256", |_| {});
+        refused(
+            grant(&mock, "client_credentials", &good),
+            "unsupported_grant_type",
+            "grant_type",
+        );
+        refused(
+            grant(&mock, GRANT_TYPE, "a.b"),
+            "invalid_grant",
+            "three parts",
+        );
+        let hs = assertion(&mock, "HS256", |_| {});
+        refused(grant(&mock, GRANT_TYPE, &hs), "invalid_grant", "RS256");
+        let scope = assertion(&mock, "RS256", |c| {
+            c["scope"] = json!("https://www.googleapis.com/auth/chat.messages")
+        });
+        refused(
+            grant(&mock, GRANT_TYPE, &scope),
+            "invalid_scope",
+            "chat.messages",
+        );
+        let aud = assertion(&mock, "RS256", |c| {
+            c["aud"] = json!("https://oauth2.googleapis.com/token")
+        });
+        refused(grant(&mock, GRANT_TYPE, &aud), "invalid_grant", "audience");
+        let expired = assertion(&mock, "RS256", |c| {
+            c["exp"] = json!(c["iat"].as_i64().unwrap() - 1)
+        });
+        refused(
+            grant(&mock, GRANT_TYPE, &expired),
+            "invalid_grant",
+            "short-lived",
+        );
+        let long = assertion(&mock, "RS256", |c| {
+            c["exp"] = json!(c["iat"].as_i64().unwrap() + 7_200)
+        });
+        refused(
+            grant(&mock, GRANT_TYPE, &long),
+            "invalid_grant",
+            "short-lived",
+        );
+        assert_eq!(mock.stats().google_chat.tokens_issued, 0);
+
+        let issued = grant(&mock, GRANT_TYPE, &good);
+        assert_eq!(issued.status, StatusCode::OK, "{}", issued.text);
+        assert_eq!(issued.body["token_type"], "Bearer");
+        let stats = mock.stats().google_chat;
+        assert_eq!(
+            (
+                stats.tokens_issued,
+                stats.unsigned_assertions,
+                stats.token_refusals
+            ),
+            (1, 1, 7)
+        );
+    }
+
+    #[test]
+    fn the_api_wants_a_token_and_lets_the_app_edit_its_own_messages_only() {
+        let mock = TestMock::new();
+        let anonymous = mock.send("POST", CREATE, &[], r#"{"text":"x"}"#);
+        assert_eq!(
+            (anonymous.status, &anonymous.body["error"]["status"]),
+            (StatusCode::UNAUTHORIZED, &json!("UNAUTHENTICATED"))
+        );
+        let token = grant(&mock, GRANT_TYPE, &assertion(&mock, "RS256", |_| {})).body
+            ["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let bearer = format!("Bearer {token}");
+        let auth = [("authorization", bearer.as_str())];
+        let created = mock.send(
+            "POST",
+            &format!("{CREATE}?messageId=client-a1"),
+            &auth,
+            r#"{"text":"first"}"#,
+        );
+        assert_eq!(created.status, StatusCode::OK, "{}", created.text);
+        let read = mock.send("GET", &format!("{CREATE}/client-a1"), &auth, "");
+        assert_eq!(read.body["name"], created.body["name"]);
+        let missing = mock.send("GET", &format!("{CREATE}/client-b2"), &auth, "");
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        let no_mask = mock.send(
+            "PATCH",
+            &format!("{CREATE}/client-a1"),
+            &auth,
+            r#"{"text":"y"}"#,
+        );
+        assert_eq!(no_mask.status, StatusCode::BAD_REQUEST, "{}", no_mask.text);
+        let bad_mask = mock.send(
+            "PATCH",
+            &format!("{CREATE}/client-a1?updateMask=sender"),
+            &auth,
+            r#"{"text":"y"}"#,
+        );
+        assert_eq!(
+            bad_mask.status,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            bad_mask.text
+        );
+        let edited = mock.send(
+            "PATCH",
+            &format!("{CREATE}/client-a1?updateMask=text"),
+            &auth,
+            r#"{"text":"edited"}"#,
+        );
+        assert_eq!(
+            (edited.status, &edited.body["text"]),
+            (StatusCode::OK, &json!("edited")),
+            "{}",
+            edited.text
+        );
+        assert!(edited.body["lastUpdateTime"].is_string());
+        // A webhook's message in the same space is not the app's.
+        let hooked = mock.send(
+            "POST",
+            &format!("{CREATE}?key=k&token=t&messageId=client-c3"),
+            &[],
+            r#"{"text":"hook"}"#,
+        );
+        assert_eq!(hooked.status, StatusCode::OK);
+        let foreign = mock.send(
+            "PATCH",
+            &format!("{CREATE}/client-c3?updateMask=text"),
+            &auth,
+            r#"{"text":"z"}"#,
+        );
+        assert_eq!(foreign.status, StatusCode::FORBIDDEN, "{}", foreign.text);
+        let s = &mock.stats().google_chat.spaces["AAAA"];
+        assert_eq!((s.messages, s.edits, s.reads), (2, 1, 2));
+        assert_eq!(s.texts, ["first", "hook"]);
+        assert_eq!(s.texts_now, ["edited", "hook"]);
+        assert_eq!(mock.stats().google_chat.bearer_refusals, 1);
+    }
+}
