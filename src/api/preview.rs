@@ -32,7 +32,7 @@ use crate::config::{Config, Scope, Target};
 use crate::domain::{
     delivery_idempotency_key, ClaimedDelivery, DeliveryProgress, Message, RetryPolicy,
 };
-use crate::kinds::{discord, jira, pagerduty, slack, teams, webhook};
+use crate::kinds::{discord, google_chat, jira, pagerduty, slack, teams, webhook};
 use crate::store::Store;
 
 pub(super) async fn preview<S: Store>(
@@ -208,6 +208,14 @@ fn requests(target: &Target, delivery: &ClaimedDelivery) -> Result<Vec<PreviewRe
                     .map_err(failed)?;
             Ok(vec![PreviewRequest {
                 call: "POST /rest/api/3/issue".into(),
+                body: json(&body),
+            }])
+        }
+        Target::GoogleChat { rendering, .. } => {
+            let body = google_chat::connector::render_google_chat_message(rendering, delivery)
+                .map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "POST v1/{parent=spaces/*}/messages".into(),
                 body: json(&body),
             }])
         }

@@ -112,9 +112,13 @@ pub enum Target {
         /// The text is cut to this many characters.
         text_chars_max: usize,
     },
-    /// A Google Chat space's incoming webhook (`spaces.messages.create`
-    /// with the webhook's `key` and `token` in the URL).
-    GoogleChat { url: reqwest::Url },
+    /// A Google Chat space: its incoming webhook (`spaces.messages.create`
+    /// with the webhook's `key` and `token` in the URL), or the Chat API
+    /// as an app with a service account.
+    GoogleChat {
+        mode: crate::kinds::google_chat::config::GoogleChatMode,
+        rendering: Rendering,
+    },
     /// A Telegram chat through the Bot API (`sendMessage`).
     Telegram {
         /// The Bot API's base, `https://api.telegram.org/`.
@@ -145,6 +149,7 @@ impl Target {
             | Target::DiscordBot { rendering, .. }
             | Target::Teams { rendering, .. }
             | Target::PagerDuty { rendering, .. }
+            | Target::GoogleChat { rendering, .. }
             | Target::Jira { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
@@ -160,6 +165,7 @@ impl Target {
             | Target::DiscordBot { rendering, .. }
             | Target::Teams { rendering, .. }
             | Target::PagerDuty { rendering, .. }
+            | Target::GoogleChat { rendering, .. }
             | Target::Jira { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
@@ -298,6 +304,10 @@ pub struct FileDestination {
     pub message_thread_id: Option<Spanned<i64>>,
     /// Zulip: the channel (stream) messages go to.
     pub stream: Option<Spanned<String>>,
+    /// Google Chat's API mode: the space, and the service account's JSON
+    /// key file.
+    pub space: Option<Spanned<String>>,
+    pub credentials_file: Option<Spanned<PathBuf>>,
     /// The destination's own template, inline (see `src/template/`).
     pub template: Option<Spanned<String>>,
     /// The destination's own template in a file, relative to the config
@@ -536,6 +546,8 @@ fn span_of(d: &FileDestination, field: &str) -> Span {
         "chat_id" => d.chat_id.as_ref().map(|v| v.span()),
         "message_thread_id" => d.message_thread_id.as_ref().map(|v| v.span()),
         "stream" => d.stream.as_ref().map(|v| v.span()),
+        "space" => d.space.as_ref().map(|v| v.span()),
+        "credentials_file" => d.credentials_file.as_ref().map(|v| v.span()),
         _ => unreachable!("{field} is not a key of a destination table"),
     }
 }
@@ -700,7 +712,7 @@ impl TargetKeys<'_, '_> {
     /// `url_file`): trimmed, not empty. A file others may read is a
     /// warning; an unreadable or empty one a problem naming the key and
     /// the file.
-    fn file_value(&self, field: &str, path: &Spanned<PathBuf>) -> Option<String> {
+    pub fn file_value(&self, field: &str, path: &Spanned<PathBuf>) -> Option<String> {
         let key = format!("{}.{field}", self.key);
         match read_secret_file(&key, path.get_ref()) {
             Ok(SecretFile { text, warning }) => {

@@ -418,6 +418,7 @@ fn secrets(target: &crate::config::Target) -> Vec<&[u8]> {
         Target::Zulip { api_key, .. } => vec![api_key.expose().as_bytes()],
         Target::PagerDuty { routing_key, .. } => vec![routing_key.expose().as_bytes()],
         Target::Email { password, .. } => password.iter().map(|p| p.expose().as_bytes()).collect(),
-        Target::Teams { .. } | Target::Discord { .. } | Target::GoogleChat { .. } => Vec::new(),
+        Target::GoogleChat { mode, .. } => mode.secret_bytes(),
+        Target::Teams { .. } | Target::Discord { .. } => Vec::new(),
     }
 }

@@ -20,8 +20,9 @@
 //!   (`crate::kinds::matrix::mock`).
 //! - `/twilio/2010-04-01/Accounts/<sid>/Messages.json`: Twilio's Messages
 //!   (create, list, fetch) for `sms` ([`sms`]).
-//! - `/google-chat/v1/spaces/<space>/messages`: a Google Chat webhook
-//!   ([`google_chat`]).
+//! - `/google-chat/v1/spaces/<space>/messages...`: Google Chat, a webhook
+//!   or the API as an app (create, get, patch), with its token endpoint
+//!   `/google-chat/oauth2/token` ([`google_chat`]).
 //! - `/telegram/bot<token>/<method>`: the Telegram Bot API ([`telegram`]).
 //! - `/zulip/api/v1/messages...`: Zulip's messages ([`zulip`]).
 //! - every other path outside `/_mock/`: a generic webhook receiver that

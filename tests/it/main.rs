@@ -10,6 +10,7 @@ mod crash;
 mod discord_bot;
 mod email;
 mod first_hour;
+mod google_chat;
 mod ingest_and_statuses;
 mod isolation;
 mod layering;

@@ -11,6 +11,8 @@
 
 // The new kinds of issue 21, in `specs/new_kinds_specs.rs`.
 mod new_kinds_specs;
+// Google Chat's API mode, in `specs/google_chat_specs.rs`.
+mod google_chat_specs;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;

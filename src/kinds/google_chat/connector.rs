@@ -1,21 +1,25 @@
-//! Google Chat through a space's incoming webhook: `spaces.messages.create`
-//! (`POST v1/spaces/{space}/messages?key=...&token=...`, the URL the space
-//! gives) from `google-chat-v1.discovery.json`. Each delivery sends a
-//! `requestId` and a client-set `messageId` (`client-` and 32 hex digits of
-//! the SHA-256 of its idempotency key) on every attempt. The description:
-//! "Specifying an existing request ID returns the message created with
-//! that ID instead of creating a new message", and a custom ID "is unique
-//! within a space". So a re-send after a lost answer gets the first message
-//! back, and should the request ID be forgotten, the message ID cannot be
-//! used twice (`409 ALREADY_EXISTS`, which here means "already there":
-//! success). No read-back is needed; the re-send is not flagged.
+//! Google Chat: `spaces.messages.create` of `google-chat-v1.discovery.json`,
+//! through a space's incoming webhook (`POST v1/spaces/{space}/messages?key=
+//! ...&token=...`, the URL the space gives) or through the Chat API as an
+//! app ([`super::app`]: a service account's token, read-back and edits).
+//! Each delivery sends a `requestId` and a client-set `messageId`
+//! (`client-` and 32 hex digits of the SHA-256 of its idempotency key) on
+//! every attempt. The description: "Specifying an existing request ID
+//! returns the message created with that ID instead of creating a new
+//! message", and a custom ID "is unique within a space". So a re-send
+//! after a lost answer gets the first message back, and should the request
+//! ID be forgotten, the message ID cannot be used twice (`409
+//! ALREADY_EXISTS`, which here means "already there": success). A webhook
+//! cannot read back; the re-send is not flagged.
 //!
-//! A thread's messages share `thread.threadKey` (derived from the thread
-//! key) with `messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD`, so
-//! the first starts the Chat thread and the others reply in it. A webhook
-//! may only create messages (updating one needs the app's own
-//! credentials), so the resolve is a reply in the thread that says
-//! `RESOLVED`; the first message is not edited.
+//! The content comes from the destination's template (`template.json.j2`
+//! by default: the text, and a card with the fields and links); the
+//! connector sets the thread. A thread's messages share `thread.threadKey`
+//! (derived from the thread key) with
+//! `messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD`, so the first
+//! starts the Chat thread and the others reply in it. A webhook may only
+//! create messages, so its resolve is a reply in the thread that says
+//! `RESOLVED`; the API mode also edits the first message.
 //!
 //! Classification ([`classify_google_chat_response`]): 2xx success (the
 //! message `name` is the `remote_ref`); 409 `ALREADY_EXISTS` success; 429
@@ -23,14 +27,18 @@
 //! `retryDelay` (or Retry-After) honoured; 408, 5xx retryable; other 4xx
 //! permanent with Google's `status` and `message`.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::app::ChatApp;
+use super::config::GoogleChatMode;
 use crate::connector::http::{cut_chars, exchange, status_class};
-use crate::connector::shared::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::connector::shared::{parse_retry_after_ms, VerifyReport};
 use crate::domain::{ClaimedDelivery, Outcome, OutcomeClass};
+use crate::template::{render_failed, Rendering, Template, TemplateError};
 
 /// Chat's limit on a message's text (4,096 characters).
 pub const GOOGLE_CHAT_TEXT_CHARS_MAX: usize = 4_096;
@@ -39,8 +47,15 @@ pub const GOOGLE_CHAT_MESSAGE_ID_CHARS_MAX: usize = 63;
 
 pub struct GoogleChatConnector {
     client: reqwest::Client,
+    rendering: Rendering,
+    way: Way,
+}
+
+/// How the connector reaches the space.
+enum Way {
     /// The webhook's URL, with its `key` and `token`.
-    url: reqwest::Url,
+    Webhook(reqwest::Url),
+    App(Box<ChatApp>),
 }
 
 fn hex_sha256(text: &str) -> String {
@@ -86,29 +101,51 @@ pub fn google_chat_create_query(delivery: &ClaimedDelivery) -> Vec<(&'static str
     query
 }
 
-/// The Message body: the text (Chat's `*bold*` headline, the body, the
-/// incident) and the thread key.
+/// Google Chat's default template (`template.json.j2`), compiled once.
+static DEFAULT_TEMPLATE: LazyLock<Template> =
+    LazyLock::new(|| Template::builtin(include_str!("template.json.j2")));
+
+/// Google Chat's default template, for `herald preview` and the tests.
+pub fn default_template() -> &'static Template {
+    &DEFAULT_TEMPLATE
+}
+
+/// The Message body with the default template and no mentions. See
+/// [`render_google_chat_message`].
 pub fn google_chat_message(delivery: &ClaimedDelivery) -> Value {
-    let m = &delivery.message;
-    let role = Role::of(delivery);
-    let mut text = format!("*{}*", headline(delivery));
-    if let Some(thread) = m.thread() {
-        let what = match role {
-            Role::Update => "update",
-            Role::Resolve => "resolved",
-            _ => "open",
-        };
-        text.push_str(&format!("\n{thread} · {what}"));
+    render_google_chat_message(&Rendering::default(), delivery)
+        .expect("the default template renders every valid message")
+}
+
+/// The Message body: the destination's template renders the content
+/// (text, cards); the fields the connector owns are set here, after it, so
+/// a template cannot change them: the thread (its key, or none outside a
+/// thread), and no `name` or `clientAssignedMessageId` (the message ID is
+/// a query parameter). A text past Chat's limit is cut.
+pub fn render_google_chat_message(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+) -> Result<Value, TemplateError> {
+    let mut body = rendering.render(&DEFAULT_TEMPLATE, delivery)?;
+    let Some(object) = body.as_object_mut() else {
+        return Err(TemplateError {
+            line: None,
+            reason: "the output must be a JSON object (a Chat Message)".into(),
+        });
+    };
+    for owned in ["name", "clientAssignedMessageId", "thread", "threadReply"] {
+        object.remove(owned);
     }
-    if !m.body().trim().is_empty() {
-        text.push_str("\n\n");
-        text.push_str(m.body());
+    if let Some(Value::String(text)) = object.get_mut("text") {
+        *text = cut_chars(text, GOOGLE_CHAT_TEXT_CHARS_MAX);
     }
-    let mut body = json!({"text": cut_chars(&text, GOOGLE_CHAT_TEXT_CHARS_MAX)});
-    if let Some(thread) = m.thread() {
-        body["thread"] = json!({"threadKey": google_chat_thread_key(thread)});
+    if let Some(thread) = delivery.message.thread() {
+        object.insert(
+            "thread".into(),
+            json!({"threadKey": google_chat_thread_key(thread)}),
+        );
     }
-    body
+    Ok(body)
 }
 
 /// The seconds of a `google.rpc.RetryInfo` `retryDelay` (`"2s"`, `"1.5s"`).
@@ -163,7 +200,7 @@ pub fn classify_google_chat_response(
             let hint = match status {
                 400 => "; Chat refused the message",
                 401 | 403 => {
-                    "; the webhook's key or token is not accepted (was the webhook deleted?)"
+                    "; the webhook's key or token, or the app's access, is not accepted (was the webhook deleted, or the app removed from the space?)"
                 }
                 404 => "; the space does not exist, or the webhook is gone",
                 _ => "",
@@ -178,21 +215,45 @@ pub fn classify_google_chat_response(
 
 impl GoogleChatConnector {
     pub fn new(
-        url: reqwest::Url,
+        mode: &GoogleChatMode,
+        rendering: Rendering,
         timeout: Duration,
         connections_max: usize,
     ) -> reqwest::Result<GoogleChatConnector> {
+        let way = match mode {
+            GoogleChatMode::Webhook { url } => Way::Webhook(url.clone()),
+            GoogleChatMode::App {
+                api_url,
+                space,
+                account,
+            } => Way::App(Box::new(ChatApp::new(
+                api_url.clone(),
+                space.clone(),
+                account.clone(),
+            ))),
+        };
         Ok(GoogleChatConnector {
             client: crate::connector::http::client(timeout, connections_max)?,
-            url,
+            rendering,
+            way,
         })
     }
 
     pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
-        let mut url = self.url.clone();
+        // Rendered before anything is sent: a template that fails sends
+        // nothing, and fails this delivery alone.
+        let body = match render_google_chat_message(&self.rendering, delivery) {
+            Ok(body) => body,
+            Err(error) => return render_failed(&error),
+        };
+        let url = match &self.way {
+            Way::App(app) => return app.send(&self.client, delivery, &body, now_ms).await,
+            Way::Webhook(url) => url,
+        };
+        let mut url = url.clone();
         url.query_pairs_mut()
             .extend_pairs(google_chat_create_query(delivery));
-        let request = self.client.post(url).json(&google_chat_message(delivery));
+        let request = self.client.post(url).json(&body);
         match exchange(request).await {
             Ok(reply) => {
                 let mut outcome = classify_google_chat_response(
@@ -208,14 +269,18 @@ impl GoogleChatConnector {
         }
     }
 
-    /// A webhook cannot read messages; the re-send carries the same
-    /// request and message IDs, which Chat answers with the message it
-    /// already made, so it is not flagged.
-    pub async fn verify(&self, _delivery: &ClaimedDelivery) -> VerifyReport {
-        VerifyReport::unknown(
-            "a Chat webhook cannot read messages back; sending again with the same requestId and messageId, which Chat answers with the message it already created",
-            false,
-        )
+    /// The API mode reads the message back by its client-set ID. A webhook
+    /// cannot read messages; the re-send carries the same request and
+    /// message IDs, which Chat answers with the message it already made, so
+    /// it is not flagged.
+    pub async fn verify(&self, delivery: &ClaimedDelivery) -> VerifyReport {
+        match &self.way {
+            Way::App(app) => app.verify(&self.client, delivery).await,
+            Way::Webhook(_) => VerifyReport::unknown(
+                "a Chat webhook cannot read messages back; sending again with the same requestId and messageId, which Chat answers with the message it already created",
+                false,
+            ),
+        }
     }
 }
 
@@ -275,6 +340,42 @@ mod tests {
             0,
         );
         assert_eq!(down.class, OutcomeClass::Retryable);
+    }
+
+    #[test]
+    fn a_plain_message_is_the_text_alone_and_the_thread_is_the_connectors() {
+        use crate::domain::{Message, Severity};
+        use crate::template::{sample_delivery, Mentions};
+        let mut single = sample_delivery("chat", false, None);
+        single.message = Message::new("Disk full", "at 99%", Severity::P2, None).unwrap();
+        assert_eq!(
+            google_chat_message(&single),
+            json!({"text": "*[P2] Disk full*\n\nat 99%"})
+        );
+        let mut update = sample_delivery("chat", false, Some("spaces/A/messages/B"));
+        update.message = Message::new("Index rebuilt", "", Severity::P1, Some("INC-7")).unwrap();
+        assert_eq!(
+            google_chat_message(&update),
+            json!({
+                "text": "*[P1] Index rebuilt*\nINC-7 · update",
+                "thread": {"threadKey": google_chat_thread_key("INC-7")},
+            })
+        );
+        // A template's own thread is replaced; a mention leads the text
+        // of a first message; a text past Chat's limit is cut.
+        let template = Template::compile(
+            r#"{"text": {{ (((mention ~ " ") if mention is not none else "") ~ ("x" * 5000))|tojson }}, "thread": {"threadKey": "mine"}}"#,
+        )
+        .unwrap();
+        let rendering = Rendering {
+            template: Some(template),
+            mentions: Mentions::parse([("P2", "<users/all>")]).unwrap(),
+        };
+        let body = render_google_chat_message(&rendering, &single).unwrap();
+        let text = body["text"].as_str().unwrap();
+        assert!(text.starts_with("<users/all> xxx"), "{text}");
+        assert_eq!(text.chars().count(), GOOGLE_CHAT_TEXT_CHARS_MAX);
+        assert!(body.get("thread").is_none(), "{body}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Google Chat in `herald demo`: a space's webhook at the mock, whose
 //! first answer is lost; the re-send's request ID gets the first message.
 
+use super::config::GoogleChatMode;
 use crate::config::Target;
 use crate::demo::{mock_url, DemoKind};
 use crate::mock::{Faults, MockStats};
@@ -20,10 +21,13 @@ pub fn demo_kind() -> DemoKind {
         kind: "google-chat",
         send_path,
         target: |mock_base, name| Target::GoogleChat {
-            url: mock_url(
-                mock_base,
-                &format!("{}?key=mock-key&token=mock-token-{name}", send_path(name)),
-            ),
+            mode: GoogleChatMode::Webhook {
+                url: mock_url(
+                    mock_base,
+                    &format!("{}?key=mock-key&token=mock-token-{name}", send_path(name)),
+                ),
+            },
+            rendering: Default::default(),
         },
         name: "chat-ops",
         what: "first answer lost (requestId returns the first message)",

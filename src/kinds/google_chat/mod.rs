@@ -1,14 +1,20 @@
-//! Google Chat through a space's incoming webhook: messages with a
-//! request ID and a client-set message ID derived from the delivery's key,
-//! so Chat itself folds a re-send; a thread is one Chat thread.
+//! Google Chat through a space's incoming webhook or the Chat API as an
+//! app: messages with a request ID and a client-set message ID derived
+//! from the delivery's key, so Chat itself folds a re-send; a thread is one
+//! Chat thread.
 //!
-//! - [`connector`]: requests, classification, send, verify.
-//! - [`mock`]: the webhook emulation for `herald mock`.
+//! - [`connector`]: the message, classification, send, verify (both modes).
+//! - [`app`]: the API mode's calls (create, read-back, the resolve's edit).
+//! - [`auth`]: the service account's JWT bearer grant and token cache.
+//! - [`mock`]: the emulation for `herald mock` (webhook, API, token).
 
+pub mod app;
+pub mod auth;
 pub mod config;
 pub mod connector;
 pub mod demo;
 pub mod mock;
+pub mod pem;
 
 use std::time::Duration;
 
@@ -24,11 +30,12 @@ impl connector::GoogleChatConnector {
         timeout: Duration,
         connections_max: usize,
     ) -> Option<reqwest::Result<connector::GoogleChatConnector>> {
-        let Target::GoogleChat { url } = target else {
+        let Target::GoogleChat { mode, rendering } = target else {
             return None;
         };
         Some(connector::GoogleChatConnector::new(
-            url.clone(),
+            mode,
+            rendering.clone(),
             timeout,
             connections_max,
         ))
@@ -39,7 +46,7 @@ impl Emulation for mock::GoogleChat {
     type Stats = mock::GoogleChatStats;
 
     fn serves(path: &str) -> bool {
-        path.starts_with(mock::PREFIX)
+        path.starts_with(mock::ROOT)
     }
 
     fn answer(

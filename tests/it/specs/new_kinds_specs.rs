@@ -164,7 +164,12 @@ fn twilio_read_back_queries_match_the_openapi_document() {
 /// Checks a JSON value against a discovery-document schema (`type`,
 /// `properties`, `$ref` to another schema's id, `items`, `enum`); returns
 /// every problem.
-fn discovery_errors(document: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+pub(super) fn discovery_errors(
+    document: &Value,
+    schema: &Value,
+    value: &Value,
+    at: &str,
+) -> Vec<String> {
     if let Some(id) = schema["$ref"].as_str() {
         let target = &document["schemas"][id];
         assert!(
