@@ -100,6 +100,7 @@ pub enum Target {
         from: String,
         to: Vec<String>,
         cc: Vec<String>,
+        rendering: Rendering,
     },
     /// SMS through Twilio's Messages API: one message per recipient.
     Sms {
@@ -145,7 +146,8 @@ impl Target {
             | Target::DiscordBot { rendering, .. }
             | Target::Teams { rendering, .. }
             | Target::PagerDuty { rendering, .. }
-            | Target::Jira { rendering, .. } => Some(rendering),
+            | Target::Jira { rendering, .. }
+            | Target::Email { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -160,7 +162,8 @@ impl Target {
             | Target::DiscordBot { rendering, .. }
             | Target::Teams { rendering, .. }
             | Target::PagerDuty { rendering, .. }
-            | Target::Jira { rendering, .. } => Some(rendering),
+            | Target::Jira { rendering, .. }
+            | Target::Email { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }

@@ -192,6 +192,7 @@ fn destination(port: u16, login: Option<(&str, &str)>, cc: &[&str]) -> Destinati
                 "Second Line <second@example.org>".to_owned(),
             ],
             cc: cc.iter().map(|c| (*c).to_owned()).collect(),
+            rendering: Default::default(),
         },
         timeout_ms: 2_000,
         concurrency: 4,

@@ -38,6 +38,7 @@ impl connector::EmailConnector {
             from,
             to,
             cc,
+            rendering,
         } = target
         else {
             return None;
@@ -56,6 +57,7 @@ impl connector::EmailConnector {
                 from,
                 to,
                 cc,
+                rendering,
             },
             timeout,
         )))
