@@ -218,7 +218,9 @@ pub fn render_email_content(
     let value = rendering.render(&DEFAULT_TEMPLATE, delivery)?;
     let refuse = |reason: &str| TemplateError {
         line: None,
-        reason: format!("{reason}; the output is {{\"subject\": ..., \"text\": ..., \"html\": ...}}"),
+        reason: format!(
+            "{reason}; the output is {{\"subject\": ..., \"text\": ..., \"html\": ...}}"
+        ),
     };
     let Some(object) = value.as_object() else {
         return Err(refuse("the output must be a JSON object"));
@@ -591,148 +593,147 @@ mod tests {
         use crate::connector::shared::Role;
         use crate::domain::ClaimedDelivery;
 
-    /// The subject line: severity, thread and title (`[RESOLVED]` for a
-    /// resolve).
-    pub(super) fn email_subject(delivery: &ClaimedDelivery) -> String {
-        let m = &delivery.message;
-        match (Role::of(delivery), m.thread()) {
-            (Role::Resolve, Some(thread)) => format!("[RESOLVED] {thread}: {}", m.title()),
-            (Role::Resolve, None) => format!("[RESOLVED] {}", m.title()),
-            (Role::Update, Some(thread)) => {
-                format!("[{}] {thread} update: {}", m.severity().as_str(), m.title())
+        /// The subject line: severity, thread and title (`[RESOLVED]` for a
+        /// resolve).
+        pub(super) fn email_subject(delivery: &ClaimedDelivery) -> String {
+            let m = &delivery.message;
+            match (Role::of(delivery), m.thread()) {
+                (Role::Resolve, Some(thread)) => format!("[RESOLVED] {thread}: {}", m.title()),
+                (Role::Resolve, None) => format!("[RESOLVED] {}", m.title()),
+                (Role::Update, Some(thread)) => {
+                    format!("[{}] {thread} update: {}", m.severity().as_str(), m.title())
+                }
+                (_, Some(thread)) => format!("[{}] {thread}: {}", m.severity().as_str(), m.title()),
+                (_, None) => format!("[{}] {}", m.severity().as_str(), m.title()),
             }
-            (_, Some(thread)) => format!("[{}] {thread}: {}", m.severity().as_str(), m.title()),
-            (_, None) => format!("[{}] {}", m.severity().as_str(), m.title()),
         }
-    }
 
-    /// The facts shown under the body, in order: (name, value).
-    fn facts(delivery: &ClaimedDelivery) -> Vec<(String, String)> {
-        let m = &delivery.message;
-        let details = m.details();
-        let status = match Role::of(delivery) {
-            Role::Single | Role::Opener => "open",
-            Role::Update => "update",
-            Role::Resolve => "resolved",
-        };
-        let mut facts = vec![
-            ("Severity".to_owned(), m.severity().as_str().to_owned()),
-            ("Status".to_owned(), status.to_owned()),
-        ];
-        if let Some(thread) = m.thread() {
-            facts.push(("Incident".to_owned(), thread.to_owned()));
+        /// The facts shown under the body, in order: (name, value).
+        fn facts(delivery: &ClaimedDelivery) -> Vec<(String, String)> {
+            let m = &delivery.message;
+            let details = m.details();
+            let status = match Role::of(delivery) {
+                Role::Single | Role::Opener => "open",
+                Role::Update => "update",
+                Role::Resolve => "resolved",
+            };
+            let mut facts = vec![
+                ("Severity".to_owned(), m.severity().as_str().to_owned()),
+                ("Status".to_owned(), status.to_owned()),
+            ];
+            if let Some(thread) = m.thread() {
+                facts.push(("Incident".to_owned(), thread.to_owned()));
+            }
+            if let Some(source) = &details.source {
+                facts.push(("Source".to_owned(), source.clone()));
+            }
+            for field in &details.fields {
+                facts.push((field.name.clone(), field.value.clone()));
+            }
+            if !details.labels.is_empty() {
+                let labels: Vec<String> = details
+                    .labels
+                    .iter()
+                    .map(|(name, value)| format!("{name}={value}"))
+                    .collect();
+                facts.push(("Labels".to_owned(), labels.join(", ")));
+            }
+            facts.push(("Broadcast".to_owned(), delivery.broadcast_id.clone()));
+            facts
         }
-        if let Some(source) = &details.source {
-            facts.push(("Source".to_owned(), source.clone()));
-        }
-        for field in &details.fields {
-            facts.push((field.name.clone(), field.value.clone()));
-        }
-        if !details.labels.is_empty() {
-            let labels: Vec<String> = details
-                .labels
-                .iter()
-                .map(|(name, value)| format!("{name}={value}"))
-                .collect();
-            facts.push(("Labels".to_owned(), labels.join(", ")));
-        }
-        facts.push(("Broadcast".to_owned(), delivery.broadcast_id.clone()));
-        facts
-    }
 
-    /// The plain-text part: subject, summary, body, facts, links.
-    pub(super) fn email_text_body(delivery: &ClaimedDelivery) -> String {
-        let m = &delivery.message;
-        let mut text = email_subject(delivery);
-        text.push_str("\n\n");
-        if let Some(summary) = &m.details().summary {
-            text.push_str(summary);
+        /// The plain-text part: subject, summary, body, facts, links.
+        pub(super) fn email_text_body(delivery: &ClaimedDelivery) -> String {
+            let m = &delivery.message;
+            let mut text = email_subject(delivery);
             text.push_str("\n\n");
-        }
-        if !m.body().trim().is_empty() {
-            text.push_str(m.body().trim_end());
-            text.push_str("\n\n");
-        }
-        for (name, value) in facts(delivery) {
-            let _ = writeln!(text, "{name}: {value}");
-        }
-        if !m.details().links.is_empty() {
-            text.push_str("\nLinks:\n");
-            for link in &m.details().links {
-                let _ = writeln!(text, "- {}: {}", link.text, link.url);
+            if let Some(summary) = &m.details().summary {
+                text.push_str(summary);
+                text.push_str("\n\n");
             }
-        }
-        text
-    }
-
-    /// Text as HTML: `&`, `<`, `>`, `"` and `'` escaped.
-    fn html_escape(text: &str) -> String {
-        let mut escaped = String::with_capacity(text.len());
-        for c in text.chars() {
-            match c {
-                '&' => escaped.push_str("&amp;"),
-                '<' => escaped.push_str("&lt;"),
-                '>' => escaped.push_str("&gt;"),
-                '"' => escaped.push_str("&quot;"),
-                '\'' => escaped.push_str("&#39;"),
-                c => escaped.push(c),
+            if !m.body().trim().is_empty() {
+                text.push_str(m.body().trim_end());
+                text.push_str("\n\n");
             }
+            for (name, value) in facts(delivery) {
+                let _ = writeln!(text, "{name}: {value}");
+            }
+            if !m.details().links.is_empty() {
+                text.push_str("\nLinks:\n");
+                for link in &m.details().links {
+                    let _ = writeln!(text, "- {}: {}", link.text, link.url);
+                }
+            }
+            text
         }
-        escaped
-    }
 
-    /// The HTML alternative: the same content as the text part, every value
-    /// escaped (links are http(s) URLs, checked when the message came in).
-    pub(super) fn email_html_body(delivery: &ClaimedDelivery) -> String {
-        let m = &delivery.message;
-        let color = match (Role::of(delivery), m.severity().as_str()) {
-            (Role::Resolve, _) => "#2e7d32",
-            (_, "P1" | "P2") => "#c62828",
-            (_, "P3") => "#ef6c00",
-            _ => "#455a64",
-        };
-        let mut html = String::from("<!DOCTYPE html>\n<html><body>\n");
-        let _ = writeln!(
-            html,
-            "<h2 style=\"color:{color}\">{}</h2>",
-            html_escape(&email_subject(delivery))
-        );
-        if let Some(summary) = &m.details().summary {
-            let _ = writeln!(html, "<p><strong>{}</strong></p>", html_escape(summary));
+        /// Text as HTML: `&`, `<`, `>`, `"` and `'` escaped.
+        fn html_escape(text: &str) -> String {
+            let mut escaped = String::with_capacity(text.len());
+            for c in text.chars() {
+                match c {
+                    '&' => escaped.push_str("&amp;"),
+                    '<' => escaped.push_str("&lt;"),
+                    '>' => escaped.push_str("&gt;"),
+                    '"' => escaped.push_str("&quot;"),
+                    '\'' => escaped.push_str("&#39;"),
+                    c => escaped.push(c),
+                }
+            }
+            escaped
         }
-        if !m.body().trim().is_empty() {
+
+        /// The HTML alternative: the same content as the text part, every value
+        /// escaped (links are http(s) URLs, checked when the message came in).
+        pub(super) fn email_html_body(delivery: &ClaimedDelivery) -> String {
+            let m = &delivery.message;
+            let color = match (Role::of(delivery), m.severity().as_str()) {
+                (Role::Resolve, _) => "#2e7d32",
+                (_, "P1" | "P2") => "#c62828",
+                (_, "P3") => "#ef6c00",
+                _ => "#455a64",
+            };
+            let mut html = String::from("<!DOCTYPE html>\n<html><body>\n");
             let _ = writeln!(
                 html,
-                "<pre style=\"white-space:pre-wrap;font-family:inherit\">{}</pre>",
-                html_escape(m.body().trim_end())
+                "<h2 style=\"color:{color}\">{}</h2>",
+                html_escape(&email_subject(delivery))
             );
-        }
-        html.push_str("<table>\n");
-        for (name, value) in facts(delivery) {
-            let _ = writeln!(
-                html,
-                "<tr><th align=\"left\">{}</th><td>{}</td></tr>",
-                html_escape(&name),
-                html_escape(&value)
-            );
-        }
-        html.push_str("</table>\n");
-        if !m.details().links.is_empty() {
-            html.push_str("<ul>\n");
-            for link in &m.details().links {
+            if let Some(summary) = &m.details().summary {
+                let _ = writeln!(html, "<p><strong>{}</strong></p>", html_escape(summary));
+            }
+            if !m.body().trim().is_empty() {
                 let _ = writeln!(
                     html,
-                    "<li><a href=\"{}\">{}</a></li>",
-                    html_escape(&link.url),
-                    html_escape(&link.text)
+                    "<pre style=\"white-space:pre-wrap;font-family:inherit\">{}</pre>",
+                    html_escape(m.body().trim_end())
                 );
             }
-            html.push_str("</ul>\n");
+            html.push_str("<table>\n");
+            for (name, value) in facts(delivery) {
+                let _ = writeln!(
+                    html,
+                    "<tr><th align=\"left\">{}</th><td>{}</td></tr>",
+                    html_escape(&name),
+                    html_escape(&value)
+                );
+            }
+            html.push_str("</table>\n");
+            if !m.details().links.is_empty() {
+                html.push_str("<ul>\n");
+                for link in &m.details().links {
+                    let _ = writeln!(
+                        html,
+                        "<li><a href=\"{}\">{}</a></li>",
+                        html_escape(&link.url),
+                        html_escape(&link.text)
+                    );
+                }
+                html.push_str("</ul>\n");
+            }
+            html.push_str("</body></html>\n");
+            html
         }
-        html.push_str("</body></html>\n");
-        html
-    }
-
     }
 
     fn delivery(message: Message, thread_ref: Option<&str>) -> ClaimedDelivery {
@@ -972,14 +973,20 @@ mod tests {
             template: None,
             mentions: crate::template::Mentions::parse([("P1", "@oncall <ops>")]).unwrap(),
         };
-        let opener = Message::new("Checkout failing", "Down.", Severity::P1, Some("INC-1")).unwrap();
+        let opener =
+            Message::new("Checkout failing", "Down.", Severity::P1, Some("INC-1")).unwrap();
         let content = render_email_content(&rendering, &delivery(opener.clone(), None)).unwrap();
         assert!(
-            content.text.starts_with("[P1] INC-1: Checkout failing\n\n@oncall <ops>\n\nDown.\n"),
+            content
+                .text
+                .starts_with("[P1] INC-1: Checkout failing\n\n@oncall <ops>\n\nDown.\n"),
             "{}",
             content.text
         );
-        assert!(content.html.unwrap().contains("<p><strong>@oncall &lt;ops&gt;</strong></p>"));
+        assert!(content
+            .html
+            .unwrap()
+            .contains("<p><strong>@oncall &lt;ops&gt;</strong></p>"));
         let update = render_email_content(&rendering, &delivery(opener, Some("FIRST@x"))).unwrap();
         assert!(!update.text.contains("@oncall"), "{}", update.text);
     }
@@ -1029,9 +1036,18 @@ mod tests {
     fn a_template_output_without_a_subject_or_text_fails_naming_the_field() {
         for (source, expected) in [
             (r#"{"text": "t"}"#, "\"subject\" must be a non-empty string"),
-            (r#"{"subject": "s\nBcc: x@example.com", "text": "t"}"#, "\"subject\" must be one line"),
-            (r#"{"subject": "s"}"#, "\"text\" (the plain-text part) is required"),
-            (r#"{"subject": "s", "text": 7}"#, "\"text\" must be a string"),
+            (
+                r#"{"subject": "s\nBcc: x@example.com", "text": "t"}"#,
+                "\"subject\" must be one line",
+            ),
+            (
+                r#"{"subject": "s"}"#,
+                "\"text\" (the plain-text part) is required",
+            ),
+            (
+                r#"{"subject": "s", "text": 7}"#,
+                "\"text\" must be a string",
+            ),
             (r#"["s"]"#, "the output must be a JSON object"),
         ] {
             let rendering = Rendering {
