@@ -293,6 +293,30 @@ pub fn email_message(
     built.map_err(|e| format!("the message could not be built: {e}"))
 }
 
+/// The message of `delivery` as it goes after DATA, for `herald preview`:
+/// the same function a send calls, with the addresses as configured.
+pub fn preview_message(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+    from: &str,
+    to: &[String],
+    cc: &[String],
+) -> Result<String, String> {
+    let content =
+        render_email_content(rendering, delivery).map_err(|e| format!("the destination's {e}"))?;
+    let list = |addresses: &[String]| -> Vec<Mailbox> {
+        addresses.iter().map(|a| parse_mailbox(a)).collect()
+    };
+    let message = email_message(
+        delivery,
+        &content,
+        &parse_mailbox(from),
+        &list(to),
+        &list(cc),
+    )?;
+    Ok(String::from_utf8_lossy(&message.formatted()).into_owned())
+}
+
 /// The configured server and addresses; one connection per attempt.
 pub struct EmailConnector {
     host: String,

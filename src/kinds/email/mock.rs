@@ -324,7 +324,9 @@ impl Header {
             }
             if line.starts_with([' ', '\t']) {
                 if let Some((_, value)) = fields.last_mut() {
-                    value.push(' ');
+                    if !value.is_empty() {
+                        value.push(' ');
+                    }
                     value.push_str(line.trim());
                 }
                 continue;
