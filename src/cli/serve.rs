@@ -1,6 +1,7 @@
 //! The verbs that run a process until a stop signal: `serve`, `mock`, and
 //! `migrate`.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use herald::logging::LogFormat;
@@ -93,13 +94,19 @@ pub(crate) async fn run(
             };
             let (listener, smtp) = mock_listeners(listen, smtp_listen).await?;
             let mock = herald::mock::start_with_smtp(listener, smtp, faults)?;
-            println!("herald mock listening on http://{}", mock.addr);
-            println!(
-                "herald mock listening for SMTP on {} (email destinations: smtp_host = \"{}\", smtp_port = {}, smtp_security = \"none\")",
+            // Both lines in one write: a reader that takes the first line
+            // and closes the pipe never makes the second one fail.
+            let banner = format!(
+                "herald mock listening on http://{}\nherald mock listening for SMTP on {} (email destinations: smtp_host = \"{}\", smtp_port = {}, smtp_security = \"none\")\n",
+                mock.addr,
                 mock.smtp_addr,
                 mock.smtp_addr.ip(),
                 mock.smtp_addr.port()
             );
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(banner.as_bytes())?;
+            stdout.flush()?;
+            drop(stdout);
             wait_for_stop_signal().await?;
             mock.stop().await;
             Ok(ExitCode::SUCCESS)
