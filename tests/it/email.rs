@@ -1009,3 +1009,35 @@ async fn a_421_at_the_mock_pauses_email_alone() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_mailbox_holds_the_thread_once_after_a_busy_answer() {
+    // The demo's email destination and faults, at a mock in this process.
+    let kind = herald::kinds::email::demo::demo_kind();
+    assert_eq!(kind.name, NAME);
+    let path = herald::demo::mock_send_path("email", kind.name);
+    let mock = start_mock(&[(path.as_str(), kind.faults.clone())]).await;
+    let destination =
+        herald::demo::mock_destination(&format!("http://{}", mock.addr), "email", kind.name);
+    let dir = temp_dir();
+    let server = start_server(&dir.path().join("herald.db"), vec![destination]).await;
+    let client = client(&server);
+    for (title, resolved) in [
+        ("Checkout is failing", false),
+        ("Payments rolled back", false),
+        ("Checkout recovered", true),
+    ] {
+        let broadcast = send_and_wait(&client, &thread_request(title, resolved)).await;
+        assert_eq!(broadcast.status, "converged", "{broadcast:#?}");
+    }
+    let (line, as_expected) = (kind.landed)(&mock.stats(), kind.name);
+    assert_eq!(line, "3 messages in 1 conversation, one Message-ID each");
+    assert!(as_expected);
+    assert_eq!(
+        mock.stats().path(&path).rate_limited,
+        1,
+        "the 421 was played"
+    );
+    server.stop().await;
+    mock.stop().await;
+}
