@@ -16,7 +16,8 @@
 //! The SMTP server of `herald mock`, run as a process, is tested here too:
 //! a thread lands in order as one conversation under a refusal, a
 //! connection dropped after DATA leaves two copies under one Message-ID,
-//! and a 421 pauses email while another destination goes on.
+//! and a 421 pauses email while another destination goes on; the demo's
+//! mailbox, busy once, ends with the thread once.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
