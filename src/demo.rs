@@ -137,7 +137,9 @@ pub fn mock_send_path(kind: &str, name: &str) -> String {
 /// A destination of `kind` at the mock at `mock_base`, with short timeouts
 /// and backoff so runs take seconds. A Slack destination posts to the
 /// channel named `name`; a Jira one to project [`mock_jira_project`]; a
-/// Discord one is a forum webhook.
+/// Discord one is a forum webhook; an email one sends to the mailbox
+/// `NAME@example.com` at the SMTP server on the port after `mock_base`'s
+/// (as [`crate::mock::bind_pair`] and `herald mock` place it).
 pub fn mock_destination(mock_base: &str, kind: &str, name: &str) -> Destination {
     let target = (demo_kind(kind).target)(mock_base, name);
     Destination {
@@ -215,7 +217,10 @@ async fn run_in(
         };
         faults_file.paths.insert(mock_send_path(kind, name), faults);
     }
-    let mock = crate::mock::start(TcpListener::bind("127.0.0.1:0").await?, faults_file)?;
+    // The SMTP server on the port after the HTTP one: where the email
+    // destination (`mock_destination`) looks for it.
+    let (http, smtp) = crate::mock::bind_pair(std::net::Ipv4Addr::LOCALHOST.into()).await?;
+    let mock = crate::mock::start_with_smtp(http, smtp, faults_file)?;
     let mock_base = format!("http://{}", mock.addr);
     let destinations = demo_destinations()
         .into_iter()
@@ -241,8 +246,9 @@ async fn run_in(
     let server = crate::server::start(config, TcpListener::bind("127.0.0.1:0").await?).await?;
     writeln!(
         out,
-        "herald demo: mock {} at {mock_base}, herald at http://{}",
+        "herald demo: mock {} at {mock_base} (SMTP at {}), herald at http://{}",
         mock_kinds().join(", "),
+        mock.smtp_addr,
         server.addr
     )?;
     writeln!(

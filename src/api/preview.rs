@@ -32,7 +32,7 @@ use crate::config::{Config, Scope, Target};
 use crate::domain::{
     delivery_idempotency_key, ClaimedDelivery, DeliveryProgress, Message, RetryPolicy,
 };
-use crate::kinds::{discord, google_chat, jira, pagerduty, slack, teams, webhook};
+use crate::kinds::{discord, email, google_chat, jira, pagerduty, slack, teams, webhook};
 use crate::store::Store;
 
 pub(super) async fn preview<S: Store>(
@@ -219,6 +219,16 @@ fn requests(target: &Target, delivery: &ClaimedDelivery) -> Result<Vec<PreviewRe
                 body: json(&body),
             }])
         }
+        Target::Email {
+            from,
+            to,
+            cc,
+            rendering,
+            ..
+        } => Ok(vec![PreviewRequest {
+            call: "SMTP DATA".into(),
+            body: email::connector::preview_message(rendering, delivery, from, to, cc)?,
+        }]),
         #[allow(unreachable_patterns)]
         _ => Ok(Vec::new()),
     }

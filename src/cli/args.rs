@@ -69,8 +69,8 @@ pub(crate) enum Command {
     },
     /// Run the mock destinations: emulations of every HTTP kind (Slack,
     /// Teams, Jira, PagerDuty, Discord, Matrix, Twilio, Google Chat,
-    /// Telegram, Zulip) and a generic webhook receiver, with scriptable
-    /// faults.
+    /// Telegram, Zulip), a generic webhook receiver and an SMTP server for
+    /// email (on the port after --listen's), with scriptable faults.
     #[command(
         after_help = "Example:\n  herald mock --listen 127.0.0.1:9090 --faults mock-faults.example.toml"
     )]
@@ -78,6 +78,11 @@ pub(crate) enum Command {
         /// Address to listen on, IP:PORT or HOST:PORT.
         #[arg(long, default_value = "127.0.0.1:9090", value_parser = parse_listen)]
         listen: SocketAddr,
+        /// Address of the SMTP server, IP:PORT or HOST:PORT. Default: the
+        /// port after --listen's (127.0.0.1:9091), or two free ports next
+        /// to each other when --listen's port is 0.
+        #[arg(long, value_parser = parse_listen)]
+        smtp_listen: Option<SocketAddr>,
         /// A TOML file of [paths."/PATH"] fault tables (a path ending in /*
         /// is a prefix); see mock-faults.example.toml.
         #[arg(long)]

@@ -1,6 +1,7 @@
 //! The verbs that run a process until a stop signal: `serve`, `mock`, and
 //! `migrate`.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use herald::logging::LogFormat;
@@ -81,21 +82,61 @@ pub(crate) async fn run(
             println!("applied {applied} migration(s); the schema is current");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Mock { listen, faults } => {
+        Command::Mock {
+            listen,
+            smtp_listen,
+            faults,
+        } => {
             init_logging("info");
             let faults = match faults {
                 Some(path) => FaultsFile::load(&path).map_err(anyhow::Error::msg)?,
                 None => FaultsFile::default(),
             };
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
-            let mock = herald::mock::start(listener, faults)?;
-            println!("herald mock listening on http://{}", mock.addr);
+            let (listener, smtp) = mock_listeners(listen, smtp_listen).await?;
+            let mock = herald::mock::start_with_smtp(listener, smtp, faults)?;
+            // Both lines in one write: a reader that takes the first line
+            // and closes the pipe never makes the second one fail.
+            let banner = format!(
+                "herald mock listening on http://{}\nherald mock listening for SMTP on {} (email destinations: smtp_host = \"{}\", smtp_port = {}, smtp_security = \"none\")\n",
+                mock.addr,
+                mock.smtp_addr,
+                mock.smtp_addr.ip(),
+                mock.smtp_addr.port()
+            );
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(banner.as_bytes())?;
+            stdout.flush()?;
+            drop(stdout);
             wait_for_stop_signal().await?;
             mock.stop().await;
             Ok(ExitCode::SUCCESS)
         }
         _ => unreachable!("cli::run routes only the serving verbs here"),
     }
+}
+
+/// The mock's HTTP and SMTP listeners: SMTP on `smtp_listen`, else on the
+/// port after `listen`'s (two free ports next to each other for port 0).
+async fn mock_listeners(
+    listen: std::net::SocketAddr,
+    smtp_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
+    if listen.port() == 0 && smtp_listen.is_none() {
+        return herald::mock::bind_pair(listen.ip())
+            .await
+            .with_context(|| format!("cannot listen on two free ports of {}", listen.ip()));
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let smtp_addr = smtp_listen.unwrap_or_else(|| {
+        let port = herald::mock::smtp_port_next_to(listener.local_addr().map_or(0, |a| a.port()));
+        std::net::SocketAddr::new(listen.ip(), port)
+    });
+    let smtp = tokio::net::TcpListener::bind(smtp_addr)
+        .await
+        .with_context(|| {
+            format!("cannot listen for SMTP on {smtp_addr}; choose its address with --smtp-listen")
+        })?;
+    Ok((listener, smtp))
 }

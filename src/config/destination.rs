@@ -100,6 +100,7 @@ pub enum Target {
         from: String,
         to: Vec<String>,
         cc: Vec<String>,
+        rendering: Rendering,
     },
     /// SMS through Twilio's Messages API: one message per recipient.
     Sms {
@@ -150,7 +151,8 @@ impl Target {
             | Target::Teams { rendering, .. }
             | Target::PagerDuty { rendering, .. }
             | Target::GoogleChat { rendering, .. }
-            | Target::Jira { rendering, .. } => Some(rendering),
+            | Target::Jira { rendering, .. }
+            | Target::Email { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -166,7 +168,8 @@ impl Target {
             | Target::Teams { rendering, .. }
             | Target::PagerDuty { rendering, .. }
             | Target::GoogleChat { rendering, .. }
-            | Target::Jira { rendering, .. } => Some(rendering),
+            | Target::Jira { rendering, .. }
+            | Target::Email { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }

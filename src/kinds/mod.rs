@@ -53,7 +53,7 @@ macro_rules! with_kinds {
             Discord { field: discord, connector: discord::connector::DiscordConnector, emulation: discord::mock::Discord, stats: discord::mock::DiscordStats, demo: discord, config: discord },
             DiscordBot { field: discord_bot, connector: discord::bot_connector::DiscordBotConnector, emulation: discord::bot_mock::DiscordBot, stats: discord::bot_mock::DiscordBotStats, demo: none, config: none },
             Matrix { field: matrix, connector: matrix::connector::MatrixConnector, emulation: matrix::mock::Matrix, stats: matrix::mock::MatrixStats, demo: matrix, config: matrix },
-            Email { field: email, connector: email::connector::EmailConnector, emulation: email::mock::Email, stats: email::mock::EmailStats, demo: none, config: email },
+            Email { field: email, connector: email::connector::EmailConnector, emulation: email::mock::Email, stats: email::mock::EmailStats, demo: email, config: email },
             Sms { field: sms, connector: sms::connector::SmsConnector, emulation: sms::mock::Twilio, stats: sms::mock::SmsStats, demo: sms, config: sms },
             GoogleChat { field: google_chat, connector: google_chat::connector::GoogleChatConnector, emulation: google_chat::mock::GoogleChat, stats: google_chat::mock::GoogleChatStats, demo: google_chat, config: google_chat },
             Telegram { field: telegram, connector: telegram::connector::TelegramConnector, emulation: telegram::mock::Telegram, stats: telegram::mock::TelegramStats, demo: telegram, config: telegram },

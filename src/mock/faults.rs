@@ -10,10 +10,12 @@ use crate::config::WebhookSecret;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
-    /// The first N requests answer 429 with `Retry-After: retry_after_secs`.
+    /// The first N requests answer 429 with `Retry-After: retry_after_secs`
+    /// (at an SMTP mailbox's path: 421, and the connection closes).
     pub rate_limit_first: u32,
     pub retry_after_secs: u64,
-    /// The next N requests answer `fail_status`.
+    /// The next N requests answer `fail_status` (at an SMTP mailbox's
+    /// path, an SMTP reply code: 451, 554, ...).
     pub fail_first: u32,
     pub fail_status: u16,
     /// Slack only: the next N requests answer HTTP 200
@@ -24,6 +26,8 @@ pub struct Faults {
     pub slack_error: Option<String>,
     /// The next N requests are processed (recorded, message stored), then
     /// left unanswered for `drop_hang_ms` (longer than the client's timeout).
+    /// At an SMTP mailbox's path the message is held and the connection
+    /// closes at once, before the reply to the end of DATA.
     pub drop_first: u32,
     pub drop_hang_ms: u64,
     /// After the phases above, each request fails with this probability.

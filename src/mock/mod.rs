@@ -25,6 +25,10 @@
 //!   `/google-chat/oauth2/token` ([`google_chat`]).
 //! - `/telegram/bot<token>/<method>`: the Telegram Bot API ([`telegram`]).
 //! - `/zulip/api/v1/messages...`: Zulip's messages ([`zulip`]).
+//! - SMTP on its own port, next to the HTTP one (the port after it where
+//!   [`bind_pair`] or `herald mock` chose them): an SMTP server with a
+//!   mailbox per recipient, whose faults and counters are at the paths
+//!   `/smtp/<address>` (`crate::kinds::email::mock`).
 //! - every other path outside `/_mock/`: a generic webhook receiver that
 //!   deduplicates by `Idempotency-Key` (falling back to `webhook-id`) the way
 //!   a well-behaved receiver would ([`webhook`]).
@@ -71,6 +75,7 @@ pub(crate) mod faults;
 
 pub(crate) mod shared;
 
+use crate::kinds::email::mock as email;
 use faults::validate_path;
 pub use faults::{Faults, FaultsFile, PathFaults};
 pub use shared::PathStats;
@@ -119,6 +124,16 @@ macro_rules! mock_state {
                 }
             )*
             false
+        }
+
+        /// The checks of the emulation serving `path` on faults there.
+        pub(super) fn serving_checks(path: &str, faults: &Faults) -> Result<(), String> {
+            $(
+                if <crate::kinds::$($emulation)::+ as Emulation>::serves(path) {
+                    return <crate::kinds::$($emulation)::+ as Emulation>::check_faults(faults);
+                }
+            )*
+            Ok(())
         }
 
         #[derive(Default)]
@@ -344,7 +359,7 @@ impl Faults {
         if self.search_lag_ms > 0 && !accepts("search_lag_ms") {
             return Err("search_lag_ms: applies only under /jira/".to_owned());
         }
-        Ok(())
+        serving_checks(path.trim_end_matches('*'), self)
     }
 }
 
@@ -446,11 +461,33 @@ async fn receive(
     response
 }
 
+impl email::MailSink for MockState {
+    fn login(&self, user: &str, password: &str) -> bool {
+        self.lock().email.login(user, password)
+    }
+
+    /// A message at the end of DATA is admitted at its first recipient's
+    /// path like a request (its faults, its counters), then held.
+    fn deliver(&self, mail: email::Mail) -> (email::Verdict, Duration) {
+        let now_ms = now_ms();
+        let path = email::mailbox_path(mail.rcpt_to.first().map_or("", String::as_str));
+        let mut inner = self.lock();
+        let admission = inner.admit(&path, now_ms, |_| true);
+        let _ = admitted(&mut inner.paths, &path, &admission);
+        let verdict = inner.email.receive(&mail, &admission, now_ms);
+        let latency_ms = inner.fault_entry(&path).map_or(0, |e| e.faults.latency_ms);
+        (verdict, Duration::from_millis(latency_ms))
+    }
+}
+
 pub struct RunningMock {
     pub addr: SocketAddr,
+    /// The SMTP server's address (email destinations at the mock).
+    pub smtp_addr: SocketAddr,
     state: Arc<MockState>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    smtp_task: JoinHandle<()>,
 }
 
 impl RunningMock {
@@ -470,11 +507,57 @@ impl RunningMock {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        let _ = self.smtp_task.await;
     }
 }
 
+/// How many pairs of ports [`bind_pair`] tries before it gives up.
+const PAIR_TRIES_MAX: usize = 50;
+
+/// The port of the SMTP server next to an HTTP port: the one after it.
+pub fn smtp_port_next_to(http_port: u16) -> u16 {
+    http_port.wrapping_add(1)
+}
+
+/// Listeners on `ip` for the HTTP and the SMTP server, on free ports next
+/// to each other ([`smtp_port_next_to`]), so a destination at the mock
+/// finds its SMTP server from its HTTP address.
+pub async fn bind_pair(ip: std::net::IpAddr) -> std::io::Result<(TcpListener, TcpListener)> {
+    let mut last_error = None;
+    for _ in 0..PAIR_TRIES_MAX {
+        let http = TcpListener::bind((ip, 0)).await?;
+        let port = smtp_port_next_to(http.local_addr()?.port());
+        if port == 0 {
+            continue;
+        }
+        match TcpListener::bind((ip, port)).await {
+            Ok(smtp) => return Ok((http, smtp)),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no pair of free ports")))
+}
+
+/// Starts the mock on `listener`, its SMTP server on the port after it
+/// when that one is free, else on a free port of the same address
+/// ([`RunningMock::smtp_addr`] says which).
 pub fn start(listener: TcpListener, faults: FaultsFile) -> Result<RunningMock, std::io::Error> {
     let addr = listener.local_addr()?;
+    let next = std::net::TcpListener::bind((addr.ip(), smtp_port_next_to(addr.port())))
+        .or_else(|_| std::net::TcpListener::bind((addr.ip(), 0)))?;
+    next.set_nonblocking(true)?;
+    start_with_smtp(listener, TcpListener::from_std(next)?, faults)
+}
+
+/// Starts the mock: its HTTP server on `listener`, its SMTP server on
+/// `smtp`.
+pub fn start_with_smtp(
+    listener: TcpListener,
+    smtp: TcpListener,
+    faults: FaultsFile,
+) -> Result<RunningMock, std::io::Error> {
+    let addr = listener.local_addr()?;
+    let smtp_addr = smtp.local_addr()?;
     let state = Arc::new(MockState::default());
     for (path, f) in faults.paths {
         state.set_faults(&path, f);
@@ -490,11 +573,15 @@ pub fn start(listener: TcpListener, faults: FaultsFile) -> Result<RunningMock, s
             tracing::error!(%error, "mock server stopped");
         }
     });
+    let sink: Arc<dyn email::MailSink> = state.clone();
+    let smtp_task = tokio::spawn(email::serve(smtp, sink, shutdown.subscribe()));
     Ok(RunningMock {
         addr,
+        smtp_addr,
         state,
         shutdown,
         task,
+        smtp_task,
     })
 }
 

@@ -60,6 +60,12 @@ pub(crate) trait Emulation: Default {
         false
     }
 
+    /// Refuses faults this emulation cannot play at its paths (the SMTP
+    /// server takes only SMTP codes as `fail_status`).
+    fn check_faults(_faults: &Faults) -> Result<(), String> {
+        Ok(())
+    }
+
     type Stats;
 
     /// What this emulation counted, for `GET /_mock/stats`.

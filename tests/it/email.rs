@@ -12,17 +12,24 @@
 //! whose CA is not. Without python3 and aiosmtpd these tests
 //! skip, except on CI (`CI=true`), where that fails them (`.ci/run`
 //! installs aiosmtpd first).
+//!
+//! The SMTP server of `herald mock`, run as a process, is tested here too:
+//! a thread lands in order as one conversation under a refusal, a
+//! connection dropped after DATA leaves two copies under one Message-ID,
+//! and a 421 pauses email while another destination goes on; the demo's
+//! mailbox, busy once, ends with the thread once.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herald::api::wire::{Broadcast, Delivery, SendRequest};
 use herald::config::{Destination, Target};
 use herald::domain::RetryPolicy;
 use herald::kinds::email::config::SmtpSecurity;
+use herald::mock::{Faults, MockStats, PathFaults};
 
 use crate::support::*;
 
@@ -192,6 +199,7 @@ fn destination(port: u16, login: Option<(&str, &str)>, cc: &[&str]) -> Destinati
                 "Second Line <second@example.org>".to_owned(),
             ],
             cc: cc.iter().map(|c| (*c).to_owned()).collect(),
+            rendering: Default::default(),
         },
         timeout_ms: 2_000,
         concurrency: 4,
@@ -649,4 +657,388 @@ async fn a_refused_login_fails_the_delivery_and_never_shows_the_password() {
     assert!(!shown.contains("WRONG-PASSWORD"), "{shown}");
     assert!(sink.messages().is_empty());
     server.stop().await;
+}
+
+/// `herald mock` as a process: its HTTP base and its SMTP port, read from
+/// the two lines it prints at start; killed when dropped.
+struct MockProcess {
+    child: Child,
+    url: String,
+    smtp_port: u16,
+}
+
+impl Drop for MockProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl MockProcess {
+    fn start() -> MockProcess {
+        let mut child = Command::new(HERALD)
+            .args(["mock", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let (mut http, mut smtp) = (String::new(), String::new());
+        out.read_line(&mut http).unwrap();
+        out.read_line(&mut smtp).unwrap();
+        let url = http
+            .trim()
+            .strip_prefix("herald mock listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from herald mock: {http:?}"))
+            .to_owned();
+        let smtp_addr: std::net::SocketAddr = smtp
+            .strip_prefix("herald mock listening for SMTP on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected second line from herald mock: {smtp:?}"));
+        assert!(
+            smtp.contains(&format!("smtp_port = {}", smtp_addr.port())),
+            "{smtp}"
+        );
+        MockProcess {
+            child,
+            url,
+            smtp_port: smtp_addr.port(),
+        }
+    }
+
+    async fn set_faults(&self, path: &str, faults: Faults) -> reqwest::Response {
+        http()
+            .put(format!("{}/_mock/faults", self.url))
+            .json(&PathFaults {
+                path: path.to_owned(),
+                faults,
+            })
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn stats(&self) -> MockStats {
+        http()
+            .get(format!("{}/_mock/stats", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+fn http() -> reqwest::Client {
+    herald::connector::http_client_builder().build().unwrap()
+}
+
+/// The mock's mailbox of the destinations' first recipient.
+const MAILBOX: &str = "oncall@example.com";
+
+fn mailbox_path() -> String {
+    herald::kinds::email::mock::mailbox_path(MAILBOX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_smtp_server_holds_a_thread_in_order_as_one_conversation() {
+    let mock = MockProcess::start();
+    // The opener is refused for now once (451), then every message goes.
+    let answer = mock
+        .set_faults(
+            &mailbox_path(),
+            Faults {
+                fail_first: 1,
+                fail_status: 451,
+                ..Faults::default()
+            },
+        )
+        .await;
+    assert_eq!(answer.status(), 204);
+    let dir = temp_dir();
+    let destination = destination(
+        mock.smtp_port,
+        Some(("herald", "s3cret")),
+        &["lead@example.net"],
+    );
+    let server = start_server(&dir.path().join("herald.db"), vec![destination]).await;
+    let client = client(&server);
+    // Accepted together: herald holds each until the previous one of the
+    // thread is confirmed.
+    let mut ids = Vec::new();
+    for (title, resolved) in [
+        ("Checkout is failing", false),
+        ("Payments rolled back", false),
+        ("Checkout recovered", true),
+    ] {
+        ids.push(
+            client
+                .send(&thread_request(title, resolved))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let mut done = Vec::new();
+    for id in &ids {
+        let broadcast = wait_final(&client, id, Duration::from_secs(30)).await;
+        assert_eq!(broadcast.status, "converged", "{broadcast:#?}");
+        done.push(broadcast);
+    }
+    assert_eq!(
+        attempts(&done[0].deliveries[0]),
+        [("send", "retryable"), ("send", "success")]
+    );
+
+    let stats = mock.stats().await;
+    let first = message_id(&done[0]);
+    for address in [MAILBOX, "second@example.org", "lead@example.net"] {
+        let mailbox = &stats.email.mailboxes[address];
+        assert_eq!(
+            (mailbox.messages, mailbox.message_ids, mailbox.conversations),
+            (3, 3, 1),
+            "{address}: {mailbox:#?}"
+        );
+        let held: Vec<(Option<&str>, Option<&str>, Option<&str>)> = mailbox
+            .held
+            .iter()
+            .map(|m| {
+                (
+                    m.message_id.as_deref(),
+                    m.subject.as_deref(),
+                    m.in_reply_to.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            held,
+            [
+                (
+                    Some(first.as_str()),
+                    Some("[P2] INC-9: Checkout is failing"),
+                    None
+                ),
+                (
+                    Some(message_id(&done[1]).as_str()),
+                    Some("[P2] INC-9 update: Payments rolled back"),
+                    Some(first.as_str())
+                ),
+                (
+                    Some(message_id(&done[2]).as_str()),
+                    Some("[RESOLVED] INC-9: Checkout recovered"),
+                    Some(first.as_str())
+                ),
+            ],
+            "{address}"
+        );
+        assert!(mailbox
+            .held
+            .iter()
+            .all(|m| m.login.as_deref() == Some("herald")));
+    }
+    let path = stats.path(&mailbox_path());
+    assert_eq!((path.requests, path.failed), (4, 1), "{path:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_after_data_at_the_mock_leaves_two_copies_under_one_message_id() {
+    let mock = MockProcess::start();
+    let drop_first = Faults {
+        drop_first: 1,
+        ..Faults::default()
+    };
+    assert_eq!(
+        mock.set_faults(&mailbox_path(), drop_first).await.status(),
+        204
+    );
+    let dir = temp_dir();
+    let server = start_server(
+        &dir.path().join("herald.db"),
+        vec![destination(mock.smtp_port, None, &[])],
+    )
+    .await;
+    let client = client(&server);
+
+    let done = send_and_wait(&client, &request("Queue backlog growing", &[NAME])).await;
+    assert_eq!(done.status, "converged", "{done:#?}");
+    let delivery = &done.deliveries[0];
+    assert_eq!(
+        attempts(delivery),
+        [
+            ("send", "ambiguous"),
+            ("verify", "unknown"),
+            ("send", "success")
+        ],
+        "{delivery:#?}"
+    );
+    assert!(delivery.possible_duplicate, "{delivery:#?}");
+    let error = delivery.attempts[0].error.as_deref().unwrap();
+    assert!(error.contains("the server may have queued it"), "{error}");
+
+    // Two copies, one Message-ID: a mail client shows one message.
+    let stats = mock.stats().await;
+    let mailbox = &stats.email.mailboxes[MAILBOX];
+    assert_eq!(
+        (mailbox.messages, mailbox.message_ids),
+        (2, 1),
+        "{mailbox:#?}"
+    );
+    assert_eq!(
+        mailbox.duplicated_ids,
+        [(message_id(&done), 2)].into_iter().collect()
+    );
+    assert_eq!(stats.path(&mailbox_path()).dropped, 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_421_at_the_mock_pauses_email_alone() {
+    let mock = MockProcess::start();
+    // An HTTP status that is no SMTP reply is refused, naming the field.
+    let refused = mock
+        .set_faults(
+            &mailbox_path(),
+            Faults {
+                fail_first: 1,
+                fail_status: 503,
+                ..Faults::default()
+            },
+        )
+        .await;
+    assert_eq!(refused.status(), 400);
+    let body = refused.text().await.unwrap();
+    assert!(
+        body.contains("fail_status: 503 is not an SMTP reply"),
+        "{body}"
+    );
+    let busy = Faults {
+        rate_limit_first: 1,
+        ..Faults::default()
+    };
+    assert_eq!(mock.set_faults(&mailbox_path(), busy).await.status(), 204);
+
+    let dir = temp_dir();
+    let mut email = destination(mock.smtp_port, None, &[]);
+    // The pause after a 421 (no Retry-After in SMTP) is the backoff's.
+    email.policy.base_ms = 1_500;
+    email.policy.cap_ms = 1_500;
+    let hook = Destination {
+        target: Target::Webhook {
+            url: format!("{}/hooks/status-hook", mock.url).parse().unwrap(),
+            secret: None,
+            rendering: Default::default(),
+        },
+        name: "status-hook".to_owned(),
+        ..destination(mock.smtp_port, None, &[])
+    };
+    let server = start_server(&dir.path().join("herald.db"), vec![email, hook]).await;
+    let client = client(&server);
+    let both = [NAME, "status-hook"];
+
+    let first = client
+        .send(&request("Disk filling up", &both))
+        .await
+        .unwrap();
+    // The second goes once herald has the 421 (the first is retrying).
+    let retrying = async {
+        loop {
+            let broadcast = client.status(&first.id).await.unwrap();
+            if broadcast
+                .deliveries
+                .iter()
+                .any(|d| d.destination == NAME && d.state == "retrying")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), retrying)
+        .await
+        .expect("the 421 made the first message retry");
+    let second = client
+        .send(&request("Disk still filling", &both))
+        .await
+        .unwrap();
+
+    // The webhook takes both at once while email waits.
+    let started = Instant::now();
+    while mock.stats().await.path("/hooks/status-hook").distinct < 2 {
+        assert!(
+            started.elapsed() < Duration::from_millis(1_500),
+            "the webhook was held up by email's 421"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut done = Vec::new();
+    for id in [&first.id, &second.id] {
+        let broadcast = wait_final(&client, id, Duration::from_secs(30)).await;
+        assert_eq!(broadcast.status, "converged", "{broadcast:#?}");
+        done.push(broadcast);
+    }
+    let email_attempts = |b: &Broadcast| -> Vec<(String, String)> {
+        let d = b.deliveries.iter().find(|d| d.destination == NAME).unwrap();
+        attempts(d)
+            .into_iter()
+            .map(|(k, o)| (k.to_owned(), o.to_owned()))
+            .collect()
+    };
+    let pair = |k: &str, o: &str| (k.to_owned(), o.to_owned());
+    assert_eq!(
+        email_attempts(&done[0]),
+        [pair("send", "rate_limited"), pair("send", "success")]
+    );
+    // The second was held by the pause, not refused: one attempt.
+    assert_eq!(email_attempts(&done[1]), [pair("send", "success")]);
+    // At the mailbox: the 421, then both once the pause ended, which is
+    // when the first's retry was due: the second did not go before it.
+    let arrivals = mock.stats().await.path(&mailbox_path()).arrivals_ms;
+    assert_eq!(arrivals.len(), 3, "{arrivals:?}");
+    let retried_at = arrivals[1..].iter().min().unwrap();
+    let latest = arrivals[1..].iter().max().unwrap();
+    assert!(
+        latest - retried_at <= 300,
+        "the second went during the pause: {arrivals:?}"
+    );
+    assert_eq!(
+        mock.stats().await.email.mailboxes[MAILBOX].messages,
+        2,
+        "the busy answer kept nothing"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_mailbox_holds_the_thread_once_after_a_busy_answer() {
+    // The demo's email destination and faults, at a mock in this process.
+    let kind = herald::kinds::email::demo::demo_kind();
+    assert_eq!(kind.name, NAME);
+    let path = herald::demo::mock_send_path("email", kind.name);
+    let mock = start_mock(&[(path.as_str(), kind.faults.clone())]).await;
+    let destination =
+        herald::demo::mock_destination(&format!("http://{}", mock.addr), "email", kind.name);
+    let dir = temp_dir();
+    let server = start_server(&dir.path().join("herald.db"), vec![destination]).await;
+    let client = client(&server);
+    for (title, resolved) in [
+        ("Checkout is failing", false),
+        ("Payments rolled back", false),
+        ("Checkout recovered", true),
+    ] {
+        let broadcast = send_and_wait(&client, &thread_request(title, resolved)).await;
+        assert_eq!(broadcast.status, "converged", "{broadcast:#?}");
+    }
+    let (line, as_expected) = (kind.landed)(&mock.stats(), kind.name);
+    assert_eq!(line, "3 messages in 1 conversation, one Message-ID each");
+    assert!(as_expected);
+    assert_eq!(
+        mock.stats().path(&path).rate_limited,
+        1,
+        "the 421 was played"
+    );
+    server.stop().await;
+    mock.stop().await;
 }

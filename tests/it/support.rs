@@ -16,7 +16,11 @@ pub async fn start_mock(paths: &[(&str, Faults)]) -> RunningMock {
     for (path, faults) in paths {
         file.paths.insert((*path).to_owned(), faults.clone());
     }
-    herald::mock::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), file).unwrap()
+    // SMTP on the port after HTTP's, where `mock_destination` looks.
+    let (http, smtp) = herald::mock::bind_pair(std::net::Ipv4Addr::LOCALHOST.into())
+        .await
+        .unwrap();
+    herald::mock::start_with_smtp(http, smtp, file).unwrap()
 }
 
 /// A webhook destination at the mock's `/hooks/NAME`, with quick retries.

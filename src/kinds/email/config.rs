@@ -239,6 +239,7 @@ fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
         from: from?,
         to: to?,
         cc: cc?,
+        rendering: Default::default(),
     })
 }
 
@@ -470,6 +471,32 @@ mail_cc = "lead@example.net"
                 "destinations.hook.mail_to: not a setting of kind webhook (only of email)"
             ),
             "{other}"
+        );
+    }
+
+    #[test]
+    fn takes_a_template_and_mentions() {
+        let config = parse(
+            r#"
+smtp_host = "smtp.example.com"
+mail_from = "herald@example.com"
+mail_to = "oncall@example.com"
+template = '{"subject": {{ title|tojson }}, "text": {{ body|tojson }}}'
+mentions = { P1 = "@oncall" }
+"#,
+        )
+        .unwrap();
+        let mut target = config.destination("mail").unwrap().target.clone();
+        let rendering = target.rendering_mut().expect("email renders a template");
+        assert!(rendering.template.is_some());
+        assert!(!rendering.mentions.is_empty());
+
+        let broken = error(
+            "smtp_host = \"h\"\nmail_from = \"a@example.com\"\nmail_to = \"b@example.com\"\ntemplate = '{{ nope|tojson }}'\n",
+        );
+        assert!(
+            broken.contains("destinations.mail.template: template line 1"),
+            "{broken}"
         );
     }
 }

@@ -25,9 +25,9 @@
 //!   again, with the same Message-ID, and the delivery is flagged
 //!   `possible_duplicate`.
 
-use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use lettre::message::header::{HeaderName, HeaderValue};
@@ -39,10 +39,11 @@ use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter,
 use lettre::Address;
 use sha2::{Digest, Sha256};
 
-use crate::connector::shared::{Role, VerifyReport};
+use crate::connector::shared::VerifyReport;
 use crate::domain::ClaimedDelivery;
 use crate::domain::{Outcome, OutcomeClass, EXCERPT_BYTES_MAX};
 use crate::kinds::email::config::SmtpSecurity;
+use crate::template::{Rendering, Template, TemplateError};
 
 /// How long a polite `QUIT` after an accepted message may take; the
 /// message is already the server's, so it never changes the outcome.
@@ -190,152 +191,67 @@ fn email_boundary(idempotency_key: &str) -> String {
     format!("=_herald_{hex}")
 }
 
-/// The subject line: severity, thread and title (`[RESOLVED]` for a
-/// resolve).
-pub fn email_subject(delivery: &ClaimedDelivery) -> String {
-    let m = &delivery.message;
-    match (Role::of(delivery), m.thread()) {
-        (Role::Resolve, Some(thread)) => format!("[RESOLVED] {thread}: {}", m.title()),
-        (Role::Resolve, None) => format!("[RESOLVED] {}", m.title()),
-        (Role::Update, Some(thread)) => {
-            format!("[{}] {thread} update: {}", m.severity().as_str(), m.title())
-        }
-        (_, Some(thread)) => format!("[{}] {thread}: {}", m.severity().as_str(), m.title()),
-        (_, None) => format!("[{}] {}", m.severity().as_str(), m.title()),
-    }
+/// Email's default template (`template.json.j2`), compiled once.
+static DEFAULT_TEMPLATE: LazyLock<Template> =
+    LazyLock::new(|| Template::builtin(include_str!("template.json.j2")));
+
+/// Email's default template, for the tests.
+pub fn default_template() -> &'static Template {
+    &DEFAULT_TEMPLATE
 }
 
-/// The facts shown under the body, in order: (name, value).
-fn facts(delivery: &ClaimedDelivery) -> Vec<(String, String)> {
-    let m = &delivery.message;
-    let details = m.details();
-    let status = match Role::of(delivery) {
-        Role::Single | Role::Opener => "open",
-        Role::Update => "update",
-        Role::Resolve => "resolved",
+/// What a template gives an email: the subject, the plain text and the
+/// HTML alternative (`None`: plain text only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmailContent {
+    pub subject: String,
+    pub text: String,
+    pub html: Option<String>,
+}
+
+/// The content of `delivery`'s email, rendered by the destination's
+/// template (or the default): `{"subject", "text", "html"}`.
+pub fn render_email_content(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+) -> Result<EmailContent, TemplateError> {
+    let value = rendering.render(&DEFAULT_TEMPLATE, delivery)?;
+    let refuse = |reason: &str| TemplateError {
+        line: None,
+        reason: format!(
+            "{reason}; the output is {{\"subject\": ..., \"text\": ..., \"html\": ...}}"
+        ),
     };
-    let mut facts = vec![
-        ("Severity".to_owned(), m.severity().as_str().to_owned()),
-        ("Status".to_owned(), status.to_owned()),
-    ];
-    if let Some(thread) = m.thread() {
-        facts.push(("Incident".to_owned(), thread.to_owned()));
-    }
-    if let Some(source) = &details.source {
-        facts.push(("Source".to_owned(), source.clone()));
-    }
-    for field in &details.fields {
-        facts.push((field.name.clone(), field.value.clone()));
-    }
-    if !details.labels.is_empty() {
-        let labels: Vec<String> = details
-            .labels
-            .iter()
-            .map(|(name, value)| format!("{name}={value}"))
-            .collect();
-        facts.push(("Labels".to_owned(), labels.join(", ")));
-    }
-    facts.push(("Broadcast".to_owned(), delivery.broadcast_id.clone()));
-    facts
-}
-
-/// The plain-text part: subject, summary, body, facts, links.
-pub fn email_text_body(delivery: &ClaimedDelivery) -> String {
-    let m = &delivery.message;
-    let mut text = email_subject(delivery);
-    text.push_str("\n\n");
-    if let Some(summary) = &m.details().summary {
-        text.push_str(summary);
-        text.push_str("\n\n");
-    }
-    if !m.body().trim().is_empty() {
-        text.push_str(m.body().trim_end());
-        text.push_str("\n\n");
-    }
-    for (name, value) in facts(delivery) {
-        let _ = writeln!(text, "{name}: {value}");
-    }
-    if !m.details().links.is_empty() {
-        text.push_str("\nLinks:\n");
-        for link in &m.details().links {
-            let _ = writeln!(text, "- {}: {}", link.text, link.url);
-        }
-    }
-    text
-}
-
-/// Text as HTML: `&`, `<`, `>`, `"` and `'` escaped.
-fn html_escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
-}
-
-/// The HTML alternative: the same content as the text part, every value
-/// escaped (links are http(s) URLs, checked when the message came in).
-pub fn email_html_body(delivery: &ClaimedDelivery) -> String {
-    let m = &delivery.message;
-    let color = match (Role::of(delivery), m.severity().as_str()) {
-        (Role::Resolve, _) => "#2e7d32",
-        (_, "P1" | "P2") => "#c62828",
-        (_, "P3") => "#ef6c00",
-        _ => "#455a64",
+    let Some(object) = value.as_object() else {
+        return Err(refuse("the output must be a JSON object"));
     };
-    let mut html = String::from("<!DOCTYPE html>\n<html><body>\n");
-    let _ = writeln!(
-        html,
-        "<h2 style=\"color:{color}\">{}</h2>",
-        html_escape(&email_subject(delivery))
-    );
-    if let Some(summary) = &m.details().summary {
-        let _ = writeln!(html, "<p><strong>{}</strong></p>", html_escape(summary));
+    let text_of = |field: &str| match object.get(field) {
+        Some(serde_json::Value::String(text)) => Ok(Some(text.clone())),
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(_) => Err(refuse(&format!("\"{field}\" must be a string"))),
+    };
+    let subject = text_of("subject")?.unwrap_or_default();
+    if subject.trim().is_empty() {
+        return Err(refuse("\"subject\" must be a non-empty string"));
     }
-    if !m.body().trim().is_empty() {
-        let _ = writeln!(
-            html,
-            "<pre style=\"white-space:pre-wrap;font-family:inherit\">{}</pre>",
-            html_escape(m.body().trim_end())
-        );
+    if subject.contains(['\r', '\n']) {
+        return Err(refuse("\"subject\" must be one line"));
     }
-    html.push_str("<table>\n");
-    for (name, value) in facts(delivery) {
-        let _ = writeln!(
-            html,
-            "<tr><th align=\"left\">{}</th><td>{}</td></tr>",
-            html_escape(&name),
-            html_escape(&value)
-        );
-    }
-    html.push_str("</table>\n");
-    if !m.details().links.is_empty() {
-        html.push_str("<ul>\n");
-        for link in &m.details().links {
-            let _ = writeln!(
-                html,
-                "<li><a href=\"{}\">{}</a></li>",
-                html_escape(&link.url),
-                html_escape(&link.text)
-            );
-        }
-        html.push_str("</ul>\n");
-    }
-    html.push_str("</body></html>\n");
-    html
+    let Some(text) = text_of("text")? else {
+        return Err(refuse("\"text\" (the plain-text part) is required"));
+    };
+    Ok(EmailContent {
+        subject,
+        text,
+        html: text_of("html")?,
+    })
 }
 
 /// The whole message, as it goes after DATA; its Message-ID's right-hand
 /// side is the sender's domain.
 pub fn email_message(
     delivery: &ClaimedDelivery,
+    content: &EmailContent,
     from: &Mailbox,
     to: &[Mailbox],
     cc: &[Mailbox],
@@ -343,7 +259,7 @@ pub fn email_message(
     let domain = from.email.domain();
     let mut builder = lettre::Message::builder()
         .from(from.clone())
-        .subject(email_subject(delivery))
+        .subject(content.subject.clone())
         .message_id(Some(email_message_id(&delivery.idempotency_key, domain)))
         // The accept time: every attempt of the message is the same text.
         .date(
@@ -365,14 +281,40 @@ pub fn email_message(
         let first = format!("<{first}>");
         builder = builder.in_reply_to(first.clone()).references(first);
     }
-    builder
-        .multipart(
+    let built = match &content.html {
+        Some(html) => builder.multipart(
             MultiPart::alternative()
                 .boundary(email_boundary(&delivery.idempotency_key))
-                .singlepart(SinglePart::plain(email_text_body(delivery)))
-                .singlepart(SinglePart::html(email_html_body(delivery))),
-        )
-        .map_err(|e| format!("the message could not be built: {e}"))
+                .singlepart(SinglePart::plain(content.text.clone()))
+                .singlepart(SinglePart::html(html.clone())),
+        ),
+        None => builder.singlepart(SinglePart::plain(content.text.clone())),
+    };
+    built.map_err(|e| format!("the message could not be built: {e}"))
+}
+
+/// The message of `delivery` as it goes after DATA, for `herald preview`:
+/// the same function a send calls, with the addresses as configured.
+pub fn preview_message(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+    from: &str,
+    to: &[String],
+    cc: &[String],
+) -> Result<String, String> {
+    let content =
+        render_email_content(rendering, delivery).map_err(|e| format!("the destination's {e}"))?;
+    let list = |addresses: &[String]| -> Vec<Mailbox> {
+        addresses.iter().map(|a| parse_mailbox(a)).collect()
+    };
+    let message = email_message(
+        delivery,
+        &content,
+        &parse_mailbox(from),
+        &list(to),
+        &list(cc),
+    )?;
+    Ok(String::from_utf8_lossy(&message.formatted()).into_owned())
 }
 
 /// The configured server and addresses; one connection per attempt.
@@ -389,6 +331,7 @@ pub struct EmailConnector {
     cc: Vec<Mailbox>,
     hello: ClientId,
     timeout: Duration,
+    rendering: Rendering,
 }
 
 /// The settings an [`EmailConnector`] is built from.
@@ -402,6 +345,8 @@ pub struct EmailSettings<'a> {
     pub from: &'a str,
     pub to: &'a [String],
     pub cc: &'a [String],
+    /// The destination's template and mentions.
+    pub rendering: &'a Rendering,
 }
 
 /// The TLS settings for `host`: the platform's verifier, with `ca_pem`'s
@@ -454,11 +399,20 @@ impl EmailConnector {
             cc: settings.cc.iter().map(|t| parse_mailbox(t)).collect(),
             hello,
             timeout,
+            rendering: settings.rendering.clone(),
         }
     }
 
+    /// The message of `delivery` as this destination sends it (its
+    /// template, its addresses): the same bytes on every attempt.
+    pub fn message(&self, delivery: &ClaimedDelivery) -> Result<lettre::Message, String> {
+        let content = render_email_content(&self.rendering, delivery)
+            .map_err(|e| format!("the destination's {e}; nothing was sent"))?;
+        email_message(delivery, &content, &self.from, &self.to, &self.cc)
+    }
+
     pub async fn send(&self, delivery: &ClaimedDelivery, _now_ms: i64) -> Outcome {
-        let message = match email_message(delivery, &self.from, &self.to, &self.cc) {
+        let message = match self.message(delivery) {
             Ok(message) => message,
             Err(error) => {
                 let mut outcome = Outcome::new(OutcomeClass::Permanent);
@@ -655,6 +609,157 @@ mod tests {
     use crate::domain::{DeliveryProgress, Message, RetryPolicy, Severity};
     use crate::domain::{Field, Link, MessageDetails};
 
+    /// The content as the code built it before the default template, to
+    /// hold the template to it.
+    mod before_the_template {
+        use std::fmt::Write as _;
+
+        use crate::connector::shared::Role;
+        use crate::domain::ClaimedDelivery;
+
+        /// The subject line: severity, thread and title (`[RESOLVED]` for a
+        /// resolve).
+        pub(super) fn email_subject(delivery: &ClaimedDelivery) -> String {
+            let m = &delivery.message;
+            match (Role::of(delivery), m.thread()) {
+                (Role::Resolve, Some(thread)) => format!("[RESOLVED] {thread}: {}", m.title()),
+                (Role::Resolve, None) => format!("[RESOLVED] {}", m.title()),
+                (Role::Update, Some(thread)) => {
+                    format!("[{}] {thread} update: {}", m.severity().as_str(), m.title())
+                }
+                (_, Some(thread)) => format!("[{}] {thread}: {}", m.severity().as_str(), m.title()),
+                (_, None) => format!("[{}] {}", m.severity().as_str(), m.title()),
+            }
+        }
+
+        /// The facts shown under the body, in order: (name, value).
+        fn facts(delivery: &ClaimedDelivery) -> Vec<(String, String)> {
+            let m = &delivery.message;
+            let details = m.details();
+            let status = match Role::of(delivery) {
+                Role::Single | Role::Opener => "open",
+                Role::Update => "update",
+                Role::Resolve => "resolved",
+            };
+            let mut facts = vec![
+                ("Severity".to_owned(), m.severity().as_str().to_owned()),
+                ("Status".to_owned(), status.to_owned()),
+            ];
+            if let Some(thread) = m.thread() {
+                facts.push(("Incident".to_owned(), thread.to_owned()));
+            }
+            if let Some(source) = &details.source {
+                facts.push(("Source".to_owned(), source.clone()));
+            }
+            for field in &details.fields {
+                facts.push((field.name.clone(), field.value.clone()));
+            }
+            if !details.labels.is_empty() {
+                let labels: Vec<String> = details
+                    .labels
+                    .iter()
+                    .map(|(name, value)| format!("{name}={value}"))
+                    .collect();
+                facts.push(("Labels".to_owned(), labels.join(", ")));
+            }
+            facts.push(("Broadcast".to_owned(), delivery.broadcast_id.clone()));
+            facts
+        }
+
+        /// The plain-text part: subject, summary, body, facts, links.
+        pub(super) fn email_text_body(delivery: &ClaimedDelivery) -> String {
+            let m = &delivery.message;
+            let mut text = email_subject(delivery);
+            text.push_str("\n\n");
+            if let Some(summary) = &m.details().summary {
+                text.push_str(summary);
+                text.push_str("\n\n");
+            }
+            if !m.body().trim().is_empty() {
+                text.push_str(m.body().trim_end());
+                text.push_str("\n\n");
+            }
+            for (name, value) in facts(delivery) {
+                let _ = writeln!(text, "{name}: {value}");
+            }
+            if !m.details().links.is_empty() {
+                text.push_str("\nLinks:\n");
+                for link in &m.details().links {
+                    let _ = writeln!(text, "- {}: {}", link.text, link.url);
+                }
+            }
+            text
+        }
+
+        /// Text as HTML: `&`, `<`, `>`, `"` and `'` escaped.
+        fn html_escape(text: &str) -> String {
+            let mut escaped = String::with_capacity(text.len());
+            for c in text.chars() {
+                match c {
+                    '&' => escaped.push_str("&amp;"),
+                    '<' => escaped.push_str("&lt;"),
+                    '>' => escaped.push_str("&gt;"),
+                    '"' => escaped.push_str("&quot;"),
+                    '\'' => escaped.push_str("&#39;"),
+                    c => escaped.push(c),
+                }
+            }
+            escaped
+        }
+
+        /// The HTML alternative: the same content as the text part, every value
+        /// escaped (links are http(s) URLs, checked when the message came in).
+        pub(super) fn email_html_body(delivery: &ClaimedDelivery) -> String {
+            let m = &delivery.message;
+            let color = match (Role::of(delivery), m.severity().as_str()) {
+                (Role::Resolve, _) => "#2e7d32",
+                (_, "P1" | "P2") => "#c62828",
+                (_, "P3") => "#ef6c00",
+                _ => "#455a64",
+            };
+            let mut html = String::from("<!DOCTYPE html>\n<html><body>\n");
+            let _ = writeln!(
+                html,
+                "<h2 style=\"color:{color}\">{}</h2>",
+                html_escape(&email_subject(delivery))
+            );
+            if let Some(summary) = &m.details().summary {
+                let _ = writeln!(html, "<p><strong>{}</strong></p>", html_escape(summary));
+            }
+            if !m.body().trim().is_empty() {
+                let _ = writeln!(
+                    html,
+                    "<pre style=\"white-space:pre-wrap;font-family:inherit\">{}</pre>",
+                    html_escape(m.body().trim_end())
+                );
+            }
+            html.push_str("<table>\n");
+            for (name, value) in facts(delivery) {
+                let _ = writeln!(
+                    html,
+                    "<tr><th align=\"left\">{}</th><td>{}</td></tr>",
+                    html_escape(&name),
+                    html_escape(&value)
+                );
+            }
+            html.push_str("</table>\n");
+            if !m.details().links.is_empty() {
+                html.push_str("<ul>\n");
+                for link in &m.details().links {
+                    let _ = writeln!(
+                        html,
+                        "<li><a href=\"{}\">{}</a></li>",
+                        html_escape(&link.url),
+                        html_escape(&link.text)
+                    );
+                }
+                html.push_str("</ul>\n");
+            }
+            html.push_str("</body></html>\n");
+            html
+        }
+    }
+
     fn delivery(message: Message, thread_ref: Option<&str>) -> ClaimedDelivery {
         ClaimedDelivery {
             delivery_id: 1,
@@ -676,8 +781,10 @@ mod tests {
     }
 
     fn formatted(delivery: &ClaimedDelivery) -> String {
+        let content = render_email_content(&Rendering::default(), delivery).unwrap();
         let message = email_message(
             delivery,
+            &content,
             &mailbox("Herald <herald@alerts.example.com>"),
             &[mailbox("oncall@example.com")],
             &[],
@@ -781,7 +888,8 @@ mod tests {
         .with_details(details)
         .unwrap();
         let d = delivery(message, None);
-        let text = email_text_body(&d);
+        let content = render_email_content(&Rendering::default(), &d).unwrap();
+        let text = content.text;
         for part in [
             "[P2] <b>Checkout</b> & co",
             "Checkout 5xx above 5%",
@@ -795,7 +903,7 @@ mod tests {
         ] {
             assert!(text.contains(part), "{part} in {text}");
         }
-        let html = email_html_body(&d);
+        let html = content.html.unwrap();
         assert!(
             html.contains("[P2] &lt;b&gt;Checkout&lt;/b&gt; &amp; co"),
             "{html}"
@@ -818,6 +926,7 @@ mod tests {
                 from: "herald@example.com",
                 to: &["oncall@example.com".to_owned()],
                 cc: &[],
+                rendering: &Rendering::default(),
             },
             Duration::from_millis(500),
         );
@@ -827,5 +936,153 @@ mod tests {
         let error = outcome.error.unwrap();
         assert!(error.starts_with("SMTP while connecting"), "{error}");
         assert!(!error.contains("PASSWORD"), "{error}");
+    }
+
+    /// Messages a default must render as the code did before: the
+    /// template's samples in every role, and the edges (no body, a body
+    /// that starts indented and ends in blank lines, HTML's special
+    /// characters, a resolve).
+    fn plain_messages() -> Vec<ClaimedDelivery> {
+        let mut all = crate::template::sample_deliveries();
+        let plain = |title: &str, body: &str, severity, thread, resolved| {
+            let mut message = Message::new(title, body, severity, thread).unwrap();
+            if resolved {
+                message = message.resolving(true).unwrap();
+            }
+            message
+        };
+        for (message, thread_ref) in [
+            (plain("Disk full", "", Severity::P3, None, false), None),
+            (
+                plain(
+                    "Quotes \"a\" & 'b' <c>",
+                    "  indented first line\n\tand a tab & <tag>\n\n\n",
+                    Severity::P1,
+                    Some("INC-7"),
+                    false,
+                ),
+                None,
+            ),
+            (
+                plain("Back", "Fixed.", Severity::P4, Some("INC-7"), false),
+                Some("01JFIRST-email-oncall@alerts.example.com"),
+            ),
+            (
+                plain("Recovered", "Done. ", Severity::P2, Some("INC-8"), true),
+                Some("01JFIRST-email-oncall@alerts.example.com"),
+            ),
+            (plain("Low", "x", Severity::P5, None, false), None),
+        ] {
+            all.push(delivery(message, thread_ref));
+        }
+        all
+    }
+
+    #[test]
+    fn the_default_template_gives_what_the_code_gave_before_it() {
+        for d in plain_messages() {
+            let content = render_email_content(&Rendering::default(), &d).unwrap();
+            assert_eq!(content.subject, before_the_template::email_subject(&d));
+            assert_eq!(content.text, before_the_template::email_text_body(&d));
+            assert_eq!(
+                content.html.as_deref(),
+                Some(before_the_template::email_html_body(&d).as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn a_mention_shows_on_the_opener_only() {
+        let rendering = Rendering {
+            template: None,
+            mentions: crate::template::Mentions::parse([("P1", "@oncall <ops>")]).unwrap(),
+        };
+        let opener =
+            Message::new("Checkout failing", "Down.", Severity::P1, Some("INC-1")).unwrap();
+        let content = render_email_content(&rendering, &delivery(opener.clone(), None)).unwrap();
+        assert!(
+            content
+                .text
+                .starts_with("[P1] INC-1: Checkout failing\n\n@oncall <ops>\n\nDown.\n"),
+            "{}",
+            content.text
+        );
+        assert!(content
+            .html
+            .unwrap()
+            .contains("<p><strong>@oncall &lt;ops&gt;</strong></p>"));
+        let update = render_email_content(&rendering, &delivery(opener, Some("FIRST@x"))).unwrap();
+        assert!(!update.text.contains("@oncall"), "{}", update.text);
+    }
+
+    #[test]
+    fn a_template_sets_the_content_and_never_the_headers_the_thread_needs() {
+        let template = crate::template::Template::compile(
+            r#"{"subject": {{ ("Alert: " ~ title)|tojson }}, "text": {{ body|tojson }}, "html": null, "Message-ID": "<forged@example.com>"}"#,
+        )
+        .unwrap();
+        let rendering = Rendering {
+            template: Some(template),
+            mentions: Default::default(),
+        };
+        let update = Message::new("Rolled back", "All good.", Severity::P2, Some("INC-1")).unwrap();
+        let d = delivery(update, Some("01JFIRST-email-oncall@alerts.example.com"));
+        let content = render_email_content(&rendering, &d).unwrap();
+        assert_eq!(
+            content,
+            EmailContent {
+                subject: "Alert: Rolled back".into(),
+                text: "All good.".into(),
+                html: None,
+            }
+        );
+        let text = String::from_utf8(
+            email_message(
+                &d,
+                &content,
+                &mailbox("herald@alerts.example.com"),
+                &[mailbox("oncall@example.com")],
+                &[],
+            )
+            .unwrap()
+            .formatted(),
+        )
+        .unwrap();
+        assert!(text.contains("Subject: Alert: Rolled back\r\n"), "{text}");
+        assert!(text.contains("Message-ID: <01JBROADCAST-email-oncall@alerts.example.com>\r\n"));
+        assert!(text.contains("In-Reply-To: <01JFIRST-email-oncall@alerts.example.com>\r\n"));
+        assert!(!text.contains("forged"), "{text}");
+        assert!(text.contains("Content-Type: text/plain"), "{text}");
+        assert!(!text.contains("multipart"), "no HTML: one part\n{text}");
+    }
+
+    #[test]
+    fn a_template_output_without_a_subject_or_text_fails_naming_the_field() {
+        for (source, expected) in [
+            (r#"{"text": "t"}"#, "\"subject\" must be a non-empty string"),
+            (
+                r#"{"subject": "s\nBcc: x@example.com", "text": "t"}"#,
+                "\"subject\" must be one line",
+            ),
+            (
+                r#"{"subject": "s"}"#,
+                "\"text\" (the plain-text part) is required",
+            ),
+            (
+                r#"{"subject": "s", "text": 7}"#,
+                "\"text\" must be a string",
+            ),
+            (r#"["s"]"#, "the output must be a JSON object"),
+        ] {
+            let rendering = Rendering {
+                template: Some(crate::template::Template::compile(source).unwrap()),
+                mentions: Default::default(),
+            };
+            let message = Message::new("t", "", Severity::P1, None).unwrap();
+            let error = render_email_content(&rendering, &delivery(message, None))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{source}: {error}");
+        }
     }
 }

@@ -4,12 +4,14 @@
 //!
 //! - [`connector`]: the message, the SMTP exchange, its classification.
 //! - [`config`]: the server, the login and the addresses.
-//! - [`mock`]: `herald mock` is an HTTP server and plays no SMTP server;
-//!   the tests send to a real one (aiosmtpd), so the email kind has no
-//!   part in the demo.
+//! - [`mock`]: the SMTP server `herald mock` runs next to its HTTP port,
+//!   a mailbox per recipient; the tests also send to a real one (aiosmtpd).
+//! - [`demo`]: a mailbox in `herald demo`.
+//! - `template.json.j2`: the default content (subject, text, HTML).
 
 pub mod config;
 pub mod connector;
+pub mod demo;
 pub mod mock;
 
 use std::time::Duration;
@@ -17,6 +19,7 @@ use std::time::Duration;
 use axum::response::Response;
 
 use crate::config::Target;
+use crate::mock::faults::Faults;
 use crate::mock::shared::{Admission, Emulation, Incoming, PathStats};
 
 impl connector::EmailConnector {
@@ -38,6 +41,7 @@ impl connector::EmailConnector {
             from,
             to,
             cc,
+            rendering,
         } = target
         else {
             return None;
@@ -56,6 +60,7 @@ impl connector::EmailConnector {
                 from,
                 to,
                 cc,
+                rendering,
             },
             timeout,
         )))
@@ -65,15 +70,24 @@ impl connector::EmailConnector {
 impl Emulation for mock::Email {
     type Stats = mock::EmailStats;
 
-    fn serves(_path: &str) -> bool {
-        false
+    /// The mailboxes' paths, for their faults and counters; over HTTP they
+    /// answer nothing but where to send mail (see `crate::mock`).
+    fn serves(path: &str) -> bool {
+        path.starts_with(mock::PATH_PREFIX) || path == mock::PATH_PREFIX.trim_end_matches('/')
+    }
+
+    fn check_faults(faults: &Faults) -> Result<(), String> {
+        mock::check_faults(faults)
     }
 
     fn answer(&mut self, _: &Incoming, _: &Admission, _: &mut PathStats) -> Response {
-        unreachable!("the email emulation serves no HTTP path")
+        crate::mock::shared::json(
+            axum::http::StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "an SMTP mailbox: send mail to the mock's SMTP port"}),
+        )
     }
 
     fn counted(&self) -> mock::EmailStats {
-        mock::EmailStats::default()
+        self.stats()
     }
 }
