@@ -83,6 +83,7 @@ pub enum Target {
         /// The room's id (`!...`), not an alias.
         room_id: String,
         token: Secret,
+        rendering: Rendering,
     },
     /// Email through an SMTP server: one message per delivery to every
     /// recipient, its `Message-ID` derived from the idempotency key.
@@ -111,6 +112,7 @@ pub enum Target {
         to: Vec<String>,
         /// The text is cut to this many characters.
         text_chars_max: usize,
+        rendering: Rendering,
     },
     /// A Google Chat space's incoming webhook (`spaces.messages.create`
     /// with the webhook's `key` and `token` in the URL).
@@ -123,6 +125,7 @@ pub enum Target {
         chat_id: String,
         /// A forum supergroup's topic the messages go to.
         message_thread_id: Option<i64>,
+        rendering: Rendering,
     },
     /// A Zulip channel (stream), one topic per thread.
     Zulip {
@@ -131,6 +134,7 @@ pub enum Target {
         email: String,
         api_key: Secret,
         stream: String,
+        rendering: Rendering,
     },
 }
 
@@ -145,7 +149,11 @@ impl Target {
             | Target::DiscordBot { rendering, .. }
             | Target::Teams { rendering, .. }
             | Target::PagerDuty { rendering, .. }
-            | Target::Jira { rendering, .. } => Some(rendering),
+            | Target::Jira { rendering, .. }
+            | Target::Matrix { rendering, .. }
+            | Target::Sms { rendering, .. }
+            | Target::Telegram { rendering, .. }
+            | Target::Zulip { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -160,7 +168,11 @@ impl Target {
             | Target::DiscordBot { rendering, .. }
             | Target::Teams { rendering, .. }
             | Target::PagerDuty { rendering, .. }
-            | Target::Jira { rendering, .. } => Some(rendering),
+            | Target::Jira { rendering, .. }
+            | Target::Matrix { rendering, .. }
+            | Target::Sms { rendering, .. }
+            | Target::Telegram { rendering, .. }
+            | Target::Zulip { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }
