@@ -374,6 +374,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_override_is_checked_against_what_telegram_takes() {
+        let delivery = crate::template::sample_delivery("tg", false, None);
+        let with = |source: &str| Rendering {
+            template: Some(Template::compile(source).unwrap()),
+            mentions: Default::default(),
+        };
+        let error = |source: &str| {
+            render_send_message_body(&with(source), &delivery, "-1", None)
+                .unwrap_err()
+                .reason
+        };
+        assert!(error(r#"{"txt": "x"}"#).contains("\"text\""));
+        assert!(error(r#"{"text": " "}"#).contains("empty"));
+        // HTML over 4096 characters once parsed cannot be cut: refused.
+        let long = r#"{"text": {{ ("<b>" ~ "x" * 4097 ~ "</b>")|tojson }}, "parse_mode": "HTML"}"#;
+        assert!(error(long).contains("4097 characters after entities parsing"));
+        let fits =
+            r#"{"text": {{ ("<b>" ~ "&amp;" * 4096 ~ "</b>")|tojson }}, "parse_mode": "HTML"}"#;
+        assert!(render_send_message_body(&with(fits), &delivery, "-1", None).is_ok());
+        // Plain text is cut at 4096.
+        let plain = r#"{"text": {{ ("x" * 5000)|tojson }}}"#;
+        let body = render_send_message_body(&with(plain), &delivery, "-1", None).unwrap();
+        assert_eq!(body["text"].as_str().unwrap().chars().count(), 4096);
+    }
+
+    #[test]
     fn telegram_answers_map_to_outcome_classes() {
         let sent = classify_telegram_response(
             200,
