@@ -164,7 +164,12 @@ fn twilio_read_back_queries_match_the_openapi_document() {
 /// Checks a JSON value against a discovery-document schema (`type`,
 /// `properties`, `$ref` to another schema's id, `items`, `enum`); returns
 /// every problem.
-fn discovery_errors(document: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+pub(crate) fn discovery_errors(
+    document: &Value,
+    schema: &Value,
+    value: &Value,
+    at: &str,
+) -> Vec<String> {
     if let Some(id) = schema["$ref"].as_str() {
         let target = &document["schemas"][id];
         assert!(
@@ -294,7 +299,12 @@ fn google_chat_creates_match_the_discovery_document() {
 
 /// Checks a JSON value against a list of Bot API types (`Integer`,
 /// `String`, `Boolean`, `Array of X`, or a type's name).
-fn telegram_type_errors(spec: &Value, types: &[Value], value: &Value, at: &str) -> Vec<String> {
+pub(crate) fn telegram_type_errors(
+    spec: &Value,
+    types: &[Value],
+    value: &Value,
+    at: &str,
+) -> Vec<String> {
     let mut failures = Vec::new();
     for type_name in types.iter().filter_map(Value::as_str) {
         let errors = match (type_name, value) {
@@ -332,7 +342,12 @@ fn telegram_type_errors(spec: &Value, types: &[Value], value: &Value, at: &str) 
 
 /// Checks an object against a method's or type's `fields`: each given
 /// field listed and of its types, each required one given.
-fn telegram_fields_errors(spec: &Value, fields: &Value, value: &Value, at: &str) -> Vec<String> {
+pub(crate) fn telegram_fields_errors(
+    spec: &Value,
+    fields: &Value,
+    value: &Value,
+    at: &str,
+) -> Vec<String> {
     let fields = fields.as_array().cloned().unwrap_or_default();
     let mut errors = Vec::new();
     let Some(object) = value.as_object() else {
