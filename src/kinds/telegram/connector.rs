@@ -3,7 +3,8 @@
 //! configured chat, into its forum topic (`message_thread_id`) when one is
 //! configured. The text comes from the destination's template (the
 //! default, `template.json.j2`: plain text for a plain message, HTML for
-//! one with a mention, fields, links or a source). A thread's later messages reply to its first
+//! one with a mention, fields, links or a source). A thread's later
+//! messages reply to its first
 //! (`reply_parameters` with `allow_sending_without_reply`, so a deleted
 //! first message does not block them); a resolve first edits the first
 //! message (`editMessageText`, idempotent: "message is not modified" is
