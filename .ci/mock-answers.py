@@ -3,7 +3,10 @@
 tests/it/mock_answers.rs found valid against their published descriptions.
 
 Input: the JSON lines the test writes when HERALD_MOCK_ANSWERS_DUMP names a
-file (spec file, answer, response schema, body). Each body is validated
+file (spec file, answer, response schema, body): the answers checked
+against a JSON OpenAPI or Swagger description (Slack, Jira, PagerDuty,
+Discord, Twilio, Zulip's subset); Matrix's YAML files, Telegram's reference
+and Google Chat's discovery document are checked by the test alone. Each body is validated
 against its schema, with `$ref`s resolved in the whole description, by
 openapi-schema-validator (OAS 3.0 / 3.1 dialects) or, for Slack's Swagger
 2.0, jsonschema's draft 4. Any answer the third-party validator refuses

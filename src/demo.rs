@@ -429,10 +429,18 @@ async fn shown_on_the_opener(addr: &str, id: &str) -> anyhow::Result<Vec<String>
             .await?;
     let mut shown = Vec::new();
     for destination in preview.destinations {
+        // A form body (Zulip, Twilio) is read decoded.
         let body: String = destination
             .requests
             .iter()
-            .map(|r| r.body.as_str())
+            .map(
+                |r| match reqwest::Url::parse(&format!("http://form.invalid/?{}", r.body)) {
+                    Ok(form) if !r.body.starts_with('{') => {
+                        form.query_pairs().map(|(_, v)| v.into_owned()).collect()
+                    }
+                    _ => r.body.clone(),
+                },
+            )
             .collect();
         let mention = demo_mention(&destination.kind);
         if body.contains(DEMO_RUNBOOK_URL)

@@ -89,6 +89,30 @@ impl PreviewArgs {
     }
 }
 
+/// A form body (`a=1&b=x+y`, as Twilio and Zulip take) as `name: value`
+/// lines, values decoded; `None` for anything else.
+fn form_fields(body: &str) -> Option<String> {
+    let looks_like_a_form = !body.is_empty()
+        && body.split('&').all(|pair| {
+            pair.split_once('=').is_some_and(|(name, _)| {
+                !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-%.".contains(&b))
+            })
+        });
+    if !looks_like_a_form {
+        return None;
+    }
+    let url = reqwest::Url::parse(&format!("http://form.invalid/?{body}")).ok()?;
+    Some(
+        url.query_pairs()
+            .map(|(name, value)| format!("{name}: {value}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
 /// The answer, for people.
 pub fn render(preview: &Preview) -> String {
     let mut out = if preview.routes.is_empty() {
@@ -104,10 +128,12 @@ pub fn render(preview: &Preview) -> String {
         }
         for request in &destination.requests {
             out.push_str(&format!("    {}\n", request.call));
-            // Pretty for reading; --json has the exact bytes.
+            // Pretty for reading (JSON indented, a form's fields decoded,
+            // one `name: value` each); --json has the exact bytes.
             let body = serde_json::from_str::<serde_json::Value>(&request.body)
                 .ok()
                 .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .or_else(|| form_fields(&request.body))
                 .unwrap_or_else(|| request.body.clone());
             for line in body.lines() {
                 out.push_str(&format!("      {line}\n"));
@@ -115,4 +141,47 @@ pub fn render(preview: &Preview) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::wire::{PreviewDestination, PreviewRequest};
+
+    #[test]
+    fn a_form_body_is_shown_decoded_and_json_indented() {
+        let preview = Preview {
+            routes: Vec::new(),
+            destinations: vec![PreviewDestination {
+                name: "zulip".into(),
+                kind: "zulip".into(),
+                requests: vec![
+                    PreviewRequest {
+                        call: "POST /api/v1/messages".into(),
+                        body: "type=stream&to=ops&content=**%5BP1%5D+Disk**%0A%0Afull+%26+more"
+                            .into(),
+                    },
+                    PreviewRequest {
+                        call: "POST webhook".into(),
+                        body: r#"{"a":1}"#.into(),
+                    },
+                    PreviewRequest {
+                        call: "POST text".into(),
+                        body: "not a form at all".into(),
+                    },
+                ],
+                error: None,
+            }],
+        };
+        let shown = render(&preview);
+        assert!(
+            shown.contains("      type: stream\n      to: ops\n      content: **[P1] Disk**\n      \n      full & more\n"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("      {\n        \"a\": 1\n      }\n"),
+            "{shown}"
+        );
+        assert!(shown.contains("      not a form at all\n"), "{shown}");
+    }
 }

@@ -589,7 +589,7 @@ fn preview_destination_schema() -> Value {
         "kind": {"type": "string"},
         "requests": {"type": "array", "description": "The requests a first attempt sends, bodies exactly as sent", "items": {"type": "object", "required": ["call", "body"], "properties": {
             "call": {"type": "string", "description": "The API call or path (never a credential URL)"},
-            "body": {"type": "string", "description": "The request body as sent (JSON text)"}
+            "body": {"type": "string", "description": "The request body as sent: JSON text, or a form (application/x-www-form-urlencoded) for SMS and Zulip"}
         }}},
         "error": {"type": "string", "description": "The destination's template failed on this message: a delivery would fail with this"}
     }})

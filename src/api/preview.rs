@@ -32,7 +32,10 @@ use crate::config::{Config, Scope, Target};
 use crate::domain::{
     delivery_idempotency_key, ClaimedDelivery, DeliveryProgress, Message, RetryPolicy,
 };
-use crate::kinds::{discord, email, google_chat, jira, pagerduty, slack, teams, webhook};
+use crate::kinds::{
+    discord, email, google_chat, jira, matrix, pagerduty, slack, sms, teams, telegram, webhook,
+    zulip,
+};
 use crate::store::Store;
 
 pub(super) async fn preview<S: Store>(
@@ -229,6 +232,62 @@ fn requests(target: &Target, delivery: &ClaimedDelivery) -> Result<Vec<PreviewRe
             call: "SMTP DATA".into(),
             body: email::connector::preview_message(rendering, delivery, from, to, cc)?,
         }]),
+        Target::Matrix { rendering, .. } => {
+            let content =
+                matrix::connector::render_matrix_message_content(rendering, delivery, None)
+                    .map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "PUT /_matrix/client/v3/rooms/{roomId}/send/m.room.message/{txnId}".into(),
+                body: json(&content),
+            }])
+        }
+        Target::Sms {
+            from,
+            to,
+            text_chars_max,
+            rendering,
+            ..
+        } => {
+            let text = sms::connector::render_sms_text(rendering, delivery, *text_chars_max)
+                .map_err(failed)?;
+            Ok(to
+                .iter()
+                .map(|to| PreviewRequest {
+                    call: "POST /2010-04-01/Accounts/{AccountSid}/Messages.json".into(),
+                    body: sms::connector::form_body(&sms::connector::twilio_create_form(
+                        from, to, &text,
+                    )),
+                })
+                .collect())
+        }
+        Target::Telegram {
+            chat_id,
+            message_thread_id,
+            rendering,
+            ..
+        } => {
+            let body = telegram::connector::render_send_message_body(
+                rendering,
+                delivery,
+                chat_id,
+                *message_thread_id,
+            )
+            .map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "POST sendMessage".into(),
+                body: json(&body),
+            }])
+        }
+        Target::Zulip {
+            stream, rendering, ..
+        } => {
+            let form =
+                zulip::connector::render_send_form(rendering, delivery, stream).map_err(failed)?;
+            Ok(vec![PreviewRequest {
+                call: "POST /api/v1/messages".into(),
+                body: zulip::connector::form_body(&form),
+            }])
+        }
         #[allow(unreachable_patterns)]
         _ => Ok(Vec::new()),
     }

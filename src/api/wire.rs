@@ -170,7 +170,8 @@ pub struct Preview {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PreviewDestination {
     pub name: String,
-    /// `slack`, `teams`, `jira`, `pagerduty`, `discord`, `webhook`.
+    /// Its kind: `slack`, `teams`, `jira`, `pagerduty`, `discord`,
+    /// `webhook`, `matrix`, `sms`, `telegram`, `zulip`, ...
     pub kind: String,
     /// The requests a first attempt sends, in order (Slack's resolve edits
     /// the first message, then replies); empty for a kind that does not
@@ -189,7 +190,8 @@ pub struct PreviewRequest {
     /// The API call or path, never the credential a URL may hold
     /// (`chat.postMessage`, `POST webhook`).
     pub call: String,
-    /// The request body exactly as it would be sent (UTF-8 JSON text).
+    /// The request body exactly as it would be sent: UTF-8 JSON text, or
+    /// an `application/x-www-form-urlencoded` form (SMS, Zulip).
     pub body: String,
 }
 

@@ -83,6 +83,7 @@ pub enum Target {
         /// The room's id (`!...`), not an alias.
         room_id: String,
         token: Secret,
+        rendering: Rendering,
     },
     /// Email through an SMTP server: one message per delivery to every
     /// recipient, its `Message-ID` derived from the idempotency key.
@@ -112,6 +113,7 @@ pub enum Target {
         to: Vec<String>,
         /// The text is cut to this many characters.
         text_chars_max: usize,
+        rendering: Rendering,
     },
     /// A Google Chat space: its incoming webhook (`spaces.messages.create`
     /// with the webhook's `key` and `token` in the URL), or the Chat API
@@ -128,6 +130,7 @@ pub enum Target {
         chat_id: String,
         /// A forum supergroup's topic the messages go to.
         message_thread_id: Option<i64>,
+        rendering: Rendering,
     },
     /// A Zulip channel (stream), one topic per thread.
     Zulip {
@@ -136,6 +139,7 @@ pub enum Target {
         email: String,
         api_key: Secret,
         stream: String,
+        rendering: Rendering,
     },
 }
 
@@ -152,7 +156,11 @@ impl Target {
             | Target::PagerDuty { rendering, .. }
             | Target::GoogleChat { rendering, .. }
             | Target::Jira { rendering, .. }
-            | Target::Email { rendering, .. } => Some(rendering),
+            | Target::Email { rendering, .. }
+            | Target::Matrix { rendering, .. }
+            | Target::Sms { rendering, .. }
+            | Target::Telegram { rendering, .. }
+            | Target::Zulip { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -169,7 +177,11 @@ impl Target {
             | Target::PagerDuty { rendering, .. }
             | Target::GoogleChat { rendering, .. }
             | Target::Jira { rendering, .. }
-            | Target::Email { rendering, .. } => Some(rendering),
+            | Target::Email { rendering, .. }
+            | Target::Matrix { rendering, .. }
+            | Target::Sms { rendering, .. }
+            | Target::Telegram { rendering, .. }
+            | Target::Zulip { rendering, .. } => Some(rendering),
             #[allow(unreachable_patterns)]
             _ => None,
         }

@@ -9,6 +9,25 @@ fn the_example_faults_file_is_valid() {
     assert_eq!(file.paths["/hooks/flaky"].fail_first, 3);
     assert_eq!(file.paths["/hooks/flaky"].fail_status, 503);
     assert_eq!(file.paths["/hooks/ops"].retry_after_secs, 2);
+    // Every kind the mock plays has an example.
+    for prefix in [
+        "/slack/",
+        "/jira/",
+        "/pagerduty/",
+        "/discord/",
+        "/teams/",
+        "/matrix/",
+        "/twilio/",
+        "/google-chat/",
+        "/telegram/",
+        "/zulip/",
+        "/hooks/",
+    ] {
+        assert!(
+            file.paths.keys().any(|p| p.starts_with(prefix)),
+            "no example for {prefix}"
+        );
+    }
 }
 
 #[test]

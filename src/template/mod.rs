@@ -14,7 +14,9 @@
 //!   resolve), `mention`, `headline` and `timestamp`.
 //! - Strings go into the JSON through `tojson`, so a title with quotes or
 //!   newlines cannot break the output; `cut(n)` shortens to `n` characters
-//!   with an ellipsis, `mrkdwn` escapes Slack's `& < >`.
+//!   with an ellipsis, `mrkdwn` escapes Slack's `& < >`, `html` escapes
+//!   `& < > "` for HTML text and attributes (Matrix's `formatted_body`,
+//!   Telegram's HTML parse mode).
 //! - [`Rendering`] is a destination's choice: its override (or the kind's
 //!   default) and its mentions by severity.
 
@@ -113,6 +115,7 @@ impl Template {
         env.add_filter("tojson", strict_tojson);
         env.add_filter("cut", cut);
         env.add_filter("mrkdwn", escape_mrkdwn);
+        env.add_filter("html", escape_html);
         env.add_template_owned(NAME, source.to_owned())
             .map_err(|e| TemplateError::of(&e))?;
         let mut hasher = std::hash::DefaultHasher::new();
@@ -182,6 +185,16 @@ pub fn escape_mrkdwn(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// `text|html`: `& < > "` as HTML entities, the only ones Telegram's HTML
+/// parse mode names besides numeric ones, and enough for Matrix's
+/// `org.matrix.custom.html` text and attribute values.
+pub fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Who a destination mentions, per severity: shown only on the first

@@ -608,6 +608,7 @@ fn matrix_destination(
             homeserver_url: format!("http://{homeserver}/").parse().unwrap(),
             room_id: room_id.to_owned(),
             token: Secret::new(token),
+            rendering: Default::default(),
         },
         timeout_ms: 10_000,
         concurrency: 4,

@@ -1,7 +1,10 @@
 //! Every answer `herald mock` gives herald's real connectors matches the
 //! published description of its operation (`tests/specs`): the success,
-//! error, 429 and read-back answers of Slack, Jira, PagerDuty and Discord,
-//! and Teams workflows' empty 202.
+//! error, 429 and read-back answers of Slack, Jira, PagerDuty, Discord,
+//! Twilio (SMS), Zulip and Matrix (OpenAPI), Telegram (the Bot API's
+//! structured reference: a method's `returns`, `ResponseParameters`) and
+//! Google Chat (the discovery document's `Message`), and Teams workflows'
+//! empty 202.
 //!
 //! herald runs against the mock through a recording proxy, with scripted
 //! faults on every destination, so the requests are the connectors' own.
@@ -25,9 +28,10 @@ use axum::response::{IntoResponse, Response};
 use herald::demo::{mock_destination, mock_send_path};
 use herald::mock::Faults;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::specs::{load_spec, Validator};
+use crate::specs::new_kinds_specs::{discovery_errors, telegram_type_errors};
+use crate::specs::{load_matrix_spec, load_spec, Validator};
 use crate::support::*;
 
 const DEVIATIONS_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/spec-deviations.toml");
@@ -125,6 +129,8 @@ struct Api {
     /// The mock's prefix for this API; what follows is the spec's path.
     prefix: &'static str,
     spec_file: &'static str,
+    /// How the description is read (JSON, or Matrix's YAML files).
+    load: fn(&str) -> Value,
 }
 
 const APIS: &[Api] = &[
@@ -132,23 +138,160 @@ const APIS: &[Api] = &[
         name: "slack",
         prefix: "/slack/api",
         spec_file: "slack-web-api.swagger2.json",
+        load: load_spec,
     },
     Api {
         name: "jira",
         prefix: "/jira",
         spec_file: "jira-platform-v3.openapi.json",
+        load: load_spec,
     },
     Api {
         name: "pagerduty",
         prefix: "/pagerduty/v2",
         spec_file: "pagerduty-events-v2.openapi.json",
+        load: load_spec,
     },
     Api {
         name: "discord",
         prefix: "/discord/api",
         spec_file: "discord.openapi.json",
+        load: load_spec,
+    },
+    Api {
+        name: "twilio",
+        prefix: "/twilio",
+        spec_file: "twilio-api-v2010.openapi.json",
+        load: load_spec,
+    },
+    Api {
+        name: "zulip",
+        prefix: "/zulip/api/v1",
+        spec_file: "zulip.openapi.subset.json",
+        load: load_spec,
+    },
+    Api {
+        name: "matrix",
+        prefix: "/matrix/_matrix/client/v3",
+        spec_file: "api/client-server/room_send.yaml",
+        load: load_matrix_spec,
     },
 ];
+
+/// The Bot API reference and Google Chat's discovery document, read once.
+fn telegram_spec() -> &'static Value {
+    static SPEC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| load_spec("telegram-bot-api.api.json"))
+}
+
+fn google_chat_spec() -> &'static Value {
+    static SPEC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| load_spec("google-chat-v1.discovery.json"))
+}
+
+/// A Telegram answer against the Bot API: every answer is a JSON object
+/// with `ok`; a success's `result` is what the method `returns`; a failure
+/// has `error_code` (its HTTP status), `description` and maybe
+/// `parameters` (`ResponseParameters`), as "Making requests" says.
+fn telegram_answer_errors(exchange: &Exchange) -> (String, Vec<String>) {
+    let spec = telegram_spec();
+    let method = exchange.path.rsplit('/').next().unwrap_or_default();
+    let seen = format!("telegram POST /{method} {}", exchange.status);
+    let Ok(body) = serde_json::from_slice::<Value>(&exchange.body) else {
+        return (seen, vec!["the body is not JSON".to_owned()]);
+    };
+    let mut errors = Vec::new();
+    if exchange
+        .content_type
+        .as_deref()
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        != Some("application/json")
+    {
+        errors.push(format!(
+            "the body should be application/json, the mock sent {:?}",
+            exchange.content_type
+        ));
+    }
+    let Some(object) = body.as_object() else {
+        return (seen, vec!["the answer is not an object".to_owned()]);
+    };
+    for name in object.keys() {
+        if !["ok", "result", "description", "error_code", "parameters"].contains(&name.as_str()) {
+            errors.push(format!("/{name}: not a field of a Bot API answer"));
+        }
+    }
+    match body["ok"].as_bool() {
+        Some(true) => {
+            if exchange.status != 200 {
+                errors.push(format!("ok: true with HTTP {}", exchange.status));
+            }
+            let returns = spec["methods"][method]["returns"].as_array().cloned();
+            match returns {
+                None => errors.push(format!("the Bot API has no method {method}")),
+                Some(types) => errors.extend(telegram_type_errors(
+                    spec,
+                    &types,
+                    &body["result"],
+                    "/result",
+                )),
+            }
+        }
+        Some(false) => {
+            if body["error_code"].as_u64() != Some(u64::from(exchange.status)) {
+                errors.push(format!(
+                    "/error_code: {} is not the HTTP status {}",
+                    body["error_code"], exchange.status
+                ));
+            }
+            if !body["description"].is_string() {
+                errors.push("/description: missing or not a String".to_owned());
+            }
+            if let Some(parameters) = body.get("parameters") {
+                errors.extend(telegram_type_errors(
+                    spec,
+                    &[json!("ResponseParameters")],
+                    parameters,
+                    "/parameters",
+                ));
+            }
+        }
+        None => errors.push("/ok: missing or not a Boolean".to_owned()),
+    }
+    (seen, errors)
+}
+
+/// A Google Chat answer: a success is a `Message` of the discovery
+/// document; an error is Google's error object (`error` with `code` (the
+/// HTTP status), `message`, `status`), which discovery documents do not
+/// describe (https://cloud.google.com/apis/design/errors#http_mapping).
+fn google_chat_answer_errors(exchange: &Exchange) -> (String, Vec<String>) {
+    let seen = format!(
+        "google-chat POST /spaces/{{space}}/messages {}",
+        exchange.status
+    );
+    let Ok(body) = serde_json::from_slice::<Value>(&exchange.body) else {
+        return (seen, vec!["the body is not JSON".to_owned()]);
+    };
+    let errors = if exchange.status == 200 {
+        discovery_errors(google_chat_spec(), &json!({"$ref": "Message"}), &body, "")
+    } else {
+        let error = &body["error"];
+        let mut errors = Vec::new();
+        if error["code"].as_u64() != Some(u64::from(exchange.status)) {
+            errors.push(format!(
+                "/error/code: {} is not the HTTP status",
+                error["code"]
+            ));
+        }
+        for field in ["message", "status"] {
+            if !error[field].is_string() {
+                errors.push(format!("/error/{field}: missing or not a string"));
+            }
+        }
+        errors
+    };
+    (seen, errors)
+}
 
 /// The spec path template `path` matches, preferring the one with the most
 /// literal segments (`/messages/@original` over `/messages/{message_id}`).
@@ -232,7 +375,8 @@ pub(crate) struct RequestDeviation {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Deviation {
-    /// `slack`, `jira`, `pagerduty` or `discord`.
+    /// `slack`, `jira`, `pagerduty`, `discord`, `twilio`, `zulip` or
+    /// `matrix`.
     api: String,
     /// `METHOD /spec/path`, as the description names it, or `*` for all.
     operation: String,
@@ -280,6 +424,17 @@ fn answer_errors(
         "{} {} -> {}",
         exchange.method, exchange.path, exchange.status
     );
+    let custom = if exchange.path.starts_with("/telegram/") {
+        Some(telegram_answer_errors(exchange))
+    } else if exchange.path.starts_with("/google-chat/") {
+        Some(google_chat_answer_errors(exchange))
+    } else {
+        None
+    };
+    if let Some((checked, errors)) = custom {
+        seen.insert(checked);
+        return errors.into_iter().map(|e| format!("{what}: {e}")).collect();
+    }
     if exchange.path.starts_with("/teams/") {
         seen.insert(format!("teams POST {}", exchange.status));
         // A Teams workflow takes the card and answers 202 with no body.
@@ -315,7 +470,9 @@ fn answer_errors(
         errors,
         schema_and_body,
     } = description_errors(spec, operation, exchange);
-    if let (true, Some((schema, body))) = (errors.is_empty(), schema_and_body) {
+    // The third-party check reads the JSON descriptions (not Matrix's YAML).
+    let dumpable = api.spec_file.ends_with(".json");
+    if let (true, true, Some((schema, body))) = (dumpable, errors.is_empty(), schema_and_body) {
         clean.push(serde_json::json!({
             "spec": api.spec_file,
             "answer": what,
@@ -462,12 +619,17 @@ async fn read_discord_back(proxy: &str, exchanges: &Mutex<Vec<Exchange>>) {
     }
 }
 
-const REAL: [(&str, &str); 5] = [
+const REAL: [(&str, &str); 10] = [
     ("slack", "slack-incidents"),
     ("teams", "teams-ops"),
     ("jira", "jira-ops"),
     ("pagerduty", "pagerduty"),
     ("discord", "discord-ops"),
+    ("matrix", "matrix-ops"),
+    ("sms", "sms-oncall"),
+    ("google-chat", "chat-ops"),
+    ("telegram", "telegram-ops"),
+    ("zulip", "zulip-ops"),
 ];
 
 /// A 429, a 503, then (Slack) an `internal_error` after the post, then an
@@ -566,7 +728,7 @@ async fn every_mock_answer_matches_the_published_description_of_its_operation() 
     let exchanges = exchanges.lock().unwrap().clone();
     let specs: Vec<(&Api, Value)> = APIS
         .iter()
-        .map(|api| (api, load_spec(api.spec_file)))
+        .map(|api| (api, (api.load)(api.spec_file)))
         .collect();
     let deviations = load_deviations().deviation;
     let mut used = BTreeSet::new();
@@ -631,6 +793,25 @@ async fn every_mock_answer_matches_the_published_description_of_its_operation() 
         "discord GET /webhooks/{webhook_id}/{webhook_token}/messages/{message_id} 200",
         "discord GET /webhooks/{webhook_id}/{webhook_token}/messages/{message_id} 404",
         "teams POST 202",
+        "matrix PUT /rooms/{roomId}/send/{eventType}/{txnId} 200",
+        "matrix PUT /rooms/{roomId}/send/{eventType}/{txnId} 400",
+        "matrix PUT /rooms/{roomId}/send/{eventType}/{txnId} 429",
+        "twilio POST /2010-04-01/Accounts/{AccountSid}/Messages.json 201",
+        "twilio POST /2010-04-01/Accounts/{AccountSid}/Messages.json 400",
+        "twilio POST /2010-04-01/Accounts/{AccountSid}/Messages.json 429",
+        "twilio GET /2010-04-01/Accounts/{AccountSid}/Messages.json 200",
+        "google-chat POST /spaces/{space}/messages 200",
+        "google-chat POST /spaces/{space}/messages 400",
+        "google-chat POST /spaces/{space}/messages 429",
+        "telegram POST /sendMessage 200",
+        "telegram POST /sendMessage 400",
+        "telegram POST /sendMessage 429",
+        "telegram POST /editMessageText 200",
+        "zulip POST /messages 200",
+        "zulip POST /messages 400",
+        "zulip POST /messages 429",
+        "zulip GET /messages 200",
+        "zulip PATCH /messages/{message_id} 200",
     ] {
         assert!(seen.contains(expected), "no {expected} in {seen:#?}");
     }
@@ -645,7 +826,7 @@ async fn every_mock_answer_matches_the_published_description_of_its_operation() 
 fn the_answer_checker_rejects_what_it_should() {
     let specs: Vec<(&Api, Value)> = APIS
         .iter()
-        .map(|api| (api, load_spec(api.spec_file)))
+        .map(|api| (api, (api.load)(api.spec_file)))
         .collect();
     let deviations = load_deviations().deviation;
     let check = |method: &str, path: &str, status: u16, body: &str| {
@@ -716,5 +897,71 @@ fn the_answer_checker_rejects_what_it_should() {
     has(
         &check("POST", "/teams/ops", 202, r#"{"ok":true}"#),
         "has no body",
+    );
+    // Telegram: a result that is not the method's Message, an error_code
+    // that is not the status, a field no answer has.
+    let send = "/telegram/bot1:x/sendMessage";
+    has(
+        &check("POST", send, 200, r#"{"ok":true,"result":"sent"}"#),
+        "is not a Message",
+    );
+    has(
+        &check(
+            "POST",
+            send,
+            429,
+            r#"{"ok":false,"error_code":400,"description":"x"}"#,
+        ),
+        "is not the HTTP status 429",
+    );
+    has(
+        &check("POST", send, 200, r#"{"ok":true,"result":true,"extra":1}"#),
+        "/extra",
+    );
+    assert!(check(
+        "POST",
+        send,
+        429,
+        r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 2","parameters":{"retry_after":2}}"#
+    )
+    .is_empty());
+    // Twilio, Zulip and Matrix through their OpenAPI descriptions.
+    has(
+        &check(
+            "POST",
+            "/twilio/2010-04-01/Accounts/AC1/Messages.json",
+            201,
+            r#"{"sid":5}"#,
+        ),
+        "/sid",
+    );
+    has(
+        &check(
+            "PUT",
+            "/matrix/_matrix/client/v3/rooms/!a:b/send/m.room.message/t",
+            200,
+            r#"{"event_id":"e1"}"#,
+        ),
+        "/event_id",
+    );
+    // Google Chat: a field Message does not have; an error without its code.
+    let chat = "/google-chat/v1/spaces/AAAA1/messages";
+    has(
+        &check(
+            "POST",
+            chat,
+            200,
+            r#"{"name":"spaces/AAAA1/messages/1","txt":"x"}"#,
+        ),
+        "/txt",
+    );
+    has(
+        &check(
+            "POST",
+            chat,
+            429,
+            r#"{"error":{"message":"x","status":"RESOURCE_EXHAUSTED"}}"#,
+        ),
+        "/error/code",
     );
 }

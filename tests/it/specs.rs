@@ -10,7 +10,7 @@
 //! accept everything.
 
 // The new kinds of issue 21, in `specs/new_kinds_specs.rs`.
-mod new_kinds_specs;
+pub(crate) mod new_kinds_specs;
 // Google Chat's API mode, in `specs/google_chat_specs.rs`.
 mod google_chat_specs;
 
@@ -2341,7 +2341,7 @@ const MATRIX_REF_DEPTH_MAX: usize = 16;
 /// `file` (under `tests/specs/matrix-client-server/`) as JSON, its relative
 /// `$ref`s (`other.yaml` or `other.yaml#/pointer`) replaced by what they
 /// name; the copy must not drift from the original beside the checkout.
-fn load_matrix_spec(file: &str) -> Value {
+pub(crate) fn load_matrix_spec(file: &str) -> Value {
     fn inline(value: &mut Value, dir: &std::path::Path, depth: usize) {
         assert!(
             depth < MATRIX_REF_DEPTH_MAX,

@@ -20,14 +20,26 @@ use crate::support::*;
 type Received = Arc<Mutex<Vec<(String, Bytes)>>>;
 
 /// A receiver on loopback that records every request's path and exact
-/// body, answering as the destination would on success (Slack's `ok` with
-/// a `ts`; 200 elsewhere).
+/// body, answering as the destination would on success (Matrix's
+/// `event_id`, Telegram's `result` message, Zulip's `id`, Twilio's `sid`;
+/// Slack's `ok` with a `ts` elsewhere).
 async fn start_receiver() -> (String, Received) {
     async fn record(State(received): State<Received>, uri: Uri, body: Bytes) -> axum::Json<Value> {
         let mut list = received.lock().unwrap();
-        list.push((uri.path().to_owned(), body));
+        let path = uri.path().to_owned();
+        list.push((path.clone(), body));
         let n = list.len();
-        axum::Json(json!({"ok": true, "channel": "C1", "ts": format!("1764000000.{n:06}")}))
+        axum::Json(if path.contains("/_matrix/") {
+            json!({"event_id": format!("$event{n}:example.org")})
+        } else if path.ends_with("/sendMessage") {
+            json!({"ok": true, "result": {"message_id": n, "date": 1_764_000_000, "chat": {"id": -100, "type": "supergroup"}}})
+        } else if path.ends_with("/api/v1/messages") {
+            json!({"result": "success", "msg": "", "id": n})
+        } else if path.ends_with("/Messages.json") {
+            json!({"sid": format!("SM{n:032}"), "status": "queued"})
+        } else {
+            json!({"ok": true, "channel": "C1", "ts": format!("1764000000.{n:06}")})
+        })
     }
     let received: Received = Arc::default();
     let app = axum::Router::new()
@@ -483,6 +495,361 @@ fn every_default_template_renders_the_rich_sample_in_every_role() {
             assert!(text.contains("production"), "{kind}: {text}");
             assert_eq!(
                 text.contains("on call"),
+                mention.is_some(),
+                "{kind}: the mention on the first message only: {text}"
+            );
+        }
+    }
+}
+
+/// Matrix, SMS, Telegram and Zulip take templates and mentions: their
+/// previews are what they received, byte for byte; the defaults show the
+/// rich message (mention, fields, links) each in its service's markup; an
+/// override changes what is sent, never the protocol fields; a template
+/// that fails at delivery fails that delivery alone.
+#[tokio::test]
+async fn the_new_kinds_render_templates_and_their_previews_are_what_they_received() {
+    let (base, received) = start_receiver().await;
+    let config = config(&format!(
+        r#"
+[destinations.room]
+kind = "matrix"
+url = "{base}/"
+room_id = "!ops:example.org"
+secret = "syt_token"
+mentions = {{ P1 = "@room" }}
+
+[destinations.pager]
+kind = "sms"
+url = "{base}/"
+account_sid = "AC0123456789abcdef0123456789abcdef"
+secret = "twilio-token"
+from = "+14155550199"
+to = ["+447700900123", "+447700900124"]
+text_chars_max = 40
+mentions = {{ P1 = "@oncall" }}
+
+[destinations.tg]
+kind = "telegram"
+url = "{base}/"
+chat_id = "-1001234567890"
+message_thread_id = 7
+secret = "123456:ABC-def"
+mentions = {{ P1 = "@oncall_team" }}
+
+[destinations.tg-custom]
+kind = "telegram"
+url = "{base}/custom/"
+chat_id = "@herald_alerts"
+secret = "123456:ABC-def"
+template = """
+{{"text": {{{{ ("<b>" ~ title|html ~ "</b> " ~ severity)|tojson }}}}, "parse_mode": "HTML", "chat_id": 1, "reply_parameters": {{"message_id": 5}}}}
+"""
+
+[destinations.zulip]
+kind = "zulip"
+url = "{base}/"
+email = "herald-bot@example.zulipchat.com"
+secret = "zulip-key"
+stream = "incidents"
+mentions = {{ P1 = "@*oncall*" }}
+
+[destinations.zulip-picky]
+kind = "zulip"
+url = "{base}/picky/"
+email = "herald-bot@example.zulipchat.com"
+secret = "zulip-key"
+stream = "incidents"
+template = """
+{{% if "boom" in title %}}{{{{ no_such_name }}}}{{% endif %}}{{"content": {{{{ title|tojson }}}}}}
+"""
+"#
+    ));
+    let dir = temp_dir();
+    let server = start_server(&dir.path().join("herald.db"), config.destinations).await;
+    let client = client(&server);
+    let names = ["room", "pager", "tg", "tg-custom", "zulip"];
+    let mut message = rich("Checkout <5xx> & \"errors\"", &names);
+    message.summary = Some("Checkout 5xx at 12%".into());
+    let sent = client.send(&message).await.unwrap();
+    let done = wait_final(&client, &sent.id, Duration::from_secs(20)).await;
+    assert!(
+        done.deliveries.iter().all(|d| d.state == "confirmed"),
+        "{done:#?}"
+    );
+    let preview: Preview = get_json(&format!(
+        "http://{}/v1/broadcasts/{}/preview",
+        server.addr, sent.id
+    ))
+    .await;
+    let got_all = received.lock().unwrap().clone();
+    let key = |name: &str| {
+        done.deliveries
+            .iter()
+            .find(|d| d.destination == name)
+            .unwrap()
+            .idempotency_key
+            .clone()
+    };
+    for (name, path) in [
+        (
+            "room",
+            format!(
+                "/_matrix/client/v3/rooms/!ops:example.org/send/m.room.message/{}",
+                key("room")
+            ),
+        ),
+        (
+            "pager",
+            "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json".to_owned(),
+        ),
+        ("tg", "/bot123456:ABC-def/sendMessage".to_owned()),
+        (
+            "tg-custom",
+            "/custom/bot123456:ABC-def/sendMessage".to_owned(),
+        ),
+        ("zulip", "/api/v1/messages".to_owned()),
+    ] {
+        let shown = preview
+            .destinations
+            .iter()
+            .find(|d| d.name == name)
+            .unwrap();
+        let got: Vec<&Bytes> = got_all
+            .iter()
+            .filter(|(p, _)| *p == path)
+            .map(|(_, b)| b)
+            .collect();
+        assert!(!got.is_empty(), "{name}: nothing at {path}: {got_all:?}");
+        assert_eq!(shown.requests.len(), got.len(), "{name}: {shown:?}");
+        for (request, body) in shown.requests.iter().zip(got) {
+            assert_eq!(
+                request.body.as_bytes(),
+                body.as_ref(),
+                "{name}: the preview is not the body sent"
+            );
+        }
+    }
+    let body = |name: &str| shown_body(&preview, name);
+
+    // Matrix: the mention and the details in the plain and HTML text.
+    let room: Value = serde_json::from_str(&body("room")).unwrap();
+    assert_eq!(room["msgtype"], "m.text");
+    let plain = room["body"].as_str().unwrap();
+    assert!(plain.starts_with("@room\n[P1] Checkout <5xx>"), "{plain}");
+    assert!(
+        plain.contains("environment: production")
+            && plain.contains("Runbook: https://runbooks.example/checkout"),
+        "{plain}"
+    );
+    let html = room["formatted_body"].as_str().unwrap();
+    assert!(
+        html.contains("<h4>[P1] Checkout &lt;5xx&gt; &amp; &quot;errors&quot;</h4>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<a href=\"https://runbooks.example/checkout\">Runbook</a>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<li><strong>environment</strong>: production</li>"),
+        "{html}"
+    );
+
+    // SMS: the summary, cut at 40, to each recipient; no mention.
+    let pager = body("pager");
+    let form = form_pairs(&pager);
+    let text = &form.iter().find(|(k, _)| k == "Body").unwrap().1;
+    assert_eq!(text, "[P1] Checkout 5xx at 12%");
+    assert_eq!(
+        preview
+            .destinations
+            .iter()
+            .find(|d| d.name == "pager")
+            .unwrap()
+            .requests
+            .len(),
+        2
+    );
+
+    // Telegram: HTML with every <, > and & of the message escaped, the
+    // fields bold, the links named, the topic and no link previews.
+    let tg: Value = serde_json::from_str(&body("tg")).unwrap();
+    assert_eq!(tg["parse_mode"], "HTML");
+    let text = tg["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("@oncall_team\n<b>[P1] Checkout &lt;5xx&gt; &amp; &quot;errors&quot;</b>"),
+        "{text}"
+    );
+    assert!(text.contains("<b>environment</b>: production"), "{text}");
+    assert!(
+        text.contains("<a href=\"https://runbooks.example/checkout\">Runbook</a>"),
+        "{text}"
+    );
+    assert!(text.contains("second line &lt;b&gt;"), "{text}");
+    assert_eq!(
+        (tg["chat_id"].clone(), tg["message_thread_id"].clone()),
+        (json!(-1001234567890_i64), json!(7))
+    );
+    assert_eq!(tg["link_preview_options"], json!({"is_disabled": true}));
+    // The override's text is sent; its chat and reply are not: herald's are.
+    let custom: Value = serde_json::from_str(&body("tg-custom")).unwrap();
+    assert_eq!(
+        custom,
+        json!({"text": "<b>Checkout &lt;5xx&gt; &amp; &quot;errors&quot;</b> P1", "parse_mode": "HTML", "chat_id": "@herald_alerts", "link_preview_options": {"is_disabled": true}})
+    );
+
+    // Zulip: Markdown with the mention, the fields, the links, and the
+    // key's line last (the read-back's needle), the topic the title.
+    let zulip = body("zulip");
+    let form = form_pairs(&zulip);
+    let content = &form.iter().find(|(k, _)| k == "content").unwrap().1;
+    assert!(
+        content.starts_with("@*oncall*\n**[P1] Checkout <5xx>"),
+        "{content}"
+    );
+    assert!(
+        content.contains("- **environment**: production"),
+        "{content}"
+    );
+    assert!(
+        content.contains("[Runbook](https://runbooks.example/checkout)"),
+        "{content}"
+    );
+    assert!(
+        content.ends_with(&format!("`herald {}`", key("zulip"))),
+        "{content}"
+    );
+
+    // A template that fails at delivery fails that delivery alone, once;
+    // the next message to it lands.
+    let boom = client
+        .send(&request("boom goes the template", &["zulip-picky", "tg"]))
+        .await
+        .unwrap();
+    let boom = wait_final(&client, &boom.id, Duration::from_secs(20)).await;
+    let picky = boom
+        .deliveries
+        .iter()
+        .find(|d| d.destination == "zulip-picky")
+        .unwrap();
+    assert_eq!(
+        (picky.state.as_str(), picky.attempts.len()),
+        ("failed", 1),
+        "{picky:#?}"
+    );
+    let error = picky.attempts[0].error.as_deref().unwrap();
+    assert!(
+        error.contains("template line 1") && error.contains("nothing was sent"),
+        "{error}"
+    );
+    let tg = boom
+        .deliveries
+        .iter()
+        .find(|d| d.destination == "tg")
+        .unwrap();
+    assert_eq!(tg.state, "confirmed");
+    let next = client
+        .send(&request("all quiet", &["zulip-picky"]))
+        .await
+        .unwrap();
+    let next = wait_final(&client, &next.id, Duration::from_secs(20)).await;
+    assert_eq!(next.deliveries[0].state, "confirmed", "{next:#?}");
+    let picky_posts = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| p == "/picky/api/v1/messages")
+        .count();
+    assert_eq!(picky_posts, 1);
+    server.stop().await;
+}
+
+/// A form body's pairs, decoded.
+fn form_pairs(body: &str) -> Vec<(String, String)> {
+    reqwest::Url::parse(&format!("http://form.invalid/?{body}"))
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+/// The first request body `preview` shows for `name`.
+fn shown_body(preview: &Preview, name: &str) -> String {
+    preview
+        .destinations
+        .iter()
+        .find(|d| d.name == name)
+        .unwrap_or_else(|| panic!("no {name} in {preview:?}"))
+        .requests[0]
+        .body
+        .clone()
+}
+
+#[test]
+fn the_new_kinds_refuse_a_broken_template_at_load_with_its_line() {
+    for (kind, keys) in [
+        ("matrix", "url = \"http://127.0.0.1:9/\"\nroom_id = \"!a:b\"\nsecret = \"t\""),
+        ("sms", "url = \"http://127.0.0.1:9/\"\naccount_sid = \"AC0123456789abcdef0123456789abcdef\"\nsecret = \"t\"\nfrom = \"+14155550199\"\nto = [\"+447700900123\"]"),
+        ("telegram", "url = \"http://127.0.0.1:9/\"\nchat_id = \"-1\"\nsecret = \"1:a\""),
+        ("zulip", "url = \"http://127.0.0.1:9/\"\nemail = \"b@example.com\"\nsecret = \"t\"\nstream = \"s\""),
+    ] {
+        let table = format!("[destinations.d]\nkind = \"{kind}\"\n{keys}\n");
+        let accepted = config(&format!("{table}mentions = {{ P1 = \"@here\" }}\ntemplate = '{{\"text\": {{{{ title|tojson }}}}}}'\n"));
+        assert_eq!(accepted.destinations.len(), 1, "{kind}");
+        let error = config_error(&format!("{table}template = \"\"\"\n{{\n\"a\": {{{{ titel|tojson }}}}}}\n\"\"\"\n"));
+        let line = table.lines().count() + 3;
+        assert!(
+            error.starts_with(&format!("herald.toml:{line}: destinations.d.template: template line 2: ")),
+            "{kind}: {error}"
+        );
+        assert!(error.contains("undefined"), "{kind}: {error}");
+    }
+}
+
+#[test]
+fn the_new_kinds_defaults_show_the_rich_sample_in_every_role() {
+    use herald::kinds::{matrix, sms, telegram, zulip};
+    use herald::template::{context, sample_deliveries, Mentions};
+    let mentions = Mentions::parse([("P1", "@oncall \"team\"")]).unwrap();
+    for (kind, template) in [
+        ("matrix", matrix::connector::default_template()),
+        ("telegram", telegram::connector::default_template()),
+        ("zulip", zulip::connector::default_template()),
+        ("sms", sms::connector::default_template()),
+    ] {
+        for delivery in sample_deliveries() {
+            let mention = mentions.for_delivery(&delivery);
+            let rendered = template
+                .render_json(&context(&delivery, mention))
+                .unwrap_or_else(|e| panic!("{kind}: {e}"));
+            let text = rendered.to_string();
+            if kind == "sms" {
+                // A text message: the summary, no mention, no links.
+                let tag = if delivery.message.resolved() {
+                    "RESOLVED"
+                } else {
+                    "P1"
+                };
+                let incident = if delivery.message.thread().is_some() {
+                    " INC-1:"
+                } else {
+                    ""
+                };
+                assert_eq!(
+                    rendered["Body"],
+                    format!("[{tag}]{incident} Checkout 5xx at 12%"),
+                    "{text}"
+                );
+                continue;
+            }
+            assert!(
+                text.contains("https://runbooks.example.com/checkout"),
+                "{kind}: {text}"
+            );
+            assert!(text.contains("production"), "{kind}: {text}");
+            assert_eq!(
+                text.contains("@oncall"),
                 mention.is_some(),
                 "{kind}: the mention on the first message only: {text}"
             );

@@ -108,6 +108,7 @@ fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
         homeserver_url: homeserver_url?,
         room_id: room_id?,
         token: token?,
+        rendering: crate::template::Rendering::default(),
     })
 }
 
@@ -136,6 +137,7 @@ mod tests {
             homeserver_url,
             room_id,
             token,
+            ..
         } = &d.target
         else {
             panic!("a Matrix target: {d:?}");

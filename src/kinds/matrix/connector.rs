@@ -8,14 +8,17 @@
 //! txnId, and the room holds one event whatever happened to the first
 //! answer.
 //!
-//! The content is `m.text` with a plain `body` and an HTML
-//! `formatted_body` (`org.matrix.custom.html`): headline, severity, body,
-//! fields and links. A thread's later messages relate to its first event
+//! The content comes from the destination's template (the default,
+//! `template.json.j2`, is `m.text` with a plain `body` and an HTML
+//! `formatted_body` (`org.matrix.custom.html`): the mention, headline,
+//! severity, body, fields and links); the connector then sets the relation
+//! and keeps the content under an event's size. A thread's later messages relate to its first event
 //! (`m.relates_to` with `rel_type: m.thread`, plus the reply fallback for
 //! clients without threads); a resolve first edits the first event
 //! (`m.replace` with `m.new_content`, its own txnId, so a retry repeats the
 //! same edit) and then posts its message in the thread.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -26,6 +29,7 @@ use crate::connector::http::{cut_chars as cut, exchange, Reply};
 use crate::connector::shared::{headline, parse_retry_after_ms, Role, VerifyReport};
 use crate::domain::ClaimedDelivery;
 use crate::domain::{Outcome, OutcomeClass};
+use crate::template::{escape_html, render_failed, Rendering, Template, TemplateError};
 
 /// The only `format` the description defines for `formatted_body`.
 pub const HTML_FORMAT: &str = "org.matrix.custom.html";
@@ -51,6 +55,7 @@ pub struct MatrixConnector {
     homeserver_url: reqwest::Url,
     room_id: String,
     token: Secret,
+    rendering: Rendering,
 }
 
 /// A Matrix error body: `errcode`, `error`, and for a rate limit
@@ -80,107 +85,55 @@ pub fn matrix_edit_txn_id(idempotency_key: &str) -> String {
     format!("{idempotency_key}{EDIT_TXN_SUFFIX}")
 }
 
-fn escape_html(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// Matrix's default template (`template.json.j2`), compiled once.
+static DEFAULT_TEMPLATE: LazyLock<Template> =
+    LazyLock::new(|| Template::builtin(include_str!("template.json.j2")));
+
+/// Matrix's default template, for `herald preview` and the tests.
+pub fn default_template() -> &'static Template {
+    &DEFAULT_TEMPLATE
 }
 
-/// The plain and HTML renderings of a delivery's message: headline,
-/// severity and incident, body, fields, links, and the broadcast id.
-fn rendered(delivery: &ClaimedDelivery) -> (String, String) {
-    let m = &delivery.message;
-    let details = m.details();
-    let headline = headline(delivery);
-    let mut context = format!("severity {}", m.severity().as_str());
-    if let Some(thread) = m.thread() {
-        context.push_str(&format!(" · incident {thread}"));
-    }
-    if let Some(source) = &details.source {
-        context.push_str(&format!(" · from {source}"));
-    }
-    let mut plain = format!("{headline}\n{context}");
-    let mut html = format!(
-        "<h4>{}</h4><p><em>{}</em></p>",
-        escape_html(&headline),
-        escape_html(&context)
-    );
-    if !m.body().trim().is_empty() {
-        plain.push_str(&format!("\n\n{}", m.body()));
-        html.push_str(&format!(
-            "<p>{}</p>",
-            escape_html(m.body()).replace('\n', "<br/>")
-        ));
-    }
-    if !details.fields.is_empty() {
-        plain.push('\n');
-        html.push_str("<ul>");
-        for field in &details.fields {
-            plain.push_str(&format!("\n{}: {}", field.name, field.value));
-            html.push_str(&format!(
-                "<li><strong>{}</strong>: {}</li>",
-                escape_html(&field.name),
-                escape_html(&field.value)
-            ));
-        }
-        html.push_str("</ul>");
-    }
-    if !details.links.is_empty() {
-        plain.push('\n');
-        let mut anchors = Vec::new();
-        for link in &details.links {
-            plain.push_str(&format!("\n{}: {}", link.text, link.url));
-            anchors.push(format!(
-                "<a href=\"{}\">{}</a>",
-                escape_html(&link.url),
-                escape_html(&link.text)
-            ));
-        }
-        html.push_str(&format!("<p>{}</p>", anchors.join(" · ")));
-    }
-    plain.push_str(&format!("\n\nherald broadcast {}", delivery.broadcast_id));
-    html.push_str(&format!(
-        "<p><sub>herald broadcast <code>{}</code></sub></p>",
-        escape_html(&delivery.broadcast_id)
-    ));
-    (plain, html)
-}
-
-/// The `m.room.message` content of a delivery: `m.text` with its HTML
-/// rendering; for a thread's later message, an `m.thread` relation to the
-/// first event `thread_root` (with the reply fallback for clients that do
-/// not show threads).
+/// The `m.room.message` content of a delivery with the default template
+/// and no mentions. See [`render_matrix_message_content`].
 pub fn matrix_message_content(delivery: &ClaimedDelivery, thread_root: Option<&str>) -> Value {
-    let (mut plain, mut html) = rendered(delivery);
-    let content_of = |plain: &str, html: &str| {
-        json!({
-            "msgtype": "m.text",
-            "body": plain,
-            "format": HTML_FORMAT,
-            "formatted_body": html,
-        })
+    render_matrix_message_content(&Rendering::default(), delivery, thread_root)
+        .expect("the default template renders every valid message")
+}
+
+/// The `m.room.message` content of a delivery: the destination's template
+/// renders it (the default: `m.text` with its HTML rendering); then, so a
+/// template cannot change them, a thread's later message gets its
+/// `m.thread` relation to the first event `thread_root` (with the reply
+/// fallback for clients that do not show threads), no other relation, and
+/// content too large for an event gives way: the formatted view first
+/// (headline only), then the plain text is cut, keeping its start.
+pub fn render_matrix_message_content(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+    thread_root: Option<&str>,
+) -> Result<Value, TemplateError> {
+    let mut content = rendering.render(&DEFAULT_TEMPLATE, delivery)?;
+    let Some(object) = content.as_object_mut() else {
+        return Err(TemplateError {
+            line: None,
+            reason: "the output must be a JSON object (the event's content)".into(),
+        });
     };
-    let size = |content: &Value| serde_json::to_vec(content).map_or(0, |v| v.len());
-    let mut content = content_of(&plain, &html);
-    // Too large: the formatted view gives way first (headline only), then
-    // the plain text is cut, keeping its start.
-    for _ in 0..FIT_CUTS_MAX {
-        if size(&content) <= CONTENT_BYTES_MAX {
-            break;
+    for (key, what) in [
+        ("msgtype", "the message type, like m.text"),
+        ("body", "the plain text"),
+    ] {
+        if !object.get(key).is_some_and(Value::is_string) {
+            return Err(TemplateError {
+                line: None,
+                reason: format!("the output needs \"{key}\" as text ({what})"),
+            });
         }
-        let short_html = format!(
-            "<h4>{}</h4><p>(too long to format: the plain text has the message)</p>",
-            escape_html(&headline(delivery))
-        );
-        if html != short_html {
-            html = short_html;
-        } else {
-            let chars = plain.chars().count();
-            plain = cut(&plain, chars / 2);
-        }
-        content = content_of(&plain, &html);
     }
+    object.remove("m.relates_to");
+    object.remove("m.new_content");
+    fit(&mut content, delivery);
     if let Some(root) = thread_root {
         content["m.relates_to"] = json!({
             "rel_type": "m.thread",
@@ -189,7 +142,31 @@ pub fn matrix_message_content(delivery: &ClaimedDelivery, thread_root: Option<&s
             "m.in_reply_to": {"event_id": root},
         });
     }
-    content
+    Ok(content)
+}
+
+/// Keeps `content` within [`CONTENT_BYTES_MAX`]: the formatted view gives
+/// way first (headline only), then the plain text is cut, keeping its
+/// start.
+fn fit(content: &mut Value, delivery: &ClaimedDelivery) {
+    let size = |content: &Value| serde_json::to_vec(content).map_or(0, |v| v.len());
+    let short_html = format!(
+        "<h4>{}</h4><p>(too long to format: the plain text has the message)</p>",
+        escape_html(&headline(delivery))
+    );
+    for _ in 0..FIT_CUTS_MAX {
+        if size(content) <= CONTENT_BYTES_MAX {
+            return;
+        }
+        let formatted = content.get("formatted_body").and_then(Value::as_str);
+        if formatted.is_some_and(|html| html != short_html) {
+            content["formatted_body"] = json!(short_html);
+        } else {
+            let plain = content["body"].as_str().unwrap_or_default();
+            let chars = plain.chars().count();
+            content["body"] = json!(cut(plain, chars / 2));
+        }
+    }
 }
 
 /// The content of a resolve's edit of the thread's first event `root`:
@@ -341,6 +318,7 @@ impl MatrixConnector {
         homeserver_url: reqwest::Url,
         room_id: String,
         token: Secret,
+        rendering: Rendering,
         timeout: Duration,
         connections_max: usize,
     ) -> reqwest::Result<MatrixConnector> {
@@ -349,6 +327,7 @@ impl MatrixConnector {
             homeserver_url,
             room_id,
             token,
+            rendering,
         })
     }
 
@@ -382,6 +361,12 @@ impl MatrixConnector {
 
     pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
         let root = delivery.thread_ref.as_deref();
+        // Rendered before anything is sent (the edit included): a template
+        // that fails sends nothing, and fails this delivery alone.
+        let content = match render_matrix_message_content(&self.rendering, delivery, root) {
+            Ok(content) => content,
+            Err(error) => return render_failed(&error),
+        };
         let mut note = None;
         if let (Role::Resolve, Some(root)) = (Role::of(delivery), root) {
             // The edit first: it has its own stable txnId, so a retry after
@@ -405,7 +390,6 @@ impl MatrixConnector {
                 _ => return edit_not_done(edited),
             }
         }
-        let content = matrix_message_content(delivery, root);
         let mut outcome = self
             .put(&matrix_txn_id(&delivery.idempotency_key), &content, now_ms)
             .await;
@@ -539,6 +523,7 @@ mod tests {
             reqwest::Url::parse("http://127.0.0.1:9/").unwrap(),
             "!ops:example.org".into(),
             Secret::new("tok"),
+            Rendering::default(),
             Duration::from_secs(1),
             1,
         )

@@ -23,6 +23,7 @@ pub fn demo_kind() -> DemoKind {
             homeserver_url: mock_url(mock_base, "/matrix/"),
             room_id: mock_room_id(name),
             token: Secret::new("herald-mock-matrix-token"),
+            rendering: crate::template::Rendering::default(),
         },
         name: "matrix-ops",
         what:

@@ -30,6 +30,7 @@ impl connector::MatrixConnector {
             homeserver_url,
             room_id,
             token,
+            rendering,
         } = target
         else {
             return None;
@@ -38,6 +39,7 @@ impl connector::MatrixConnector {
             homeserver_url.clone(),
             room_id.clone(),
             token.clone(),
+            rendering.clone(),
             timeout,
             connections_max,
         ))

@@ -124,6 +124,7 @@ fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
         from: from?,
         to: to?,
         text_chars_max,
+        rendering: crate::template::Rendering::default(),
     })
 }
 

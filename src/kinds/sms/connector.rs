@@ -1,9 +1,10 @@
 //! SMS through Twilio's Messages API (`twilio-api-v2010.openapi.json`):
 //! `CreateMessage` (`POST /2010-04-01/Accounts/{AccountSid}/Messages.json`,
 //! a form with `To`, `From`, `Body`, basic auth with the account SID and
-//! its auth token) once per recipient. The text is the message's short
-//! `summary` (or its title when it has none) behind `[P1]` or
-//! `[RESOLVED]`, cut at the destination's `text_chars_max`. Each created
+//! its auth token) once per recipient. The text is the destination's
+//! template's `Body` (the default, `template.json.j2`: the message's short
+//! `summary`, or its title when it has none, behind `[P1]` or
+//! `[RESOLVED]`), cut at the destination's `text_chars_max`. Each created
 //! message's Sid goes into the delivery's `remote_ref`, comma-separated in
 //! the order of the recipients, so a retry after a partial failure sends
 //! only to the recipients that have not had it.
@@ -26,6 +27,7 @@
 //! 408 and 5xx retryable; 401 (20003) and other 4xx permanent, with
 //! Twilio's `code` and `message` in the error.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -35,6 +37,7 @@ use crate::config::Secret;
 use crate::connector::http::{cut_chars, exchange, status_class, Reply};
 use crate::connector::shared::{parse_retry_after_ms, VerifyReport};
 use crate::domain::{ClaimedDelivery, Outcome, OutcomeClass};
+use crate::template::{render_failed, Rendering, Template, TemplateError};
 
 /// Twilio's limit on a message body ("up to 1,600 characters").
 pub const TWILIO_BODY_CHARS_MAX: usize = 1_600;
@@ -59,28 +62,48 @@ pub struct SmsConnector {
     from: String,
     to: Vec<String>,
     text_chars_max: usize,
+    rendering: Rendering,
 }
 
-/// The text of a delivery: `[P1] summary` (or the title without a
-/// summary), `[RESOLVED] ...` for a resolve, cut at `chars_max`.
+/// SMS's default template (`template.json.j2`), compiled once.
+static DEFAULT_TEMPLATE: LazyLock<Template> =
+    LazyLock::new(|| Template::builtin(include_str!("template.json.j2")));
+
+/// SMS's default template, for `herald preview` and the tests.
+pub fn default_template() -> &'static Template {
+    &DEFAULT_TEMPLATE
+}
+
+/// The text of a delivery with the default template: `[P1] summary` (or
+/// the title without a summary), `[RESOLVED] ...` for a resolve, cut at
+/// `chars_max`. See [`render_sms_text`].
 pub fn sms_text(delivery: &ClaimedDelivery, chars_max: usize) -> String {
-    let m = &delivery.message;
-    let what = m
-        .details()
-        .summary
-        .as_deref()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or(m.title());
-    let tag = if m.resolved() {
-        "RESOLVED".to_owned()
-    } else {
-        m.severity().as_str().to_owned()
+    render_sms_text(&Rendering::default(), delivery, chars_max)
+        .expect("the default template renders every valid message")
+}
+
+/// The text of a delivery: the destination's template's `Body`, cut at
+/// `chars_max` (and at Twilio's 1,600 characters). An empty text is an
+/// error: Twilio refuses a message with nothing in it.
+pub fn render_sms_text(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+    chars_max: usize,
+) -> Result<String, TemplateError> {
+    let rendered = rendering.render(&DEFAULT_TEMPLATE, delivery)?;
+    let Some(text) = rendered.get("Body").and_then(Value::as_str) else {
+        return Err(TemplateError {
+            line: None,
+            reason: "the output needs \"Body\" as text (the message's text)".into(),
+        });
     };
-    let text = match m.thread() {
-        Some(thread) if !what.contains(thread) => format!("[{tag}] {thread}: {what}"),
-        _ => format!("[{tag}] {what}"),
-    };
-    cut_chars(&text, chars_max.min(TWILIO_BODY_CHARS_MAX))
+    if text.trim().is_empty() {
+        return Err(TemplateError {
+            line: None,
+            reason: "the output's \"Body\" is empty; Twilio sends no empty message".into(),
+        });
+    }
+    Ok(cut_chars(text, chars_max.min(TWILIO_BODY_CHARS_MAX)))
 }
 
 /// The `CreateMessage` form for one recipient.
@@ -236,6 +259,7 @@ impl SmsConnector {
         from: String,
         to: Vec<String>,
         text_chars_max: usize,
+        rendering: Rendering,
         timeout: Duration,
         connections_max: usize,
     ) -> reqwest::Result<SmsConnector> {
@@ -247,6 +271,7 @@ impl SmsConnector {
             from,
             to,
             text_chars_max,
+            rendering,
         })
     }
 
@@ -280,7 +305,12 @@ impl SmsConnector {
     /// stops at the first that does not succeed. The outcome's
     /// `remote_ref` is every Sid so far.
     pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
-        let text = sms_text(delivery, self.text_chars_max);
+        // Rendered before anything is sent: a template that fails sends
+        // nothing, and fails this delivery alone.
+        let text = match render_sms_text(&self.rendering, delivery, self.text_chars_max) {
+            Ok(text) => text,
+            Err(error) => return render_failed(&error),
+        };
         let mut sids = recorded_sids(delivery);
         let mut last = Outcome::new(OutcomeClass::Success);
         for to in self.to.iter().skip(sids.len()) {
@@ -314,7 +344,16 @@ impl SmsConnector {
             // Every recipient has its Sid: the message is there.
             return VerifyReport::found(sids.join(","));
         };
-        let text = sms_text(delivery, self.text_chars_max);
+        let text = match render_sms_text(&self.rendering, delivery, self.text_chars_max) {
+            Ok(text) => text,
+            // Nothing was ever sent with a template that does not render:
+            // the send after this fails the delivery with the reason.
+            Err(error) => {
+                let mut report = VerifyReport::absent(format!("the destination's {error}"));
+                report.remote_ref = (!sids.is_empty()).then(|| sids.join(","));
+                return report;
+            }
+        };
         let since_ms = delivery.broadcast_created_at_ms - READ_BACK_CLOCK_SKEW_MS;
         let mut url = self.messages_url();
         url.query_pairs_mut()

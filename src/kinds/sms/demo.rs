@@ -32,6 +32,7 @@ pub fn demo_kind() -> DemoKind {
             from: "+14155550199".to_owned(),
             to: vec![DEMO_TO.to_owned()],
             text_chars_max: 160,
+            rendering: crate::template::Rendering::default(),
         },
         name: "sms-oncall",
         what: "first answer lost (read back by recipient and text)",

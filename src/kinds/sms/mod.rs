@@ -31,6 +31,7 @@ impl connector::SmsConnector {
             from,
             to,
             text_chars_max,
+            rendering,
         } = target
         else {
             return None;
@@ -42,6 +43,7 @@ impl connector::SmsConnector {
             from.clone(),
             to.clone(),
             *text_chars_max,
+            rendering.clone(),
             timeout,
             connections_max,
         ))

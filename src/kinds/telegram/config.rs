@@ -73,6 +73,7 @@ fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
         token: token?,
         chat_id: chat_id?,
         message_thread_id: message_thread_id?,
+        rendering: crate::template::Rendering::default(),
     })
 }
 

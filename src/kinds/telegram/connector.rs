@@ -1,7 +1,10 @@
 //! Telegram through the Bot API (`telegram-bot-api.api.json`):
 //! `sendMessage` (`POST {api}/bot{token}/sendMessage`, JSON) to the
 //! configured chat, into its forum topic (`message_thread_id`) when one is
-//! configured. A thread's later messages reply to its first
+//! configured. The text comes from the destination's template (the
+//! default, `template.json.j2`: plain text for a plain message, HTML for
+//! one with a mention, fields, links or a source). A thread's later
+//! messages reply to its first
 //! (`reply_parameters` with `allow_sending_without_reply`, so a deleted
 //! first message does not block them); a resolve first edits the first
 //! message (`editMessageText`, idempotent: "message is not modified" is
@@ -17,14 +20,16 @@
 //! supergroup), 401, 403 (the bot was blocked or removed) and 404 (a wrong
 //! token) permanent, with Telegram's `description`.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::config::Secret;
 use crate::connector::http::{cut_chars, exchange, status_class, Reply};
-use crate::connector::shared::{headline, Role, VerifyReport};
+use crate::connector::shared::{Role, VerifyReport};
 use crate::domain::{ClaimedDelivery, Outcome, OutcomeClass};
+use crate::template::{render_failed, Rendering, Template, TemplateError};
 
 /// "Text of the message to be sent, 1-4096 characters after entities
 /// parsing."
@@ -37,6 +42,7 @@ pub struct TelegramConnector {
     token: Secret,
     chat_id: String,
     message_thread_id: Option<i64>,
+    rendering: Rendering,
 }
 
 /// A chat id as Telegram takes it: an integer, or `@username` text.
@@ -47,48 +53,141 @@ fn chat_id_value(chat_id: &str) -> Value {
     }
 }
 
-/// The text of a delivery: the headline, the incident, the body.
-pub fn telegram_text(delivery: &ClaimedDelivery) -> String {
-    let m = &delivery.message;
-    let mut text = headline(delivery);
-    if let Some(thread) = m.thread() {
-        let what = match Role::of(delivery) {
-            Role::Update => "update",
-            Role::Resolve => "resolved",
-            _ => "open",
-        };
-        text.push_str(&format!("\n{thread} · {what}"));
-    }
-    if !m.body().trim().is_empty() {
-        text.push_str("\n\n");
-        text.push_str(m.body());
-    }
-    cut_chars(&text, TELEGRAM_TEXT_CHARS_MAX)
+/// Telegram's default template (`template.json.j2`), compiled once.
+static DEFAULT_TEMPLATE: LazyLock<Template> =
+    LazyLock::new(|| Template::builtin(include_str!("template.json.j2")));
+
+/// Telegram's default template, for `herald preview` and the tests.
+pub fn default_template() -> &'static Template {
+    &DEFAULT_TEMPLATE
 }
 
-/// The `sendMessage` body of a delivery.
+/// The `sendMessage` body of a delivery with the default template and no
+/// mentions. See [`render_send_message_body`].
 pub fn telegram_send_message_body(
     delivery: &ClaimedDelivery,
     chat_id: &str,
     message_thread_id: Option<i64>,
 ) -> Value {
-    let mut body = json!({
-        "chat_id": chat_id_value(chat_id),
-        "text": telegram_text(delivery),
-        "link_preview_options": {"is_disabled": true},
-    });
-    if let Some(topic) = message_thread_id {
-        body["message_thread_id"] = json!(topic);
+    render_send_message_body(&Rendering::default(), delivery, chat_id, message_thread_id)
+        .expect("the default template renders every valid message")
+}
+
+/// The `sendMessage` body of a delivery: the destination's template
+/// renders the text (and its `parse_mode`, `entities`, ...); then, so a
+/// template cannot change them, the chat, the forum topic and the reply to
+/// the thread's first message are set here, and link previews are off
+/// unless the template says otherwise. A plain text (no `parse_mode`, no
+/// `entities`) is cut at Telegram's 4096 characters; an HTML one cannot
+/// be cut safely, so one longer than that after entities parsing is an
+/// error.
+pub fn render_send_message_body(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+    chat_id: &str,
+    message_thread_id: Option<i64>,
+) -> Result<Value, TemplateError> {
+    let mut body = rendering.render(&DEFAULT_TEMPLATE, delivery)?;
+    let Some(object) = body.as_object_mut() else {
+        return Err(TemplateError {
+            line: None,
+            reason: "the output must be a JSON object (sendMessage's parameters)".into(),
+        });
+    };
+    let Some(text) = object.get("text").and_then(Value::as_str) else {
+        return Err(TemplateError {
+            line: None,
+            reason: "the output needs \"text\" as text (the message's text)".into(),
+        });
+    };
+    if text.trim().is_empty() {
+        return Err(TemplateError {
+            line: None,
+            reason: "the output's \"text\" is empty; Telegram takes 1-4096 characters".into(),
+        });
     }
-    if let Some(first) = delivery
+    let parse_mode = object.get("parse_mode").and_then(Value::as_str);
+    let text = match parse_mode {
+        None if object.get("entities").is_none() => cut_chars(text, TELEGRAM_TEXT_CHARS_MAX),
+        Some(mode) if mode.eq_ignore_ascii_case("html") => {
+            let shown = html_text_chars(text);
+            if shown > TELEGRAM_TEXT_CHARS_MAX {
+                return Err(TemplateError {
+                    line: None,
+                    reason: format!(
+                        "the output's \"text\" is {shown} characters after entities parsing; Telegram takes 1-{TELEGRAM_TEXT_CHARS_MAX}: cut its parts"
+                    ),
+                });
+            }
+            text.to_owned()
+        }
+        _ => text.to_owned(),
+    };
+    object.insert("text".into(), json!(text));
+    object.insert("chat_id".into(), chat_id_value(chat_id));
+    object
+        .entry("link_preview_options")
+        .or_insert(json!({"is_disabled": true}));
+    match message_thread_id {
+        Some(topic) => object.insert("message_thread_id".into(), json!(topic)),
+        None => object.remove("message_thread_id"),
+    };
+    match delivery
         .thread_ref
         .as_deref()
         .and_then(|r| r.parse::<i64>().ok())
     {
-        body["reply_parameters"] =
-            json!({"message_id": first, "allow_sending_without_reply": true});
+        Some(first) => object.insert(
+            "reply_parameters".into(),
+            json!({"message_id": first, "allow_sending_without_reply": true}),
+        ),
+        None => object.remove("reply_parameters"),
+    };
+    // Another chat or a business connection would be a message elsewhere.
+    object.remove("business_connection_id");
+    object.remove("direct_messages_topic_id");
+    Ok(body)
+}
+
+/// The characters an HTML text shows once Telegram has parsed it: tags
+/// dropped, each entity (`&lt;`, `&#60;`, ...) one character.
+pub fn html_text_chars(text: &str) -> usize {
+    let mut shown = 0;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '<' => {
+                for c in chars.by_ref() {
+                    if c == '>' {
+                        break;
+                    }
+                }
+            }
+            '&' => {
+                let mut rest = chars.clone();
+                let mut entity_len = 0;
+                let mut closed = false;
+                for c in rest.by_ref() {
+                    entity_len += 1;
+                    if c == ';' {
+                        closed = true;
+                        break;
+                    }
+                    if !(c.is_ascii_alphanumeric() || c == '#') || entity_len > 10 {
+                        break;
+                    }
+                }
+                if closed {
+                    for _ in 0..entity_len {
+                        chars.next();
+                    }
+                }
+                shown += 1;
+            }
+            _ => shown += 1,
+        }
     }
-    body
+    shown
 }
 
 /// The `editMessageText` body that marks the thread's first message
@@ -176,6 +275,7 @@ impl TelegramConnector {
         token: Secret,
         chat_id: String,
         message_thread_id: Option<i64>,
+        rendering: Rendering,
         timeout: Duration,
         connections_max: usize,
     ) -> reqwest::Result<TelegramConnector> {
@@ -185,6 +285,7 @@ impl TelegramConnector {
             token,
             chat_id,
             message_thread_id,
+            rendering,
         })
     }
 
@@ -233,6 +334,17 @@ impl TelegramConnector {
     }
 
     pub async fn send(&self, delivery: &ClaimedDelivery, _now_ms: i64) -> Outcome {
+        // Rendered before anything is sent (the edit included): a template
+        // that fails sends nothing, and fails this delivery alone.
+        let body = match render_send_message_body(
+            &self.rendering,
+            delivery,
+            &self.chat_id,
+            self.message_thread_id,
+        ) {
+            Ok(body) => body,
+            Err(error) => return render_failed(&error),
+        };
         let first = delivery
             .thread_ref
             .as_deref()
@@ -242,7 +354,6 @@ impl TelegramConnector {
                 return outcome;
             }
         }
-        let body = telegram_send_message_body(delivery, &self.chat_id, self.message_thread_id);
         let request = self.client.post(self.method_url("sendMessage")).json(&body);
         match exchange(request).await {
             Ok(reply) => Self::classify(&reply),
@@ -262,6 +373,32 @@ impl TelegramConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_override_is_checked_against_what_telegram_takes() {
+        let delivery = crate::template::sample_delivery("tg", false, None);
+        let with = |source: &str| Rendering {
+            template: Some(Template::compile(source).unwrap()),
+            mentions: Default::default(),
+        };
+        let error = |source: &str| {
+            render_send_message_body(&with(source), &delivery, "-1", None)
+                .unwrap_err()
+                .reason
+        };
+        assert!(error(r#"{"txt": "x"}"#).contains("\"text\""));
+        assert!(error(r#"{"text": " "}"#).contains("empty"));
+        // HTML over 4096 characters once parsed cannot be cut: refused.
+        let long = r#"{"text": {{ ("<b>" ~ "x" * 4097 ~ "</b>")|tojson }}, "parse_mode": "HTML"}"#;
+        assert!(error(long).contains("4097 characters after entities parsing"));
+        let fits =
+            r#"{"text": {{ ("<b>" ~ "&amp;" * 4096 ~ "</b>")|tojson }}, "parse_mode": "HTML"}"#;
+        assert!(render_send_message_body(&with(fits), &delivery, "-1", None).is_ok());
+        // Plain text is cut at 4096.
+        let plain = r#"{"text": {{ ("x" * 5000)|tojson }}}"#;
+        let body = render_send_message_body(&with(plain), &delivery, "-1", None).unwrap();
+        assert_eq!(body["text"].as_str().unwrap().chars().count(), 4096);
+    }
 
     #[test]
     fn telegram_answers_map_to_outcome_classes() {

@@ -30,6 +30,7 @@ pub fn demo_kind() -> DemoKind {
             token: Secret::new(mock_bot_token(name)),
             chat_id: mock_chat_id(name),
             message_thread_id: Some(7),
+            rendering: crate::template::Rendering::default(),
         },
         name: "telegram-ops",
         what: "fails once (503), forum topic 7",

@@ -29,6 +29,7 @@ impl connector::TelegramConnector {
             token,
             chat_id,
             message_thread_id,
+            rendering,
         } = target
         else {
             return None;
@@ -38,6 +39,7 @@ impl connector::TelegramConnector {
             token.clone(),
             chat_id.clone(),
             *message_thread_id,
+            rendering.clone(),
             timeout,
             connections_max,
         ))

@@ -52,6 +52,7 @@ fn parse(t: &TargetKeys<'_, '_>) -> Option<Target> {
         email: email?,
         api_key: api_key?,
         stream: stream?,
+        rendering: crate::template::Rendering::default(),
     })
 }
 

@@ -2,7 +2,9 @@
 //! thread (a message outside a thread gets its title as topic). Messages
 //! are sent with `POST /api/v1/messages` (a form: `type=stream`, `to`,
 //! `topic`, `content`), basic auth with the bot's email and API key; the
-//! content ends with the delivery's idempotency key (`` `herald KEY` ``),
+//! content is the destination's template's (the default,
+//! `template.json.j2`: Markdown with the headline, body, fields, links),
+//! and ends with the delivery's idempotency key (`` `herald KEY` ``),
 //! and the message id is the delivery's `remote_ref`.
 //!
 //! Zulip has no idempotency key for a send. After an ambiguous outcome the
@@ -25,6 +27,7 @@
 //! (`BAD_REQUEST`, `STREAM_DOES_NOT_EXIST`, ...) permanent with Zulip's
 //! `msg`.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -32,8 +35,9 @@ use serde_json::{json, Value};
 
 use crate::config::Secret;
 use crate::connector::http::{cut_chars, exchange, status_class, Reply};
-use crate::connector::shared::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::connector::shared::{parse_retry_after_ms, Role, VerifyReport};
 use crate::domain::{ClaimedDelivery, Outcome, OutcomeClass};
+use crate::template::{render_failed, Rendering, Template, TemplateError};
 
 /// Zulip's default `max_topic_length`.
 pub const ZULIP_TOPIC_CHARS_MAX: usize = 60;
@@ -51,6 +55,7 @@ pub struct ZulipConnector {
     email: String,
     api_key: Secret,
     stream: String,
+    rendering: Rendering,
 }
 
 /// The topic of a delivery: its thread, or its title outside a thread.
@@ -64,31 +69,61 @@ pub fn zulip_key_marker(idempotency_key: &str) -> String {
     format!("`herald {idempotency_key}`")
 }
 
-/// The Markdown content: the bold headline, the body, the key's line.
-pub fn zulip_content(delivery: &ClaimedDelivery) -> String {
-    let m = &delivery.message;
-    let marker = zulip_key_marker(&delivery.idempotency_key);
-    let mut head = format!("**{}**", headline(delivery));
-    if Role::of(delivery) == Role::Update {
-        head.push_str(" (update)");
-    }
-    let room = ZULIP_CONTENT_CHARS_MAX - marker.chars().count() - 2;
-    let mut text = head;
-    if !m.body().trim().is_empty() {
-        text.push_str("\n\n");
-        text.push_str(m.body());
-    }
-    format!("{}\n\n{marker}", cut_chars(&text, room))
+/// Zulip's default template (`template.json.j2`), compiled once.
+static DEFAULT_TEMPLATE: LazyLock<Template> =
+    LazyLock::new(|| Template::builtin(include_str!("template.json.j2")));
+
+/// Zulip's default template, for `herald preview` and the tests.
+pub fn default_template() -> &'static Template {
+    &DEFAULT_TEMPLATE
 }
 
-/// The send-message form of a delivery.
+/// The Markdown content of a delivery with the default template and no
+/// mentions. See [`render_zulip_content`].
+pub fn zulip_content(delivery: &ClaimedDelivery) -> String {
+    render_zulip_content(&Rendering::default(), delivery)
+        .expect("the default template renders every valid message")
+}
+
+/// The Markdown content of a delivery: the destination's template's
+/// `content`, cut so that, with the key's line after it (set here, so a
+/// template cannot drop the read-back's needle), it stays within Zulip's
+/// 10,000 characters.
+pub fn render_zulip_content(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+) -> Result<String, TemplateError> {
+    let rendered = rendering.render(&DEFAULT_TEMPLATE, delivery)?;
+    let Some(text) = rendered.get("content").and_then(Value::as_str) else {
+        return Err(TemplateError {
+            line: None,
+            reason: "the output needs \"content\" as text (the message's Markdown)".into(),
+        });
+    };
+    let marker = zulip_key_marker(&delivery.idempotency_key);
+    let room = ZULIP_CONTENT_CHARS_MAX - marker.chars().count() - 2;
+    Ok(format!("{}\n\n{marker}", cut_chars(text, room)))
+}
+
+/// The send-message form of a delivery with the default template.
 pub fn zulip_send_form(delivery: &ClaimedDelivery, stream: &str) -> Vec<(&'static str, String)> {
-    vec![
+    render_send_form(&Rendering::default(), delivery, stream)
+        .expect("the default template renders every valid message")
+}
+
+/// The send-message form of a delivery: the template's content, and the
+/// channel and topic herald owns.
+pub fn render_send_form(
+    rendering: &Rendering,
+    delivery: &ClaimedDelivery,
+    stream: &str,
+) -> Result<Vec<(&'static str, String)>, TemplateError> {
+    Ok(vec![
         ("type", "stream".to_owned()),
         ("to", stream.to_owned()),
         ("topic", zulip_topic(delivery)),
-        ("content", zulip_content(delivery)),
-    ]
+        ("content", render_zulip_content(rendering, delivery)?),
+    ])
 }
 
 /// The update-message form that marks the topic's first message resolved.
@@ -129,7 +164,7 @@ pub fn zulip_read_back_query(narrow: &Value, anchor: &str) -> Vec<(&'static str,
 }
 
 /// `pairs` as an `application/x-www-form-urlencoded` body.
-fn form_body(pairs: &[(&str, String)]) -> String {
+pub fn form_body(pairs: &[(&str, String)]) -> String {
     let mut url = reqwest::Url::parse("http://form.invalid/").expect("a valid URL");
     url.query_pairs_mut().extend_pairs(pairs);
     url.query().unwrap_or("").to_owned()
@@ -214,6 +249,7 @@ impl ZulipConnector {
         email: String,
         api_key: Secret,
         stream: String,
+        rendering: Rendering,
         timeout: Duration,
         connections_max: usize,
     ) -> reqwest::Result<ZulipConnector> {
@@ -223,6 +259,7 @@ impl ZulipConnector {
             email,
             api_key,
             stream,
+            rendering,
         })
     }
 
@@ -267,6 +304,12 @@ impl ZulipConnector {
     }
 
     pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> Outcome {
+        // Rendered before anything is sent (the edit included): a template
+        // that fails sends nothing, and fails this delivery alone.
+        let form = match render_send_form(&self.rendering, delivery, &self.stream) {
+            Ok(form) => form,
+            Err(error) => return render_failed(&error),
+        };
         if let (Role::Resolve, Some(first)) = (Role::of(delivery), delivery.thread_ref.as_deref()) {
             let request = self.form(
                 reqwest::Method::PATCH,
@@ -292,11 +335,7 @@ impl ZulipConnector {
                 _ => return edited,
             }
         }
-        let request = self.form(
-            reqwest::Method::POST,
-            self.url(None),
-            &zulip_send_form(delivery, &self.stream),
-        );
+        let request = self.form(reqwest::Method::POST, self.url(None), &form);
         match exchange(request).await {
             Ok(reply) => Self::classify(&reply, now_ms),
             Err(outcome) => outcome,

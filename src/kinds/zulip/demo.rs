@@ -23,6 +23,7 @@ pub fn demo_kind() -> DemoKind {
             email: format!("{name}-bot@herald.zulipchat.com"),
             api_key: Secret::new("herald-mock-api-key"),
             stream: mock_stream(name),
+            rendering: crate::template::Rendering::default(),
         },
         name: "zulip-ops",
         what: "first answer lost (read back from the topic by key)",

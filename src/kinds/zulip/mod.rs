@@ -29,6 +29,7 @@ impl connector::ZulipConnector {
             email,
             api_key,
             stream,
+            rendering,
         } = target
         else {
             return None;
@@ -38,6 +39,7 @@ impl connector::ZulipConnector {
             email.clone(),
             api_key.clone(),
             stream.clone(),
+            rendering.clone(),
             timeout,
             connections_max,
         ))

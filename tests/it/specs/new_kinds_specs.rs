@@ -6,11 +6,11 @@
 use std::collections::BTreeSet;
 
 use herald::kinds::sms::connector::{
-    sms_text, twilio_create_form, twilio_list_query, TWILIO_BODY_CHARS_MAX,
+    render_sms_text, twilio_create_form, twilio_list_query, TWILIO_BODY_CHARS_MAX,
 };
 use serde_json::{json, Map, Value};
 
-use super::{assert_rejected, assert_valid, cases, load_spec, pointer};
+use super::{assert_rejected, assert_valid, cases, load_spec, pointer, rendering};
 
 /// The phone numbers the SMS checks use.
 const TWILIO_FROM: &str = "+14155550199";
@@ -70,7 +70,7 @@ fn twilio_create_message_forms_match_the_openapi_document() {
         .collect();
     for case in cases() {
         for chars_max in [20, 160, TWILIO_BODY_CHARS_MAX] {
-            let text = sms_text(&case.delivery, chars_max);
+            let text = render_sms_text(&rendering(&case), &case.delivery, chars_max).unwrap();
             let what = format!("Twilio CreateMessage ({}, cut at {chars_max})", case.name);
             assert!(
                 text.chars().count() <= chars_max,
@@ -164,7 +164,7 @@ fn twilio_read_back_queries_match_the_openapi_document() {
 /// Checks a JSON value against a discovery-document schema (`type`,
 /// `properties`, `$ref` to another schema's id, `items`, `enum`); returns
 /// every problem.
-pub(super) fn discovery_errors(
+pub(crate) fn discovery_errors(
     document: &Value,
     schema: &Value,
     value: &Value,
@@ -299,7 +299,12 @@ fn google_chat_creates_match_the_discovery_document() {
 
 /// Checks a JSON value against a list of Bot API types (`Integer`,
 /// `String`, `Boolean`, `Array of X`, or a type's name).
-fn telegram_type_errors(spec: &Value, types: &[Value], value: &Value, at: &str) -> Vec<String> {
+pub(crate) fn telegram_type_errors(
+    spec: &Value,
+    types: &[Value],
+    value: &Value,
+    at: &str,
+) -> Vec<String> {
     let mut failures = Vec::new();
     for type_name in types.iter().filter_map(Value::as_str) {
         let errors = match (type_name, value) {
@@ -337,7 +342,12 @@ fn telegram_type_errors(spec: &Value, types: &[Value], value: &Value, at: &str) 
 
 /// Checks an object against a method's or type's `fields`: each given
 /// field listed and of its types, each required one given.
-fn telegram_fields_errors(spec: &Value, fields: &Value, value: &Value, at: &str) -> Vec<String> {
+pub(crate) fn telegram_fields_errors(
+    spec: &Value,
+    fields: &Value,
+    value: &Value,
+    at: &str,
+) -> Vec<String> {
     let fields = fields.as_array().cloned().unwrap_or_default();
     let mut errors = Vec::new();
     let Some(object) = value.as_object() else {
@@ -362,10 +372,88 @@ fn telegram_fields_errors(spec: &Value, fields: &Value, value: &Value, at: &str)
     errors
 }
 
+/// What breaks the Bot API's HTML style ("formatting options", which
+/// the structured copy names but does not carry: the tags it supports, and
+/// "All <, > and & symbols that are not a part of a tag or an HTML entity
+/// must be replaced with the corresponding HTML entities"; the named
+/// entities are &lt; &gt; &amp; &quot;): unknown tags, unclosed or
+/// crossed tags, a bare & or <.
+fn telegram_html_problems(text: &str) -> Vec<String> {
+    const TAGS: [&str; 13] = [
+        "b",
+        "strong",
+        "i",
+        "em",
+        "u",
+        "ins",
+        "s",
+        "strike",
+        "del",
+        "a",
+        "code",
+        "pre",
+        "blockquote",
+    ];
+    let mut problems = Vec::new();
+    let mut open: Vec<String> = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(['<', '&']) {
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix('&') {
+            let entity = tail.split_once(';').map(|(e, _)| e).unwrap_or(tail);
+            let known = ["&lt", "&gt", "&amp", "&quot"].contains(&entity)
+                || entity
+                    .strip_prefix("&#")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if !known {
+                let at: String = tail.chars().take(12).collect();
+                problems.push(format!("a bare & at {at:?}"));
+            }
+            rest = after;
+            continue;
+        }
+        let Some(end) = tail.find('>') else {
+            problems.push("a < that opens no tag".to_owned());
+            break;
+        };
+        let tag = &tail[1..end];
+        match tag.strip_prefix('/') {
+            Some(name) => {
+                if open.pop().as_deref() != Some(name) {
+                    problems.push(format!("</{name}> closes no open <{name}>"));
+                }
+            }
+            None => {
+                let name = tag.split(' ').next().unwrap_or("");
+                if !TAGS.contains(&name) {
+                    problems.push(format!("<{tag}> is not a tag Telegram supports"));
+                }
+                if name == "a" && !(tag.starts_with("a href=\"") && tag.ends_with('"')) {
+                    problems.push(format!("<{tag}> is not <a href=\"...\">"));
+                }
+                if tag[name.len()..]
+                    .trim_start_matches(" href=\"")
+                    .trim_end_matches('"')
+                    .contains(['"', '<'])
+                {
+                    problems.push(format!("<{tag}>: an unescaped quote in the attribute"));
+                }
+                open.push(name.to_owned());
+            }
+        }
+        rest = &tail[end + 1..];
+    }
+    if !open.is_empty() {
+        problems.push(format!("unclosed tags {open:?}"));
+    }
+    problems
+}
+
 #[test]
 fn telegram_requests_match_the_bot_api_reference() {
     use herald::kinds::telegram::connector::{
-        telegram_resolve_edit_body, telegram_send_message_body, TELEGRAM_TEXT_CHARS_MAX,
+        html_text_chars, render_send_message_body, telegram_resolve_edit_body,
+        TELEGRAM_TEXT_CHARS_MAX,
     };
     let spec = load_spec("telegram-bot-api.api.json");
     let send = &spec["methods"]["sendMessage"];
@@ -379,13 +467,30 @@ fn telegram_requests_match_the_bot_api_reference() {
         }
         for (chat, topic) in [("-1001234567890", Some(7)), ("@herald_alerts", None)] {
             let what = format!("Telegram sendMessage ({}, {chat})", case.name);
-            let body = telegram_send_message_body(&delivery, chat, topic);
+            let body = render_send_message_body(&rendering(&case), &delivery, chat, topic)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
             let errors = telegram_fields_errors(&spec, &send["fields"], &body, "");
             assert!(errors.is_empty(), "{what}: {errors:#?}\n{body}");
             let text = body["text"].as_str().unwrap();
-            // "Text of the message to be sent, 1-4096 characters".
+            // "Text of the message to be sent, 1-4096 characters after
+            // entities parsing".
+            let shown = match body.get("parse_mode") {
+                None => text.chars().count(),
+                Some(mode) => {
+                    assert_eq!(mode, "HTML", "{what}");
+                    let problems = telegram_html_problems(text);
+                    assert!(problems.is_empty(), "{what}: {problems:#?}\n{text}");
+                    html_text_chars(text)
+                }
+            };
             assert!(
-                (1..=TELEGRAM_TEXT_CHARS_MAX).contains(&text.chars().count()),
+                (1..=TELEGRAM_TEXT_CHARS_MAX).contains(&shown),
+                "{what}: {shown}"
+            );
+            // A plain message stays plain text; a rich one is HTML.
+            assert_eq!(
+                body.get("parse_mode").is_some(),
+                case.name.starts_with("rich"),
                 "{what}"
             );
             assert_eq!(
@@ -428,6 +533,24 @@ fn telegram_requests_match_the_bot_api_reference() {
     )
     .is_empty());
     assert!(!telegram_fields_errors(&spec, fields, &json!({"text": "x"}), "").is_empty());
+    // And the HTML check: a bare &, a bare <, an unknown or unclosed tag.
+    for broken in [
+        "a & b",
+        "1 < 2",
+        "<h1>x</h1>",
+        "<b>x",
+        "<a href=\"x\">y</b>",
+    ] {
+        assert!(!telegram_html_problems(broken).is_empty(), "{broken}");
+    }
+    assert!(telegram_html_problems(
+        "<b>a &lt;b&gt; &amp; &#38;</b> <a href=\"https://x/?a=1&amp;b\">y</a>"
+    )
+    .is_empty());
+    assert_eq!(
+        html_text_chars("<b>a &lt;b&gt;</b> <a href=\"u\">yz</a>"),
+        8
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -439,7 +562,7 @@ fn telegram_requests_match_the_bot_api_reference() {
 #[test]
 fn zulip_requests_match_the_openapi_document() {
     use herald::kinds::zulip::connector::{
-        zulip_read_back_narrow, zulip_read_back_query, zulip_resolve_edit_form, zulip_send_form,
+        render_send_form, zulip_read_back_narrow, zulip_read_back_query, zulip_resolve_edit_form,
         ZULIP_CONTENT_CHARS_MAX, ZULIP_TOPIC_CHARS_MAX,
     };
     let spec = load_spec("zulip.openapi.subset.json");
@@ -463,7 +586,8 @@ fn zulip_requests_match_the_openapi_document() {
             delivery.thread_ref = Some("42".to_owned());
         }
         let what = format!("Zulip send-message ({})", case.name);
-        let form = form_object(&zulip_send_form(&delivery, "incidents"));
+        let form =
+            form_object(&render_send_form(&rendering(&case), &delivery, "incidents").unwrap());
         assert_valid(&spec, &send, &form, &what);
         for name in form.as_object().unwrap().keys() {
             assert!(send["properties"].get(name).is_some(), "{what}: {name}");
@@ -666,4 +790,60 @@ async fn the_mock_twilio_and_zulip_answers_match_their_descriptions() {
     assert_valid(&zulip, read_schema, &read, "the mock's get-messages answer");
     assert_eq!(read["messages"][0]["id"], sent["id"]);
     mock.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Matrix's rich cases through the destination's rendering (mentions on),
+// against the same descriptions as `matrix_sends_match_the_client_server_description`.
+
+#[test]
+fn matrix_rich_messages_with_mentions_match_the_client_server_description() {
+    use herald::kinds::matrix::connector::{render_matrix_message_content, CONTENT_BYTES_MAX};
+    let send = super::load_matrix_spec("api/client-server/room_send.yaml");
+    let operation = &send["paths"]["/rooms/{roomId}/send/{eventType}/{txnId}"]["put"];
+    let body_schema = &operation["requestBody"]["content"]["application/json"]["schema"];
+    let text = super::load_matrix_spec("event-schemas/schema/m.room.message$m.text.yaml");
+    let content_schema = &text["properties"]["content"];
+    let relates_to = super::load_matrix_spec("api/client-server/definitions/m.relates_to.yaml");
+    for case in cases().into_iter().filter(|c| c.name.starts_with("rich")) {
+        let mut delivery = case.delivery.clone();
+        if delivery.thread_ref.is_some() {
+            delivery.thread_ref = Some("$YUwRidLecu:example.com".to_owned());
+        }
+        let what = format!("Matrix message ({})", case.name);
+        let content = render_matrix_message_content(
+            &rendering(&case),
+            &delivery,
+            delivery.thread_ref.as_deref(),
+        )
+        .unwrap();
+        assert_valid(&send, body_schema, &content, &what);
+        assert_valid(&text, content_schema, &content, &what);
+        if let Some(relation) = content.get("m.relates_to") {
+            assert_valid(&relates_to, &relates_to, relation, &what);
+        }
+        assert!(
+            serde_json::to_vec(&content).unwrap().len() <= CONTENT_BYTES_MAX,
+            "{what}"
+        );
+        let plain = content["body"].as_str().unwrap();
+        let html = content["formatted_body"].as_str().unwrap();
+        // The mention on a single message or an opener only, as text.
+        let first = matches!(
+            case.name,
+            "rich single" | "rich opener" | "rich at the limits"
+        );
+        assert_eq!(plain.contains("<!subteam^S0123ABCD>"), first, "{what}");
+        if case.name != "rich at the limits" {
+            // (At the limits the formatted view gives way to the plain.)
+            assert_eq!(html.contains("&lt;!subteam^S0123ABCD&gt;"), first, "{what}");
+            // The details, escaped in the HTML.
+            assert!(html.contains("<li><strong>Customers &lt;affected&gt;</strong>: all *EU* &amp; &quot;some&quot; US</li>"), "{what}: {html}");
+            assert!(html.contains("<a href=\"https://runbooks.example.com/checkout?step=1&amp;x=&quot;y&quot;\">Runbook</a>"), "{what}: {html}");
+            assert!(
+                plain.contains("Runbook: https://runbooks.example.com/checkout?step=1&x=\"y\""),
+                "{what}"
+            );
+        }
+    }
 }
