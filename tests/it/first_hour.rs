@@ -36,10 +36,12 @@ impl Drop for KillOnDrop {
 struct MockProcess {
     _child: KillOnDrop,
     url: String,
+    /// The port of the mock's SMTP server.
+    smtp_port: u16,
 }
 
-/// Starts `herald mock --listen localhost:0` and reads the address it
-/// prints once it listens.
+/// `herald mock` on a free port; its first line names the HTTP address, the
+/// second the SMTP server's.
 fn spawn_mock() -> MockProcess {
     let mut child = Command::new(HERALD)
         .args(["mock", "--listen", "localhost:0"])
@@ -47,18 +49,25 @@ fn spawn_mock() -> MockProcess {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut line = || lines.next().expect("herald mock's banner").unwrap();
+    let first = line();
+    let url = first
         .trim()
         .strip_prefix("herald mock listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line from herald mock: {line:?}"))
+        .unwrap_or_else(|| panic!("unexpected first line from herald mock: {first:?}"))
         .to_owned();
+    let second = line();
+    let smtp_port = second
+        .strip_prefix("herald mock listening for SMTP on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse::<std::net::SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("unexpected second line from herald mock: {second:?}"))
+        .port();
     MockProcess {
         _child: KillOnDrop(child),
         url,
+        smtp_port,
     }
 }
 
@@ -171,6 +180,10 @@ async fn init_mock_serve_send_converges_with_no_secret_to_set() {
     let api = free_addr();
     let config = written
         .replace("http://127.0.0.1:9090", &mock.url)
+        .replace(
+            "smtp_port = 9091",
+            &format!("smtp_port = {}", mock.smtp_port),
+        )
         .replace("127.0.0.1:8080", &format!("localhost:{}", api.port()));
     std::fs::write(dir.path().join("herald.toml"), &config).unwrap();
 
@@ -215,6 +228,8 @@ async fn init_mock_serve_send_converges_with_no_secret_to_set() {
             "telegram",
             "--to",
             "zulip",
+            "--to",
+            "email",
             "--thread",
             "INC-1",
             "--title",
