@@ -553,6 +553,24 @@ async fn broadcasts_are_found_by_delivery_state_and_by_the_start_of_their_id(har
         having(DeliveryState::Pending).await,
         ids.iter().rev().copied().collect::<Vec<_>>()
     );
+
+    // A page of the list (read in a few queries for the whole page) holds
+    // each broadcast as reading it alone does, without its attempts.
+    let page = store
+        .list_broadcasts(BroadcastFilter {
+            limit: 50,
+            ..BroadcastFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), ids.len());
+    for listed in page {
+        let mut alone = store.broadcast(&listed.id).await.unwrap().unwrap();
+        for delivery in &mut alone.deliveries {
+            delivery.attempts.clear();
+        }
+        assert_eq!(format!("{listed:?}"), format!("{alone:?}"));
+    }
 }
 
 async fn each_delivery_keeps_its_own_attempts_and_only_unfinished_ones_count_as_backlog(

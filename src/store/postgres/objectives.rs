@@ -33,32 +33,34 @@ pub(super) async fn insert_objectives(
     Ok(())
 }
 
-pub(super) async fn read_objective(
+/// The objectives of these broadcasts, by broadcast id (one query).
+pub(super) async fn read_objectives(
     client: &impl GenericClient,
-    broadcast_id: &str,
-) -> Result<Option<ObjectiveRecord>, StoreError> {
-    let Some(row) = client
-        .query_opt(
-            "SELECT spec, deadline_ms, decision, decided_at_ms, escalated_to,
+    broadcast_ids: &[String],
+) -> Result<Vec<(String, ObjectiveRecord)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT broadcast_id, spec, deadline_ms, decision, decided_at_ms, escalated_to,
                     fallback_broadcast_id, meta_alert_broadcast_id
-             FROM objectives WHERE broadcast_id = $1",
-            &[&broadcast_id],
+             FROM objectives WHERE broadcast_id = ANY($1)",
+            &[&broadcast_ids],
         )
-        .await?
-    else {
-        return Ok(None);
-    };
-    crate::store::ObjectiveColumns {
-        spec: row.try_get(0)?,
-        deadline_ms: row.try_get(1)?,
-        decision: row.try_get(2)?,
-        decided_at_ms: row.try_get(3)?,
-        escalated_to: row.try_get(4)?,
-        fallback_broadcast_id: row.try_get(5)?,
-        meta_alert_broadcast_id: row.try_get(6)?,
-    }
-    .record()
-    .map(Some)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let record = crate::store::ObjectiveColumns {
+                spec: row.try_get(1)?,
+                deadline_ms: row.try_get(2)?,
+                decision: row.try_get(3)?,
+                decided_at_ms: row.try_get(4)?,
+                escalated_to: row.try_get(5)?,
+                fallback_broadcast_id: row.try_get(6)?,
+                meta_alert_broadcast_id: row.try_get(7)?,
+            }
+            .record()?;
+            Ok((row.try_get(0)?, record))
+        })
+        .collect()
 }
 
 pub(super) async fn objectives_due(

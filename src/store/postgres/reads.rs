@@ -106,13 +106,7 @@ pub(super) async fn list_broadcasts(
         .iter()
         .map(|r| r.try_get(0))
         .collect::<Result<_, _>>()?;
-    let mut views = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(view) = read_broadcast(client, &id, false).await? {
-            views.push(view);
-        }
-    }
-    Ok(views)
+    read_broadcasts(client, &ids, false).await
 }
 
 pub(super) async fn read_broadcast(
@@ -120,61 +114,95 @@ pub(super) async fn read_broadcast(
     id: &str,
     with_attempts: bool,
 ) -> Result<Option<BroadcastView>, StoreError> {
-    let Some(head) = client
-        .query_opt(
-            "SELECT title, body, severity, thread_key, created_at_ms, resolved, details, routes
-             FROM broadcasts WHERE id = $1",
-            &[&id],
-        )
-        .await?
-    else {
-        return Ok(None);
-    };
-    let message = message_from_row(&head, 0, 5, 6)?;
-    let routes = crate::store::routes_from_json(head.try_get::<_, Option<String>>(7)?.as_deref())?;
-    let created_at_ms: i64 = head.try_get(4)?;
-    let rows = client
+    let ids = [id.to_owned()];
+    Ok(read_broadcasts(client, &ids, with_attempts).await?.pop())
+}
+
+/// The broadcasts with these ids, in this order (an id not found is left
+/// out), in four queries whatever their number: heads, deliveries,
+/// objectives, and attempts when asked for. A page of the list costs as
+/// much as one broadcast, which matters when the database is across a
+/// network.
+pub(super) async fn read_broadcasts(
+    client: &impl GenericClient,
+    ids: &[String],
+    with_attempts: bool,
+) -> Result<Vec<BroadcastView>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let heads = client
         .query(
-            "SELECT id, destination, idempotency_key,
-                    state, attempts_made, attempts_max, due_at_ms, deadline_at_ms, possible_duplicate,
-                    last_error, last_http_status, updated_at_ms, remote_ref
-             FROM deliveries WHERE broadcast_id = $1 ORDER BY id",
-            &[&id],
+            "SELECT id, title, body, severity, thread_key, created_at_ms, resolved, details, routes
+             FROM broadcasts WHERE id = ANY($1)",
+            &[&ids],
         )
         .await?;
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut deliveries = Vec::with_capacity(rows.len());
+    let mut views: HashMap<String, BroadcastView> = HashMap::with_capacity(heads.len());
+    for head in &heads {
+        let id: String = head.try_get(0)?;
+        let view = BroadcastView {
+            message: message_from_row(head, 1, 6, 7)?,
+            created_at_ms: head.try_get(5)?,
+            routes: crate::store::routes_from_json(
+                head.try_get::<_, Option<String>>(8)?.as_deref(),
+            )?,
+            deliveries: Vec::new(),
+            objective: None,
+            id: id.clone(),
+        };
+        views.insert(id, view);
+    }
+    let rows = client
+        .query(
+            "SELECT broadcast_id, id, destination, idempotency_key,
+                    state, attempts_made, attempts_max, due_at_ms, deadline_at_ms, possible_duplicate,
+                    last_error, last_http_status, updated_at_ms, remote_ref
+             FROM deliveries WHERE broadcast_id = ANY($1) ORDER BY id",
+            &[&ids],
+        )
+        .await?;
+    // Where each delivery's attempts go: its broadcast and its index there.
+    let mut delivery_slots: HashMap<i64, (String, usize)> = HashMap::with_capacity(rows.len());
     for row in &rows {
-        ids.push(row.try_get::<_, i64>(0)?);
-        deliveries.push(DeliveryView {
-            destination: row.try_get(1)?,
-            idempotency_key: row.try_get(2)?,
-            progress: progress_from_row(row, 3)?,
-            last_error: row.try_get(9)?,
+        let broadcast_id: String = row.try_get(0)?;
+        let Some(view) = views.get_mut(&broadcast_id) else {
+            continue;
+        };
+        delivery_slots.insert(row.try_get(1)?, (broadcast_id, view.deliveries.len()));
+        view.deliveries.push(DeliveryView {
+            destination: row.try_get(2)?,
+            idempotency_key: row.try_get(3)?,
+            progress: progress_from_row(row, 4)?,
+            last_error: row.try_get(10)?,
             last_http_status: row
-                .try_get::<_, Option<i32>>(10)?
+                .try_get::<_, Option<i32>>(11)?
                 .map(|s| s.clamp(0, u16::MAX as i32) as u16),
-            updated_at_ms: row.try_get(11)?,
-            remote_ref: row.try_get(12)?,
+            updated_at_ms: row.try_get(12)?,
+            remote_ref: row.try_get(13)?,
             attempts: Vec::new(),
         });
     }
-    if with_attempts && !ids.is_empty() {
+    if with_attempts && !delivery_slots.is_empty() {
+        let delivery_ids: Vec<i64> = delivery_slots.keys().copied().collect();
         let attempts = client
             .query(
                 "SELECT delivery_id, number, kind, started_at_ms, finished_at_ms, outcome, http_status,
                         excerpt, error
                  FROM attempts WHERE delivery_id = ANY($1) ORDER BY id",
-                &[&ids],
+                &[&delivery_ids],
             )
             .await?;
         for row in &attempts {
             let delivery_id: i64 = row.try_get(0)?;
-            let Some(index) = ids.iter().position(|id| *id == delivery_id) else {
+            let Some((broadcast_id, index)) = delivery_slots.get(&delivery_id) else {
+                continue;
+            };
+            let Some(view) = views.get_mut(broadcast_id) else {
                 continue;
             };
             let kind: String = row.try_get(2)?;
-            deliveries[index].attempts.push(AttemptRecord {
+            view.deliveries[*index].attempts.push(AttemptRecord {
                 number: row.try_get::<_, i32>(1)? as u32,
                 kind: if kind == "verify" {
                     AttemptKind::Verify
@@ -192,12 +220,10 @@ pub(super) async fn read_broadcast(
             });
         }
     }
-    Ok(Some(BroadcastView {
-        id: id.to_owned(),
-        message,
-        created_at_ms,
-        routes,
-        deliveries,
-        objective: read_objective(client, id).await?,
-    }))
+    for (broadcast_id, objective) in read_objectives(client, ids).await? {
+        if let Some(view) = views.get_mut(&broadcast_id) {
+            view.objective = Some(objective);
+        }
+    }
+    Ok(ids.iter().filter_map(|id| views.remove(id)).collect())
 }
