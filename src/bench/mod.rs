@@ -19,6 +19,7 @@ use processes::spawn_mock;
 use report::print_report;
 use scenarios::Bench;
 
+mod cpu;
 mod database;
 mod load;
 mod processes;
@@ -48,7 +49,8 @@ const POLL_COST_RATIO: u32 = 20;
 pub enum Scenario {
     /// N broadcasts x M destinations as fast as possible.
     Burst,
-    /// A fixed rate at 50% of the burst's peak, for latency.
+    /// A fixed low rate (`steady_rate`, 200 broadcasts/s by default): what
+    /// a delivery costs when herald is not busy, and its latency.
     Steady,
     /// One destination fails half the time, one is rate limited.
     Faulty,
@@ -73,8 +75,8 @@ pub struct BenchOptions {
     pub submitters: usize,
     /// Seconds of load in `steady`.
     pub steady_secs: u64,
-    /// Broadcasts per second in `steady`; half the burst's peak when absent.
-    pub steady_rate: Option<f64>,
+    /// Broadcasts per second in `steady`.
+    pub steady_rate: f64,
     /// Deliveries pending in `backlog`.
     pub backlog_deliveries: usize,
     /// Seconds of load in `soak`.
@@ -171,8 +173,7 @@ async fn run_scenarios(
     for scenario in &options.scenarios {
         let needs_burst = match scenario {
             Scenario::Burst | Scenario::Faulty => true,
-            Scenario::Steady => options.steady_rate.is_none(),
-            Scenario::Backlog | Scenario::Soak => false,
+            Scenario::Steady | Scenario::Backlog | Scenario::Soak => false,
         };
         if needs_burst && burst.is_none() {
             let deliveries = options.broadcasts * options.destinations;
@@ -197,14 +198,7 @@ async fn run_scenarios(
         let report = match scenario {
             Scenario::Burst => continue,
             Scenario::Steady => {
-                let peak = burst
-                    .as_ref()
-                    .map(|b| {
-                        b.accepted_per_sec
-                            .min(b.confirmed_per_sec / options.destinations as f64)
-                    })
-                    .unwrap_or(100.0);
-                let rate = options.steady_rate.unwrap_or(peak * 0.5).max(1.0);
+                let rate = options.steady_rate.max(1.0);
                 let count = (rate * options.steady_secs as f64) as usize;
                 let mut report = bench
                     .load_run("steady", count.max(1), Some(rate), &[])

@@ -103,22 +103,21 @@ pub(super) fn process_usage(pid: u32) -> anyhow::Result<(f64, f64)> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .context("no VmHWM in /proc status")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
+    let cpu_secs = cpu_secs(pid).with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    Ok((peak_kb / 1024.0, cpu_secs))
+}
+
+/// CPU seconds (user and system, all threads) a process has used so far;
+/// None when it is gone or its stat cannot be read.
+pub(super) fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it do not.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat; 11 and 12 after ")".
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
     const TICKS_PER_SEC: f64 = 100.0; // USER_HZ on Linux
-    Ok((peak_kb / 1024.0, ticks / TICKS_PER_SEC))
+    Some((utime + stime) / TICKS_PER_SEC)
 }
 
 pub(super) async fn set_faults(
@@ -153,11 +152,16 @@ pub(super) fn write_config(
     names: &[String],
     concurrency: u32,
     retention_secs: Option<u64>,
+    node_id: Option<&str>,
 ) -> anyhow::Result<()> {
-    let mut text = String::new();
+    let mut text = String::from("[server]\n");
     if let Some(secs) = retention_secs {
-        text.push_str(&format!("[server]\nbroadcast_retention_secs = {secs}\n\n"));
+        text.push_str(&format!("broadcast_retention_secs = {secs}\n"));
     }
+    if let Some(node_id) = node_id {
+        text.push_str(&format!("node_id = \"{node_id}\"\n"));
+    }
+    text.push('\n');
     // The breaker's cool-down matches the retry cap: at 50% failures ten in
     // a row happen about once per thousand attempts, and a default 30 s
     // cool-down would idle the faulty destination longer than the bench's

@@ -6,6 +6,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use super::cpu::CpuUsed;
 use super::database::DeliveryTimes;
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -61,7 +62,15 @@ pub struct RunReport {
     /// The SQLite write-ahead log's size when the run ended (it must stay
     /// bounded under sustained writes).
     pub wal_mb: Option<f64>,
+    /// herald's CPU (user and system) from the start of the load to the
+    /// last delivery's final state, per 1,000 deliveries.
     pub cpu_secs_per_1000_deliveries: f64,
+    /// PostgreSQL: the CPU of the backends serving herald's sessions over
+    /// the same span, per 1,000 deliveries (None on SQLite, or when the
+    /// database runs on another host).
+    pub postgres_backends_cpu_secs_per_1000_deliveries: Option<f64>,
+    /// herald and its PostgreSQL backends together, per 1,000 deliveries.
+    pub with_backends_cpu_secs_per_1000_deliveries: Option<f64>,
     pub final_states: BTreeMap<String, u64>,
     /// Confirmed per second on the destinations without faults (faulty).
     pub healthy_confirmed_per_sec: Option<f64>,
@@ -86,6 +95,19 @@ pub struct SizeSample {
     pub database_mb: f64,
     /// `herald_broadcasts_stored` then.
     pub broadcasts_stored: u64,
+}
+
+impl RunReport {
+    /// Sets the CPU figures from what `deliveries` deliveries used.
+    pub(super) fn set_cpu(&mut self, used: &CpuUsed, deliveries: usize) {
+        let thousands = deliveries.max(1) as f64 / 1000.0;
+        self.cpu_secs_per_1000_deliveries = used.herald_secs / thousands;
+        self.postgres_backends_cpu_secs_per_1000_deliveries =
+            used.backends_secs.map(|secs| secs / thousands);
+        self.with_backends_cpu_secs_per_1000_deliveries = used
+            .backends_secs
+            .map(|secs| (used.herald_secs + secs) / thousands);
+    }
 }
 
 pub(super) fn confirmed_rate(
@@ -222,6 +244,16 @@ pub(super) fn print_report(out: &mut impl Write, r: &RunReport) -> std::io::Resu
         "  {:<34} {:.2} s",
         "server CPU per 1,000 deliveries", r.cpu_secs_per_1000_deliveries
     )?;
+    if let (Some(backends), Some(both)) = (
+        r.postgres_backends_cpu_secs_per_1000_deliveries,
+        r.with_backends_cpu_secs_per_1000_deliveries,
+    ) {
+        writeln!(
+            out,
+            "  {:<34} {:.2} s  (its PostgreSQL backends {:.2} s)",
+            "server + backends per 1,000", both, backends
+        )?;
+    }
     writeln!(out, "  {:<34} {:?}", "final states", r.final_states)?;
     if !r.database_size.is_empty() {
         writeln!(

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::cpu::CpuMeter;
 use super::database::{
     bench_postgres, delivery_times, fresh_postgres_schema, wait_all_final, wal_size_mb, BenchDb,
     DatabaseSize,
@@ -52,6 +53,9 @@ impl Bench {
             }
             None => self.workdir.join(format!("{run}.db")),
         };
+        // On PostgreSQL the node is named after its schema, so its sessions
+        // (`application_name` "herald <node>") can be told from others'.
+        let node_id = self.schema.clone();
         // Each run starts from an empty database, even in a kept workdir.
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(self.workdir.join(format!("{run}.db{suffix}")));
@@ -63,6 +67,7 @@ impl Bench {
             names,
             concurrency,
             self.retention_secs.take(),
+            node_id.as_deref(),
         )?;
         let addr = free_addr()?;
         let server = spawn_server(
@@ -73,6 +78,16 @@ impl Bench {
         )?;
         wait_healthy(&self.http, addr).await?;
         Ok((server, addr, database, run))
+    }
+
+    /// Starts measuring the CPU of `server` and, on PostgreSQL, of its
+    /// sessions' backends.
+    pub(super) async fn cpu_meter(&self, server: &Process) -> anyhow::Result<CpuMeter> {
+        let postgres = match (&self.options.postgres, &self.schema) {
+            (Some(url), Some(node_id)) => Some((url.as_str(), format!("herald {node_id}"))),
+            _ => None,
+        };
+        CpuMeter::start(server.pid(), postgres).await
     }
 
     /// Drops the finished run's PostgreSQL schema, unless kept: a run leaves
@@ -117,6 +132,7 @@ impl Bench {
             )
             .await?;
         }
+        let cpu = self.cpu_meter(&server).await?;
         let started_ms = now_ms();
         let submit_secs = submit(
             &self.http,
@@ -137,7 +153,8 @@ impl Bench {
             &self.workdir.join(format!("{run}.log")),
         )
         .await?;
-        let (peak_rss_mb, cpu_secs) = process_usage(server.pid())?;
+        let cpu = cpu.stop().await?;
+        let (peak_rss_mb, _) = process_usage(server.pid())?;
         let wal_mb = wal_size_mb(&database);
         drop(server);
         let times = delivery_times(&database, started_ms).await?;
@@ -146,7 +163,7 @@ impl Bench {
         report.accepted_per_sec = count as f64 / submit_secs;
         report.peak_rss_mb = peak_rss_mb;
         report.wal_mb = wal_mb;
-        report.cpu_secs_per_1000_deliveries = cpu_secs / (times.len().max(1) as f64 / 1000.0);
+        report.set_cpu(&cpu, times.len());
         let healthy: Vec<&str> = names
             .iter()
             .enumerate()
@@ -188,6 +205,7 @@ impl Bench {
             .await?;
         }
         let broadcasts = self.options.backlog_deliveries.div_ceil(names.len());
+        let cpu = self.cpu_meter(&server).await?;
         let submit_secs = submit(
             &self.http,
             addr,
@@ -221,7 +239,8 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (peak_rss_mb, cpu_secs) = process_usage(server.pid())?;
+        let cpu = cpu.stop().await?;
+        let (peak_rss_mb, _) = process_usage(server.pid())?;
         let wal_mb = wal_size_mb(&database);
         drop(server);
         let p1_times = delivery_times(&database, p1_since_ms).await?;
@@ -231,8 +250,7 @@ impl Bench {
         report.pending_at_p1 = Some(pending);
         report.peak_rss_mb = peak_rss_mb;
         report.wal_mb = wal_mb;
-        report.cpu_secs_per_1000_deliveries =
-            cpu_secs / ((broadcasts * names.len()) as f64 / 1000.0);
+        report.set_cpu(&cpu, broadcasts * names.len());
         report.deliveries = broadcasts * names.len();
         Ok(report)
     }
@@ -251,6 +269,7 @@ impl Bench {
             self.start_herald(&names, self.options.concurrency).await?;
         let rate = self.options.soak_rate.max(0.1);
         let count = ((rate * self.options.soak_secs as f64) as usize).max(1);
+        let cpu = self.cpu_meter(&server).await?;
         let started = Instant::now();
         let started_ms = now_ms();
         let size = DatabaseSize::open(&database, self.schema.as_deref()).await?;
@@ -285,7 +304,8 @@ impl Bench {
         if samples.last().is_none_or(|s| s.at_secs < end_secs) {
             samples.push(size.sample(&self.http, addr, end_secs).await?);
         }
-        let (peak_rss_mb, cpu_secs) = process_usage(server.pid())?;
+        let cpu = cpu.stop().await?;
+        let (peak_rss_mb, _) = process_usage(server.pid())?;
         let wal_mb = wal_size_mb(&database);
         drop(server);
         let times = delivery_times(&database, started_ms).await?;
@@ -302,7 +322,7 @@ impl Bench {
         report.accepted_per_sec = count as f64 / submit_secs;
         report.peak_rss_mb = peak_rss_mb;
         report.wal_mb = wal_mb;
-        report.cpu_secs_per_1000_deliveries = cpu_secs / ((count * names.len()) as f64 / 1000.0);
+        report.set_cpu(&cpu, count * names.len());
         report.database_size = samples;
         report.vacuumed_by_bench = matches!(size, DatabaseSize::Postgres { vacuum: true, .. });
         Ok(report)

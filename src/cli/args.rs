@@ -321,9 +321,10 @@ pub(crate) enum Command {
         /// How long the steady scenario sends, in seconds.
         #[arg(long, default_value_t = 10)]
         steady_secs: u64,
-        /// Broadcasts per second in steady (default: half the burst's peak).
-        #[arg(long)]
-        steady_rate: Option<f64>,
+        /// Broadcasts per second in steady: a low, fixed rate, to measure
+        /// what a delivery costs when herald is not busy.
+        #[arg(long, default_value_t = 200.0)]
+        steady_rate: f64,
         /// Seconds of load in soak.
         #[arg(long, default_value_t = 60)]
         soak_secs: u64,

@@ -98,6 +98,15 @@ pub(super) async fn run_lane<S: Store>(
             }
         };
     }
+    // Whether something may be due that this lane has not claimed: a claim
+    // is a store round trip (a transaction on PostgreSQL), so the lane
+    // claims only after a wake-up, when its timer runs out, after a full
+    // claim, or when a pause ends; never merely because an attempt handed
+    // off at insert started (at a low rate that was one empty claim per
+    // delivery). `look_at_ms`: when to look anyway (the next due time, or
+    // the idle poll).
+    let mut look = true;
+    let mut look_at_ms = i64::MAX;
     loop {
         while let Some(ended) = attempts.try_join_next() {
             if let Err(error) = ended {
@@ -126,6 +135,8 @@ pub(super) async fn run_lane<S: Store>(
                 item = handed_off.recv() => start_handed_off!(item),
                 _ = shutdown.changed() => {}
             }
+            // What became due during the pause waits to be claimed.
+            look = true;
             continue;
         }
         let free = lane.slots.available_permits();
@@ -164,6 +175,16 @@ pub(super) async fn run_lane<S: Store>(
                         }
                     }
                 }
+                item = handed_off.recv() => start_handed_off!(item),
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        if !look && now < look_at_ms {
+            let sleep_ms = (look_at_ms - now) as u64;
+            tokio::select! {
+                _ = lane.wake.notified() => look = true,
+                _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => look = true,
                 item = handed_off.recv() => start_handed_off!(item),
                 _ = shutdown.changed() => {}
             }
@@ -217,20 +238,13 @@ pub(super) async fn run_lane<S: Store>(
         }
         drop(reserved); // Slots not used by this claim are free again.
         lane.refund(limit - claimed);
-        if claimed == limit {
-            continue; // There may be more due right now.
-        }
-        let wake_at_ms = claim
+        // A full claim may have left more due right now; otherwise nothing
+        // is due before the next due time, or a wake-up.
+        look = claimed == limit;
+        look_at_ms = claim
             .next_due_at_ms
             .unwrap_or(i64::MAX)
             .min(now.saturating_add(IDLE_POLL_MS));
-        let sleep_ms = wake_at_ms.saturating_sub(now_ms()).max(0) as u64;
-        tokio::select! {
-            _ = lane.wake.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
-            item = handed_off.recv() => start_handed_off!(item),
-            _ = shutdown.changed() => {}
-        }
     }
     // Retired by a reload (the server runs on): every slot reserved on this
     // lane comes back, as a hand-off started here or dropped, and every

@@ -22,6 +22,17 @@ use crate::domain::{delivery_idempotency_key, Severity};
 const WRITE_QUEUE_MAX: usize = 8_192;
 /// Operations committed together in one transaction at most.
 const WRITE_BATCH_MAX: usize = 2_048;
+/// A batch of outcomes alone (no new broadcast, claim or operator's
+/// write in it) waits this long at most for more before its commit. At a
+/// low rate each commit costs far more than an outcome in it (an fsync,
+/// the pages it touched written again to the WAL, the writer's wake-ups):
+/// outcomes then mostly ride along with the next broadcast's commit. An
+/// outcome's commit is later by this much at most; its attempt's request
+/// has already gone and nobody else waits on it.
+const OUTCOME_GATHER_MS: u64 = 10;
+/// A batch of this many outcomes commits without waiting: the writer is
+/// busy enough that they share commits anyway.
+const OUTCOME_GATHER_MAX: usize = 32;
 /// Idle read connections kept open.
 const READ_POOL_IDLE_MAX: usize = 4;
 /// How often committed WAL frames are copied into the database file.
@@ -235,9 +246,14 @@ impl SqliteStore {
         let writer_wal_frames = wal_frames.clone();
         let health = Arc::new(CommitHealth::default());
         let writer_health = health.clone();
+        // The writer's own clock, for outcomes that wait for company.
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer's timer: {e}")))?;
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run_writer(conn, queue, &writer_wal_frames, &writer_health))
+            .spawn(move || run_writer(conn, queue, timer, &writer_wal_frames, &writer_health))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
         // Checkpoints run beside the writer, not inside its commits: an
         // automatic checkpoint copies the WAL into the database and fsyncs

@@ -36,17 +36,16 @@ pub(super) fn checkpoint(conn: &Connection) -> Result<u64, StoreError> {
 pub(super) fn run_writer(
     mut conn: Connection,
     mut queue: mpsc::Receiver<WriteOp>,
+    timer: tokio::runtime::Runtime,
     wal_frames: &AtomicU64,
     health: &CommitHealth,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
-        while batch.len() < WRITE_BATCH_MAX {
-            match queue.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
+        take_queued(&mut queue, &mut batch);
+        if outcomes_may_wait(&batch) {
+            timer.block_on(gather_outcomes(&mut queue, &mut batch));
         }
         write_batch(&mut conn, &mut batch, health);
         // The background checkpoint copied most of the WAL; between two
@@ -57,6 +56,44 @@ pub(super) fn run_writer(
             if let Err(error) = checkpoint(&conn) {
                 tracing::warn!(%error, "WAL checkpoint failed; the next one tries again");
             }
+        }
+    }
+}
+
+/// Adds what is queued right now to `batch`, up to `WRITE_BATCH_MAX`.
+fn take_queued(queue: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec<WriteOp>) {
+    while batch.len() < WRITE_BATCH_MAX {
+        match queue.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Whether `batch` may wait for company: a few outcomes and nothing else.
+/// Nobody waits on an outcome's commit but its own attempt (which holds
+/// its lease until then); a new broadcast's caller, a claim's idle lane or
+/// an operator does wait, so any of those commits at once.
+fn outcomes_may_wait(batch: &[WriteOp]) -> bool {
+    batch.len() < OUTCOME_GATHER_MAX
+        && batch
+            .iter()
+            .all(|op| matches!(op.request, Request::Update(_)))
+}
+
+/// Waits up to `OUTCOME_GATHER_MS` for more operations, and commits as
+/// soon as one arrives that someone waits on (it takes the outcomes with
+/// it), or `OUTCOME_GATHER_MAX` have gathered, or the queue closes.
+async fn gather_outcomes(queue: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec<WriteOp>) {
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(OUTCOME_GATHER_MS);
+    while outcomes_may_wait(batch) {
+        match tokio::time::timeout_at(deadline, queue.recv()).await {
+            Ok(Some(op)) => {
+                batch.push(op);
+                take_queued(queue, batch);
+            }
+            Ok(None) | Err(_) => return,
         }
     }
 }
