@@ -279,7 +279,7 @@ pub(super) async fn run_lane<S: Store>(
     }
 }
 
-fn publish_leased(lane: &Lane, delivery: &ClaimedDelivery) {
+pub(super) fn publish_leased(lane: &Lane, delivery: &ClaimedDelivery) {
     lane.events.publish(|| StateChange {
         broadcast_id: delivery.broadcast_id.clone(),
         destination: delivery.destination.clone(),
