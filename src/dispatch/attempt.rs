@@ -101,18 +101,23 @@ async fn attempt_once<S: Store>(
     drop(request);
     let claim_next = may_claim_next(lane, slot);
     let (result, next) = record_outcome(store, delivery, &update, claim_next).await;
+    if claim_next {
+        lane.backlog.store(next.is_some(), Ordering::Relaxed);
+    }
     announce_recorded(lane, delivery, &update, result);
     wake_lane_when_something_is_due(lane, delivery, &update, result, circuit_changed);
     next
 }
 
 /// Whether the store may lease the destination's next due delivery for
-/// this lane slot along with the outcome: a routine slot (the P1 slot is
+/// this lane slot along with the outcome: while the lane has a backlog,
+/// on a routine slot (the P1 slot is
 /// claimed only for a P1) of a lane still running, on a destination that
 /// sends freely (no pause, circuit closed, no rate limit: nothing the
 /// lane's own claim would have to weigh).
 fn may_claim_next(lane: &Lane, slot: &OwnedSemaphorePermit) -> bool {
-    Arc::ptr_eq(slot.semaphore(), &lane.slots)
+    lane.backlog.load(Ordering::Relaxed)
+        && Arc::ptr_eq(slot.semaphore(), &lane.slots)
         && !*lane.stop.borrow()
         && lane.destination.isolation.rate_per_sec.is_none()
         && lane.paused_until() <= now_ms()
