@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::guard::Circuit;
-use super::lane::{publish_leased, Lane};
+use super::lane::Lane;
 use super::{IDLE_POLL_MS, RECORD_PAUSE_MS_MAX, RECORD_TRIES_MAX, STORE_ERROR_PAUSE_MS};
 use crate::clock::now_ms;
 use crate::domain::{DeliveryState, Event, OutcomeClass, Severity, Verification};
@@ -56,72 +55,44 @@ async fn run_attempt<S: Store>(
     store: Arc<S>,
     lane: Arc<Lane>,
     delivery: ClaimedDelivery,
-    slot: OwnedSemaphorePermit,
+    _slot: OwnedSemaphorePermit,
 ) {
-    let mut delivery = delivery;
-    // The lane slot stays with this task while the store leases the next
-    // delivery along with each outcome (see `record_outcome`).
-    loop {
-        let Some(next) = attempt_once(store.as_ref(), &lane, &delivery, &slot).await else {
-            return;
-        };
-        publish_leased(&lane, &next);
-        delivery = next;
-    }
-}
-
-/// One attempt at `delivery`; the next delivery leased for its lane slot
-/// along with its outcome, if any.
-async fn attempt_once<S: Store>(
-    store: &S,
-    lane: &Lane,
-    delivery: &ClaimedDelivery,
-    slot: &OwnedSemaphorePermit,
-) -> Option<ClaimedDelivery> {
     let waiting_since_ms = now_ms();
-    let request = take_request_slot(lane, delivery).await?;
-    wait_out_destination_pause(lane, delivery, waiting_since_ms).await;
+    let Some(request) = take_request_slot(&lane, &delivery).await else {
+        return;
+    };
+    wait_out_destination_pause(&lane, &delivery, waiting_since_ms).await;
     let started_at_ms = now_ms();
     let (update, pause_ms) = match delivery.progress.state {
-        DeliveryState::Verifying => (read_back(lane, delivery, started_at_ms).await?, None),
-        DeliveryState::Sending => send(lane, delivery, started_at_ms).await?,
+        DeliveryState::Verifying => {
+            let Some(update) = read_back(&lane, &delivery, started_at_ms).await else {
+                return;
+            };
+            (update, None)
+        }
+        DeliveryState::Sending => {
+            let Some(sent) = send(&lane, &delivery, started_at_ms).await else {
+                return;
+            };
+            sent
+        }
         state => {
             tracing::error!(
                 state = state.as_str(),
                 "bug: claimed a delivery that is neither sending nor verifying"
             );
-            return None;
+            return;
         }
     };
-    let circuit_changed = report_answer(lane, delivery, &update, pause_ms);
+    let circuit_changed = report_answer(&lane, &delivery, &update, pause_ms);
     // The destination has answered: the request slot goes to the next
     // leased delivery while this outcome is committed. The lane slot (the
     // lease) is held until the outcome is on disk, so nothing else can
     // take the delivery meanwhile, and what waits for the disk is bounded.
     drop(request);
-    let claim_next = may_claim_next(lane, slot);
-    let (result, next) = record_outcome(store, delivery, &update, claim_next).await;
-    if claim_next {
-        lane.backlog.store(next.is_some(), Ordering::Relaxed);
-    }
-    announce_recorded(lane, delivery, &update, result);
-    wake_lane_when_something_is_due(lane, delivery, &update, result, circuit_changed);
-    next
-}
-
-/// Whether the store may lease the destination's next due delivery for
-/// this lane slot along with the outcome: while the lane has a backlog,
-/// on a routine slot (the P1 slot is
-/// claimed only for a P1) of a lane still running, on a destination that
-/// sends freely (no pause, circuit closed, no rate limit: nothing the
-/// lane's own claim would have to weigh).
-fn may_claim_next(lane: &Lane, slot: &OwnedSemaphorePermit) -> bool {
-    lane.backlog.load(Ordering::Relaxed)
-        && Arc::ptr_eq(slot.semaphore(), &lane.slots)
-        && !*lane.stop.borrow()
-        && lane.destination.isolation.rate_per_sec.is_none()
-        && lane.paused_until() <= now_ms()
-        && lane.guard.lock().expect("lane poisoned").circuit == Circuit::Closed
+    let result = record_outcome(store.as_ref(), &delivery, &update).await;
+    announce_recorded(&lane, &delivery, &update, result);
+    wake_lane_when_something_is_due(&lane, &delivery, &update, result, circuit_changed);
 }
 
 /// At most `concurrency` requests at the destination; the deliveries
@@ -325,30 +296,16 @@ fn report_answer(
 /// Records the outcome through the store, trying again on a store error
 /// for about ten minutes. None when it could not: the delivery stays
 /// leased and is verified at the next start.
-///
-/// With `claim_next`, the store may lease the destination's next due
-/// delivery in the same commit, returned for this lane slot.
 async fn record_outcome<S: Store>(
     store: &S,
     delivery: &ClaimedDelivery,
     update: &DeliveryUpdate,
-    claim_next: bool,
-) -> (Option<UpdateResult>, Option<ClaimedDelivery>) {
+) -> Option<UpdateResult> {
     let mut tries = 0;
     loop {
         tries += 1;
-        let written = if claim_next {
-            store
-                .update_delivery_and_claim_next(update.clone(), &delivery.destination)
-                .await
-        } else {
-            store
-                .update_delivery(update.clone())
-                .await
-                .map(|r| (r, None))
-        };
-        match written {
-            Ok((result, next)) => break (Some(result), next),
+        match store.update_delivery(update.clone()).await {
+            Ok(result) => break Some(result),
             Err(error) if tries < RECORD_TRIES_MAX => {
                 tracing::error!(%error, delivery = delivery.delivery_id, "cannot record an outcome; trying again");
                 let pause_ms = (STORE_ERROR_PAUSE_MS << tries.min(4)).min(RECORD_PAUSE_MS_MAX);
@@ -357,7 +314,7 @@ async fn record_outcome<S: Store>(
             Err(error) => {
                 tracing::error!(%error, delivery = delivery.delivery_id,
                     "cannot record an outcome; the delivery stays leased and is verified at the next start");
-                break (None, None);
+                break None;
             }
         }
     }

@@ -3,7 +3,7 @@
 //! per delivery within its slots, and at a reload or shutdown lets its
 //! attempts finish before it goes.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,12 +35,6 @@ pub(super) struct Lane {
     /// wake this, so a burst of it costs no empty urgent claims.
     pub(super) urgent_wake: Notify,
     pub(super) paused_until_ms: AtomicI64,
-    /// More is due than the lane's last claim could take (a full claim, or
-    /// an outcome that leased the next delivery): only then do outcomes ask
-    /// the store to lease the next delivery with them. With the queue
-    /// empty (the accepts, not the sends, set the pace) that claim would
-    /// find nothing, a statement per outcome batch for naught.
-    pub(super) backlog: AtomicBool,
     /// How long an attempt may wait out a pause holding its lease.
     pub(super) lease_hold_max_ms: Option<u64>,
     /// Deliveries the lane holds leased: a slot is taken at claim (or at
@@ -223,7 +217,6 @@ pub(super) async fn run_lane<S: Store>(
         }
         drop(reserved); // Slots not used by this claim are free again.
         lane.refund(limit - claimed);
-        lane.backlog.store(claimed == limit, Ordering::Relaxed);
         if claimed == limit {
             continue; // There may be more due right now.
         }
@@ -286,7 +279,7 @@ pub(super) async fn run_lane<S: Store>(
     }
 }
 
-pub(super) fn publish_leased(lane: &Lane, delivery: &ClaimedDelivery) {
+fn publish_leased(lane: &Lane, delivery: &ClaimedDelivery) {
     lane.events.publish(|| StateChange {
         broadcast_id: delivery.broadcast_id.clone(),
         destination: delivery.destination.clone(),

@@ -156,7 +156,6 @@ impl<S: Store> Dispatcher<S> {
             wake: Notify::new(),
             urgent_wake: Notify::new(),
             paused_until_ms: AtomicI64::new(0),
-            backlog: std::sync::atomic::AtomicBool::new(false),
             lease_hold_max_ms: self.lease_hold_max_ms,
             slots: Arc::new(Semaphore::new(
                 destination.concurrency as usize * LEASED_PER_REQUEST_SLOT,

@@ -44,14 +44,6 @@ impl Store for AnyStore {
         delegate!(self, s => s.update_delivery(update))
     }
 
-    async fn update_delivery_and_claim_next(
-        &self,
-        update: DeliveryUpdate,
-        destination: &str,
-    ) -> Result<(UpdateResult, Option<ClaimedDelivery>), StoreError> {
-        delegate!(self, s => s.update_delivery_and_claim_next(update, destination))
-    }
-
     async fn recover(&self, now_ms: i64) -> Result<Recovery, StoreError> {
         delegate!(self, s => s.recover(now_ms))
     }

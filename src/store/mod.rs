@@ -406,23 +406,6 @@ pub trait Store: Send + Sync + 'static {
         update: DeliveryUpdate,
     ) -> impl Future<Output = Result<UpdateResult, StoreError>> + Send;
 
-    /// Records an outcome as `update_delivery` does and, in the same
-    /// transaction, leases `destination`'s next due delivery (pending and
-    /// retrying ones become `sending`, verifying ones stay so) for the lane
-    /// slot the attempt frees: one commit instead of an outcome's and a
-    /// claim's. None when nothing is due, or when the destination may not
-    /// send freely (paused, held, circuit not closed, rate limited: the
-    /// lane's own claim decides those). A store with no cheaper way leases
-    /// nothing here.
-    fn update_delivery_and_claim_next(
-        &self,
-        update: DeliveryUpdate,
-        _destination: &str,
-    ) -> impl Future<Output = Result<(UpdateResult, Option<ClaimedDelivery>), StoreError>> + Send
-    {
-        async move { Ok((self.update_delivery(update).await?, None)) }
-    }
-
     /// Run once at start, before any claim: every delivery left `sending` by
     /// a previous process goes to `verifying`; every lease is released.
     fn recover(&self, now_ms: i64) -> impl Future<Output = Result<Recovery, StoreError>> + Send;

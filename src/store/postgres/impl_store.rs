@@ -49,16 +49,15 @@ impl Store for PostgresStore {
     }
 
     async fn update_delivery(&self, update: DeliveryUpdate) -> Result<UpdateResult, StoreError> {
-        Ok(self.write_outcome(update, None).await?.0)
-    }
-
-    async fn update_delivery_and_claim_next(
-        &self,
-        update: DeliveryUpdate,
-        destination: &str,
-    ) -> Result<(UpdateResult, Option<ClaimedDelivery>), StoreError> {
-        self.write_outcome(update, Some(destination.to_owned()))
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writes
+            .send(WriteOp { update, reply })
             .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        let updated = answer.await.map_err(|_| StoreError::WriterStopped)?;
+        self.note_commit(&updated);
+        updated
     }
 
     /// Only this node's old leases and expired ones: the live leases of

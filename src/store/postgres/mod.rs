@@ -97,26 +97,6 @@ macro_rules! earliest_due_sql {
     };
 }
 
-/// The columns a claim hands out, from `deliveries d` joined to
-/// `broadcasts b` (read by `claimed_from_row`), up to the `FROM`.
-macro_rules! claimed_columns_sql {
-    () => {
-        "SELECT d.id, d.broadcast_id, d.idempotency_key,
-                d.state, d.attempts_made, d.attempts_max, d.due_at_ms, d.deadline_at_ms,
-                d.possible_duplicate,
-                b.title, b.body, b.severity, b.thread_key, b.created_at_ms, d.last_error,
-                b.resolved, d.remote_ref,
-                CASE WHEN d.thread_key IS NOT NULL THEN
-                    (SELECT r.remote_ref FROM deliveries r
-                     WHERE r.destination = d.destination AND r.thread_key = d.thread_key
-                       AND r.id < d.id AND r.remote_ref IS NOT NULL
-                     ORDER BY r.id LIMIT 1)
-                END,
-                b.details, d.destination
-         "
-    };
-}
-
 macro_rules! final_states_sql {
     () => {
         "('confirmed','failed','dead','cancelled')"
@@ -207,10 +187,7 @@ impl Drop for Inner {
 
 struct WriteOp {
     update: DeliveryUpdate,
-    /// The destination whose next due delivery to lease for the lane slot
-    /// this outcome frees, in the same transaction.
-    next_for: Option<String>,
-    reply: oneshot::Sender<Result<(UpdateResult, Option<ClaimedDelivery>), StoreError>>,
+    reply: oneshot::Sender<Result<UpdateResult, StoreError>>,
 }
 
 struct InsertOp {
@@ -362,28 +339,6 @@ impl PostgresStore {
             Err(error) if cannot_commit(error) => self.inner.health.failed(error),
             Err(_) => {}
         }
-    }
-
-    /// Queues an outcome for the writers (and with `next_for`, a claim of
-    /// that destination's next due delivery); answers after the commit.
-    async fn write_outcome(
-        &self,
-        update: DeliveryUpdate,
-        next_for: Option<String>,
-    ) -> Result<(UpdateResult, Option<ClaimedDelivery>), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .writes
-            .send(WriteOp {
-                update,
-                next_for,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::WriterStopped)?;
-        let written = answer.await.map_err(|_| StoreError::WriterStopped)?;
-        self.note_commit(&written);
-        written
     }
 
     /// Releases expired leases (and this node's own, at start): sending

@@ -3,16 +3,11 @@
 
 use super::*;
 
-/// Records a batch of outcomes; for each outcome whose `next_for` names a
-/// destination (the one it was sent to), also leases that destination's
-/// next due delivery for the lane slot the outcome frees, when one is due
-/// and the destination may send (see `claim_next_due`).
 pub(super) async fn update_batch(
     inner: &Inner,
     tx: &mut Tx<'_>,
     updates: &[&DeliveryUpdate],
-    next_for: &[Option<&str>],
-) -> Result<Vec<(UpdateResult, Option<ClaimedDelivery>)>, StoreError> {
+) -> Result<Vec<UpdateResult>, StoreError> {
     // The attempt log first: every attempt happened, whatever its lease.
     let mut ids = Vec::with_capacity(updates.len());
     let mut numbers = Vec::with_capacity(updates.len());
@@ -186,42 +181,17 @@ pub(super) async fn update_batch(
     } else {
         promote_after_final(inner, tx, finals, updates[0].now_ms).await?
     };
-    // The next due deliveries for the slots these outcomes free (a stale
-    // outcome frees its slot too), never for a rate-limited destination.
-    let mut wanted: BTreeMap<&str, i64> = BTreeMap::new();
-    for destination in next_for.iter().flatten() {
-        let rate_limited = inner
-            .isolation
-            .read()
-            .expect("isolation poisoned")
-            .get(*destination)
-            .is_none_or(|i| i.rate_per_sec.is_some());
-        if !rate_limited {
-            *wanted.entry(destination).or_default() += 1;
-        }
-    }
-    let mut next: HashMap<String, std::collections::VecDeque<ClaimedDelivery>> = HashMap::new();
-    for delivery in claim_next_due(inner, tx, &wanted, crate::clock::now_ms()).await? {
-        next.entry(delivery.destination.clone())
-            .or_default()
-            .push_back(delivery);
-    }
     notify(inner, tx, woken).await?;
     Ok(updates
         .iter()
-        .zip(next_for)
-        .map(|(u, next_for)| {
-            let result = if applied.contains_key(&u.delivery_id) {
+        .map(|u| {
+            if applied.contains_key(&u.delivery_id) {
                 UpdateResult::Applied {
                     promoted_next_in_thread: promoted.contains(&u.delivery_id),
                 }
             } else {
                 UpdateResult::Stale
-            };
-            let claimed = next_for
-                .and_then(|destination| next.get_mut(destination))
-                .and_then(|queue| queue.pop_front());
-            (result, claimed)
+            }
         })
         .collect())
 }

@@ -50,8 +50,7 @@ pub(super) async fn run_writer(store: std::sync::Weak<Inner>, writers: Arc<Write
     {
         let Some(inner) = store.upgrade() else { return };
         let updates: Vec<&DeliveryUpdate> = batch.iter().map(|op| &op.update).collect();
-        let next_for: Vec<Option<&str>> = batch.iter().map(|op| op.next_for.as_deref()).collect();
-        match write_updates(&inner, &updates, &next_for).await {
+        match write_updates(&inner, &updates).await {
             Ok(results) => {
                 for (op, result) in batch.drain(..).zip(results) {
                     let _ = op.reply.send(Ok(result));
@@ -63,7 +62,7 @@ pub(super) async fn run_writer(store: std::sync::Weak<Inner>, writers: Arc<Write
                         "an outcome batch failed; replaying its outcomes one by one");
                 }
                 for op in batch.drain(..) {
-                    let result = write_updates(&inner, &[&op.update], &[op.next_for.as_deref()])
+                    let result = write_updates(&inner, &[&op.update])
                         .await
                         .map(|mut results| results.pop().expect("one result per outcome"));
                     let _ = op.reply.send(result);
@@ -137,12 +136,11 @@ pub(super) async fn write_inserts(
 pub(super) async fn write_updates(
     inner: &Inner,
     updates: &[&DeliveryUpdate],
-    next_for: &[Option<&str>],
-) -> Result<Vec<(UpdateResult, Option<ClaimedDelivery>)>, StoreError> {
+) -> Result<Vec<UpdateResult>, StoreError> {
     let work = async {
         let mut conn = inner.pool.get().await?;
         let mut tx = conn.begin().await?;
-        let results = update_batch(inner, &mut tx, updates, next_for).await?;
+        let results = update_batch(inner, &mut tx, updates).await?;
         tx.commit().await?;
         Ok(results)
     };
