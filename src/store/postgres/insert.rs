@@ -36,19 +36,72 @@ pub(super) async fn insert_batch(
         threads.push(new.message.thread());
         created.push(new.created_at_ms);
     }
-    let inserted = tx
-        .execute(
+    // A hand-off skips the claim, so it must pass the shared guard too: only
+    // to a destination that no node has paused or found unwell, and never
+    // to a rate-limited one (its tokens are taken by claims).
+    let wanted: Vec<&str> = batch
+        .iter()
+        .flat_map(|new| new.deliveries.iter())
+        .filter(|d| d.lease_now)
+        .filter(|d| {
+            inner
+                .isolation
+                .read()
+                .expect("isolation poisoned")
+                .get(&d.destination)
+                .is_some_and(|i| i.rate_per_sec.is_none())
+        })
+        .map(|d| d.destination.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let now_ms = batch.iter().map(|new| new.created_at_ms).max().unwrap_or(0);
+    // The broadcasts and the guard read go in one exchange (pipelined: the
+    // second statement is sent before the first one's answer arrives).
+    // Reading the guard before the broadcasts are written changes nothing:
+    // it takes no lock, and it is read before the commit either way.
+    let insert_broadcasts = tx
+        .statement(
             "INSERT INTO broadcasts (id, title, body, severity, thread_key, created_at_ms, resolved,
                  details, routes)
              SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
                                   $6::BIGINT[], $7::BOOL[], $8::TEXT[], $9::TEXT[])
              ON CONFLICT (id) DO NOTHING",
-            &[
-                &ids, &titles, &bodies, &severities, &threads, &created, &resolved, &details,
-                &routes,
-            ],
         )
         .await?;
+    let read_guards = tx
+        .statement(
+            "SELECT destination FROM destination_state
+             WHERE destination = ANY($1) AND paused_until_ms <= $2 AND held_until_ms <= $2
+                 AND circuit = 'closed'",
+        )
+        .await?;
+    let broadcasts_params: [&(dyn ToSql + Sync); 9] = [
+        &ids,
+        &titles,
+        &bodies,
+        &severities,
+        &threads,
+        &created,
+        &resolved,
+        &details,
+        &routes,
+    ];
+    let guards = async {
+        if wanted.is_empty() {
+            Ok(Vec::new())
+        } else {
+            tx.tx.query(&read_guards, &[&wanted, &now_ms]).await
+        }
+    };
+    let (inserted, guard_rows) = tokio::try_join!(
+        tx.tx.execute(&insert_broadcasts, &broadcasts_params),
+        guards
+    )?;
+    let mut may_lease: BTreeSet<String> = BTreeSet::new();
+    for row in guard_rows {
+        may_lease.insert(row.try_get(0)?);
+    }
     if inserted as usize != batch.len() {
         // Which one: the one-by-one replay tells its caller precisely.
         let duplicate = if batch.len() == 1 {
@@ -105,40 +158,6 @@ pub(super) async fn insert_batch(
             .await?
         {
             busy.insert((row.try_get(0)?, row.try_get(1)?));
-        }
-    }
-    // A hand-off skips the claim, so it must pass the shared guard too: only
-    // to a destination that no node has paused or found unwell, and never
-    // to a rate-limited one (its tokens are taken by claims).
-    let wanted: Vec<&str> = batch
-        .iter()
-        .flat_map(|new| new.deliveries.iter())
-        .filter(|d| d.lease_now)
-        .filter(|d| {
-            inner
-                .isolation
-                .read()
-                .expect("isolation poisoned")
-                .get(&d.destination)
-                .is_some_and(|i| i.rate_per_sec.is_none())
-        })
-        .map(|d| d.destination.as_str())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut may_lease: BTreeSet<String> = BTreeSet::new();
-    if !wanted.is_empty() {
-        let now_ms = batch.iter().map(|new| new.created_at_ms).max().unwrap_or(0);
-        for row in tx
-            .query(
-                "SELECT destination FROM destination_state
-                 WHERE destination = ANY($1) AND paused_until_ms <= $2 AND held_until_ms <= $2
-                     AND circuit = 'closed'",
-                &[&wanted, &now_ms],
-            )
-            .await?
-        {
-            may_lease.insert(row.try_get(0)?);
         }
     }
     let mut columns = DeliveryColumns::default();
@@ -198,9 +217,20 @@ pub(super) async fn insert_batch(
         }
         planned.push(out);
     }
-    let c = &columns;
-    let rows = tx
-        .query(
+    // New work wakes the lanes of every node at commit; the deliveries
+    // and the notification go in one exchange (pipelined).
+    let wakes: Vec<String> = due_now
+        .into_iter()
+        .map(|(destination, urgent)| {
+            if urgent {
+                destination.to_owned()
+            } else {
+                format!("{destination}{ROUTINE_WAKE_SUFFIX}")
+            }
+        })
+        .collect();
+    let insert_deliveries = tx
+        .statement(
             "INSERT INTO deliveries (broadcast_id, destination, idempotency_key, thread_key, priority,
                  state, attempts_made, attempts_max, due_at_ms, deadline_at_ms, lease_owner,
                  lease_expires_at_ms, lease_epoch, created_at_ms, updated_at_ms)
@@ -216,23 +246,40 @@ pub(super) async fn insert_batch(
                       created_at_ms, n)
              ORDER BY u.n
              RETURNING id, idempotency_key",
-            &[
-                &inner.node_id,
-                &c.broadcast_id,
-                &c.destination,
-                &c.key,
-                &c.thread_key,
-                &c.priority,
-                &c.state,
-                &c.attempts_made,
-                &c.attempts_max,
-                &c.due_at_ms,
-                &c.deadline_at_ms,
-                &c.lease_expires_at_ms,
-                &c.created_at_ms,
-            ],
         )
         .await?;
+    let notify_lanes = tx
+        .statement("SELECT pg_notify($1, d) FROM unnest($2::TEXT[]) d")
+        .await?;
+    let c = &columns;
+    let deliveries_params: [&(dyn ToSql + Sync); 13] = [
+        &inner.node_id,
+        &c.broadcast_id,
+        &c.destination,
+        &c.key,
+        &c.thread_key,
+        &c.priority,
+        &c.state,
+        &c.attempts_made,
+        &c.attempts_max,
+        &c.due_at_ms,
+        &c.deadline_at_ms,
+        &c.lease_expires_at_ms,
+        &c.created_at_ms,
+    ];
+    let notified = async {
+        if wakes.is_empty() {
+            Ok(0)
+        } else {
+            tx.tx
+                .execute(&notify_lanes, &[&inner.channel, &wakes])
+                .await
+        }
+    };
+    let (rows, _) = tokio::try_join!(
+        tx.tx.query(&insert_deliveries, &deliveries_params),
+        notified
+    )?;
     let ids_by_key: HashMap<String, i64> = rows
         .iter()
         .map(|row| Ok((row.try_get(1)?, row.try_get(0)?)))
@@ -254,14 +301,6 @@ pub(super) async fn insert_batch(
             }
         }
     }
-    let wakes = due_now.into_iter().map(|(destination, urgent)| {
-        if urgent {
-            destination.to_owned()
-        } else {
-            format!("{destination}{ROUTINE_WAKE_SUFFIX}")
-        }
-    });
-    notify(inner, tx, wakes).await?;
     Ok(planned)
 }
 
