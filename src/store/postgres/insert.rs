@@ -94,10 +94,15 @@ pub(super) async fn insert_batch(
             tx.tx.query(&read_guards, &[&wanted, &now_ms]).await
         }
     };
-    let (inserted, guard_rows) = tokio::try_join!(
+    // Both answers are awaited and the first statement's error wins: when
+    // it fails, PostgreSQL refuses the second with 25P02 (transaction
+    // aborted), which says nothing of the cause (`try_join!` could return
+    // either, as it polls in turn).
+    let (inserted, guard_rows) = tokio::join!(
         tx.tx.execute(&insert_broadcasts, &broadcasts_params),
         guards
-    )?;
+    );
+    let (inserted, guard_rows) = (inserted?, guard_rows?);
     let mut may_lease: BTreeSet<String> = BTreeSet::new();
     for row in guard_rows {
         may_lease.insert(row.try_get(0)?);
@@ -276,10 +281,12 @@ pub(super) async fn insert_batch(
                 .await
         }
     };
-    let (rows, _) = tokio::try_join!(
+    // The first statement's error wins, as above.
+    let (rows, notified) = tokio::join!(
         tx.tx.query(&insert_deliveries, &deliveries_params),
         notified
-    )?;
+    );
+    let (rows, _) = (rows?, notified?);
     let ids_by_key: HashMap<String, i64> = rows
         .iter()
         .map(|row| Ok((row.try_get(1)?, row.try_get(0)?)))
