@@ -61,6 +61,9 @@ const WRITE_GATHER_MIN: usize = 48;
 const INSERT_GATHER_MIN: usize = 12;
 /// How long a small batch waits for more at most.
 const BATCH_GATHER_US: u64 = 2_000;
+/// How long a small outcome batch waits for more when no other writer is
+/// committing (see `writer::next_batch`).
+const OUTCOME_QUIET_GATHER_US: u64 = 10_000;
 /// Expired leases released per transaction; a pass repeats while full.
 const TAKEOVER_BATCH_MAX: i64 = 512;
 /// Transactions of one takeover pass at most.

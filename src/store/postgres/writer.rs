@@ -12,13 +12,18 @@ use super::*;
 /// server far more than a row in it: a burst whose batches were about twice
 /// as large (twice the deliveries in flight) cost PostgreSQL about a quarter
 /// less CPU per delivery. The wait overlaps that other commit and delays a
-/// caller by `BATCH_GATHER_US` at most; with no other writer committing, the
-/// batch goes at once, so a quiet node adds no latency.
+/// caller by `BATCH_GATHER_US` at most. With no other writer committing,
+/// a small batch waits `quiet_gather_us` (0: it goes at once). Outcomes
+/// wait (nobody waits on an outcome's commit but the lane's next message
+/// of a thread): at a steady low rate each outcome was otherwise its own
+/// durable commit, the largest cost per delivery there. New broadcasts do
+/// not: their callers wait for the commit.
 pub(super) async fn next_batch<'a, T>(
     writers: &'a Writers<T>,
     batch: &mut Vec<T>,
     max: usize,
     gather_min: usize,
+    quiet_gather_us: u64,
 ) -> Option<Committing<'a>> {
     let mut queue = writers.queue.lock().await;
     batch.push(queue.recv().await?);
@@ -28,8 +33,13 @@ pub(super) async fn next_batch<'a, T>(
             Err(_) => break,
         }
     }
-    if batch.len() < gather_min && writers.committing.load(Ordering::SeqCst) > 0 {
-        let deadline = tokio::time::Instant::now() + Duration::from_micros(BATCH_GATHER_US);
+    let gather_us = if writers.committing.load(Ordering::SeqCst) > 0 {
+        BATCH_GATHER_US
+    } else {
+        quiet_gather_us
+    };
+    if batch.len() < gather_min && gather_us > 0 {
+        let deadline = tokio::time::Instant::now() + Duration::from_micros(gather_us);
         while batch.len() < gather_min {
             match tokio::time::timeout_at(deadline, queue.recv()).await {
                 Ok(Some(op)) => batch.push(op),
@@ -45,8 +55,14 @@ pub(super) async fn next_batch<'a, T>(
 /// transaction, answers each caller after the commit.
 pub(super) async fn run_writer(store: std::sync::Weak<Inner>, writers: Arc<Writers<WriteOp>>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
-    while let Some(_committing) =
-        next_batch(&writers, &mut batch, WRITE_BATCH_MAX, WRITE_GATHER_MIN).await
+    while let Some(_committing) = next_batch(
+        &writers,
+        &mut batch,
+        WRITE_BATCH_MAX,
+        WRITE_GATHER_MIN,
+        OUTCOME_QUIET_GATHER_US,
+    )
+    .await
     {
         let Some(inner) = store.upgrade() else { return };
         let updates: Vec<&DeliveryUpdate> = batch.iter().map(|op| &op.update).collect();
@@ -77,7 +93,7 @@ pub(super) async fn run_writer(store: std::sync::Weak<Inner>, writers: Arc<Write
 pub(super) async fn run_inserter(store: std::sync::Weak<Inner>, writers: Arc<Writers<InsertOp>>) {
     let mut batch = Vec::with_capacity(INSERT_BATCH_MAX);
     while let Some(_committing) =
-        next_batch(&writers, &mut batch, INSERT_BATCH_MAX, INSERT_GATHER_MIN).await
+        next_batch(&writers, &mut batch, INSERT_BATCH_MAX, INSERT_GATHER_MIN, 0).await
     {
         let Some(inner) = store.upgrade() else { return };
         let news: Vec<&NewBroadcast> = batch.iter().map(|op| &op.new).collect();
