@@ -29,6 +29,7 @@ use super::wire::{Preview, PreviewDestination, PreviewRequest, SendRequest};
 use super::{parse_json_bytes, ApiError, AppState};
 use crate::clock::now_ms;
 use crate::config::{Config, Scope, Target};
+use crate::connector::http::form_body;
 use crate::domain::{
     delivery_idempotency_key, ClaimedDelivery, DeliveryProgress, Message, RetryPolicy,
 };
@@ -254,9 +255,7 @@ fn requests(target: &Target, delivery: &ClaimedDelivery) -> Result<Vec<PreviewRe
                 .iter()
                 .map(|to| PreviewRequest {
                     call: "POST /2010-04-01/Accounts/{AccountSid}/Messages.json".into(),
-                    body: sms::connector::form_body(&sms::connector::twilio_create_form(
-                        from, to, &text,
-                    )),
+                    body: form_body(&sms::connector::twilio_create_form(from, to, &text)),
                 })
                 .collect())
         }
@@ -285,7 +284,7 @@ fn requests(target: &Target, delivery: &ClaimedDelivery) -> Result<Vec<PreviewRe
                 zulip::connector::render_send_form(rendering, delivery, stream).map_err(failed)?;
             Ok(vec![PreviewRequest {
                 call: "POST /api/v1/messages".into(),
-                body: zulip::connector::form_body(&form),
+                body: form_body(&form),
             }])
         }
         #[allow(unreachable_patterns)]

@@ -6,6 +6,14 @@ use std::time::{Duration, Instant};
 use crate::domain::{Outcome, OutcomeClass, EXCERPT_BYTES_MAX};
 
 /// The longest a connection may take to open, whatever the request timeout.
+/// `pairs` as an `application/x-www-form-urlencoded` body (Twilio, Zulip,
+/// an OAuth token request), encoded as a URL's query is.
+pub fn form_body(pairs: &[(&str, String)]) -> String {
+    let mut url = reqwest::Url::parse("http://form.invalid/").expect("a valid URL");
+    url.query_pairs_mut().extend_pairs(pairs);
+    url.query().unwrap_or("").to_owned()
+}
+
 pub(crate) const CONNECT_TIMEOUT_MS_MAX: u64 = 5_000;
 /// An API answer larger than this is not read to the end (it is not an
 /// answer herald asked for).

@@ -3,7 +3,7 @@
 //! builder. A leaf: it uses no kind, and the kinds' connectors import from
 //! it (never through `crate::connector`'s re-exports).
 
-use crate::domain::{ClaimedDelivery, Verification};
+use crate::domain::{ClaimedDelivery, Outcome, OutcomeClass, Verification};
 
 /// What a delivery's message is within its thread, on its destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +116,19 @@ pub fn parse_retry_after_ms(value: &str, now_ms: i64) -> Option<u64> {
     let at = httpdate::parse_http_date(value).ok()?;
     let at_ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64;
     Some(at_ms.saturating_sub(now_ms).max(0) as u64)
+}
+
+/// A resolve's edit of the thread's first message (Slack, Matrix, Google
+/// Chat) did not go through: nothing of the resolve was sent yet, so even
+/// an ambiguous edit is simply tried again (the edit is the same edit).
+/// `doing` names the edit in the error ("marking the first message
+/// resolved").
+pub fn edit_not_done(mut outcome: Outcome, doing: &str) -> Outcome {
+    if outcome.class == OutcomeClass::Ambiguous {
+        outcome.class = OutcomeClass::Retryable;
+    }
+    outcome.error = Some(format!("{doing}: {}", outcome.error.unwrap_or_default()));
+    outcome
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use super::connector::{
 };
 use crate::config::Secret;
 use crate::connector::http::{exchange, Reply};
-use crate::connector::shared::{Role, VerifyReport};
+use crate::connector::shared::{edit_not_done, Role, VerifyReport};
 use crate::domain::{ClaimedDelivery, Outcome, OutcomeClass};
 
 /// The `updateMask` of the resolve's edit: the text only (cards stay).
@@ -166,7 +166,7 @@ impl ChatApp {
                     // The first message is gone or not the app's: the reply
                     // still says the incident is resolved.
                     OutcomeClass::Permanent => note = edited.error,
-                    _ => return edit_not_done(edited),
+                    _ => return edit_not_done(edited, "marking the first message resolved"),
                 }
             } else {
                 note = Some(format!("{first:?} is not a Chat message's name"));
@@ -246,19 +246,6 @@ impl ChatApp {
             }
         }
     }
-}
-
-/// The resolve's edit did not go through: nothing of its reply was sent,
-/// so the whole resolve is tried again (the edit is the same edit).
-fn edit_not_done(mut outcome: Outcome) -> Outcome {
-    if outcome.class == OutcomeClass::Ambiguous {
-        outcome.class = OutcomeClass::Retryable;
-    }
-    outcome.error = Some(format!(
-        "marking the first message resolved: {}",
-        outcome.error.unwrap_or_default()
-    ));
-    outcome
 }
 
 #[cfg(test)]

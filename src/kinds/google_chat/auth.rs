@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::pem::pem_der;
 use crate::config::Secret;
-use crate::connector::http::{exchange, status_class};
+use crate::connector::http::{exchange, form_body, status_class};
 use crate::domain::{Outcome, OutcomeClass};
 
 /// The scope a Chat app's own messages need ("App authentication with the
@@ -279,13 +279,10 @@ impl TokenCache {
             }
         }
         let form = self.account.token_form(now_ms.div_euclid(1000));
-        // The form's encoding, as the URL's query encodes it.
-        let mut encoder = reqwest::Url::parse("http://form.invalid/").expect("a valid URL");
-        encoder.query_pairs_mut().extend_pairs(&form);
         let request = client
             .post(self.account.token_uri.clone())
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(encoder.query().unwrap_or("").to_owned());
+            .body(form_body(&form));
         let reply = exchange(request).await.map_err(|mut outcome| {
             // Nothing of the message was sent.
             if outcome.class == OutcomeClass::Ambiguous {

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 use crate::config::Secret;
 use crate::connector::http::{cut_chars as cut, exchange, Reply};
-use crate::connector::shared::{headline, parse_retry_after_ms, Role, VerifyReport};
+use crate::connector::shared::{edit_not_done, headline, parse_retry_after_ms, Role, VerifyReport};
 use crate::domain::ClaimedDelivery;
 use crate::domain::{Outcome, OutcomeClass};
 use crate::template::{escape_html, render_failed, Rendering, Template, TemplateError};
@@ -387,7 +387,7 @@ impl MatrixConnector {
                 // Nothing of the resolve's own message was sent yet, and the
                 // edit is deduplicated by its txnId: simply try again (a
                 // rate limit still pauses the destination).
-                _ => return edit_not_done(edited),
+                _ => return edit_not_done(edited, "editing the first event resolved"),
             }
         }
         let mut outcome = self
@@ -431,19 +431,6 @@ pub fn matrix_send_url(homeserver_url: &reqwest::Url, room_id: &str, txn_id: &st
             "_matrix", "client", "v3", "rooms", room_id, "send", EVENT_TYPE, txn_id,
         ]);
     url
-}
-
-/// The resolve's edit did not go through: nothing of its message was sent,
-/// so the whole resolve is tried again (the edit is deduplicated).
-fn edit_not_done(mut outcome: Outcome) -> Outcome {
-    if outcome.class == OutcomeClass::Ambiguous {
-        outcome.class = OutcomeClass::Retryable;
-    }
-    outcome.error = Some(format!(
-        "editing the first event resolved: {}",
-        outcome.error.unwrap_or_default()
-    ));
-    outcome
 }
 
 #[cfg(test)]

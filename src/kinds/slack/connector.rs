@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::config::Secret;
 use crate::connector::http::{cut_chars as cut, exchange, Reply};
-use crate::connector::shared::{parse_retry_after_ms, Role, VerifyReport};
+use crate::connector::shared::{edit_not_done, parse_retry_after_ms, Role, VerifyReport};
 use crate::domain::ClaimedDelivery;
 use crate::domain::{Outcome, OutcomeClass};
 use crate::template::{escape_mrkdwn, render_failed, Rendering, Template, TemplateError};
@@ -255,7 +255,9 @@ impl SlackConnector {
             let body = resolve_update_body(delivery, &self.channel, ts);
             let reply = match self.call("chat.update", &body).await {
                 Ok(reply) => reply,
-                Err(outcome) => return ambiguous_edit_is_retryable(outcome),
+                Err(outcome) => {
+                    return edit_not_done(outcome, "marking the first message resolved")
+                }
             };
             let outcome = classify_slack_response(
                 reply.status,
@@ -268,7 +270,7 @@ impl SlackConnector {
                 // The first message is gone or not ours to edit: the reply
                 // still says the incident is resolved.
                 OutcomeClass::Permanent => note = outcome.error,
-                _ => return ambiguous_edit_is_retryable(outcome),
+                _ => return edit_not_done(outcome, "marking the first message resolved"),
             }
         }
         let mut outcome = match self.call("chat.postMessage", &body).await {
@@ -381,19 +383,6 @@ impl SlackConnector {
             format!("the key was not in the first {VERIFY_PAGES_MAX} pages of the channel"),
         )
     }
-}
-
-/// The resolve's edit did not go through: nothing was posted yet, so the
-/// whole resolve can simply be tried again.
-fn ambiguous_edit_is_retryable(mut outcome: Outcome) -> Outcome {
-    if outcome.class == OutcomeClass::Ambiguous {
-        outcome.class = OutcomeClass::Retryable;
-    }
-    outcome.error = Some(format!(
-        "marking the first message resolved: {}",
-        outcome.error.unwrap_or_default()
-    ));
-    outcome
 }
 
 /// The read-back failed: a re-send may post the message twice.

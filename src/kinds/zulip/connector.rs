@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Secret;
-use crate::connector::http::{cut_chars, exchange, status_class, Reply};
+use crate::connector::http::{cut_chars, exchange, form_body, status_class, Reply};
 use crate::connector::shared::{parse_retry_after_ms, Role, VerifyReport};
 use crate::domain::{ClaimedDelivery, Outcome, OutcomeClass};
 use crate::template::{render_failed, Rendering, Template, TemplateError};
@@ -161,13 +161,6 @@ pub fn zulip_read_back_query(narrow: &Value, anchor: &str) -> Vec<(&'static str,
         ("narrow", narrow.to_string()),
         ("apply_markdown", "false".to_owned()),
     ]
-}
-
-/// `pairs` as an `application/x-www-form-urlencoded` body.
-pub fn form_body(pairs: &[(&str, String)]) -> String {
-    let mut url = reqwest::Url::parse("http://form.invalid/").expect("a valid URL");
-    url.query_pairs_mut().extend_pairs(pairs);
-    url.query().unwrap_or("").to_owned()
 }
 
 /// Zulip's answer in outcome classes.
