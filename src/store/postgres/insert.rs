@@ -39,22 +39,22 @@ pub(super) async fn insert_batch(
     // A hand-off skips the claim, so it must pass the shared guard too: only
     // to a destination that no node has paused or found unwell, and never
     // to a rate-limited one (its tokens are taken by claims).
-    let wanted: Vec<&str> = batch
-        .iter()
-        .flat_map(|new| new.deliveries.iter())
-        .filter(|d| d.lease_now)
-        .filter(|d| {
-            inner
-                .isolation
-                .read()
-                .expect("isolation poisoned")
-                .get(&d.destination)
-                .is_some_and(|i| i.rate_per_sec.is_none())
-        })
-        .map(|d| d.destination.as_str())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let wanted: Vec<&str> = {
+        let isolation = inner.isolation.read().expect("isolation poisoned");
+        batch
+            .iter()
+            .flat_map(|new| new.deliveries.iter())
+            .filter(|d| d.lease_now)
+            .filter(|d| {
+                isolation
+                    .get(&d.destination)
+                    .is_some_and(|i| i.rate_per_sec.is_none())
+            })
+            .map(|d| d.destination.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
     let now_ms = batch.iter().map(|new| new.created_at_ms).max().unwrap_or(0);
     // The broadcasts and the guard read go in one exchange (pipelined: the
     // second statement is sent before the first one's answer arrives).
