@@ -1,7 +1,7 @@
-//! The CPU a run cost: herald's process, and on PostgreSQL the server
-//! backends of herald's sessions (found in `pg_stat_activity` by the
-//! run's `application_name`), each read from `/proc/<pid>/stat` before the
-//! load and after the last delivery is final.
+//! The CPU a run cost: herald's processes (every node of the run), and on
+//! PostgreSQL the server backends of their sessions (found in
+//! `pg_stat_activity` by each node's `application_name`), each read from
+//! `/proc/<pid>/stat` before the load and after the last delivery is final.
 
 use std::collections::HashMap;
 
@@ -12,15 +12,16 @@ use super::processes::cpu_secs;
 
 /// CPU seconds read at the start of a run, to subtract at its end.
 pub(super) struct CpuMeter {
-    server_pid: u32,
-    server_before_secs: f64,
+    /// Each node's process id and its CPU seconds at the start.
+    servers_before_secs: Vec<(u32, f64)>,
     backends: Option<Backends>,
 }
 
 /// herald's sessions on the bench's PostgreSQL.
 struct Backends {
     client: tokio_postgres::Client,
-    application_name: String,
+    /// One per node: "herald <node id>".
+    application_names: Vec<String>,
     /// CPU seconds by backend pid at the start.
     before_secs: HashMap<u32, f64>,
 }
@@ -35,29 +36,31 @@ pub(super) struct CpuUsed {
 }
 
 impl CpuMeter {
-    /// `postgres`: the bench's database URL and the `application_name`
-    /// herald's sessions use in this run.
+    /// `server_pids`: the run's `herald serve` processes; `postgres`: the
+    /// bench's database URL and the `application_name` each node's
+    /// sessions use in this run.
     pub(super) async fn start(
-        server_pid: u32,
-        postgres: Option<(&str, String)>,
+        server_pids: &[u32],
+        postgres: Option<(&str, Vec<String>)>,
     ) -> anyhow::Result<CpuMeter> {
         let backends = match postgres {
-            Some((url, application_name)) => {
+            Some((url, application_names)) => {
                 let client = bench_postgres(url).await?;
-                let before_secs = backend_cpu_secs(&client, &application_name).await?;
+                let before_secs = backend_cpu_secs(&client, &application_names).await?;
                 Some(Backends {
                     client,
-                    application_name,
+                    application_names,
                     before_secs,
                 })
             }
             None => None,
         };
-        let server_before_secs = cpu_secs(server_pid)
-            .with_context(|| format!("cannot read the CPU time of herald (pid {server_pid})"))?;
+        let servers_before_secs = server_pids
+            .iter()
+            .map(|&pid| Ok((pid, herald_cpu_secs(pid)?)))
+            .collect::<anyhow::Result<_>>()?;
         Ok(CpuMeter {
-            server_pid,
-            server_before_secs,
+            servers_before_secs,
             backends,
         })
     }
@@ -67,15 +70,13 @@ impl CpuMeter {
     /// cost); one that closed during it is not counted (its CPU is gone
     /// with it; herald's pool keeps its connections).
     pub(super) async fn stop(self) -> anyhow::Result<CpuUsed> {
-        let herald_secs = cpu_secs(self.server_pid).with_context(|| {
-            format!(
-                "cannot read the CPU time of herald (pid {})",
-                self.server_pid
-            )
-        })? - self.server_before_secs;
+        let mut herald_secs = 0.0;
+        for (pid, before_secs) in &self.servers_before_secs {
+            herald_secs += herald_cpu_secs(*pid)? - before_secs;
+        }
         let backends_secs = match &self.backends {
             Some(backends) => {
-                let after = backend_cpu_secs(&backends.client, &backends.application_name).await?;
+                let after = backend_cpu_secs(&backends.client, &backends.application_names).await?;
                 if after.is_empty() {
                     None
                 } else {
@@ -98,17 +99,21 @@ impl CpuMeter {
     }
 }
 
-/// CPU seconds of each backend serving `application_name`, by pid. Empty
-/// when none of them is a `postgres` process on this machine (a database
-/// on another host).
+fn herald_cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    cpu_secs(pid).with_context(|| format!("cannot read the CPU time of herald (pid {pid})"))
+}
+
+/// CPU seconds of each backend serving one of `application_names`, by
+/// pid. Empty when none of them is a `postgres` process on this machine (a
+/// database on another host).
 async fn backend_cpu_secs(
     client: &tokio_postgres::Client,
-    application_name: &str,
+    application_names: &[String],
 ) -> anyhow::Result<HashMap<u32, f64>> {
     let rows = client
         .query(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
-            &[&application_name],
+            "SELECT pid FROM pg_stat_activity WHERE application_name = ANY($1)",
+            &[&application_names],
         )
         .await
         .context("cannot list herald's sessions in pg_stat_activity")?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::report::SizeSample;
+use super::report::{NodeAttempts, SizeSample};
 use super::{PHASE_TIMEOUT_SECS, POLL_COST_RATIO, POLL_MS, STALL_SECS};
 
 /// A read connection to a run's database: its SQLite file, or its
@@ -107,10 +107,12 @@ pub(super) fn open_db(path: &Path) -> anyhow::Result<rusqlite::Connection> {
     Ok(conn)
 }
 
+/// Waits until `expected` deliveries are stored and every one is final;
+/// `logs`: the servers' logs, whose ends explain a stall.
 pub(super) async fn wait_all_final(
     database: &Path,
     expected: usize,
-    log: &Path,
+    logs: &[PathBuf],
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(PHASE_TIMEOUT_SECS);
     let db = BenchDb::open(database).await?;
@@ -127,14 +129,15 @@ pub(super) async fn wait_all_final(
         }
         if Instant::now() > deadline || last_progress.1.elapsed() > Duration::from_secs(STALL_SECS)
         {
-            let log_text = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: String = log_text
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join("\n");
-            bail!("{left} deliveries unfinished and no progress for {STALL_SECS} s; the server log ends with:\n{tail}");
+            let tails: String = logs
+                .iter()
+                .map(|log| {
+                    let log_text = std::fs::read_to_string(log).unwrap_or_default();
+                    let tail: Vec<&str> = log_text.lines().rev().take(5).collect();
+                    format!("\n{} ends with:\n{}", log.display(), tail.join("\n"))
+                })
+                .collect();
+            bail!("{left} deliveries unfinished and no progress for {STALL_SECS} s{tails}");
         }
         tokio::time::sleep(pause).await;
     }
@@ -188,6 +191,33 @@ pub(super) async fn delivery_times(
         })?
         .collect::<Result<_, _>>()?;
     Ok(rows)
+}
+
+/// The attempts each node made, from the run schema's `attempts` rows (the
+/// only rows that name a node); empty on SQLite, where one node runs.
+pub(super) async fn attempts_by_node(database: &Path) -> anyhow::Result<Vec<NodeAttempts>> {
+    if !crate::server::is_postgres_url(database) {
+        return Ok(Vec::new());
+    }
+    // Not `BenchDb`, which turns sequential scans off for its polls: this
+    // one count reads the whole table once, after the load.
+    let client = bench_postgres(&database.display().to_string()).await?;
+    let rows = client
+        .query(
+            "SELECT coalesce(node, ''), count(*), count(*) FILTER (WHERE outcome = 'success')
+             FROM attempts GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .context("cannot count the attempts per node")?;
+    Ok(rows
+        .iter()
+        .map(|row| NodeAttempts {
+            node: row.get(0),
+            attempts: row.get::<_, i64>(1) as u64,
+            confirmed: row.get::<_, i64>(2) as u64,
+        })
+        .collect())
 }
 
 /// Measures a run's database: SQLite's files, or the run schema's tables.

@@ -29,12 +29,15 @@ pub(super) struct Load<'a> {
     pub(super) per_sec: Option<f64>,
 }
 
-/// Submits a load and returns the seconds it took.
+/// Submits a load and returns the seconds it took. With several servers
+/// (the nodes of one run) broadcast `i` goes to server `i % servers.len()`,
+/// so every node accepts its share.
 pub(super) async fn submit(
     http: &reqwest::Client,
-    server: SocketAddr,
+    servers: &[SocketAddr],
     load: Load<'_>,
 ) -> anyhow::Result<f64> {
+    anyhow::ensure!(!servers.is_empty(), "no server to submit to");
     let Load {
         count,
         first_index,
@@ -43,7 +46,10 @@ pub(super) async fn submit(
         submitters,
         per_sec,
     } = load;
-    let url = Arc::new(format!("http://{server}/v1/broadcasts"));
+    let urls: Vec<Arc<str>> = servers
+        .iter()
+        .map(|server| Arc::from(format!("http://{server}/v1/broadcasts")))
+        .collect();
     let slots = Arc::new(tokio::sync::Semaphore::new(submitters.max(1)));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -54,12 +60,12 @@ pub(super) async fn submit(
         }
         let permit = slots.clone().acquire_owned().await?;
         let http = http.clone();
-        let url = url.clone();
+        let url = urls[i % urls.len()].clone();
         let body = payload(first_index + i, destinations, severity);
         tasks.spawn(async move {
             let _permit = permit;
             let response = http
-                .post(url.as_str())
+                .post(&*url)
                 .header("content-type", "application/json")
                 .body(body)
                 .send()

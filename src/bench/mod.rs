@@ -1,12 +1,14 @@
 //! `herald bench`: measures herald the way a user would. A mock destination
 //! server runs in its own process, `herald serve` in another with its real
-//! SQLite store (fsync on every commit), and this process submits the load
-//! through the real HTTP API. In the same run, a baseline sends the same
+//! SQLite store (fsync on every commit), or several `herald serve` nodes on
+//! one PostgreSQL schema, and this process submits the load through the real
+//! HTTP API. In the same run, a baseline sends the same
 //! number of requests straight to the same mock with the same client library
 //! and concurrency and no store, so herald's rate can be read as a fraction
 //! of what the machine allows.
 
 use std::io::Write;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,7 +28,7 @@ mod processes;
 mod report;
 mod scenarios;
 
-pub use report::{Percentiles, RunReport, SizeSample};
+pub use report::{NodeAttempts, Percentiles, RunReport, SizeSample};
 
 /// The longest any phase may take before the bench gives up.
 const PHASE_TIMEOUT_SECS: u64 = 900;
@@ -91,6 +93,9 @@ pub struct BenchOptions {
     /// it unless `workdir` is given, like the SQLite files) instead of a
     /// SQLite file.
     pub postgres: Option<String>,
+    /// `herald serve` processes per run, all on the run's database; more
+    /// than one needs `postgres` (a SQLite file belongs to one node).
+    pub nodes: NonZeroUsize,
 }
 
 pub async fn run(
@@ -98,6 +103,13 @@ pub async fn run(
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<Vec<RunReport>> {
+    if options.nodes.get() > 1 && options.postgres.is_none() {
+        bail!(
+            "--nodes {} needs --database postgres://...: several nodes share one database, \
+             and only PostgreSQL can be shared (a SQLite file belongs to one node)",
+            options.nodes
+        );
+    }
     let (workdir, temp) = match &options.workdir {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
@@ -136,10 +148,12 @@ pub async fn run(
             options.destinations,
             options.concurrency,
             options.submitters,
-            if options.postgres.is_some() {
-                "PostgreSQL synchronous_commit=on"
-            } else {
-                "SQLite synchronous=FULL"
+            match (&options.postgres, options.nodes.get()) {
+                (Some(_), 1) => "PostgreSQL synchronous_commit=on".to_owned(),
+                (Some(_), nodes) => format!(
+                    "{nodes} nodes on one PostgreSQL, synchronous_commit=on, submissions spread over them in turn"
+                ),
+                (None, _) => "SQLite synchronous=FULL".to_owned(),
             }
         )?;
     }
@@ -186,6 +200,7 @@ async fn run_scenarios(
             report.baseline_runs_per_sec = vec![before, after];
             report.baseline_per_sec = Some(baseline_rate);
             report.fraction_of_baseline = Some(report.confirmed_per_sec / baseline_rate);
+            report.nodes = options.nodes.get();
             if !json {
                 print_report(out, &report)?;
             }
@@ -195,7 +210,7 @@ async fn run_scenarios(
                 continue;
             }
         }
-        let report = match scenario {
+        let mut report = match scenario {
             Scenario::Burst => continue,
             Scenario::Steady => {
                 let rate = options.steady_rate.max(1.0);
@@ -240,6 +255,7 @@ async fn run_scenarios(
             Scenario::Backlog => bench.backlog().await?,
             Scenario::Soak => bench.soak().await?,
         };
+        report.nodes = options.nodes.get();
         if !json {
             print_report(out, &report)?;
         }

@@ -39,6 +39,8 @@ impl Percentiles {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunReport {
     pub scenario: String,
+    /// `herald serve` processes that ran, all on one database.
+    pub nodes: usize,
     pub broadcasts: usize,
     pub destinations: usize,
     pub deliveries: usize,
@@ -58,16 +60,18 @@ pub struct RunReport {
     pub first_attempt_ms: Percentiles,
     /// Accept to confirmed, milliseconds.
     pub confirmed_ms: Percentiles,
+    /// The highest peak resident memory of the run's nodes.
     pub peak_rss_mb: f64,
     /// The SQLite write-ahead log's size when the run ended (it must stay
     /// bounded under sustained writes).
     pub wal_mb: Option<f64>,
-    /// herald's CPU (user and system) from the start of the load to the
-    /// last delivery's final state, per 1,000 deliveries.
+    /// herald's CPU (user and system, every node together) from the start
+    /// of the load to the last delivery's final state, per 1,000
+    /// deliveries.
     pub cpu_secs_per_1000_deliveries: f64,
-    /// PostgreSQL: the CPU of the backends serving herald's sessions over
-    /// the same span, per 1,000 deliveries (None on SQLite, or when the
-    /// database runs on another host).
+    /// PostgreSQL: the CPU of the backends serving every node's sessions
+    /// over the same span, per 1,000 deliveries (None on SQLite, or when
+    /// the database runs on another host).
     pub postgres_backends_cpu_secs_per_1000_deliveries: Option<f64>,
     /// herald and its PostgreSQL backends together, per 1,000 deliveries.
     pub with_backends_cpu_secs_per_1000_deliveries: Option<f64>,
@@ -83,6 +87,21 @@ pub struct RunReport {
     /// PostgreSQL ran without autovacuum, so the bench vacuumed the run's
     /// tables (plain VACUUM) before each size sample.
     pub vacuumed_by_bench: bool,
+    /// PostgreSQL: the attempts each node made in the run, read from the
+    /// `attempts` table before its schema is dropped (deliveries carry no
+    /// node; in a soak, those of the broadcasts retention had not yet
+    /// deleted); empty on SQLite.
+    pub attempts_by_node: Vec<NodeAttempts>,
+}
+
+/// What one node did in a run, from its attempt rows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeAttempts {
+    /// The node's id (`server.node_id`): the run's schema and `-n1`, `-n2`...
+    pub node: String,
+    pub attempts: u64,
+    /// Attempts that succeeded: the deliveries this node confirmed.
+    pub confirmed: u64,
 }
 
 /// The database's size at one moment of a soak.
@@ -238,23 +257,53 @@ pub(super) fn print_report(out: &mut impl Write, r: &RunReport) -> std::io::Resu
         "accept -> confirmed (ms)",
         ms(&r.confirmed_ms)
     )?;
-    writeln!(out, "  {:<34} {:.1} MB", "server peak RSS", r.peak_rss_mb)?;
+    writeln!(
+        out,
+        "  {:<34} {:.1} MB",
+        if r.nodes > 1 {
+            "largest node's peak RSS"
+        } else {
+            "server peak RSS"
+        },
+        r.peak_rss_mb
+    )?;
     writeln!(
         out,
         "  {:<34} {:.2} s",
-        "server CPU per 1,000 deliveries", r.cpu_secs_per_1000_deliveries
+        if r.nodes > 1 {
+            "servers' CPU per 1,000 deliveries"
+        } else {
+            "server CPU per 1,000 deliveries"
+        },
+        r.cpu_secs_per_1000_deliveries
     )?;
     if let (Some(backends), Some(both)) = (
         r.postgres_backends_cpu_secs_per_1000_deliveries,
         r.with_backends_cpu_secs_per_1000_deliveries,
     ) {
+        let (label, whose) = if r.nodes > 1 {
+            ("servers + backends per 1,000", "their")
+        } else {
+            ("server + backends per 1,000", "its")
+        };
         writeln!(
             out,
-            "  {:<34} {:.2} s  (its PostgreSQL backends {:.2} s)",
-            "server + backends per 1,000", both, backends
+            "  {label:<34} {both:.2} s  ({whose} PostgreSQL backends {backends:.2} s)"
         )?;
     }
     writeln!(out, "  {:<34} {:?}", "final states", r.final_states)?;
+    if r.nodes > 1 {
+        writeln!(out, "  {:<34} {}", "nodes on one PostgreSQL", r.nodes)?;
+        for node in &r.attempts_by_node {
+            writeln!(
+                out,
+                "  {:<34} {} attempts, {} confirmed",
+                format!("node {}", node.node),
+                node.attempts,
+                node.confirmed
+            )?;
+        }
+    }
     if !r.database_size.is_empty() {
         writeln!(
             out,

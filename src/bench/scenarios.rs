@@ -1,6 +1,6 @@
 //! The scenarios: a burst, a steady rate, a backlog drained after an outage,
-//! and a soak under retention; each starts a fresh herald and returns its
-//! report.
+//! and a soak under retention; each starts a fresh herald (one node, or
+//! several on one PostgreSQL schema) and returns its report.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,8 +10,8 @@ use anyhow::Context;
 
 use super::cpu::CpuMeter;
 use super::database::{
-    bench_postgres, delivery_times, fresh_postgres_schema, wait_all_final, wal_size_mb, BenchDb,
-    DatabaseSize,
+    attempts_by_node, bench_postgres, delivery_times, fresh_postgres_schema, wait_all_final,
+    wal_size_mb, BenchDb, DatabaseSize,
 };
 use super::load::{baseline, submit, Load};
 use super::processes::{
@@ -35,16 +35,60 @@ pub(super) struct Bench {
     pub(super) retention_secs: Option<u64>,
 }
 
+/// One `herald serve` of a run.
+pub(super) struct Node {
+    process: Process,
+    addr: SocketAddr,
+    log: PathBuf,
+    /// Its `server.node_id` on PostgreSQL, where its sessions'
+    /// `application_name` is "herald <id>"; None on SQLite.
+    id: Option<String>,
+}
+
+/// A run's herald: one node, or several on one PostgreSQL schema.
+pub(super) struct Herald {
+    nodes: Vec<Node>,
+    database: PathBuf,
+    run: String,
+}
+
+impl Herald {
+    /// Where the nodes listen, in node order.
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|node| node.addr).collect()
+    }
+
+    fn logs(&self) -> Vec<PathBuf> {
+        self.nodes.iter().map(|node| node.log.clone()).collect()
+    }
+
+    /// The highest peak resident memory of the nodes, MB.
+    fn peak_rss_mb(&self) -> anyhow::Result<f64> {
+        let mut peak_mb: f64 = 0.0;
+        for node in &self.nodes {
+            peak_mb = peak_mb.max(process_usage(node.process.pid())?.0);
+        }
+        Ok(peak_mb)
+    }
+
+    /// Stops every node; returns the run's database, to read.
+    fn stop(self) -> PathBuf {
+        drop(self.nodes);
+        self.database
+    }
+}
+
 impl Bench {
-    /// Starts a fresh herald for one run: its own database, config and port.
+    /// Starts a fresh herald for one run: its own database, and for each of
+    /// `options.nodes` nodes its own config, node id, port and log. Returns
+    /// once every node is healthy.
     pub(super) async fn start_herald(
         &mut self,
         names: &[String],
         concurrency: u32,
-    ) -> anyhow::Result<(Process, SocketAddr, PathBuf, String)> {
+    ) -> anyhow::Result<Herald> {
         self.runs += 1;
         let run = format!("run{}", self.runs);
-        let config = self.workdir.join(format!("{run}.toml"));
         let database = match &self.options.postgres {
             Some(url) => {
                 let (database, schema) = fresh_postgres_schema(url, &run).await?;
@@ -53,41 +97,68 @@ impl Bench {
             }
             None => self.workdir.join(format!("{run}.db")),
         };
-        // On PostgreSQL the node is named after its schema, so its sessions
-        // (`application_name` "herald <node>") can be told from others'.
-        let node_id = self.schema.clone();
         // Each run starts from an empty database, even in a kept workdir.
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(self.workdir.join(format!("{run}.db{suffix}")));
         }
-        write_config(
-            &config,
-            self.mock,
-            &run,
-            names,
-            concurrency,
-            self.retention_secs.take(),
-            node_id.as_deref(),
-        )?;
-        let addr = free_addr()?;
-        let server = spawn_server(
-            &config,
-            &database,
-            addr,
-            &self.workdir.join(format!("{run}.log")),
-        )?;
-        wait_healthy(&self.http, addr).await?;
-        Ok((server, addr, database, run))
+        let retention_secs = self.retention_secs.take();
+        let count = self.options.nodes.get();
+        let mut nodes = Vec::with_capacity(count);
+        for n in 1..=count {
+            // One node keeps the run's plain file names.
+            let stem = if count == 1 {
+                run.clone()
+            } else {
+                format!("{run}-n{n}")
+            };
+            // On PostgreSQL a node is named after its schema, so its
+            // sessions (`application_name` "herald <node>") can be told
+            // from others', and its attempts from its peers'.
+            let id = self.schema.as_ref().map(|schema| format!("{schema}-n{n}"));
+            let config = self.workdir.join(format!("{stem}.toml"));
+            write_config(
+                &config,
+                self.mock,
+                &run,
+                names,
+                concurrency,
+                retention_secs,
+                id.as_deref(),
+            )?;
+            let addr = free_addr()?;
+            let log = self.workdir.join(format!("{stem}.log"));
+            let process = spawn_server(&config, &database, addr, &log)?;
+            nodes.push(Node {
+                process,
+                addr,
+                log,
+                id,
+            });
+        }
+        for node in &nodes {
+            wait_healthy(&self.http, node.addr).await?;
+        }
+        Ok(Herald {
+            nodes,
+            database,
+            run,
+        })
     }
 
-    /// Starts measuring the CPU of `server` and, on PostgreSQL, of its
-    /// sessions' backends.
-    pub(super) async fn cpu_meter(&self, server: &Process) -> anyhow::Result<CpuMeter> {
-        let postgres = match (&self.options.postgres, &self.schema) {
-            (Some(url), Some(node_id)) => Some((url.as_str(), format!("herald {node_id}"))),
-            _ => None,
-        };
-        CpuMeter::start(server.pid(), postgres).await
+    /// Starts measuring the CPU of every node of `herald` and, on
+    /// PostgreSQL, of their sessions' backends.
+    pub(super) async fn cpu_meter(&self, herald: &Herald) -> anyhow::Result<CpuMeter> {
+        let pids: Vec<u32> = herald.nodes.iter().map(|n| n.process.pid()).collect();
+        let postgres = self.options.postgres.as_deref().map(|url| {
+            let application_names = herald
+                .nodes
+                .iter()
+                .filter_map(|n| n.id.as_ref())
+                .map(|id| format!("herald {id}"))
+                .collect();
+            (url, application_names)
+        });
+        CpuMeter::start(&pids, postgres).await
     }
 
     /// Drops the finished run's PostgreSQL schema, unless kept: a run leaves
@@ -121,22 +192,21 @@ impl Bench {
         faults: &[(usize, Faults)],
     ) -> anyhow::Result<RunReport> {
         let names = self.names(self.options.destinations);
-        let (server, addr, database, run) =
-            self.start_herald(&names, self.options.concurrency).await?;
+        let herald = self.start_herald(&names, self.options.concurrency).await?;
         for (index, f) in faults {
             set_faults(
                 &self.http,
                 self.mock,
-                &format!("/{run}/{}", names[*index]),
+                &format!("/{}/{}", herald.run, names[*index]),
                 f.clone(),
             )
             .await?;
         }
-        let cpu = self.cpu_meter(&server).await?;
+        let cpu = self.cpu_meter(&herald).await?;
         let started_ms = now_ms();
         let submit_secs = submit(
             &self.http,
-            addr,
+            &herald.addrs(),
             Load {
                 count,
                 first_index: 0,
@@ -147,19 +217,16 @@ impl Bench {
             },
         )
         .await?;
-        wait_all_final(
-            &database,
-            count * names.len(),
-            &self.workdir.join(format!("{run}.log")),
-        )
-        .await?;
+        wait_all_final(&herald.database, count * names.len(), &herald.logs()).await?;
         let cpu = cpu.stop().await?;
-        let (peak_rss_mb, _) = process_usage(server.pid())?;
-        let wal_mb = wal_size_mb(&database);
-        drop(server);
+        let peak_rss_mb = herald.peak_rss_mb()?;
+        let wal_mb = wal_size_mb(&herald.database);
+        let database = herald.stop();
         let times = delivery_times(&database, started_ms).await?;
+        let attempts_by_node = attempts_by_node(&database).await?;
         self.drop_run_schema().await?;
         let mut report = summarise(scenario, count, names.len(), &times, started_ms);
+        report.attempts_by_node = attempts_by_node;
         report.accepted_per_sec = count as f64 / submit_secs;
         report.peak_rss_mb = peak_rss_mb;
         report.wal_mb = wal_mb;
@@ -191,12 +258,13 @@ impl Bench {
         // Slow destinations (50 ms each answer, 4 in flight) keep the backlog
         // pending while the P1s are sent to one of them.
         let names = self.names(16);
-        let (server, addr, database, run) = self.start_herald(&names, 4).await?;
+        let herald = self.start_herald(&names, 4).await?;
+        let addrs = herald.addrs();
         for name in &names {
             set_faults(
                 &self.http,
                 self.mock,
-                &format!("/{run}/{name}"),
+                &format!("/{}/{name}", herald.run),
                 Faults {
                     latency_ms: 50,
                     ..Faults::default()
@@ -205,10 +273,10 @@ impl Bench {
             .await?;
         }
         let broadcasts = self.options.backlog_deliveries.div_ceil(names.len());
-        let cpu = self.cpu_meter(&server).await?;
+        let cpu = self.cpu_meter(&herald).await?;
         let submit_secs = submit(
             &self.http,
-            addr,
+            &addrs,
             Load {
                 count: broadcasts,
                 first_index: 0,
@@ -219,13 +287,15 @@ impl Bench {
             },
         )
         .await?;
-        let pending = BenchDb::open(&database).await?.unfinished().await?;
+        let pending = BenchDb::open(&herald.database).await?.unfinished().await?;
         let p1_since_ms = now_ms();
         const P1_COUNT: usize = 20;
         for i in 0..P1_COUNT {
+            // The P1s go to the nodes in turn, like the rest of the load.
+            let node = i % addrs.len();
             submit(
                 &self.http,
-                addr,
+                &addrs[node..=node],
                 Load {
                     count: 1,
                     first_index: broadcasts + i,
@@ -240,12 +310,14 @@ impl Bench {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let cpu = cpu.stop().await?;
-        let (peak_rss_mb, _) = process_usage(server.pid())?;
-        let wal_mb = wal_size_mb(&database);
-        drop(server);
+        let peak_rss_mb = herald.peak_rss_mb()?;
+        let wal_mb = wal_size_mb(&herald.database);
+        let database = herald.stop();
         let p1_times = delivery_times(&database, p1_since_ms).await?;
+        let attempts_by_node = attempts_by_node(&database).await?;
         self.drop_run_schema().await?;
         let mut report = summarise("backlog", P1_COUNT, 1, &p1_times, p1_since_ms);
+        report.attempts_by_node = attempts_by_node;
         report.accepted_per_sec = broadcasts as f64 / submit_secs;
         report.pending_at_p1 = Some(pending);
         report.peak_rss_mb = peak_rss_mb;
@@ -265,14 +337,16 @@ impl Bench {
     pub(super) async fn soak(&mut self) -> anyhow::Result<RunReport> {
         let names = self.names(self.options.destinations);
         self.retention_secs = Some(self.options.soak_retention_secs);
-        let (server, addr, database, _run) =
-            self.start_herald(&names, self.options.concurrency).await?;
+        let herald = self.start_herald(&names, self.options.concurrency).await?;
+        let addrs = herald.addrs();
+        // Any node reads the stored broadcasts from the shared database.
+        let metrics_addr = addrs[0];
         let rate = self.options.soak_rate.max(0.1);
         let count = ((rate * self.options.soak_secs as f64) as usize).max(1);
-        let cpu = self.cpu_meter(&server).await?;
+        let cpu = self.cpu_meter(&herald).await?;
         let started = Instant::now();
         let started_ms = now_ms();
-        let size = DatabaseSize::open(&database, self.schema.as_deref()).await?;
+        let size = DatabaseSize::open(&herald.database, self.schema.as_deref()).await?;
         let soak_secs = self.options.soak_secs;
         let http = self.http.clone();
         let sampling = async {
@@ -281,13 +355,13 @@ impl Bench {
             while at + SOAK_SAMPLE_EVERY_SECS <= soak_secs {
                 at += SOAK_SAMPLE_EVERY_SECS;
                 tokio::time::sleep_until((started + Duration::from_secs(at)).into()).await;
-                samples.push(size.sample(&http, addr, at).await?);
+                samples.push(size.sample(&http, metrics_addr, at).await?);
             }
             Ok::<_, anyhow::Error>(samples)
         };
         let load = submit(
             &self.http,
-            addr,
+            &addrs,
             Load {
                 count,
                 first_index: 0,
@@ -302,13 +376,14 @@ impl Bench {
         let mut samples = samples?;
         let end_secs = started.elapsed().as_secs();
         if samples.last().is_none_or(|s| s.at_secs < end_secs) {
-            samples.push(size.sample(&self.http, addr, end_secs).await?);
+            samples.push(size.sample(&self.http, metrics_addr, end_secs).await?);
         }
         let cpu = cpu.stop().await?;
-        let (peak_rss_mb, _) = process_usage(server.pid())?;
-        let wal_mb = wal_size_mb(&database);
-        drop(server);
+        let peak_rss_mb = herald.peak_rss_mb()?;
+        let wal_mb = wal_size_mb(&herald.database);
+        let database = herald.stop();
         let times = delivery_times(&database, started_ms).await?;
+        let attempts_by_node = attempts_by_node(&database).await?;
         self.drop_run_schema().await?;
         // Retention deleted the older broadcasts: latencies, states and
         // the confirmed rate are those of the ones still stored.
@@ -325,6 +400,7 @@ impl Bench {
         report.set_cpu(&cpu, count * names.len());
         report.database_size = samples;
         report.vacuumed_by_bench = matches!(size, DatabaseSize::Postgres { vacuum: true, .. });
+        report.attempts_by_node = attempts_by_node;
         Ok(report)
     }
 }

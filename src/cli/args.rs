@@ -346,6 +346,12 @@ pub(crate) enum Command {
         /// a SQLite file.
         #[arg(long)]
         database: Option<String>,
+        /// `herald serve` nodes per run, all on the run's schema, each
+        /// with its own node id and port; the submitters spread the
+        /// broadcasts over them in turn. More than one needs --database
+        /// postgres://... (a SQLite file belongs to one node).
+        #[arg(long, default_value = "1", value_parser = parse_nodes)]
+        nodes: std::num::NonZeroUsize,
         /// Print the report as JSON, for comparing runs.
         #[arg(long)]
         json: bool,
@@ -543,6 +549,12 @@ fn non_empty_env(name: &str) -> Option<String> {
 
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     herald::config::parse_listen_address(text)
+}
+
+fn parse_nodes(text: &str) -> Result<std::num::NonZeroUsize, String> {
+    text.parse().map_err(|_| {
+        format!("{text:?} is not a number of nodes; a run needs at least 1 herald serve")
+    })
 }
 
 fn default_server() -> String {

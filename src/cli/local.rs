@@ -55,6 +55,7 @@ pub(crate) async fn run(
             backlog_deliveries,
             workdir,
             database,
+            nodes,
             json,
         } => {
             init_logging("warn");
@@ -72,6 +73,7 @@ pub(crate) async fn run(
                 backlog_deliveries,
                 workdir,
                 postgres: database,
+                nodes,
             };
             let mut stdout = std::io::stdout();
             herald::bench::run(options, json, &mut stdout).await?;

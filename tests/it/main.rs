@@ -2,6 +2,7 @@
 //! real processes.
 
 mod bad_input;
+mod bench;
 mod cli;
 mod cli_safety;
 mod connectors;

@@ -192,6 +192,34 @@ pub fn postgres_base_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
+/// A client on the test PostgreSQL; None (with the reason printed) when it
+/// cannot be reached, except on CI (`CI=true`), where that fails the test.
+pub async fn test_postgres() -> Option<tokio_postgres::Client> {
+    let base = postgres_base_url();
+    let connected = async {
+        let (client, connection) = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_postgres::connect(&base, tokio_postgres::NoTls),
+        )
+        .await
+        .map_err(|_| "connecting timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        Ok::<_, String>(client)
+    }
+    .await;
+    match connected {
+        Ok(client) => Some(client),
+        Err(reason) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL at {base} is required on CI: {reason}")
+        }
+        Err(reason) => {
+            eprintln!("skipped: PostgreSQL at {base} is not reachable ({reason}); CI=true makes this a failure");
+            None
+        }
+    }
+}
+
 /// A fresh schema on the test PostgreSQL, dropped when this is dropped (a
 /// failing test too).
 pub struct PgSchema {
@@ -205,35 +233,16 @@ impl PgSchema {
     /// except on CI (`CI=true`), where that fails the test.
     pub async fn create() -> Option<PgSchema> {
         let base = postgres_base_url();
+        let client = test_postgres().await?;
         let name = format!("herald_test_{:016x}", rand::random::<u64>());
-        let created = async {
-            let (client, connection) = tokio::time::timeout(
-                Duration::from_secs(5),
-                tokio_postgres::connect(&base, tokio_postgres::NoTls),
-            )
+        client
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
             .await
-            .map_err(|_| "connecting timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-            tokio::spawn(connection);
-            client
-                .batch_execute(&format!("CREATE SCHEMA {name}"))
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .await;
-        match created {
-            Ok(()) => Some(PgSchema {
-                url: format!("{base}?options=-csearch_path%3D{name}"),
-                name,
-            }),
-            Err(reason) if std::env::var("CI").as_deref() == Ok("true") => {
-                panic!("PostgreSQL at {base} is required on CI: {reason}")
-            }
-            Err(reason) => {
-                eprintln!("skipped: PostgreSQL at {base} is not reachable ({reason}); CI=true makes this a failure");
-                None
-            }
-        }
+            .unwrap_or_else(|e| panic!("cannot create the schema {name} at {base}: {e}"));
+        Some(PgSchema {
+            url: format!("{base}?options=-csearch_path%3D{name}"),
+            name,
+        })
     }
 
     /// A client on this schema, for checks.
