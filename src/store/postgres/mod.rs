@@ -50,8 +50,8 @@ const OPERATION_TIMEOUT_MS: u64 = 20_000;
 const WRITE_QUEUE_MAX: usize = 8_192;
 /// New broadcasts committed together at most.
 const INSERT_BATCH_MAX: usize = 256;
-/// Outcome writers and broadcast writers per node, each.
-const WRITERS: usize = 3;
+/// Writers per node, each committing new broadcasts and outcomes.
+const WRITERS: usize = 2;
 /// Outcomes committed together at most.
 const WRITE_BATCH_MAX: usize = 1_024;
 /// A smaller batch of outcomes waits a moment for more while another writer
@@ -285,24 +285,16 @@ impl PostgresStore {
             health: CommitHealth::default(),
         });
         let weak = Arc::downgrade(&inner);
-        // Several writers of each kind, so one batch's round trips and
-        // commit do not hold up the next; they coordinate in the database
-        // exactly as the writers of several nodes do.
-        let queue = Arc::new(Writers {
-            queue: tokio::sync::Mutex::new(queue),
-            committing: AtomicUsize::new(0),
-        });
-        let insert_queue = Arc::new(Writers {
-            queue: tokio::sync::Mutex::new(insert_queue),
+        // Several writers, so one batch's round trips and commit do not
+        // hold up the next; they coordinate in the database exactly as the
+        // writers of several nodes do.
+        let queues = Arc::new(Queues {
+            receivers: tokio::sync::Mutex::new((insert_queue, queue)),
             committing: AtomicUsize::new(0),
         });
         let mut tasks = Vec::new();
         for _ in 0..WRITERS {
-            tasks.push(tokio::spawn(run_writer(weak.clone(), queue.clone())));
-            tasks.push(tokio::spawn(run_inserter(
-                weak.clone(),
-                insert_queue.clone(),
-            )));
+            tasks.push(tokio::spawn(run_writer(weak.clone(), queues.clone())));
         }
         let listener = tokio::spawn(run_listener(
             config,
@@ -363,11 +355,10 @@ impl PostgresStore {
     }
 }
 
-/// The writers of one kind (outcomes, or new broadcasts): the queue they
-/// take batches from, one writer at a time, and how many of them are
-/// committing a batch right now.
-struct Writers<T> {
-    queue: tokio::sync::Mutex<mpsc::Receiver<T>>,
+/// The writers' queues (new broadcasts, outcomes), taken from by one
+/// writer at a time, and how many writers are committing a batch now.
+struct Queues {
+    receivers: tokio::sync::Mutex<(mpsc::Receiver<InsertOp>, mpsc::Receiver<WriteOp>)>,
     committing: AtomicUsize,
 }
 

@@ -1,120 +1,189 @@
-//! Group commit: the writer tasks that take queued outcomes and new
-//! broadcasts in batches, commit each batch in one transaction, and replay
-//! a refused batch one operation at a time.
+//! Group commit: the writer tasks that take the new broadcasts and the
+//! outcomes queued at the moment, commit them together in one transaction,
+//! and replay a refused batch one operation at a time.
 
 use super::*;
 
-/// Waits for the next operation, then takes what else is queued, up to
-/// `max`. None when the queue is closed.
+/// What one writer commits at once.
+#[derive(Default)]
+pub(super) struct Batch {
+    news: Vec<InsertOp>,
+    outcomes: Vec<WriteOp>,
+}
+
+impl Batch {
+    fn take(
+        &mut self,
+        news: &mut mpsc::Receiver<InsertOp>,
+        outcomes: &mut mpsc::Receiver<WriteOp>,
+    ) {
+        while self.news.len() < INSERT_BATCH_MAX {
+            match news.try_recv() {
+                Ok(op) => self.news.push(op),
+                Err(_) => break,
+            }
+        }
+        while self.outcomes.len() < WRITE_BATCH_MAX {
+            match outcomes.try_recv() {
+                Ok(op) => self.outcomes.push(op),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Whether the batch should wait for more, and how long at most.
+    fn gather_us(&self, others_committing: bool) -> Option<u64> {
+        if self.news.is_empty() {
+            // Outcomes alone: nobody waits on their commit but the attempt
+            // that holds its lane slot, so a few wait for company.
+            (self.outcomes.len() < WRITE_GATHER_MIN).then_some(if others_committing {
+                BATCH_GATHER_US
+            } else {
+                OUTCOME_QUIET_GATHER_US
+            })
+        } else {
+            // New broadcasts: their callers wait, so only while another
+            // writer commits (the wait overlaps that commit).
+            (self.news.len() < INSERT_GATHER_MIN && others_committing).then_some(BATCH_GATHER_US)
+        }
+    }
+}
+
+/// Waits for the next operation of either kind, then takes what else is
+/// queued. None when the queues are closed.
 ///
-/// A batch smaller than `gather_min` waits up to `BATCH_GATHER_US` for more
-/// while another writer is committing. Under load a transaction costs the
-/// server far more than a row in it: a burst whose batches were about twice
-/// as large (twice the deliveries in flight) cost PostgreSQL about a quarter
-/// less CPU per delivery. The wait overlaps that other commit and delays a
-/// caller by `BATCH_GATHER_US` at most. With no other writer committing,
-/// a small batch waits `quiet_gather_us` (0: it goes at once). Outcomes
-/// wait (nobody waits on an outcome's commit but the lane's next message
-/// of a thread): at a steady low rate each outcome was otherwise its own
-/// durable commit, the largest cost per delivery there. New broadcasts do
-/// not: their callers wait for the commit.
-pub(super) async fn next_batch<'a, T>(
-    writers: &'a Writers<T>,
-    batch: &mut Vec<T>,
-    max: usize,
-    gather_min: usize,
-    quiet_gather_us: u64,
+/// Both kinds go in one transaction: at a steady low rate the outcomes
+/// ride along with the next accept's commit instead of paying their own,
+/// and in a burst one commit serves both (PostgreSQL's CPU per delivery
+/// fell by about a sixth against separate writers for each kind; see
+/// ARCHITECTURE.md, Performance). A small batch waits a moment for more
+/// (`Batch::gather_us`); a new broadcast ends an outcome batch's wait. The
+/// wait overlaps another writer's commit or, for outcomes alone, costs
+/// nobody a caller's time.
+pub(super) async fn next_batch<'a>(
+    queues: &'a Queues,
+    batch: &mut Batch,
 ) -> Option<Committing<'a>> {
-    let mut queue = writers.queue.lock().await;
-    batch.push(queue.recv().await?);
-    while batch.len() < max {
-        match queue.try_recv() {
-            Ok(op) => batch.push(op),
-            Err(_) => break,
-        }
+    let mut receivers = queues.receivers.lock().await;
+    let (news, outcomes) = &mut *receivers;
+    tokio::select! {
+        op = news.recv() => batch.news.push(op?),
+        op = outcomes.recv() => batch.outcomes.push(op?),
     }
-    let gather_us = if writers.committing.load(Ordering::SeqCst) > 0 {
-        BATCH_GATHER_US
-    } else {
-        quiet_gather_us
-    };
-    if batch.len() < gather_min && gather_us > 0 {
+    batch.take(news, outcomes);
+    let others_committing = queues.committing.load(Ordering::SeqCst) > 0;
+    if let Some(gather_us) = batch.gather_us(others_committing) {
         let deadline = tokio::time::Instant::now() + Duration::from_micros(gather_us);
-        while batch.len() < gather_min {
-            match tokio::time::timeout_at(deadline, queue.recv()).await {
-                Ok(Some(op)) => batch.push(op),
-                Ok(None) | Err(_) => break,
+        let quiet_outcomes = batch.news.is_empty();
+        while batch.gather_us(others_committing).is_some() {
+            // Outcomes waiting alone go as soon as a new broadcast comes.
+            if quiet_outcomes && !batch.news.is_empty() {
+                break;
+            }
+            tokio::select! {
+                op = news.recv() => match op { Some(op) => batch.news.push(op), None => break },
+                op = outcomes.recv() => match op { Some(op) => batch.outcomes.push(op), None => break },
+                _ = tokio::time::sleep_until(deadline) => break,
             }
         }
+        batch.take(news, outcomes);
     }
-    writers.committing.fetch_add(1, Ordering::SeqCst);
-    Some(Committing(&writers.committing))
+    queues.committing.fetch_add(1, Ordering::SeqCst);
+    Some(Committing(&queues.committing))
 }
 
-/// One outcome writer: drains the queue, commits every queued outcome in one
+/// One writer: commits every queued broadcast and outcome in one
 /// transaction, answers each caller after the commit.
-pub(super) async fn run_writer(store: std::sync::Weak<Inner>, writers: Arc<Writers<WriteOp>>) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
-    while let Some(_committing) = next_batch(
-        &writers,
-        &mut batch,
-        WRITE_BATCH_MAX,
-        WRITE_GATHER_MIN,
-        OUTCOME_QUIET_GATHER_US,
-    )
-    .await
-    {
+pub(super) async fn run_writer(store: std::sync::Weak<Inner>, queues: Arc<Queues>) {
+    let mut batch = Batch::default();
+    while let Some(_committing) = next_batch(&queues, &mut batch).await {
         let Some(inner) = store.upgrade() else { return };
-        let updates: Vec<&DeliveryUpdate> = batch.iter().map(|op| &op.update).collect();
-        match write_updates(&inner, &updates).await {
-            Ok(results) => {
-                for (op, result) in batch.drain(..).zip(results) {
-                    let _ = op.reply.send(Ok(result));
-                }
+        commit_batch(&inner, &mut batch).await;
+    }
+}
+
+async fn commit_batch(inner: &Inner, batch: &mut Batch) {
+    // A promotion after a final outcome locks its thread, and so does a new
+    // broadcast in a thread. In one transaction the two would take thread
+    // locks in two sorted runs, which could deadlock with another writer's
+    // (on any node); such a batch commits its two kinds separately.
+    let promotes = batch
+        .outcomes
+        .iter()
+        .any(|op| op.update.in_thread && op.update.progress.state.is_final());
+    let threads = batch
+        .news
+        .iter()
+        .any(|op| op.new.message.thread().is_some());
+    let both_kinds = !batch.news.is_empty() && !batch.outcomes.is_empty();
+    let together = both_kinds && !(promotes && threads);
+    if together {
+        let news: Vec<&NewBroadcast> = batch.news.iter().map(|op| &op.new).collect();
+        let updates: Vec<&DeliveryUpdate> = batch.outcomes.iter().map(|op| &op.update).collect();
+        if let Ok((inserted, updated)) = write_both(inner, &news, &updates).await {
+            for (op, result) in batch.news.drain(..).zip(inserted) {
+                let _ = op.reply.send(Ok(result));
             }
-            Err(error) => {
-                if batch.len() > 1 {
-                    tracing::warn!(%error, outcomes = batch.len(),
-                        "an outcome batch failed; replaying its outcomes one by one");
-                }
-                for op in batch.drain(..) {
-                    let result = write_updates(&inner, &[&op.update])
-                        .await
-                        .map(|mut results| results.pop().expect("one result per outcome"));
-                    let _ = op.reply.send(result);
-                }
+            for (op, result) in batch.outcomes.drain(..).zip(updated) {
+                let _ = op.reply.send(Ok(result));
+            }
+            return;
+        }
+        // Refused: each kind again on its own, which tells each caller
+        // its own answer.
+    }
+    commit_outcomes(inner, &mut batch.outcomes).await;
+    commit_news(inner, &mut batch.news).await;
+}
+
+async fn commit_outcomes(inner: &Inner, batch: &mut Vec<WriteOp>) {
+    if batch.is_empty() {
+        return;
+    }
+    let updates: Vec<&DeliveryUpdate> = batch.iter().map(|op| &op.update).collect();
+    match write_updates(inner, &updates).await {
+        Ok(results) => {
+            for (op, result) in batch.drain(..).zip(results) {
+                let _ = op.reply.send(Ok(result));
+            }
+        }
+        Err(error) => {
+            if batch.len() > 1 {
+                tracing::warn!(%error, outcomes = batch.len(),
+                    "an outcome batch failed; replaying its outcomes one by one");
+            }
+            for op in batch.drain(..) {
+                let result = write_updates(inner, &[&op.update])
+                    .await
+                    .map(|mut results| results.pop().expect("one result per outcome"));
+                let _ = op.reply.send(result);
             }
         }
     }
 }
 
-/// One broadcast writer: new broadcasts queued at the moment commit
-/// together, so a burst pays one commit per batch, not per broadcast.
-pub(super) async fn run_inserter(store: std::sync::Weak<Inner>, writers: Arc<Writers<InsertOp>>) {
-    let mut batch = Vec::with_capacity(INSERT_BATCH_MAX);
-    while let Some(_committing) =
-        next_batch(&writers, &mut batch, INSERT_BATCH_MAX, INSERT_GATHER_MIN, 0).await
-    {
-        let Some(inner) = store.upgrade() else { return };
-        let news: Vec<&NewBroadcast> = batch.iter().map(|op| &op.new).collect();
-        match write_inserts(&inner, &news).await {
-            Ok(results) => {
-                for (op, result) in batch.drain(..).zip(results) {
-                    let _ = op.reply.send(Ok(result));
-                }
+async fn commit_news(inner: &Inner, batch: &mut Vec<InsertOp>) {
+    if batch.is_empty() {
+        return;
+    }
+    let news: Vec<&NewBroadcast> = batch.iter().map(|op| &op.new).collect();
+    match write_inserts(inner, &news).await {
+        Ok(results) => {
+            for (op, result) in batch.drain(..).zip(results) {
+                let _ = op.reply.send(Ok(result));
             }
-            Err(_) if batch.len() > 1 => {
-                for op in batch.drain(..) {
-                    let result = write_inserts(&inner, &[&op.new])
-                        .await
-                        .map(|mut results| results.pop().expect("one result per broadcast"));
-                    let _ = op.reply.send(result);
-                }
+        }
+        Err(_) if batch.len() > 1 => {
+            for op in batch.drain(..) {
+                let result = write_inserts(inner, &[&op.new])
+                    .await
+                    .map(|mut results| results.pop().expect("one result per broadcast"));
+                let _ = op.reply.send(result);
             }
-            Err(error) => {
-                for op in batch.drain(..) {
-                    let _ = op.reply.send(Err(clone_error(&error)));
-                }
+        }
+        Err(error) => {
+            for op in batch.drain(..) {
+                let _ = op.reply.send(Err(clone_error(&error)));
             }
         }
     }
@@ -143,6 +212,25 @@ pub(super) async fn write_inserts(
         let results = insert_batch(inner, &mut tx, batch).await?;
         tx.commit().await?;
         Ok(results)
+    };
+    tokio::time::timeout(Duration::from_millis(OPERATION_TIMEOUT_MS), work)
+        .await
+        .map_err(|_| unavailable("the database did not answer in time"))?
+}
+
+/// Outcomes first, then the new broadcasts, in one transaction.
+async fn write_both(
+    inner: &Inner,
+    news: &[&NewBroadcast],
+    updates: &[&DeliveryUpdate],
+) -> Result<(Vec<Vec<InsertedDelivery>>, Vec<UpdateResult>), StoreError> {
+    let work = async {
+        let mut conn = inner.pool.get().await?;
+        let mut tx = conn.begin().await?;
+        let updated = update_batch(inner, &mut tx, updates).await?;
+        let inserted = insert_batch(inner, &mut tx, news).await?;
+        tx.commit().await?;
+        Ok((inserted, updated))
     };
     tokio::time::timeout(Duration::from_millis(OPERATION_TIMEOUT_MS), work)
         .await
