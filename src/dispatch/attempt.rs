@@ -55,7 +55,7 @@ async fn run_attempt<S: Store>(
     store: Arc<S>,
     lane: Arc<Lane>,
     delivery: ClaimedDelivery,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 ) {
     let waiting_since_ms = now_ms();
     let Some(request) = take_request_slot(&lane, &delivery).await else {
@@ -86,10 +86,14 @@ async fn run_attempt<S: Store>(
     };
     let circuit_changed = report_answer(&lane, &delivery, &update, pause_ms);
     // The destination has answered: the request slot goes to the next
-    // leased delivery while this outcome is committed. The lane slot (the
-    // lease) is held until the outcome is on disk, so nothing else can
-    // take the delivery meanwhile, and what waits for the disk is bounded.
+    // leased delivery while this outcome is committed, and the lane slot to
+    // the next delivery the lane may lease. The lease itself stays in the
+    // database until the outcome is on disk, so nothing else can take the
+    // delivery meanwhile; what waits for the disk is bounded by the
+    // recording slots (with none free, the lane slot is kept until one is).
     drop(request);
+    let _recording = lane.recording.clone().acquire_owned().await.ok();
+    drop(slot);
     let result = record_outcome(store.as_ref(), &delivery, &update).await;
     announce_recorded(&lane, &delivery, &update, result);
     wake_lane_when_something_is_due(&lane, &delivery, &update, result, circuit_changed);

@@ -37,11 +37,23 @@ pub(super) struct Lane {
     pub(super) paused_until_ms: AtomicI64,
     /// How long an attempt may wait out a pause holding its lease.
     pub(super) lease_hold_max_ms: Option<u64>,
-    /// Deliveries the lane holds leased: a slot is taken at claim (or at
-    /// insert, for a hand-off) and given back when the attempt's outcome is
-    /// on disk. `LEASED_PER_REQUEST_SLOT` per request slot, so the next
-    /// requests are already leased when a request slot frees.
+    /// Deliveries the lane holds leased that have not had their answer: a
+    /// slot is taken at claim (or at insert, for a hand-off) and given back
+    /// when the destination has answered (the delivery then waits for its
+    /// outcome's commit on a `recording` slot). `LEASED_PER_REQUEST_SLOT`
+    /// per request slot, so the next requests are already leased when a
+    /// request slot frees, and a leased delivery waits at most one round of
+    /// requests before its own leaves (the lease is at least twice the
+    /// longest timeout).
     pub(super) slots: Arc<Semaphore>,
+    /// Deliveries whose destination has answered, waiting for their
+    /// outcome's commit (`LEASED_PER_REQUEST_SLOT` per request slot). Apart
+    /// from `slots`, so a commit's wait does not keep the lane from leasing
+    /// the next deliveries: in a burst on PostgreSQL the outcomes waiting
+    /// for their commit held most lane slots, so most new deliveries were
+    /// left to a claim (a transaction and a row version each) instead of
+    /// being leased at insert.
+    pub(super) recording: Arc<Semaphore>,
     /// One more slot, used only by P1 deliveries when `slots` are all busy.
     pub(super) urgent_slot: Arc<Semaphore>,
     /// Requests at the destination (`concurrency`): taken by an attempt
@@ -256,7 +268,8 @@ pub(super) async fn run_lane<S: Store>(
         let all = async {
             let slots = lane.slots.acquire_many(slots_max).await;
             let urgent = lane.urgent_slot.acquire().await;
-            (slots, urgent)
+            let recording = lane.recording.acquire_many(slots_max).await;
+            (slots, urgent, recording)
         };
         tokio::pin!(all);
         let mut global = global.clone();

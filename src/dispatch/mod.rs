@@ -161,6 +161,9 @@ impl<S: Store> Dispatcher<S> {
                 destination.concurrency as usize * LEASED_PER_REQUEST_SLOT,
             )),
             urgent_slot: Arc::new(Semaphore::new(1)),
+            recording: Arc::new(Semaphore::new(
+                destination.concurrency as usize * LEASED_PER_REQUEST_SLOT,
+            )),
             requests: Arc::new(Semaphore::new(destination.concurrency as usize)),
             urgent_request: Arc::new(Semaphore::new(1)),
             destination: destination.clone(),

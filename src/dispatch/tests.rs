@@ -239,8 +239,9 @@ async fn eventually(what: &str, condition: impl Fn() -> bool) {
 }
 
 /// The destination's answer frees its request slot for the next leased
-/// delivery while the outcome is still being committed; the delivery
-/// stays leased meanwhile, and what the lane holds leased is bounded.
+/// delivery, and its lane slot for the next lease, while the outcome is
+/// still being committed; the delivery stays leased meanwhile, and what
+/// the lane holds leased (sent or not) is bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_slot_serves_the_next_delivery_while_the_outcome_is_committed() {
     // A receiver that answers 200 at once and counts what it got.
@@ -262,7 +263,7 @@ async fn a_request_slot_serves_the_next_delivery_while_the_outcome_is_committed(
         crate::demo::mock_destination(&format!("http://{address}"), "webhook", "d");
     destination.concurrency = 1;
     let mut ids = Vec::new();
-    for n in 0..3 {
+    for n in 0..5 {
         let created_at_ms = now_ms();
         let id = crate::domain::new_broadcast_id(created_at_ms, &mut rand::rng());
         let message =
@@ -293,37 +294,38 @@ async fn a_request_slot_serves_the_next_delivery_while_the_outcome_is_committed(
     let running = tokio::spawn(dispatcher.clone().run(stopped));
     dispatcher.wake("d");
 
-    // One request slot, two lane slots, three deliveries, no outcome
-    // committed: two deliveries were leased and sent one after the
-    // other on the one request slot, both wait for their commit, and
-    // the third is not leased (the lane has no slot for it).
-    eventually("two requests sent while no outcome is committed", || {
-        received.load(Ordering::SeqCst) == 2
+    // One request slot, two lane slots, two recording slots, five
+    // deliveries, no outcome committed. The first two were sent one after
+    // the other and wait for their commit on the recording slots, which
+    // gave their lane slots back; the next two were leased on those and
+    // sent, and, with no recording slot free, keep their lane slots while
+    // they wait for one. The fifth is not leased: the lane has no slot.
+    eventually("four requests sent while no outcome is committed", || {
+        received.load(Ordering::SeqCst) == 4
             && store.waiting.load(Ordering::SeqCst) == 2
             && lane.slots.available_permits() == 0
+            && lane.recording.available_permits() == 0
             && lane.requests.available_permits() == 1
     })
     .await;
+    let mut expected = [DeliveryState::Sending; 5];
+    expected[4] = DeliveryState::Pending;
     assert_eq!(
         states(store.as_ref(), &ids).await,
-        [
-            DeliveryState::Sending,
-            DeliveryState::Sending,
-            DeliveryState::Pending
-        ],
+        expected,
         "nothing is confirmed before its outcome is committed"
     );
 
-    store.gate.add_permits(3);
+    store.gate.add_permits(5);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while states(store.as_ref(), &ids).await != [DeliveryState::Confirmed; 3] {
+    while states(store.as_ref(), &ids).await != [DeliveryState::Confirmed; 5] {
         assert!(
             tokio::time::Instant::now() < deadline,
             "never all confirmed"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(received.load(Ordering::SeqCst), 3, "each sent once");
+    assert_eq!(received.load(Ordering::SeqCst), 5, "each sent once");
     stop.send(true).unwrap();
     running.await.unwrap();
 }
