@@ -12,9 +12,7 @@ use tokio::task::JoinSet;
 
 use super::attempt::attempt_task;
 use super::guard::{Admit, Guard, Hold};
-use super::{
-    CLAIM_BATCH_MAX, IDLE_POLL_MS, LEASED_PER_REQUEST_SLOT, SHUTDOWN_DRAIN_MS, STORE_ERROR_PAUSE_MS,
-};
+use super::{CLAIM_BATCH_MAX, IDLE_POLL_MS, SHUTDOWN_DRAIN_MS, STORE_ERROR_PAUSE_MS};
 use crate::clock::now_ms;
 use crate::config::Destination;
 use crate::connector::Connector;
@@ -40,14 +38,15 @@ pub(super) struct Lane {
     /// Deliveries the lane holds leased that have not had their answer: a
     /// slot is taken at claim (or at insert, for a hand-off) and given back
     /// when the destination has answered (the delivery then waits for its
-    /// outcome's commit on a `recording` slot). `LEASED_PER_REQUEST_SLOT`
-    /// per request slot, so the next requests are already leased when a
-    /// request slot frees, and a leased delivery waits at most one round of
-    /// requests before its own leaves (the lease is at least twice the
-    /// longest timeout).
+    /// outcome's commit on a `recording` slot). `leased_max` of them, a few
+    /// per request slot (`leased_per_request_slot`), so the next requests
+    /// are already leased when a request slot frees, and a leased delivery's
+    /// request leaves well within its lease.
     pub(super) slots: Arc<Semaphore>,
+    /// The size of `slots` and of `recording`.
+    pub(super) leased_max: u32,
     /// Deliveries whose destination has answered, waiting for their
-    /// outcome's commit (`LEASED_PER_REQUEST_SLOT` per request slot). Apart
+    /// outcome's commit (`leased_max` at most). Apart
     /// from `slots`, so a commit's wait does not keep the lane from leasing
     /// the next deliveries: in a burst on PostgreSQL the outcomes waiting
     /// for their commit held most lane slots, so most new deliveries were
@@ -64,7 +63,7 @@ pub(super) struct Lane {
     /// routine work waiting for `requests`.
     pub(super) urgent_request: Arc<Semaphore>,
     /// Deliveries leased at insert, with the lane slot reserved for them.
-    /// Each holds a lane slot, so at most `2 × concurrency` (plus one P1)
+    /// Each holds a lane slot, so at most `leased_max` (plus one P1)
     /// wait here.
     pub(super) handoff: mpsc::UnboundedSender<(ClaimedDelivery, OwnedSemaphorePermit)>,
     pub(super) handed_off:
@@ -264,7 +263,7 @@ pub(super) async fn run_lane<S: Store>(
     // late reservations off this lane.
     let mut _all_slots = None;
     if !*global.borrow() {
-        let slots_max = lane.destination.concurrency * LEASED_PER_REQUEST_SLOT as u32;
+        let slots_max = lane.leased_max;
         let all = async {
             let slots = lane.slots.acquire_many(slots_max).await;
             let urgent = lane.urgent_slot.acquire().await;

@@ -26,11 +26,30 @@ use crate::store::{ClaimedDelivery, Store};
 
 /// Deliveries leased by one claim at most.
 const CLAIM_BATCH_MAX: usize = 256;
-/// A lane holds at most this many leased deliveries per request it may have
-/// at the destination (`concurrency`): the rest wait in memory for a
-/// request slot, or for their outcome's commit. With one, every slot that
-/// freed sat idle for a claim's commit before its next request could leave.
-const LEASED_PER_REQUEST_SLOT: usize = 2;
+/// A lane holds between these many leased deliveries, not yet answered, per
+/// request it may have at the destination (`concurrency`); they wait in
+/// memory for a request slot. With one, every slot that freed sat idle for
+/// a claim's commit before its next request could leave; with more, more
+/// new deliveries are leased at insert and need no claim (on PostgreSQL a
+/// transaction and a row version each). See `leased_per_request_slot`.
+const LEASED_PER_REQUEST_SLOT_MIN: usize = 2;
+const LEASED_PER_REQUEST_SLOT_MAX: usize = 4;
+
+/// How many unanswered deliveries a lane may hold leased per request slot.
+/// A leased delivery waits for at most `k - 1` requests on its slot, each
+/// ending within the destination's timeout, before its own leaves: `k`
+/// timeouts. Where another node may take an expired lease over
+/// (PostgreSQL; `lease_hold_max_ms` is half the lease there), `k + 1`
+/// timeouts must fit in the lease, one spare; `lease_ms` is at least twice
+/// the longest timeout, so 2 always fits with none spare, as before this
+/// was computed. On SQLite leases are this node's alone.
+fn leased_per_request_slot(lease_hold_max_ms: Option<u64>, timeout_ms: u64) -> usize {
+    let fits = match lease_hold_max_ms {
+        Some(hold_ms) => (hold_ms.saturating_mul(2) / timeout_ms.max(1)).saturating_sub(1),
+        None => LEASED_PER_REQUEST_SLOT_MAX as u64,
+    };
+    (fits as usize).clamp(LEASED_PER_REQUEST_SLOT_MIN, LEASED_PER_REQUEST_SLOT_MAX)
+}
 /// A lane with nothing due looks again after this long even without a wake-up
 /// (a safety net; new work and retries wake it directly).
 const IDLE_POLL_MS: i64 = 5_000;
@@ -140,6 +159,8 @@ impl<S: Store> Dispatcher<S> {
             .entry(destination.name.clone())
             .or_default()
             .clone();
+        let leased_max = destination.concurrency
+            * leased_per_request_slot(self.lease_hold_max_ms, destination.timeout_ms) as u32;
         Ok(Lane {
             handoff,
             handed_off: std::sync::Mutex::new(Some(handed_off)),
@@ -157,13 +178,10 @@ impl<S: Store> Dispatcher<S> {
             urgent_wake: Notify::new(),
             paused_until_ms: AtomicI64::new(0),
             lease_hold_max_ms: self.lease_hold_max_ms,
-            slots: Arc::new(Semaphore::new(
-                destination.concurrency as usize * LEASED_PER_REQUEST_SLOT,
-            )),
+            leased_max,
+            slots: Arc::new(Semaphore::new(leased_max as usize)),
             urgent_slot: Arc::new(Semaphore::new(1)),
-            recording: Arc::new(Semaphore::new(
-                destination.concurrency as usize * LEASED_PER_REQUEST_SLOT,
-            )),
+            recording: Arc::new(Semaphore::new(leased_max as usize)),
             requests: Arc::new(Semaphore::new(destination.concurrency as usize)),
             urgent_request: Arc::new(Semaphore::new(1)),
             destination: destination.clone(),

@@ -18,12 +18,12 @@ fn dispatcher(dir: &std::path::Path, concurrency: u32) -> Dispatcher<SqliteStore
 fn when_every_slot_is_busy_only_a_p1_gets_the_reserved_slot_at_accept() {
     let dir = tempfile::tempdir().unwrap();
     let dispatcher = dispatcher(dir.path(), 1);
-    let regular: Vec<_> = (0..LEASED_PER_REQUEST_SLOT)
+    let regular: Vec<_> = (0..LEASED_PER_REQUEST_SLOT_MAX)
         .map(|_| dispatcher.reserve_slot("d", Severity::P3))
         .collect();
     assert!(
         regular.iter().all(Option::is_some),
-        "free slots go to any severity, {LEASED_PER_REQUEST_SLOT} per request slot"
+        "free slots go to any severity, {LEASED_PER_REQUEST_SLOT_MAX} per request slot"
     );
     for severity in [Severity::P2, Severity::P3, Severity::P5] {
         assert!(
@@ -262,8 +262,11 @@ async fn a_request_slot_serves_the_next_delivery_while_the_outcome_is_committed(
     let mut destination =
         crate::demo::mock_destination(&format!("http://{address}"), "webhook", "d");
     destination.concurrency = 1;
+    // On SQLite a lane holds LEASED_PER_REQUEST_SLOT_MAX leased deliveries
+    // per request slot, and as many waiting for their commit.
+    let k = LEASED_PER_REQUEST_SLOT_MAX;
     let mut ids = Vec::new();
-    for n in 0..5 {
+    for n in 0..2 * k + 1 {
         let created_at_ms = now_ms();
         let id = crate::domain::new_broadcast_id(created_at_ms, &mut rand::rng());
         let message =
@@ -294,38 +297,38 @@ async fn a_request_slot_serves_the_next_delivery_while_the_outcome_is_committed(
     let running = tokio::spawn(dispatcher.clone().run(stopped));
     dispatcher.wake("d");
 
-    // One request slot, two lane slots, two recording slots, five
-    // deliveries, no outcome committed. The first two were sent one after
+    // One request slot, k lane slots, k recording slots, 2k + 1
+    // deliveries, no outcome committed. The first k were sent one after
     // the other and wait for their commit on the recording slots, which
-    // gave their lane slots back; the next two were leased on those and
+    // gave their lane slots back; the next k were leased on those and
     // sent, and, with no recording slot free, keep their lane slots while
-    // they wait for one. The fifth is not leased: the lane has no slot.
-    eventually("four requests sent while no outcome is committed", || {
-        received.load(Ordering::SeqCst) == 4
-            && store.waiting.load(Ordering::SeqCst) == 2
+    // they wait for one. The last is not leased: the lane has no slot.
+    eventually("2k requests sent while no outcome is committed", || {
+        received.load(Ordering::SeqCst) == 2 * k
+            && store.waiting.load(Ordering::SeqCst) == k
             && lane.slots.available_permits() == 0
             && lane.recording.available_permits() == 0
             && lane.requests.available_permits() == 1
     })
     .await;
-    let mut expected = [DeliveryState::Sending; 5];
-    expected[4] = DeliveryState::Pending;
+    let mut expected = vec![DeliveryState::Sending; 2 * k + 1];
+    expected[2 * k] = DeliveryState::Pending;
     assert_eq!(
         states(store.as_ref(), &ids).await,
         expected,
         "nothing is confirmed before its outcome is committed"
     );
 
-    store.gate.add_permits(5);
+    store.gate.add_permits(2 * k + 1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while states(store.as_ref(), &ids).await != [DeliveryState::Confirmed; 5] {
+    while states(store.as_ref(), &ids).await != vec![DeliveryState::Confirmed; 2 * k + 1] {
         assert!(
             tokio::time::Instant::now() < deadline,
             "never all confirmed"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(received.load(Ordering::SeqCst), 5, "each sent once");
+    assert_eq!(received.load(Ordering::SeqCst), 2 * k + 1, "each sent once");
     stop.send(true).unwrap();
     running.await.unwrap();
 }
@@ -409,4 +412,38 @@ async fn a_p1_does_not_wait_behind_leased_routine_deliveries() {
     eventually("every request sent", || seen_now().len() == 4).await;
     stop.send(true).unwrap();
     running.await.unwrap();
+}
+
+/// Where an expired lease may be taken over, a leased delivery's request
+/// must leave within its lease: the lane leases ahead only as many per
+/// request slot as timeouts fit in the lease, one spare, and never fewer
+/// than two.
+#[test]
+fn a_lane_leases_ahead_only_what_its_lease_can_wait_for() {
+    // PostgreSQL: the hold is half the lease.
+    assert_eq!(
+        leased_per_request_slot(Some(30_000), 10_000),
+        4,
+        "60 s lease, 10 s timeout"
+    );
+    assert_eq!(
+        leased_per_request_slot(Some(20_000), 10_000),
+        3,
+        "40 s lease"
+    );
+    assert_eq!(
+        leased_per_request_slot(Some(10_000), 10_000),
+        2,
+        "the least lease"
+    );
+    assert_eq!(
+        leased_per_request_slot(Some(300_000), 1_000),
+        4,
+        "at most 4"
+    );
+    // SQLite: one node's leases.
+    assert_eq!(
+        leased_per_request_slot(None, 10_000),
+        LEASED_PER_REQUEST_SLOT_MAX
+    );
 }
