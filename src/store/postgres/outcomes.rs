@@ -8,7 +8,7 @@ pub(super) async fn update_batch(
     tx: &mut Tx<'_>,
     updates: &[&DeliveryUpdate],
 ) -> Result<Vec<UpdateResult>, StoreError> {
-    // The attempt log first: every attempt happened, whatever its lease.
+    // The attempt log: every attempt happened, whatever its lease.
     let mut ids = Vec::with_capacity(updates.len());
     let mut numbers = Vec::with_capacity(updates.len());
     let mut kinds = Vec::with_capacity(updates.len());
@@ -30,25 +30,6 @@ pub(super) async fn update_batch(
         excerpts.push(a.excerpt.as_deref());
         errors.push(a.error.as_deref());
     }
-    tx.execute(
-        "INSERT INTO attempts (delivery_id, number, kind, started_at_ms, finished_at_ms, outcome,
-                               http_status, excerpt, error, node)
-         SELECT u.*, $10 FROM unnest($1::BIGINT[], $2::INT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[],
-                                   $6::TEXT[], $7::INT[], $8::TEXT[], $9::TEXT[]) AS u",
-        &[
-            &ids,
-            &numbers,
-            &kinds,
-            &started,
-            &finished,
-            &outcomes,
-            &statuses,
-            &excerpts,
-            &errors,
-            &inner.node_id,
-        ],
-    )
-    .await?;
     let mut expected = Vec::with_capacity(updates.len());
     let mut epochs = Vec::with_capacity(updates.len());
     let mut states = Vec::with_capacity(updates.len());
@@ -74,14 +55,24 @@ pub(super) async fn update_batch(
         last_errors.push(u.last_error.as_deref());
         nows.push(u.now_ms);
     }
+    // The attempt log and the fenced update go in one exchange
+    // (pipelined); the first statement's error wins, as in the accept.
+    let insert_attempts = tx
+        .statement(
+            "INSERT INTO attempts (delivery_id, number, kind, started_at_ms, finished_at_ms, outcome,
+                               http_status, excerpt, error, node)
+         SELECT u.*, $10 FROM unnest($1::BIGINT[], $2::INT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[],
+                                   $6::TEXT[], $7::INT[], $8::TEXT[], $9::TEXT[]) AS u",
+        )
+        .await?;
     // Fenced: the same owner and epoch, and the lease not yet expired. The
     // owner is compared with IS NOT DISTINCT FROM, which means `=` here ($13
     // is never null) but lets no index on leases serve it: with `=`, the
     // planner's guess for one owner made it scan every leased row through
     // `deliveries_leased` and filter them against the batch, instead of
     // looking the batch up by primary key.
-    let applied_rows = tx
-        .query(
+    let update_deliveries = tx
+        .statement(
             "UPDATE deliveries d SET state = u.state, attempts_made = u.made, attempts_max = u.max,
                  due_at_ms = u.due, deadline_at_ms = u.deadline, possible_duplicate = u.dup,
                  lease_owner = NULL, lease_expires_at_ms = NULL, last_error = u.last_error,
@@ -95,24 +86,41 @@ pub(super) async fn update_batch(
              WHERE d.id = u.id AND d.state = u.expected AND d.lease_owner IS NOT DISTINCT FROM $13
                AND d.lease_epoch = u.epoch AND d.lease_expires_at_ms >= u.now
              RETURNING d.id, d.destination",
-            &[
-                &ids,
-                &expected,
-                &epochs,
-                &states,
-                &made,
-                &max,
-                &dues,
-                &deadlines,
-                &duplicates,
-                &last_errors,
-                &statuses,
-                &nows,
-                &inner.node_id,
-                &remote_refs,
-            ],
         )
         .await?;
+    let attempts_params: &Params<'_> = &[
+        &ids,
+        &numbers,
+        &kinds,
+        &started,
+        &finished,
+        &outcomes,
+        &statuses,
+        &excerpts,
+        &errors,
+        &inner.node_id,
+    ];
+    let update_params: &Params<'_> = &[
+        &ids,
+        &expected,
+        &epochs,
+        &states,
+        &made,
+        &max,
+        &dues,
+        &deadlines,
+        &duplicates,
+        &last_errors,
+        &statuses,
+        &nows,
+        &inner.node_id,
+        &remote_refs,
+    ];
+    let (logged, applied_rows) = tokio::join!(
+        tx.tx.execute(&insert_attempts, attempts_params),
+        tx.tx.query(&update_deliveries, update_params)
+    );
+    let (_, applied_rows) = (logged?, applied_rows?);
     let mut applied: BTreeMap<i64, String> = BTreeMap::new();
     for row in &applied_rows {
         applied.insert(row.try_get(0)?, row.try_get(1)?);
