@@ -113,6 +113,7 @@ store_suite!(
     concurrent_inserts_are_all_committed,
     an_outcome_from_an_older_lease_is_refused,
     a_failing_write_fails_alone_in_its_batch,
+    a_refused_broadcast_fails_alone_beside_outcomes_in_flight,
     a_p1_is_claimed_before_an_older_backlog,
     cancel_leaves_an_attempt_in_flight_to_finish_and_keeps_thread_order,
     concurrent_messages_of_one_thread_go_one_at_a_time,
@@ -384,6 +385,55 @@ async fn a_failing_write_fails_alone_in_its_batch(harness: Harness) {
     drop(store);
     assert_eq!(harness.count_rows("broadcasts").await, 100);
     assert_eq!(harness.count_rows("deliveries").await, 100);
+}
+
+/// New broadcasts and outcomes share the writers' batches (on PostgreSQL
+/// one transaction holds both): a refused broadcast in such a batch fails
+/// alone, and every outcome beside it is still applied, once.
+async fn a_refused_broadcast_fails_alone_beside_outcomes_in_flight(harness: Harness) {
+    let store = harness.open().await;
+    for i in 0..50 {
+        store
+            .insert_broadcast(new_broadcast(&format!("A{i}"), None, &["a"], i))
+            .await
+            .unwrap();
+    }
+    let claim = store.claim_due("a", 100, 1_000).await.unwrap();
+    assert_eq!(claim.deliveries.len(), 50);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, delivery) in claim.deliveries.iter().enumerate() {
+        // Outcomes and new broadcasts (every other one a duplicate id)
+        // queued together.
+        let update = outcome(delivery, DeliveryState::Confirmed, "success", 2_000);
+        let store_for_outcome = store.clone();
+        tasks.spawn(async move {
+            let applied = store_for_outcome.update_delivery(update).await;
+            (None, Some(applied))
+        });
+        for id in [format!("B{i}"), format!("B{}", i / 2 * 2)] {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let inserted = store
+                    .insert_broadcast(new_broadcast(&id, None, &["a"], 3_000))
+                    .await;
+                (Some(inserted), None)
+            });
+        }
+    }
+    let (mut accepted, mut refused, mut applied) = (0, 0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            (Some(Ok(_)), None) => accepted += 1,
+            (Some(Err(herald::store::StoreError::DuplicateBroadcast(_))), None) => refused += 1,
+            (None, Some(Ok(herald::store::UpdateResult::Applied { .. }))) => applied += 1,
+            (inserted, updated) => panic!("unexpected answer {inserted:?} {updated:?}"),
+        }
+    }
+    assert_eq!((accepted, refused, applied), (50, 50, 50));
+    drop(store);
+    assert_eq!(harness.count_rows("broadcasts").await, 100);
+    assert_eq!(harness.count_rows("deliveries").await, 100);
+    assert_eq!(harness.count_rows("attempts").await, 50);
 }
 
 async fn a_p1_is_claimed_before_an_older_backlog(harness: Harness) {
