@@ -50,8 +50,9 @@ const OPERATION_TIMEOUT_MS: u64 = 20_000;
 const WRITE_QUEUE_MAX: usize = 8_192;
 /// New broadcasts committed together at most.
 const INSERT_BATCH_MAX: usize = 256;
-/// Writers per node, each committing new broadcasts and outcomes.
-const WRITERS: usize = 2;
+/// Writers per node, each committing new broadcasts and outcomes (in a
+/// burst on PostgreSQL three beat two and four, see ARCHITECTURE.md).
+const WRITERS: usize = 3;
 /// Outcomes committed together at most.
 const WRITE_BATCH_MAX: usize = 1_024;
 /// A smaller batch of outcomes waits a moment for more while another writer
