@@ -35,7 +35,8 @@ impl Batch {
     fn gather_us(&self, others_committing: bool) -> Option<u64> {
         if self.news.is_empty() {
             // Outcomes alone: nobody waits on their commit but the attempt
-            // that holds its lane slot, so a few wait for company.
+            // on its recording slot (and a thread's next message), so a
+            // few wait for company.
             (self.outcomes.len() < WRITE_GATHER_MIN).then_some(if others_committing {
                 BATCH_GATHER_US
             } else {
@@ -53,10 +54,10 @@ impl Batch {
 /// queued. None when the queues are closed.
 ///
 /// Both kinds go in one transaction: at a steady low rate the outcomes
-/// ride along with the next accept's commit instead of paying their own,
-/// and in a burst one commit serves both (PostgreSQL's CPU per delivery
-/// fell by about a sixth against separate writers for each kind; see
-/// ARCHITECTURE.md, Performance). A small batch waits a moment for more
+/// ride along with the next accept's commit instead of paying their own
+/// (herald's CPU per delivery there fell by about a sixth against separate
+/// writers for each kind; the burst was unchanged; see ARCHITECTURE.md,
+/// Performance). A small batch waits a moment for more
 /// (`Batch::gather_us`); a new broadcast ends an outcome batch's wait. The
 /// wait overlaps another writer's commit or, for outcomes alone, costs
 /// nobody a caller's time.
