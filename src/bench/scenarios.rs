@@ -11,13 +11,13 @@ use anyhow::Context;
 use super::cpu::CpuMeter;
 use super::database::{
     attempts_by_node, bench_postgres, delivery_times, fresh_postgres_schema, wait_all_final,
-    wal_size_mb, BenchDb, DatabaseSize,
+    wal_size_mb, BenchDb, DatabaseSize, DeliveryTimes,
 };
 use super::load::{baseline, submit, Load};
 use super::processes::{
     free_addr, process_usage, set_faults, spawn_server, wait_healthy, write_config, Process,
 };
-use super::report::{confirmed_rate, summarise, RunReport};
+use super::report::{confirmed_rate, summarise, NodeAttempts, RunReport};
 use super::{BenchOptions, SOAK_SAMPLE_EVERY_SECS};
 use crate::clock::now_ms;
 use crate::mock::Faults;
@@ -78,7 +78,43 @@ impl Herald {
     }
 }
 
+/// What every report takes from a run once its nodes have stopped.
+struct RunEnd {
+    peak_rss_mb: f64,
+    wal_mb: Option<f64>,
+    attempts_by_node: Vec<NodeAttempts>,
+}
+
+impl RunEnd {
+    fn fill(self, report: &mut RunReport) {
+        report.peak_rss_mb = self.peak_rss_mb;
+        report.wal_mb = self.wal_mb;
+        report.attempts_by_node = self.attempts_by_node;
+    }
+}
+
 impl Bench {
+    /// Stops the run's nodes, reads the deliveries accepted since
+    /// `since_ms` and the attempts per node, and drops the run's schema.
+    async fn end_run(
+        &mut self,
+        herald: Herald,
+        since_ms: i64,
+    ) -> anyhow::Result<(Vec<DeliveryTimes>, RunEnd)> {
+        let peak_rss_mb = herald.peak_rss_mb()?;
+        let wal_mb = wal_size_mb(&herald.database);
+        let database = herald.stop();
+        let times = delivery_times(&database, since_ms).await?;
+        let attempts_by_node = attempts_by_node(&database).await?;
+        self.drop_run_schema().await?;
+        let end = RunEnd {
+            peak_rss_mb,
+            wal_mb,
+            attempts_by_node,
+        };
+        Ok((times, end))
+    }
+
     /// Starts a fresh herald for one run: its own database, and for each of
     /// `options.nodes` nodes its own config, node id, port and log. Returns
     /// once every node is healthy.
@@ -219,17 +255,10 @@ impl Bench {
         .await?;
         wait_all_final(&herald.database, count * names.len(), &herald.logs()).await?;
         let cpu = cpu.stop().await?;
-        let peak_rss_mb = herald.peak_rss_mb()?;
-        let wal_mb = wal_size_mb(&herald.database);
-        let database = herald.stop();
-        let times = delivery_times(&database, started_ms).await?;
-        let attempts_by_node = attempts_by_node(&database).await?;
-        self.drop_run_schema().await?;
+        let (times, end) = self.end_run(herald, started_ms).await?;
         let mut report = summarise(scenario, count, names.len(), &times, started_ms);
-        report.attempts_by_node = attempts_by_node;
+        end.fill(&mut report);
         report.accepted_per_sec = count as f64 / submit_secs;
-        report.peak_rss_mb = peak_rss_mb;
-        report.wal_mb = wal_mb;
         report.set_cpu(&cpu, times.len());
         let healthy: Vec<&str> = names
             .iter()
@@ -310,18 +339,11 @@ impl Bench {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let cpu = cpu.stop().await?;
-        let peak_rss_mb = herald.peak_rss_mb()?;
-        let wal_mb = wal_size_mb(&herald.database);
-        let database = herald.stop();
-        let p1_times = delivery_times(&database, p1_since_ms).await?;
-        let attempts_by_node = attempts_by_node(&database).await?;
-        self.drop_run_schema().await?;
+        let (p1_times, end) = self.end_run(herald, p1_since_ms).await?;
         let mut report = summarise("backlog", P1_COUNT, 1, &p1_times, p1_since_ms);
-        report.attempts_by_node = attempts_by_node;
+        end.fill(&mut report);
         report.accepted_per_sec = broadcasts as f64 / submit_secs;
         report.pending_at_p1 = Some(pending);
-        report.peak_rss_mb = peak_rss_mb;
-        report.wal_mb = wal_mb;
         report.set_cpu(&cpu, broadcasts * names.len());
         report.deliveries = broadcasts * names.len();
         Ok(report)
@@ -379,12 +401,7 @@ impl Bench {
             samples.push(size.sample(&self.http, metrics_addr, end_secs).await?);
         }
         let cpu = cpu.stop().await?;
-        let peak_rss_mb = herald.peak_rss_mb()?;
-        let wal_mb = wal_size_mb(&herald.database);
-        let database = herald.stop();
-        let times = delivery_times(&database, started_ms).await?;
-        let attempts_by_node = attempts_by_node(&database).await?;
-        self.drop_run_schema().await?;
+        let (times, end) = self.end_run(herald, started_ms).await?;
         // Retention deleted the older broadcasts: latencies, states and
         // the confirmed rate are those of the ones still stored.
         let stored_since_ms = times
@@ -393,14 +410,12 @@ impl Bench {
             .min()
             .unwrap_or(started_ms);
         let mut report = summarise("soak", count, names.len(), &times, stored_since_ms);
+        end.fill(&mut report);
         report.deliveries = count * names.len();
         report.accepted_per_sec = count as f64 / submit_secs;
-        report.peak_rss_mb = peak_rss_mb;
-        report.wal_mb = wal_mb;
         report.set_cpu(&cpu, count * names.len());
         report.database_size = samples;
         report.vacuumed_by_bench = matches!(size, DatabaseSize::Postgres { vacuum: true, .. });
-        report.attempts_by_node = attempts_by_node;
         Ok(report)
     }
 }

@@ -121,7 +121,7 @@ async fn commit_batch(inner: &Inner, batch: &mut Batch) {
     if together {
         let news: Vec<&NewBroadcast> = batch.news.iter().map(|op| &op.new).collect();
         let updates: Vec<&DeliveryUpdate> = batch.outcomes.iter().map(|op| &op.update).collect();
-        if let Ok((inserted, updated)) = write_both(inner, &news, &updates).await {
+        if let Ok((inserted, updated)) = write_batch(inner, &news, &updates).await {
             for (op, result) in batch.news.drain(..).zip(inserted) {
                 let _ = op.reply.send(Ok(result));
             }
@@ -203,24 +203,9 @@ pub(super) fn clone_error(error: &StoreError) -> StoreError {
     }
 }
 
-pub(super) async fn write_inserts(
-    inner: &Inner,
-    batch: &[&NewBroadcast],
-) -> Result<Vec<Vec<InsertedDelivery>>, StoreError> {
-    let work = async {
-        let mut conn = inner.pool.get().await?;
-        let mut tx = conn.begin().await?;
-        let results = insert_batch(inner, &mut tx, batch).await?;
-        tx.commit().await?;
-        Ok(results)
-    };
-    tokio::time::timeout(Duration::from_millis(OPERATION_TIMEOUT_MS), work)
-        .await
-        .map_err(|_| unavailable("the database did not answer in time"))?
-}
-
-/// Outcomes first, then the new broadcasts, in one transaction.
-async fn write_both(
+/// Outcomes first, then the new broadcasts, in one transaction; either may
+/// be empty.
+async fn write_batch(
     inner: &Inner,
     news: &[&NewBroadcast],
     updates: &[&DeliveryUpdate],
@@ -228,8 +213,16 @@ async fn write_both(
     let work = async {
         let mut conn = inner.pool.get().await?;
         let mut tx = conn.begin().await?;
-        let updated = update_batch(inner, &mut tx, updates).await?;
-        let inserted = insert_batch(inner, &mut tx, news).await?;
+        let updated = if updates.is_empty() {
+            Vec::new()
+        } else {
+            update_batch(inner, &mut tx, updates).await?
+        };
+        let inserted = if news.is_empty() {
+            Vec::new()
+        } else {
+            insert_batch(inner, &mut tx, news).await?
+        };
         tx.commit().await?;
         Ok((inserted, updated))
     };
@@ -238,18 +231,16 @@ async fn write_both(
         .map_err(|_| unavailable("the database did not answer in time"))?
 }
 
-pub(super) async fn write_updates(
+async fn write_updates(
     inner: &Inner,
     updates: &[&DeliveryUpdate],
 ) -> Result<Vec<UpdateResult>, StoreError> {
-    let work = async {
-        let mut conn = inner.pool.get().await?;
-        let mut tx = conn.begin().await?;
-        let results = update_batch(inner, &mut tx, updates).await?;
-        tx.commit().await?;
-        Ok(results)
-    };
-    tokio::time::timeout(Duration::from_millis(OPERATION_TIMEOUT_MS), work)
-        .await
-        .map_err(|_| unavailable("the database did not answer in time"))?
+    Ok(write_batch(inner, &[], updates).await?.1)
+}
+
+async fn write_inserts(
+    inner: &Inner,
+    news: &[&NewBroadcast],
+) -> Result<Vec<Vec<InsertedDelivery>>, StoreError> {
+    Ok(write_batch(inner, news, &[]).await?.0)
 }
