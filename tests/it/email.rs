@@ -943,14 +943,18 @@ async fn a_421_at_the_mock_pauses_email_alone() {
         .await
         .unwrap();
     // The second goes once herald has the 421 (the first is retrying).
+    // The attempt is looked for, not the `retrying` state: the pause is
+    // the backoff's, with full jitter, so that state may last only a few
+    // milliseconds and a poll can miss it.
     let retrying = async {
         loop {
             let broadcast = client.status(&first.id).await.unwrap();
-            if broadcast
-                .deliveries
-                .iter()
-                .any(|d| d.destination == NAME && d.state == "retrying")
-            {
+            if broadcast.deliveries.iter().any(|d| {
+                d.destination == NAME
+                    && attempts(d)
+                        .iter()
+                        .any(|(_, outcome)| *outcome == "rate_limited")
+            }) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
