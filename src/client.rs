@@ -1,6 +1,8 @@
 //! The API client behind `herald send` and `herald status` (and the demo).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api::wire::{
@@ -67,6 +69,9 @@ pub struct Client {
     stream_http: reqwest::Client,
     server: reqwest::Url,
     token: Option<String>,
+    /// Set once a server asked this client for a certificate in a
+    /// handshake (it has none to give).
+    asked_for_certificate: Arc<AskedForCertificate>,
 }
 
 /// What `watch` reports besides delivery changes.
@@ -122,17 +127,15 @@ impl Client {
             None => Vec::new(),
             Some(file) => read_ca_file(file)?,
         };
-        let trusting = |builder: reqwest::ClientBuilder| {
-            extra_roots
-                .iter()
-                .cloned()
-                .fold(builder, |builder, root| builder.add_root_certificate(root))
-        };
-        let http = trusting(crate::connector::http_client_builder())
+        let asked_for_certificate = Arc::new(AskedForCertificate::default());
+        let tls = tls_config(extra_roots, asked_for_certificate.clone())?;
+        let http = crate::connector::http_client_builder()
+            .tls_backend_preconfigured(tls.clone())
             .timeout(Duration::from_millis(API_TIMEOUT_MS))
             .build()
             .map_err(|e| ClientError::BadServer(e.to_string()))?;
-        let stream_http = trusting(crate::connector::http_client_builder())
+        let stream_http = crate::connector::http_client_builder()
+            .tls_backend_preconfigured(tls)
             .connect_timeout(Duration::from_millis(API_TIMEOUT_MS))
             .read_timeout(Duration::from_millis(STREAM_READ_TIMEOUT_MS))
             .build()
@@ -142,6 +145,7 @@ impl Client {
             stream_http,
             server,
             token,
+            asked_for_certificate,
         })
     }
 
@@ -521,10 +525,24 @@ impl Client {
 
     /// A failed request as the user should see it: a TLS refusal says
     /// why (with the hint to pass the CA), anything else is unreachable.
+    ///
+    /// A server that requires a client certificate refuses the handshake
+    /// after the client counts it done (TLS 1.3), and when its alert comes
+    /// before the request has left, the request fails as "connection was
+    /// not ready", without the alert. So a failure after a server asked
+    /// for a certificate this client does not have is said to be that.
     fn transport_error(&self, error: reqwest::Error) -> ClientError {
         let server = crate::redact::redact_url(self.server.as_str());
         match tls_failure(&error) {
             Some(reason) => ClientError::Tls { server, reason },
+            None if self.asked_for_certificate.0.load(Ordering::Relaxed) => ClientError::Tls {
+                server,
+                reason: format!(
+                    "the server asks for a client certificate, which this client does not send \
+                     ({}); {CLIENT_CERTIFICATE_HINT}",
+                    error.without_url()
+                ),
+            },
             None => ClientError::Unreachable {
                 server,
                 reason: error.without_url().to_string(),
@@ -552,14 +570,68 @@ impl Client {
     }
 }
 
+/// What a refusal for want of a client certificate tells the user.
+const CLIENT_CERTIFICATE_HINT: &str =
+    "the server's server.tls_client_ca_file requires one, and the CLI has none to present";
+
+/// Records that a server asked for a client certificate (a
+/// CertificateRequest in the handshake); this client presents none.
+#[derive(Debug, Default)]
+struct AskedForCertificate(AtomicBool);
+
+impl rustls::client::ResolvesClientCert for AskedForCertificate {
+    fn resolve(
+        &self,
+        _acceptable_issuers: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.store(true, Ordering::Relaxed);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+/// The client's TLS: the platform's roots (the operating system's store)
+/// and `extra_roots`, HTTP/1.1, no client certificate (`asked` hears when
+/// a server wants one).
+fn tls_config(
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    asked: Arc<AskedForCertificate>,
+) -> Result<rustls::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls_error = |e: rustls::Error| ClientError::BadServer(format!("cannot set up TLS: {e}"));
+    let verifier = if extra_roots.is_empty() {
+        rustls_platform_verifier::Verifier::new(provider.clone())
+    } else {
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
+    }
+    .map_err(tls_error)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(asked);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The CA certificates of a PEM file, for `--cacert`.
-fn read_ca_file(file: &std::path::Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+fn read_ca_file(
+    file: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ClientError> {
+    use rustls::pki_types::pem::PemObject;
     let ca_error = |reason: String| ClientError::CaFile {
         file: file.display().to_string(),
         reason,
     };
     let pem = std::fs::read(file).map_err(|e| ca_error(e.to_string()))?;
-    let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+    let roots = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ca_error(e.to_string()))?;
     if roots.is_empty() {
         return Err(ca_error(
             "no PEM certificate (a \"BEGIN CERTIFICATE\" block) in it".to_owned(),

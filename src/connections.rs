@@ -59,6 +59,13 @@ const SLOT_RECHECK_MS: u64 = 50;
 /// After a failed accept (out of file descriptors, say), wait this long
 /// before the next, rather than spin.
 const ACCEPT_ERROR_PAUSE_MS: u64 = 100;
+/// After a refused TLS handshake (a missing or untrusted client
+/// certificate), the connection stays open this long at most, reading and
+/// discarding what the client still sends, so that the alert saying why
+/// reaches it (see `linger_after_refusal`).
+const REFUSED_HANDSHAKE_LINGER_MS: u64 = 1_000;
+/// ... and reads this much at most before it closes anyway.
+const REFUSED_HANDSHAKE_LINGER_BYTES: usize = 64 * 1024;
 
 /// One open connection, as the accept loop and its own task see it.
 struct Connection {
@@ -364,23 +371,55 @@ async fn serve_tls_connection(
     let accepted_ms = registry.now_ms();
     let handshake = tokio::time::timeout(
         Duration::from_millis(limits.header_read_timeout_ms),
-        acceptor.accept(stream),
+        acceptor.accept(stream).into_fallible(),
     );
-    let stream = tokio::select! {
-        finished = handshake => match finished {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("TLS handshake not finished within server.header_read_timeout_ms");
-                return;
-            }
-        },
+    let finished = tokio::select! {
+        finished = handshake => finished,
         _ = shutdown.wait_for(|stop| *stop) => return,
     };
+    let stream = match finished {
+        Ok(Ok(stream)) => stream,
+        Ok(Err((error, stream))) => {
+            tracing::debug!(%error, "TLS handshake failed");
+            // Still under its connection slot: lingering is bounded.
+            tokio::select! {
+                () = linger_after_refusal(stream) => {}
+                _ = shutdown.wait_for(|stop| *stop) => {}
+            }
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake not finished within server.header_read_timeout_ms");
+            return;
+        }
+    };
     serve_connection(stream, accepted_ms, app, limits, registry, shutdown, slot).await
+}
+
+/// Closes a connection whose handshake was refused, without losing the
+/// alert that says why. With TLS 1.3 the client counts its handshake done
+/// before the server has checked its certificate, so its request is often
+/// on the wire already; closing a socket with unread bytes sends a reset,
+/// and a reset can reach the client before the alert, which then reads
+/// "connection reset" instead of "certificate required". So: finish
+/// sending (FIN), read and discard until the client closes, for a bounded
+/// time and size, then close.
+async fn linger_after_refusal(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut discarded = 0;
+    let mut buffer = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(REFUSED_HANDSHAKE_LINGER_MS), async {
+        while discarded < REFUSED_HANDSHAKE_LINGER_BYTES {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => discarded += read,
+            }
+        }
+    })
+    .await;
 }
 
 async fn serve_connection<S>(
