@@ -12,6 +12,31 @@ import os
 import uuid
 
 import schemathesis
+from hypothesis.internal import lambda_sources
+
+
+def _describe_lambda_or_give_up(describe):
+    """This machine's CPython (3.11.7) can raise SystemError "AST
+    constructor recursion depth mismatch" from ast.parse when it is called
+    deep in the stack. hypothesis parses a module's source to describe a
+    lambda for a strategy's repr (Schemathesis's `.filter(lambda ...)`), so
+    now and then a whole run failed with a "Runtime Error" that says
+    nothing about herald (once in two runs here). A lambda it cannot
+    describe gets hypothesis's own "unknown" description instead; nothing
+    that is generated or checked changes."""
+
+    def described(f):
+        try:
+            return describe(f)
+        except SystemError:
+            return "lambda: <unknown>"
+
+    return described
+
+
+lambda_sources._lambda_description = _describe_lambda_or_give_up(
+    lambda_sources._lambda_description
+)
 
 DESTINATIONS = [name for name in os.environ["HERALD_ST_DESTINATIONS"].split(",") if name]
 
